@@ -1,0 +1,77 @@
+# ddpm.cpp — GNU make build. CMakeLists.txt builds the same targets from the same file lists.
+#
+#   make              library, `ddpm` binary and the test binary (build/)
+#   make test         build and run the unit/differential/golden tests for this machine
+#   make check        everything CI runs: installs missing packages, then native tests, scalar-forced tests,
+#                     a SIMD-free build, ARM64 under qemu, and ASan+UBSan; ends with one "check: N passed, M failed"
+#   make bench        `ddpm bench ops`
+#
+# Variables: BUILD=dir  CXX=compiler  SANITIZE=1 (ASan+UBSan)  NO_SIMD=1 (scalar kernels only)  OPT=-O2 …
+
+BUILD    ?= build
+CXX      ?= g++
+OPT      ?= -O2
+CXXFLAGS ?=
+LDFLAGS  ?=
+TARGET_ARCH_NAME := $(shell $(CXX) -dumpmachine | cut -d- -f1)
+
+BASE_FLAGS := -std=c++17 $(OPT) -g -Wall -Wextra -Iinclude -Isrc -pthread -MMD -MP
+ifeq ($(SANITIZE),1)
+  BASE_FLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+endif
+ifeq ($(NO_SIMD),1)
+  BASE_FLAGS += -DDDPM_NO_SIMD
+endif
+ALL_FLAGS := $(BASE_FLAGS) $(CXXFLAGS)
+
+# Kernels for other ISAs are left out; each ISA directory is compiled with its own flags so that one binary runs
+# on any CPU of its architecture and picks the level at start-up.
+ISA_DIRS_x86_64  := src/kernels/avx2 src/kernels/avx512
+ISA_DIRS_aarch64 := src/kernels/neon
+ALL_ISA_DIRS     := src/kernels/avx2 src/kernels/avx512 src/kernels/neon
+KEEP_ISA_DIRS    := $(if $(filter 1,$(NO_SIMD)),,$(ISA_DIRS_$(TARGET_ARCH_NAME)))
+DROP_ISA_DIRS    := $(filter-out $(KEEP_ISA_DIRS),$(ALL_ISA_DIRS))
+
+LIB_SRCS  := $(filter-out $(addsuffix /%,$(DROP_ISA_DIRS)),$(shell find src -name '*.cpp' | sort))
+TOOL_SRCS := $(shell find tools -name '*.cpp' | sort)
+TEST_SRCS := $(shell find tests -maxdepth 1 -name '*.cpp' | sort)
+
+LIB_OBJS  := $(LIB_SRCS:%.cpp=$(BUILD)/%.o)
+TOOL_OBJS := $(TOOL_SRCS:%.cpp=$(BUILD)/%.o)
+TEST_OBJS := $(TEST_SRCS:%.cpp=$(BUILD)/%.o)
+
+FLAGS_src/kernels/avx2   := -mavx2 -mfma -mf16c
+FLAGS_src/kernels/avx512 := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c
+isa_flags = $(FLAGS_$(patsubst %/,%,$(dir $(1))))
+
+.PHONY: all test check bench demo clean
+all: $(BUILD)/libddpm.a $(BUILD)/ddpm $(BUILD)/ddpm_tests
+
+$(BUILD)/%.o: %.cpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(ALL_FLAGS) $(call isa_flags,$<) -c $< -o $@
+
+$(BUILD)/libddpm.a: $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/ddpm: $(TOOL_OBJS) $(BUILD)/libddpm.a
+	$(CXX) $(ALL_FLAGS) $^ -o $@ $(LDFLAGS)
+
+$(BUILD)/ddpm_tests: $(TEST_OBJS) $(BUILD)/libddpm.a
+	$(CXX) $(ALL_FLAGS) $^ -o $@ $(LDFLAGS)
+
+test: $(BUILD)/ddpm_tests $(BUILD)/ddpm
+	cd tests && ../$(BUILD)/ddpm_tests
+
+check:
+	bash tests/check.sh
+
+bench: $(BUILD)/ddpm
+	$(BUILD)/ddpm bench ops
+
+clean:
+	rm -rf build build-*
+
+-include $(LIB_OBJS:.o=.d) $(TOOL_OBJS:.o=.d) $(TEST_OBJS:.o=.d)
