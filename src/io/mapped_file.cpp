@@ -1,0 +1,142 @@
+#include "io/mapped_file.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <new>
+
+namespace ddpm {
+
+namespace {
+
+// Owns a descriptor so that every early return closes it.
+class FileDescriptor {
+ public:
+  explicit FileDescriptor(int fd) : fd_(fd) {}
+  ~FileDescriptor() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  FileDescriptor(const FileDescriptor&) = delete;
+  FileDescriptor& operator=(const FileDescriptor&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+// Reads until end of file: the size of special files is unknown (st_size is 0 for /proc files and pipes).
+Status read_all(int fd, const std::string& path, uint64_t size_hint, std::vector<uint8_t>* out) {
+  try {
+    out->clear();
+    size_t capacity = size_hint > 0 && size_hint < (uint64_t{1} << 40) ? static_cast<size_t>(size_hint) + 1 : 65536;
+    out->resize(capacity);
+    size_t used = 0;
+    for (;;) {
+      if (used == out->size()) {
+        if (out->size() > std::numeric_limits<size_t>::max() / 2) return errorf("%s: file too large", path.c_str());
+        out->resize(out->size() * 2);
+      }
+      const ssize_t got = ::read(fd, out->data() + used, out->size() - used);
+      if (got < 0) {
+        if (errno == EINTR) continue;
+        return errorf("cannot read %s: %s", path.c_str(), std::strerror(errno));
+      }
+      if (got == 0) break;
+      used += static_cast<size_t>(got);
+    }
+    out->resize(used);
+    out->shrink_to_fit();
+    return Status();
+  } catch (const std::bad_alloc&) {
+    return errorf("cannot read %s: out of memory", path.c_str());
+  }
+}
+
+}  // namespace
+
+MappedFile::~MappedFile() { close(); }
+
+MappedFile::MappedFile(MappedFile&& other) noexcept { *this = std::move(other); }
+
+MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
+  if (this == &other) return *this;
+  close();
+  path_ = std::move(other.path_);
+  buffer_ = std::move(other.buffer_);
+  mapping_ = other.mapping_;
+  size_ = other.size_;
+  open_ = other.open_;
+  // A moved vector keeps its heap block, so data_ stays valid unless it pointed into the mapping (also kept).
+  data_ = other.data_;
+  other.mapping_ = nullptr;
+  other.data_ = nullptr;
+  other.size_ = 0;
+  other.open_ = false;
+  other.path_.clear();
+  other.buffer_.clear();
+  return *this;
+}
+
+void MappedFile::close() {
+  if (mapping_ != nullptr) ::munmap(mapping_, static_cast<size_t>(size_));
+  mapping_ = nullptr;
+  data_ = nullptr;
+  size_ = 0;
+  buffer_ = std::vector<uint8_t>();
+  open_ = false;
+  path_.clear();
+}
+
+Status MappedFile::open(const std::string& path) {
+  close();
+  int raw_fd;
+  do {
+    raw_fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  } while (raw_fd < 0 && errno == EINTR);
+  if (raw_fd < 0) return errorf("cannot open %s: %s", path.c_str(), std::strerror(errno));
+  FileDescriptor fd(raw_fd);
+
+  struct stat info;
+  if (::fstat(fd.get(), &info) != 0) return errorf("cannot stat %s: %s", path.c_str(), std::strerror(errno));
+  if (S_ISDIR(info.st_mode)) return errorf("cannot read %s: it is a directory", path.c_str());
+
+  path_ = path;
+  if (S_ISREG(info.st_mode) && info.st_size > 0 &&
+      static_cast<uint64_t>(info.st_size) <= std::numeric_limits<size_t>::max()) {
+    void* mapping = ::mmap(nullptr, static_cast<size_t>(info.st_size), PROT_READ, MAP_PRIVATE, fd.get(), 0);
+    if (mapping != MAP_FAILED) {
+      mapping_ = mapping;
+      data_ = static_cast<const uint8_t*>(mapping);
+      size_ = static_cast<uint64_t>(info.st_size);
+      open_ = true;
+      return Status();
+    }
+  }
+  const uint64_t size_hint = S_ISREG(info.st_mode) && info.st_size > 0 ? static_cast<uint64_t>(info.st_size) : 0;
+  Status status = read_all(fd.get(), path, size_hint, &buffer_);
+  if (!status.ok()) {
+    close();
+    return status;
+  }
+  data_ = buffer_.empty() ? nullptr : buffer_.data();
+  size_ = buffer_.size();
+  open_ = true;
+  return Status();
+}
+
+MappedFile MappedFile::from_bytes(std::string name, std::vector<uint8_t> bytes) {
+  MappedFile file;
+  file.path_ = std::move(name);
+  file.buffer_ = std::move(bytes);
+  file.data_ = file.buffer_.empty() ? nullptr : file.buffer_.data();
+  file.size_ = file.buffer_.size();
+  file.open_ = true;
+  return file;
+}
+
+}  // namespace ddpm

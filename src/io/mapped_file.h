@@ -1,0 +1,49 @@
+// Read-only view of a whole file, mmapped when possible.
+//
+// Checkpoints are read through a mapping so that converting a large model does not need a second copy of it in
+// memory and pages are only touched when a tensor is loaded. Files that cannot be mapped (pipes, /proc files,
+// filesystems without mmap) are read into memory instead, so callers never need to care which happened.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ddpm/status.h"
+
+namespace ddpm {
+
+class MappedFile {
+ public:
+  MappedFile() = default;
+  ~MappedFile();
+  MappedFile(MappedFile&& other) noexcept;
+  MappedFile& operator=(MappedFile&& other) noexcept;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+
+  // Replaces whatever this held. Errors name the path ("cannot open x.safetensors: No such file or directory").
+  Status open(const std::string& path);
+  // An in-memory "file" (tests, fuzzers, data received from elsewhere) that behaves exactly like an opened one.
+  static MappedFile from_bytes(std::string name, std::vector<uint8_t> bytes);
+  void close();
+
+  bool is_open() const { return open_; }
+  // Never null, even for an empty file, so that memcpy(dst, data(), 0) stays well-defined.
+  const uint8_t* data() const { return data_ ? data_ : &kEmpty; }
+  uint64_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+  bool is_mapped() const { return mapping_ != nullptr; }
+
+ private:
+  static constexpr uint8_t kEmpty = 0;
+
+  std::string path_;
+  const uint8_t* data_ = nullptr;
+  uint64_t size_ = 0;
+  void* mapping_ = nullptr;  // munmap target when mapped
+  std::vector<uint8_t> buffer_;  // contents when read instead of mapped
+  bool open_ = false;
+};
+
+}  // namespace ddpm
