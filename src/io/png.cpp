@@ -1,23 +1,19 @@
 #include "io/png.h"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <new>
 
+#include "io/atomic_file.h"
 #include "io/deflate.h"
+#include "io/mapped_file.h"
 
 namespace ddpm {
 namespace {
 
 constexpr uint8_t kSignature[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
 constexpr size_t kMaxIdatChunk = size_t(1) << 20;
-constexpr size_t kMaxFileSize = size_t(1) << 31;
 constexpr size_t kMaxCompressedText = size_t(1) << 24;
 
 enum ColorType : uint8_t { kGray = 0, kRgb = 2, kPalette = 3, kGrayAlpha = 4, kRgba = 6 };
@@ -95,48 +91,6 @@ Status validate_dimensions(int64_t width, int64_t height) {
     return errorf("PNG size %lldx%lld is outside the supported range (1 to %d per side, at most %lld pixels)",
                   static_cast<long long>(width), static_cast<long long>(height), kPngMaxSide,
                   static_cast<long long>(kPngMaxPixels));
-  return Status();
-}
-
-using FileCloser = int (*)(FILE*);
-
-Status read_whole_file(const std::string& path, size_t max_size, std::vector<uint8_t>* out) {
-  out->clear();
-  std::unique_ptr<FILE, FileCloser> file(std::fopen(path.c_str(), "rb"), &std::fclose);
-  if (!file) return errorf("%s: cannot open: %s", path.c_str(), std::strerror(errno));
-  uint8_t chunk[1 << 16];
-  for (;;) {
-    size_t got = std::fread(chunk, 1, sizeof chunk, file.get());
-    if (got > max_size - out->size()) return errorf("%s: file is larger than %zu bytes", path.c_str(), max_size);
-    out->insert(out->end(), chunk, chunk + got);
-    if (got < sizeof chunk) break;
-  }
-  if (std::ferror(file.get())) return errorf("%s: read error: %s", path.c_str(), std::strerror(errno));
-  return Status();
-}
-
-// Writes to "<path>.tmp.<pid>" and renames it over path, so path is either untouched or complete; the temporary
-// file is removed on any failure.
-Status write_file_atomically(const std::string& path, const std::vector<uint8_t>& bytes) {
-  std::string temporary = path + ".tmp." + std::to_string(static_cast<long>(getpid()));
-  FILE* file = std::fopen(temporary.c_str(), "wb");
-  if (file == nullptr) return errorf("%s: cannot create %s: %s", path.c_str(), temporary.c_str(), std::strerror(errno));
-  bool written = std::fwrite(bytes.data(), 1, bytes.size(), file) == bytes.size() && std::fflush(file) == 0 &&
-                 fsync(fileno(file)) == 0;
-  int saved_errno = errno;
-  if (std::fclose(file) != 0 && written) {
-    written = false;
-    saved_errno = errno;
-  }
-  if (!written) {
-    std::remove(temporary.c_str());
-    return errorf("%s: cannot write %s: %s", path.c_str(), temporary.c_str(), std::strerror(saved_errno));
-  }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    saved_errno = errno;
-    std::remove(temporary.c_str());
-    return errorf("%s: cannot rename %s into place: %s", path.c_str(), temporary.c_str(), std::strerror(saved_errno));
-  }
   return Status();
 }
 
@@ -547,7 +501,7 @@ Status write_png(const std::string& path, int width, int height, int channels, c
   std::vector<uint8_t> bytes;
   Status status = encode_png(width, height, channels, pixels, text, &bytes);
   if (!status.ok()) return status.with_context(path);
-  return write_file_atomically(path, bytes);
+  return write_file_atomically(path, bytes.data(), bytes.size());
 }
 
 Status decode_png(const uint8_t* bytes, size_t size, const std::string& name, Image* out) {
@@ -558,9 +512,10 @@ Status decode_png(const uint8_t* bytes, size_t size, const std::string& name, Im
 }
 
 Status read_png(const std::string& path, Image* out) {
-  std::vector<uint8_t> bytes;
-  DDPM_TRY(read_whole_file(path, kMaxFileSize, &bytes));
-  return decode_png(bytes.data(), bytes.size(), path, out);
+  MappedFile file;
+  DDPM_TRY(file.open(path));
+  if (file.size() > SIZE_MAX) return errorf("%s: file too large for this machine", path.c_str());
+  return decode_png(file.data(), size_t(file.size()), path, out);
 }
 
 }  // namespace ddpm
