@@ -18,6 +18,8 @@ using namespace ddpm;
 
 namespace {
 
+constexpr double kPi = 3.14159265358979323846;
+
 std::vector<float> read_f32(const std::string& name, size_t count) {
   std::vector<float> values(count);
   const std::string path = "data/sched/" + name;
@@ -179,7 +181,7 @@ TEST_CASE("other beta schedules", "[sched]") {
   c.beta_schedule = BetaSchedule::SquaredCosCapV2;
   s = make_schedule(c);
   auto abar = [](double t) {
-    const double v = std::cos((t + 0.008) / 1.008 * M_PI / 2);
+    const double v = std::cos((t + 0.008) / 1.008 * kPi / 2);
     return v * v;
   };
   for (int i : {0, 1, 500, 998}) CHECK(s.betas[i] == static_cast<float>(1 - abar((i + 1) / 1000.0) / abar(i / 1000.0)));
@@ -687,6 +689,14 @@ TEST_CASE("DDIM eta, sample prediction and use_clipped_model_output", "[sched]")
   // Final step uses final_alpha_cumprod = 1: x_prev = x̂0 exactly.
   REQUIRE(ddim_step(s2, 0, -20, 0.0f, false, shape, x.data(), eps.data(), nullptr, a.data()).ok());
   for (int i = 0; i < 4; ++i) CHECK(a[i] == eps[i]);
+  // A learned-variance model (2C channels) under DDIM: the variance half is ignored.
+  std::vector<float> out2(eps);
+  out2.insert(out2.end(), {9.0f, 9.0f, 9.0f, 9.0f});
+  StepShape shape2 = shape;
+  shape2.out_channels = 2;
+  REQUIRE(ddim_step(s, t, prev, 0.0f, false, shape, x.data(), eps.data(), nullptr, a.data()).ok());
+  REQUIRE(ddim_step(s, t, prev, 0.0f, false, shape2, x.data(), out2.data(), nullptr, b.data()).ok());
+  CHECK(a == b);
   CHECK_FALSE(ddim_step(s, t, prev, -0.5f, false, shape, x.data(), eps.data(), z.data(), a.data()).ok());
   CHECK_FALSE(ddim_step(s, t, prev, 0.5f, false, shape, x.data(), eps.data(), nullptr, a.data()).ok());
 }
@@ -883,8 +893,8 @@ TEST_CASE("torch generator: uniforms, small randn, randint", "[sched]") {
   REQUIRE(a.randn(small.data(), 3).ok());
   const double u1 = b.uniform_double(), u2 = b.uniform_double();
   const double radius = std::sqrt(-2.0 * std::log1p(-u2));
-  CHECK(small[0] == static_cast<float>(radius * std::cos(2.0 * M_PI * u1)));
-  CHECK(small[1] == static_cast<float>(radius * std::sin(2.0 * M_PI * u1)));
+  CHECK(small[0] == static_cast<float>(radius * std::cos(2.0 * kPi * u1)));
+  CHECK(small[1] == static_cast<float>(radius * std::sin(2.0 * kPi * u1)));
   // After 3 values one is cached: two pairs of 64-bit uniforms = 8 outputs consumed (b has used 4 so far).
   for (int i = 0; i < 4; ++i) b.random();
   CHECK(a.random() == b.random());

@@ -75,6 +75,7 @@ void clip_sample(float* x0, int64_t n, float range) {
 
 void dynamic_threshold(float* x0, int batch, int64_t per_sample, float ratio, float max_value) {
   if (per_sample < 1) return;
+  ratio = ratio >= 0.0f ? std::min(ratio, 1.0f) : 0.0f;  // also maps NaN to 0, keeping the rank cast defined
   std::vector<float> magnitudes(static_cast<size_t>(per_sample));
   // torch.quantile(q, dim=1), interpolation "linear": rank = q·(n − 1) in float, lerp between floor and ceil.
   const float rank = ratio * static_cast<float>(per_sample - 1);
