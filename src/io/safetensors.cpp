@@ -181,6 +181,7 @@ bool safetensors_dtype_from_name(std::string_view name, SourceDType* out) {
 
 Status read_safetensors(const std::string& path, const MappedFile& file, std::vector<SourceTensor>* tensors,
                         std::vector<std::pair<std::string, std::string>>* metadata) {
+  DDPM_ASSERT(tensors != nullptr);
   const uint64_t file_size = file.size();
   if (file_size < 8) {
     return errorf("%s: too short for a safetensors file (%llu bytes)", path.c_str(),

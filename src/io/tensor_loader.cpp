@@ -30,7 +30,6 @@ std::string shown_name(const std::string& name) {
 
 bool valid_dtype(SourceDType dtype) { return static_cast<uint8_t>(dtype) <= static_cast<uint8_t>(SourceDType::BOOL); }
 
-inline uint8_t byteswap(uint8_t v) { return v; }
 inline uint16_t byteswap(uint16_t v) { return __builtin_bswap16(v); }
 inline uint32_t byteswap(uint32_t v) { return __builtin_bswap32(v); }
 inline uint64_t byteswap(uint64_t v) { return __builtin_bswap64(v); }
