@@ -15,7 +15,7 @@ CXXFLAGS ?=
 LDFLAGS  ?=
 TARGET_ARCH_NAME := $(shell $(CXX) -dumpmachine | cut -d- -f1)
 
-BASE_FLAGS := -std=c++17 $(OPT) -g -Wall -Wextra -Iinclude -Isrc -pthread -MMD -MP
+BASE_FLAGS := -std=c++17 $(OPT) -g -Wall -Wextra -Iinclude -Isrc -I. -pthread -MMD -MP
 ifeq ($(SANITIZE),1)
   BASE_FLAGS += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   LDFLAGS += -fsanitize=address,undefined

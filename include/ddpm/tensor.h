@@ -1,0 +1,79 @@
+// Tensors: typed, up to 4-D, strided views over memory owned elsewhere.
+//
+// A Tensor is also a node of a compute graph (see graph.h): `op` and `src` record how it is computed; `data` is
+// null until the graph's planner places it in the activation arena. Leaves are either parameters (weights whose
+// memory belongs to the model, often an mmapped file) or inputs (placed by the planner, filled by the caller).
+//
+// Shapes are written outermost first, like PyTorch: an image batch is [B, C, H, W] with W contiguous.
+// Strides are in elements. A tensor is contiguous when its strides are the row-major ones of its shape.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "ddpm/dtype.h"
+
+namespace ddpm {
+
+constexpr int kMaxRank = 4;
+constexpr int kMaxSources = 4;
+
+enum class OpKind : uint8_t {
+  Leaf,        // parameter or input: no computation
+  View,        // reshape / transpose / slice of src[0]'s memory; computed by pointer arithmetic only
+  Contiguous,  // row-major copy of a strided src[0]
+  Conv2d,      // src: x [B,Ci,H,W], weight [Co,Ci,kh,kw], bias [Co]?, residual [B,Co,Ho,Wo]?
+  Matmul,      // src: a [..,M,K], b [..,K,N] (b may be strided), bias?
+  GroupNorm,   // src: x [B,C,H,W], gamma [C], beta [C]; optional fused SiLU
+  Unary,       // src: x; elementwise function (silu, scale)
+  Binary,      // src: a, b (broadcast); add or mul
+  Concat,      // src: a, b; along dim 1
+  Upsample2x,  // nearest
+  AvgPool2x,   // 2x2 stride 2
+  Softmax,     // along the last dim, row max subtracted
+  TimestepEmbedding,  // src: t [B] f32 → [B, dim] sinusoidal
+  GetRows,     // src: table [R, D], indices [B] i32 → [B, D]
+  kCount
+};
+
+const char* op_name(OpKind op);
+
+enum TensorFlags : uint8_t {
+  kFlagParam = 1,   // constant data owned outside the graph
+  kFlagInput = 2,   // placed by the planner, written by the caller before compute
+  kFlagOutput = 4,  // kept alive until the end of compute
+};
+
+struct Tensor {
+  DType dtype = DType::F32;
+  int rank = 0;
+  int64_t shape[kMaxRank] = {1, 1, 1, 1};
+  int64_t stride[kMaxRank] = {1, 1, 1, 1};
+  void* data = nullptr;
+
+  OpKind op = OpKind::Leaf;
+  Tensor* src[kMaxSources] = {nullptr, nullptr, nullptr, nullptr};
+  int64_t iparams[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // op-specific integer parameters
+  float fparams[4] = {0, 0, 0, 0};                 // op-specific float parameters
+
+  // Views: the tensor whose memory this one reads, and the element offset into it.
+  Tensor* view_source = nullptr;
+  int64_t view_offset = 0;
+
+  uint8_t flags = 0;
+  int id = -1;  // position in the graph's node list (creation order = a topological order)
+  std::string name;
+
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int i = 0; i < rank; ++i) n *= shape[i];
+    return n;
+  }
+  bool is_contiguous() const;
+  // Shape as "[2, 3, 8, 8]" for messages.
+  std::string shape_string() const;
+
+  float* f32() const { return static_cast<float*>(data); }
+};
+
+}  // namespace ddpm

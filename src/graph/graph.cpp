@@ -1,0 +1,279 @@
+#include "ddpm/graph.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#include "ddpm/threadpool.h"
+#include "ops/op_exec.h"
+
+namespace ddpm {
+namespace {
+
+constexpr size_t kAlignment = 64;
+
+size_t align_up(size_t n) { return (n + kAlignment - 1) / kAlignment * kAlignment; }
+
+void free_aligned(uint8_t* p) { std::free(p); }
+
+uint8_t* alloc_aligned(size_t bytes) {
+  if (bytes == 0) bytes = kAlignment;
+  return static_cast<uint8_t*>(std::aligned_alloc(kAlignment, align_up(bytes)));
+}
+
+size_t tensor_bytes(const Tensor& t) { return dtype_row_bytes(t.dtype, t.numel()); }
+
+// Best-fit placement of blocks inside one growing arena. Free blocks are kept sorted by offset and merged with
+// their neighbours, so a freed region can be reused by any later tensor that fits.
+class ArenaPlanner {
+ public:
+  size_t allocate(size_t bytes) {
+    bytes = align_up(std::max<size_t>(bytes, 1));
+    size_t best = free_.size();
+    for (size_t i = 0; i < free_.size(); ++i) {
+      if (free_[i].size >= bytes && (best == free_.size() || free_[i].size < free_[best].size)) best = i;
+    }
+    if (best != free_.size()) {
+      const size_t offset = free_[best].offset;
+      free_[best].offset += bytes;
+      free_[best].size -= bytes;
+      if (free_[best].size == 0) free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(best));
+      return offset;
+    }
+    // Grow the arena, reusing a free block that ends at the top.
+    if (!free_.empty() && free_.back().offset + free_.back().size == top_) {
+      const size_t offset = free_.back().offset;
+      free_.pop_back();
+      top_ = offset + bytes;
+      return offset;
+    }
+    const size_t offset = top_;
+    top_ += bytes;
+    return offset;
+  }
+
+  void release(size_t offset, size_t bytes) {
+    bytes = align_up(std::max<size_t>(bytes, 1));
+    auto it = std::lower_bound(free_.begin(), free_.end(), offset,
+                               [](const Block& b, size_t off) { return b.offset < off; });
+    it = free_.insert(it, Block{offset, bytes});
+    // Merge with the next, then the previous block.
+    auto next = it + 1;
+    if (next != free_.end() && it->offset + it->size == next->offset) {
+      it->size += next->size;
+      free_.erase(next);
+    }
+    if (it != free_.begin()) {
+      auto prev = it - 1;
+      if (prev->offset + prev->size == it->offset) {
+        prev->size += it->size;
+        free_.erase(it);
+      }
+    }
+  }
+
+  size_t peak() const { return top_; }
+
+ private:
+  struct Block {
+    size_t offset, size;
+  };
+  std::vector<Block> free_;
+  size_t top_ = 0;
+};
+
+Tensor* storage_root(Tensor* t) { return t->view_source ? t->view_source : t; }
+
+}  // namespace
+
+Graph::Graph() : arena_(nullptr, free_aligned) {}
+
+Graph::~Graph() {
+  for (uint8_t* s : scratch_) std::free(s);
+}
+
+Tensor* Graph::add_tensor() {
+  storage_.emplace_back();
+  Tensor* t = &storage_.back();
+  t->id = static_cast<int>(nodes_.size());
+  nodes_.push_back(t);
+  return t;
+}
+
+Tensor* Graph::fail(Status error) {
+  if (status_.ok()) status_ = std::move(error);
+  return nullptr;
+}
+
+static void set_row_major(Tensor* t) {
+  int64_t stride = 1;
+  for (int i = t->rank - 1; i >= 0; --i) {
+    t->stride[i] = stride;
+    stride *= t->shape[i];
+  }
+}
+
+Tensor* Graph::param(const std::string& name, DType dtype, int rank, const int64_t* shape, const void* data) {
+  if (rank < 1 || rank > kMaxRank) return fail(errorf("param %s: rank %d is not in 1..%d", name.c_str(), rank, kMaxRank));
+  for (int i = 0; i < rank; ++i) {
+    if (shape[i] <= 0) return fail(errorf("param %s: dimension %d is %lld", name.c_str(), i, (long long)shape[i]));
+  }
+  Tensor* t = add_tensor();
+  t->dtype = dtype;
+  t->rank = rank;
+  std::copy(shape, shape + rank, t->shape);
+  set_row_major(t);
+  if (t->shape[rank - 1] % dtype_traits(dtype).block_size != 0) {
+    return fail(errorf("param %s: last dimension %lld is not a multiple of the %s block size", name.c_str(),
+                       (long long)t->shape[rank - 1], dtype_name(dtype)));
+  }
+  t->data = const_cast<void*>(data);
+  t->flags = kFlagParam;
+  t->name = name;
+  return t;
+}
+
+Tensor* Graph::param(const std::string& name, DType dtype, std::initializer_list<int64_t> shape, const void* data) {
+  return param(name, dtype, static_cast<int>(shape.size()), shape.begin(), data);
+}
+
+Tensor* Graph::input(const std::string& name, DType dtype, std::initializer_list<int64_t> shape) {
+  const int rank = static_cast<int>(shape.size());
+  if (rank < 1 || rank > kMaxRank) return fail(errorf("input %s: rank %d is not in 1..%d", name.c_str(), rank, kMaxRank));
+  for (int64_t d : shape) {
+    if (d <= 0) return fail(errorf("input %s: non-positive dimension %lld", name.c_str(), (long long)d));
+  }
+  Tensor* t = add_tensor();
+  t->dtype = dtype;
+  t->rank = rank;
+  std::copy(shape.begin(), shape.end(), t->shape);
+  set_row_major(t);
+  t->flags = kFlagInput;
+  t->name = name;
+  return t;
+}
+
+void Graph::set_output(Tensor* t) {
+  if (t) storage_root(t)->flags |= kFlagOutput;
+}
+
+Tensor* Graph::new_node(OpKind op, DType dtype, int rank, const int64_t* shape, std::initializer_list<Tensor*> sources) {
+  DDPM_ASSERT(rank >= 1 && rank <= kMaxRank);
+  DDPM_ASSERT(sources.size() <= static_cast<size_t>(kMaxSources));
+  Tensor* t = add_tensor();
+  t->op = op;
+  t->dtype = dtype;
+  t->rank = rank;
+  std::copy(shape, shape + rank, t->shape);
+  set_row_major(t);
+  int i = 0;
+  for (Tensor* s : sources) t->src[i++] = s;
+  planned_ = false;
+  return t;
+}
+
+Tensor* Graph::new_view(Tensor* source, int rank, const int64_t* shape, const int64_t* stride, int64_t offset) {
+  DDPM_ASSERT(rank >= 1 && rank <= kMaxRank);
+  Tensor* t = add_tensor();
+  t->op = OpKind::View;
+  t->dtype = source->dtype;
+  t->rank = rank;
+  std::copy(shape, shape + rank, t->shape);
+  std::copy(stride, stride + rank, t->stride);
+  // Views always point at the tensor that owns memory, so the planner needs no chains.
+  t->view_source = storage_root(source);
+  t->view_offset = (source->view_source ? source->view_offset : 0) + offset;
+  t->src[0] = source;
+  planned_ = false;
+  return t;
+}
+
+Status Graph::plan() {
+  DDPM_TRY(status_);
+  const size_t n = nodes_.size();
+  // Last node that reads each storage root (through views too); outputs and inputs live to the end.
+  std::vector<size_t> last_use(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    Tensor* t = nodes_[i];
+    last_use[t->id] = std::max(last_use[t->id], i);
+    for (Tensor* s : t->src) {
+      if (s) last_use[storage_root(s)->id] = std::max(last_use[storage_root(s)->id], i);
+    }
+  }
+  constexpr size_t kForever = std::numeric_limits<size_t>::max();
+  std::vector<size_t> offset(n, kForever);
+  std::vector<std::vector<Tensor*>> dies_after(n);
+  ArenaPlanner planner;
+  for (size_t i = 0; i < n; ++i) {
+    Tensor* t = nodes_[i];
+    if (t->flags & kFlagInput) offset[i] = planner.allocate(tensor_bytes(*t));
+  }
+  size_t scratch = 0;
+  for (size_t i = 0; i < n; ++i) {
+    Tensor* t = nodes_[i];
+    if (t->op == OpKind::Leaf || t->op == OpKind::View) continue;
+    offset[i] = planner.allocate(tensor_bytes(*t));
+    if (!(t->flags & kFlagOutput)) dies_after[last_use[i]].push_back(t);
+    if (const ScratchFn fn = op_exec(t->op).scratch_bytes) scratch = std::max(scratch, fn(*t));
+    for (Tensor* dead : dies_after[i]) planner.release(offset[dead->id], tensor_bytes(*dead));
+  }
+  arena_bytes_ = planner.peak();
+  arena_.reset(alloc_aligned(arena_bytes_));
+  if (!arena_) return errorf("cannot allocate %zu bytes for activations", arena_bytes_);
+  for (size_t i = 0; i < n; ++i) {
+    if (offset[i] != kForever) nodes_[i]->data = arena_.get() + offset[i];
+  }
+  for (Tensor* t : nodes_) {
+    if (t->op == OpKind::View) {
+      const size_t element_bytes = dtype_traits(t->dtype).block_bytes;  // views only exist for plain types
+      t->data = static_cast<uint8_t*>(t->view_source->data) + t->view_offset * static_cast<int64_t>(element_bytes);
+    }
+  }
+  scratch_per_thread_ = align_up(scratch);
+  planned_ = true;
+  return Status();
+}
+
+Status Graph::compute(ThreadPool& pool) {
+  if (!planned_) DDPM_TRY(plan());
+  const size_t threads = static_cast<size_t>(pool.size());
+  if (scratch_.size() < threads) {
+    for (uint8_t* s : scratch_) std::free(s);
+    scratch_.assign(threads, nullptr);
+    for (auto& s : scratch_) {
+      s = alloc_aligned(scratch_per_thread_);
+      if (!s) return errorf("cannot allocate %zu bytes of scratch memory", scratch_per_thread_);
+    }
+  }
+  ExecContext ctx{pool, scratch_.data(), scratch_per_thread_, kernels::active()};
+  for (Tensor* t : nodes_) {
+    if (t->op == OpKind::Leaf || t->op == OpKind::View) continue;
+    Status status = op_exec(t->op).compute(*t, ctx);
+    if (!status.ok()) return status.with_context(std::string(op_name(t->op)) + (t->name.empty() ? "" : " " + t->name));
+  }
+  return Status();
+}
+
+const OpExec& op_exec(OpKind op) {
+  static const OpExec table[] = {
+      {nullptr, nullptr},                          // Leaf
+      {nullptr, nullptr},                          // View
+      {compute_contiguous, nullptr},               // Contiguous
+      {compute_conv2d, scratch_conv2d},            // Conv2d
+      {compute_matmul, scratch_matmul},            // Matmul
+      {compute_group_norm, nullptr},               // GroupNorm
+      {compute_unary, nullptr},                    // Unary
+      {compute_binary, nullptr},                   // Binary
+      {compute_concat, nullptr},                   // Concat
+      {compute_upsample2x, nullptr},               // Upsample2x
+      {compute_avg_pool2x, nullptr},               // AvgPool2x
+      {compute_softmax, nullptr},                  // Softmax
+      {compute_timestep_embedding, nullptr},       // TimestepEmbedding
+      {compute_get_rows, nullptr},                 // GetRows
+  };
+  static_assert(sizeof(table) / sizeof(table[0]) == static_cast<size_t>(OpKind::kCount), "one entry per OpKind");
+  return table[static_cast<int>(op)];
+}
+
+}  // namespace ddpm

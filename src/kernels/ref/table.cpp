@@ -1,0 +1,27 @@
+#include "kernels/ref/ref.h"
+#include "kernels/registry.h"
+
+namespace ddpm::kernels {
+
+KernelTable make_reference_table() {
+  KernelTable t;
+  t.isa = Isa::Scalar;
+  t.isa_name = "scalar";
+  t.gemm = {ref::kGemmMR, ref::kGemmNR, ref::gemm_4x8};
+  t.silu = ref::silu;
+  t.add = ref::add;
+  t.mul = ref::mul;
+  t.add_scalar = ref::add_scalar;
+  t.mul_scalar = ref::mul_scalar;
+  t.affine = ref::affine;
+  t.affine_silu = ref::affine_silu;
+  t.sum_f64 = ref::sum_f64;
+  t.sum_squared_deviation_f64 = ref::sum_squared_deviation_f64;
+  t.max = ref::max;
+  t.exp_shifted_sum = ref::exp_shifted_sum;
+  t.f16_to_f32 = ref::f16_to_f32;
+  t.f32_to_f16 = ref::f32_to_f16;
+  return t;
+}
+
+}  // namespace ddpm::kernels

@@ -1,0 +1,113 @@
+#include "kernels/registry.h"
+
+#include <cstdlib>
+#include <cstring>
+
+namespace ddpm::kernels {
+namespace {
+
+struct Registry {
+  KernelTable reference = make_reference_table();
+#if !defined(DDPM_NO_SIMD) && defined(__x86_64__)
+  KernelTable avx2 = make_avx2_table();
+  KernelTable avx512 = make_avx512_table();
+#endif
+#if !defined(DDPM_NO_SIMD) && defined(__aarch64__)
+  KernelTable neon = make_neon_table();
+#endif
+  const KernelTable* active = nullptr;
+
+  Registry() { active = best(); }
+
+  const KernelTable* best() const {
+    for (Isa isa : {Isa::Avx512, Isa::Avx2, Isa::Neon}) {
+      if (const KernelTable* table = find(isa)) return table;
+    }
+    return &reference;
+  }
+
+  const KernelTable* find(Isa isa) const {
+    const CpuFeatures& cpu = cpu_features();
+    switch (isa) {
+      case Isa::Scalar:
+        return &reference;
+#if !defined(DDPM_NO_SIMD) && defined(__x86_64__)
+      case Isa::Avx2:
+        return cpu.avx2_fma_f16c ? &avx2 : nullptr;
+      case Isa::Avx512:
+        return cpu.avx512 ? &avx512 : nullptr;
+#endif
+#if !defined(DDPM_NO_SIMD) && defined(__aarch64__)
+      case Isa::Neon:
+        return cpu.neon ? &neon : nullptr;
+#endif
+      default:
+        (void)cpu;
+        return nullptr;
+    }
+  }
+};
+
+Registry& registry() {
+  static Registry instance;
+  return instance;
+}
+
+}  // namespace
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return "scalar";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512: return "avx512";
+    case Isa::Neon: return "neon";
+  }
+  return "?";
+}
+
+bool isa_from_name(const char* name, Isa* out) {
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon}) {
+    if (std::strcmp(name, isa_name(isa)) == 0) {
+      *out = isa;
+      return true;
+    }
+  }
+  return false;
+}
+
+const KernelTable& active() { return *registry().active; }
+const KernelTable& reference() { return registry().reference; }
+const KernelTable* table_for(Isa isa) { return registry().find(isa); }
+
+int available_tables(const KernelTable** out, int capacity) {
+  int count = 0;
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon}) {
+    const KernelTable* table = table_for(isa);
+    if (table && count < capacity) out[count++] = table;
+  }
+  return count;
+}
+
+Status select(const char* name) {
+  if (std::strcmp(name, "auto") == 0) {
+    registry().active = registry().best();
+    return Status();
+  }
+  Isa isa;
+  if (!isa_from_name(name, &isa)) {
+    return errorf("unknown instruction set '%s' (expected auto, scalar, avx2, avx512 or neon)", name);
+  }
+  const KernelTable* table = table_for(isa);
+  if (!table) return errorf("instruction set '%s' is not available on this CPU or in this build", name);
+  registry().active = table;
+  return Status();
+}
+
+Status init_from_environment() {
+  const char* forced = std::getenv("DDPM_ISA");
+  if (!forced || !*forced) return Status();
+  Status status = select(forced);
+  return status.with_context("DDPM_ISA");
+}
+
+}  // namespace ddpm::kernels

@@ -1,0 +1,94 @@
+// The kernel registry: every ISA-specific routine the ops call, as one table per instruction-set level.
+//
+// src/kernels/ref/ holds the scalar reference of every entry; avx2/, avx512/ and neon/ hold variants with the same
+// signatures, each directory compiled with its own flags. Each level's table starts from the reference table and
+// overrides what it implements (see <isa>/table.cpp), so a level may accelerate only what pays. The level is chosen
+// once at start-up from CPUID + XCR0 (x86) or the architecture (ARM64), widest first; DDPM_ISA=scalar|avx2|avx512|
+// neon (or `ddpm --isa`) forces one, for tests and benchmarks. tests/test_kernels.cpp compares every table's
+// entries against the reference on shapes that hit every tail.
+#pragma once
+
+#include <cstdint>
+
+#include "ddpm/status.h"
+
+namespace ddpm::kernels {
+
+enum class Isa { Scalar, Avx2, Avx512, Neon };
+
+// GEMM micro-kernel: C[MR×NR] (+)= A_panel · B_panel over kc steps.
+//   a_panel: kc × MR floats, k-major (a_panel[k*MR + m]);  b_panel: kc × NR floats (b_panel[k*NR + n]).
+//   c: MR rows of NR floats with row stride ldc. accumulate=false overwrites C, true adds to it.
+// The driver (src/ops/gemm.cpp) packs panels, handles tails through a temporary tile and threads the work; a
+// micro-kernel only ever sees full tiles.
+struct GemmMicroKernel {
+  int mr = 0;
+  int nr = 0;
+  void (*run)(int64_t kc, const float* a_panel, const float* b_panel, float* c, int64_t ldc, bool accumulate) = nullptr;
+};
+
+struct KernelTable {
+  Isa isa = Isa::Scalar;
+  const char* isa_name = "scalar";
+
+  GemmMicroKernel gemm;
+
+  // Elementwise rows. In-place (y == x) is allowed for all of them.
+  void (*silu)(int64_t n, const float* x, float* y) = nullptr;
+  void (*add)(int64_t n, const float* a, const float* b, float* y) = nullptr;
+  void (*mul)(int64_t n, const float* a, const float* b, float* y) = nullptr;
+  void (*add_scalar)(int64_t n, const float* a, float b, float* y) = nullptr;
+  void (*mul_scalar)(int64_t n, const float* a, float b, float* y) = nullptr;
+  // y = x·scale + shift, optionally followed by SiLU (GroupNorm's per-channel apply step).
+  void (*affine)(int64_t n, const float* x, float scale, float shift, float* y) = nullptr;
+  void (*affine_silu)(int64_t n, const float* x, float scale, float shift, float* y) = nullptr;
+
+  // Reductions. Statistics for GroupNorm are accumulated in double, as the reference requires.
+  double (*sum_f64)(int64_t n, const float* x) = nullptr;
+  double (*sum_squared_deviation_f64)(int64_t n, const float* x, double mean) = nullptr;
+  float (*max)(int64_t n, const float* x) = nullptr;  // n >= 1
+  // y = exp(x - shift); returns Σy (f32 accumulation, fixed order per level).
+  float (*exp_shifted_sum)(int64_t n, const float* x, float shift, float* y) = nullptr;
+
+  // Weight conversion.
+  void (*f16_to_f32)(int64_t n, const uint16_t* x, float* y) = nullptr;
+  void (*f32_to_f16)(int64_t n, const float* x, uint16_t* y) = nullptr;
+};
+
+const char* isa_name(Isa isa);
+bool isa_from_name(const char* name, Isa* out);
+
+// The table in use. Defaults to the best level this CPU supports.
+const KernelTable& active();
+// The table for `isa`, or nullptr when it is not compiled in or this CPU cannot run it.
+const KernelTable* table_for(Isa isa);
+const KernelTable& reference();
+// Every level this binary can run on this CPU, reference first.
+int available_tables(const KernelTable** out, int capacity);
+
+// Chooses the level by name ("scalar", "avx2", "avx512", "neon", or "auto"); error if unknown or unsupported.
+Status select(const char* name);
+// Applies DDPM_ISA when set.
+Status init_from_environment();
+
+// Per-level tables, defined in each ISA directory (only those compiled for this architecture exist).
+KernelTable make_reference_table();
+#if !defined(DDPM_NO_SIMD) && defined(__x86_64__)
+KernelTable make_avx2_table();
+KernelTable make_avx512_table();
+#endif
+#if !defined(DDPM_NO_SIMD) && defined(__aarch64__)
+KernelTable make_neon_table();
+#endif
+
+// CPU features (x86: CPUID + XCR0, so an OS that does not save AVX-512 state disables it).
+struct CpuFeatures {
+  bool avx2_fma_f16c = false;
+  bool avx512 = false;       // F + BW + VL + DQ
+  bool avx512_vnni = false;
+  bool neon = false;
+  bool neon_dotprod = false;
+};
+const CpuFeatures& cpu_features();
+
+}  // namespace ddpm::kernels

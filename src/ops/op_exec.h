@@ -1,0 +1,60 @@
+// How the executor runs one node: every op family (src/ops/<family>.cpp) provides a compute function and, when it
+// needs temporary memory, the per-thread scratch size. The executor (src/graph/graph.cpp) dispatches on OpKind.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "ddpm/status.h"
+#include "ddpm/tensor.h"
+#include "ddpm/threadpool.h"
+#include "kernels/registry.h"
+
+namespace ddpm {
+
+struct ExecContext {
+  ThreadPool& pool;
+  uint8_t* const* scratch;  // scratch[thread], each scratch_bytes long, 64-byte aligned
+  size_t scratch_bytes;
+  const kernels::KernelTable& kernels;
+};
+
+using ComputeFn = Status (*)(const Tensor& node, ExecContext& ctx);
+using ScratchFn = size_t (*)(const Tensor& node);
+
+struct OpExec {
+  ComputeFn compute;
+  ScratchFn scratch_bytes;  // may be null: no scratch
+};
+
+const OpExec& op_exec(OpKind op);
+
+// Per-family entry points (defined in src/ops/*.cpp).
+Status compute_contiguous(const Tensor& node, ExecContext& ctx);
+Status compute_conv2d(const Tensor& node, ExecContext& ctx);
+size_t scratch_conv2d(const Tensor& node);
+Status compute_matmul(const Tensor& node, ExecContext& ctx);
+size_t scratch_matmul(const Tensor& node);
+Status compute_group_norm(const Tensor& node, ExecContext& ctx);
+Status compute_unary(const Tensor& node, ExecContext& ctx);
+Status compute_binary(const Tensor& node, ExecContext& ctx);
+Status compute_concat(const Tensor& node, ExecContext& ctx);
+Status compute_upsample2x(const Tensor& node, ExecContext& ctx);
+Status compute_avg_pool2x(const Tensor& node, ExecContext& ctx);
+Status compute_softmax(const Tensor& node, ExecContext& ctx);
+Status compute_timestep_embedding(const Tensor& node, ExecContext& ctx);
+Status compute_get_rows(const Tensor& node, ExecContext& ctx);
+
+// Unary op codes (iparams[0]).
+enum class UnaryOp : int64_t { Silu = 0, Scale = 1 };
+// Binary op codes (iparams[0]).
+enum class BinaryOp : int64_t { Add = 0, Mul = 1 };
+
+// Splits [0, n) into `parts` nearly equal ranges; range `i` is [begin, end).
+inline void split_range(int64_t n, int64_t parts, int64_t i, int64_t* begin, int64_t* end) {
+  const int64_t base = n / parts, extra = n % parts;
+  *begin = i * base + (i < extra ? i : extra);
+  *end = *begin + base + (i < extra ? 1 : 0);
+}
+
+}  // namespace ddpm

@@ -1,0 +1,99 @@
+// Views (reshape, permute, slice) only rewrite shape and strides; contiguous() copies when a view is strided.
+#include <algorithm>
+#include <cstring>
+
+#include "ddpm/ops.h"
+#include "ops/op_exec.h"
+
+namespace ddpm {
+
+Tensor* reshape(Graph& g, Tensor* x, std::initializer_list<int64_t> shape) {
+  if (!x) return nullptr;
+  const int rank = static_cast<int>(shape.size());
+  int64_t count = 1;
+  for (int64_t d : shape) count *= d;
+  if (rank < 1 || rank > kMaxRank || count != x->numel()) {
+    return g.fail(errorf("reshape: cannot view %s as a tensor of %d dims and %lld elements", x->shape_string().c_str(),
+                         rank, (long long)count));
+  }
+  x = contiguous(g, x);
+  int64_t stride[kMaxRank];
+  int64_t s = 1;
+  for (int i = rank - 1; i >= 0; --i) {
+    stride[i] = s;
+    s *= shape.begin()[i];
+  }
+  return g.new_view(x, rank, shape.begin(), stride, 0);
+}
+
+Tensor* permute(Graph& g, Tensor* x, std::initializer_list<int> axes) {
+  if (!x) return nullptr;
+  const int rank = static_cast<int>(axes.size());
+  bool seen[kMaxRank] = {false, false, false, false};
+  bool valid = rank == x->rank;
+  for (int a : axes) {
+    valid = valid && a >= 0 && a < x->rank && !seen[a];
+    if (valid) seen[a] = true;
+  }
+  if (!valid) return g.fail(errorf("permute: invalid axes for %s", x->shape_string().c_str()));
+  int64_t shape[kMaxRank], stride[kMaxRank];
+  for (int i = 0; i < rank; ++i) {
+    shape[i] = x->shape[axes.begin()[i]];
+    stride[i] = x->stride[axes.begin()[i]];
+  }
+  return g.new_view(x, rank, shape, stride, 0);
+}
+
+Tensor* slice(Graph& g, Tensor* x, int dim, int64_t start, int64_t length) {
+  if (!x) return nullptr;
+  if (dim < 0 || dim >= x->rank || start < 0 || length < 1 || start + length > x->shape[dim]) {
+    return g.fail(errorf("slice: [%lld, %lld) of dim %d is outside %s", (long long)start, (long long)(start + length),
+                         dim, x->shape_string().c_str()));
+  }
+  int64_t shape[kMaxRank];
+  std::copy(x->shape, x->shape + x->rank, shape);
+  shape[dim] = length;
+  return g.new_view(x, x->rank, shape, x->stride, start * x->stride[dim]);
+}
+
+Tensor* contiguous(Graph& g, Tensor* x) {
+  if (!x) return nullptr;
+  if (x->is_contiguous()) return x;
+  if (dtype_traits(x->dtype).is_quantized) return g.fail(errorf("contiguous: cannot copy a strided %s tensor", dtype_name(x->dtype)));
+  return g.new_node(OpKind::Contiguous, x->dtype, x->rank, x->shape, {x});
+}
+
+Status compute_contiguous(const Tensor& node, ExecContext& ctx) {
+  const Tensor& x = *node.src[0];
+  const size_t element = dtype_traits(x.dtype).block_bytes;
+  int64_t shape[kMaxRank] = {1, 1, 1, 1}, stride[kMaxRank] = {0, 0, 0, 0};
+  const int pad = kMaxRank - x.rank;
+  for (int i = 0; i < x.rank; ++i) {
+    shape[pad + i] = x.shape[i];
+    stride[pad + i] = x.stride[i];
+  }
+  const int64_t rows = shape[0] * shape[1] * shape[2];
+  const int64_t cols = shape[3];
+  const int64_t tasks = std::min<int64_t>(rows, std::max<int64_t>(1, rows * cols / 8192));
+  ctx.pool.run(tasks, [&](int64_t task, int) {
+    int64_t begin, end;
+    split_range(rows, tasks, task, &begin, &end);
+    const uint8_t* src = static_cast<const uint8_t*>(x.data);
+    uint8_t* dst = static_cast<uint8_t*>(node.data);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t i0 = r / (shape[1] * shape[2]), i1 = (r / shape[2]) % shape[1], i2 = r % shape[2];
+      const int64_t base = i0 * stride[0] + i1 * stride[1] + i2 * stride[2];
+      uint8_t* out = dst + static_cast<size_t>(r * cols) * element;
+      if (stride[3] == 1) {
+        std::memcpy(out, src + base * static_cast<int64_t>(element), static_cast<size_t>(cols) * element);
+      } else {
+        for (int64_t c = 0; c < cols; ++c) {
+          std::memcpy(out + c * element, src + (base + c * stride[3]) * static_cast<int64_t>(element), element);
+        }
+      }
+    }
+  });
+  return Status();
+}
+
+}  // namespace ddpm

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Everything CI runs (`make check`): installs missing packages, then builds and runs the test suite
+#   1. natively, with the best kernel level of this CPU (the suite itself also compares every level it can run);
+#   2. natively with DDPM_ISA=scalar (the reference kernels end to end);
+#   3. from a build without any SIMD code (NO_SIMD=1);
+#   4. for ARM64, cross-compiled and run under qemu-aarch64 (NEON kernels proven, not assumed);
+#   5. under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Ends with one line "check: N passed, M failed" summing the test cases of every run; exit code 0 only if all passed.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+have() { dpkg -s "$1" >/dev/null 2>&1; }
+for pkg in catch2 g++ make g++-aarch64-linux-gnu qemu-user; do have "$pkg" || need+=("$pkg"); done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing: ${need[*]}"
+  if [ "$(id -u)" -ne 0 ]; then echo "check: need root to install ${need[*]}"; exit 1; fi
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null || {
+    echo "check: apt-get install ${need[*]} failed"; exit 1; }
+fi
+
+jobs=$(nproc 2>/dev/null || echo 2)
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+failures=0
+
+# run NAME COMMAND... : runs one configuration, keeps its closing line.
+run() {
+  local name=$1; shift
+  echo "== $name"
+  local out
+  out=$(mktemp)
+  if "$@" 2>&1 | tee "$out" | grep -E '^(ddpm_tests|FAILED|.*: FAILED|.*error:)' ; then :; fi
+  local status=${PIPESTATUS[0]}
+  local line
+  line=$(grep -E '^ddpm_tests\[[a-z0-9]+\]: [0-9]+ passed, [0-9]+ failed' "$out" | tail -n 1)
+  if [ "$status" -ne 0 ] || [ -z "$line" ]; then
+    echo "-- $name FAILED (exit $status); last output:"
+    tail -n 40 "$out"
+    failures=$((failures + 1))
+  fi
+  [ -n "$line" ] && echo "$name ${line#*: }" >> "$log"
+  rm -f "$out"
+}
+
+build_and_test() {  # build_and_test BUILD_DIR [make vars...]
+  local dir=$1; shift
+  make -s -j"$jobs" BUILD="$dir" "$@" "$dir/ddpm_tests" "$dir/ddpm" && (cd tests && "../$dir/ddpm_tests")
+}
+
+run "native"        build_and_test build
+run "native-scalar" env DDPM_ISA=scalar bash -c 'cd tests && ../build/ddpm_tests'
+run "no-simd"       build_and_test build-nosimd NO_SIMD=1
+run "arm64-qemu"    bash -c "make -s -j$jobs BUILD=build-arm64 CXX=aarch64-linux-gnu-g++ LDFLAGS=-static build-arm64/ddpm_tests \
+                      && cd tests && qemu-aarch64 ../build-arm64/ddpm_tests"
+run "asan-ubsan"    build_and_test build-asan SANITIZE=1 OPT=-O1
+
+passed=$(awk '{p += $2} END {print p + 0}' "$log")
+failed=$(awk '{f += $4} END {print f + 0}' "$log")
+echo "== summary"
+cat "$log"
+[ "$failures" -gt 0 ] && failed=$((failed + failures))
+echo "check: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,340 @@
+// Differential tests: every op, under every kernel level this CPU runs, against plain double-precision loops
+// written here; shapes chosen to hit the micro-kernel tails (MR/NR ± 1, K around the 256 block) and odd sizes.
+// Also: bit-identical results for 1, 2 and 3 threads, and shape errors reported as a Status.
+#include <catch2/catch.hpp>
+
+#include <cstring>
+
+#include "test_util.h"
+
+using namespace ddpm;
+using namespace ddpm::test;
+
+namespace {
+
+struct Runner {
+  Graph g;
+  std::vector<std::vector<float>> buffers;
+
+  Tensor* param(const std::string& name, std::initializer_list<int64_t> shape, uint32_t seed, float scale = 1.0f) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    buffers.push_back(random_vector(static_cast<size_t>(n), seed, scale));
+    return g.param(name, DType::F32, shape, buffers.back().data());
+  }
+  Tensor* input(const std::string& name, std::initializer_list<int64_t> shape, uint32_t seed) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    buffers.push_back(random_vector(static_cast<size_t>(n), seed));
+    inputs.push_back({g.input(name, DType::F32, shape), buffers.size() - 1});
+    return inputs.back().first;
+  }
+  const std::vector<float>& data_of(Tensor* input_tensor) {
+    for (auto& [t, index] : inputs) {
+      if (t == input_tensor) return buffers[index];
+    }
+    FAIL("not an input");
+    return buffers[0];
+  }
+  // Runs under kernel level `isa` with `threads` threads and returns a copy of `out`.
+  std::vector<float> run(Tensor* out, const kernels::KernelTable& isa, int threads) {
+    REQUIRE(out != nullptr);
+    g.set_output(out);
+    REQUIRE(g.status().ok());
+    Status planned = g.plan();
+    REQUIRE(planned.ok());
+    for (auto& [t, index] : inputs) std::memcpy(t->data, buffers[index].data(), buffers[index].size() * sizeof(float));
+    IsaGuard guard;
+    REQUIRE(kernels::select(isa.isa_name).ok());
+    ThreadPool pool(threads);
+    Status status = g.compute(pool);
+    INFO(status.message());
+    REQUIRE(status.ok());
+    return std::vector<float>(out->f32(), out->f32() + out->numel());
+  }
+
+ private:
+  std::vector<std::pair<Tensor*, size_t>> inputs;
+};
+
+// Checks `out` under every level and thread count against `expected`; also that thread counts agree bitwise.
+void check_all_levels(Runner& r, Tensor* out, const std::vector<double>& expected, double tolerance = kF32RelativeL2) {
+  for (const kernels::KernelTable* level : all_levels()) {
+    std::vector<float> one = r.run(out, *level, 1);
+    INFO("level " << level->isa_name);
+    REQUIRE(one.size() == expected.size());
+    CHECK(relative_l2(one.data(), expected.data(), one.size()) <= tolerance);
+    for (int threads : {2, 3}) {
+      std::vector<float> many = r.run(out, *level, threads);
+      INFO("threads " << threads);
+      CHECK(std::memcmp(one.data(), many.data(), one.size() * sizeof(float)) == 0);
+    }
+  }
+}
+
+std::vector<double> conv_reference(const std::vector<float>& x, const std::vector<float>& w, const std::vector<float>* b,
+                                   int64_t batch, int64_t ci, int64_t h, int64_t wd, int64_t co, int64_t kh, int64_t kw,
+                                   const Conv2dParams& p, int64_t* oh_out, int64_t* ow_out) {
+  const int64_t oh = (h + p.pad_top + p.pad_bottom - kh) / p.stride + 1;
+  const int64_t ow = (wd + p.pad_left + p.pad_right - kw) / p.stride + 1;
+  std::vector<double> y(static_cast<size_t>(batch * co * oh * ow));
+  for (int64_t n = 0; n < batch; ++n)
+    for (int64_t o = 0; o < co; ++o)
+      for (int64_t i = 0; i < oh; ++i)
+        for (int64_t j = 0; j < ow; ++j) {
+          double sum = b ? (*b)[o] : 0.0;
+          for (int64_t c = 0; c < ci; ++c)
+            for (int64_t u = 0; u < kh; ++u)
+              for (int64_t v = 0; v < kw; ++v) {
+                const int64_t iy = i * p.stride + u - p.pad_top, ix = j * p.stride + v - p.pad_left;
+                if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
+                sum += double(w[((o * ci + c) * kh + u) * kw + v]) * x[((n * ci + c) * h + iy) * wd + ix];
+              }
+          y[((n * co + o) * oh + i) * ow + j] = sum;
+        }
+  *oh_out = oh;
+  *ow_out = ow;
+  return y;
+}
+
+}  // namespace
+
+TEST_CASE("conv2d matches direct convolution on tail shapes, every level", "[ops][conv]") {
+  struct Shape {
+    int64_t batch, ci, h, w, co, k;
+    Conv2dParams p;
+  };
+  const std::vector<Shape> shapes = {
+      {1, 1, 28, 28, 32, 3, {1, 1, 1, 1, 1}},    // conv_in of a gray model
+      {2, 3, 5, 7, 7, 3, {1, 1, 1, 1, 1}},       // odd everything, batch 2
+      {1, 5, 1, 1, 9, 3, {1, 1, 1, 1, 1}},       // 1×1 spatial
+      {1, 4, 4, 8, 8, 3, {1, 1, 1, 1, 1}},       // N = 32
+      {1, 4, 31, 1, 17, 3, {1, 1, 1, 1, 1}},     // N = 31, M = 17
+      {1, 2, 3, 11, 33, 3, {1, 1, 1, 1, 1}},     // N = 33, M = 33
+      {2, 6, 8, 8, 16, 3, {2, 1, 1, 1, 1}},      // stride 2, symmetric padding
+      {1, 6, 8, 8, 16, 3, {2, 0, 0, 1, 1}},      // stride 2, right/bottom padding (downsample_padding=0)
+      {1, 3, 9, 9, 5, 3, {2, 0, 0, 1, 1}},       // stride 2 on odd input
+      {1, 255, 3, 5, 9, 1, {1, 0, 0, 0, 0}},     // K = 255
+      {1, 256, 3, 5, 9, 1, {1, 0, 0, 0, 0}},     // K = 256 (one block)
+      {2, 257, 6, 6, 12, 1, {1, 0, 0, 0, 0}},    // K = 257 (two blocks)
+      {1, 29, 6, 7, 24, 3, {1, 1, 1, 1, 1}},     // K = 261, 3×3
+  };
+  for (const Shape& s : shapes) {
+    INFO("x [" << s.batch << "," << s.ci << "," << s.h << "," << s.w << "] -> " << s.co << " k" << s.k << " stride "
+               << s.p.stride);
+    Runner r;
+    Tensor* x = r.input("x", {s.batch, s.ci, s.h, s.w}, 1);
+    Tensor* w = r.param("w", {s.co, s.ci, s.k, s.k}, 2, 0.3f);
+    Tensor* b = r.param("b", {s.co}, 3);
+    Tensor* y = conv2d(r.g, x, w, b, s.p);
+    int64_t oh, ow;
+    std::vector<double> expected = conv_reference(r.data_of(x), r.buffers[1], &r.buffers[2], s.batch, s.ci, s.h, s.w,
+                                                  s.co, s.k, s.k, s.p, &oh, &ow);
+    REQUIRE(y);
+    CHECK(y->shape[2] == oh);
+    CHECK(y->shape[3] == ow);
+    check_all_levels(r, y, expected);
+  }
+}
+
+TEST_CASE("conv2d fuses the residual add", "[ops][conv]") {
+  Runner r;
+  Tensor* x = r.input("x", {2, 4, 6, 5}, 1);
+  Tensor* res = r.input("res", {2, 9, 6, 5}, 4);
+  Tensor* w = r.param("w", {9, 4, 3, 3}, 2, 0.3f);
+  Tensor* b = r.param("b", {9}, 3);
+  Tensor* y = conv2d(r.g, x, w, b, conv_same3x3(), res);
+  int64_t oh, ow;
+  std::vector<double> expected =
+      conv_reference(r.data_of(x), r.buffers[2], &r.buffers[3], 2, 4, 6, 5, 9, 3, 3, conv_same3x3(), &oh, &ow);
+  const std::vector<float>& residual = r.data_of(res);
+  for (size_t i = 0; i < expected.size(); ++i) expected[i] += residual[i];
+  check_all_levels(r, y, expected);
+}
+
+TEST_CASE("matmul and linear match naive products, incl. transposed views and batches", "[ops][matmul]") {
+  SECTION("linear [B, in] · Wᵀ + b") {
+    for (auto [rows, in, out] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 8, 32}, {3, 31, 33}, {9, 257, 7}}) {
+      Runner r;
+      Tensor* x = r.input("x", {rows, in}, 1);
+      Tensor* w = r.param("w", {out, in}, 2);
+      Tensor* b = r.param("b", {out}, 3);
+      Tensor* y = linear(r.g, x, w, b);
+      std::vector<double> expected(static_cast<size_t>(rows * out));
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t o = 0; o < out; ++o) {
+          double sum = r.buffers[2][o];
+          for (int64_t k = 0; k < in; ++k) sum += double(r.data_of(x)[i * in + k]) * r.buffers[1][o * in + k];
+          expected[i * out + o] = sum;
+        }
+      check_all_levels(r, y, expected);
+    }
+  }
+  SECTION("batched a [2,3,M,K] · permuted b") {
+    const int64_t M = 9, K = 17, N = 33;
+    Runner r;
+    Tensor* a = r.input("a", {2, 3, M, K}, 1);
+    Tensor* bt = r.input("bt", {2, 3, N, K}, 2);  // b = btᵀ: a strided view
+    Tensor* y = matmul(r.g, a, permute(r.g, bt, {0, 1, 3, 2}));
+    std::vector<double> expected(static_cast<size_t>(6 * M * N));
+    const auto& av = r.data_of(a);
+    const auto& bv = r.data_of(bt);
+    for (int64_t batch = 0; batch < 6; ++batch)
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) {
+          double sum = 0;
+          for (int64_t k = 0; k < K; ++k) sum += double(av[(batch * M + i) * K + k]) * bv[(batch * N + j) * K + k];
+          expected[(batch * M + i) * N + j] = sum;
+        }
+    check_all_levels(r, y, expected);
+  }
+}
+
+TEST_CASE("group_norm (with and without fused SiLU) matches f64 statistics", "[ops][norm]") {
+  for (bool fuse : {false, true}) {
+    for (auto [batch, c, hw, groups] :
+         std::vector<std::tuple<int64_t, int64_t, int64_t, int>>{{2, 8, 5, 4}, {1, 32, 1, 8}, {1, 6, 17, 3}}) {
+      Runner r;
+      Tensor* x = r.input("x", {batch, c, hw, hw}, 1);
+      Tensor* gamma = r.param("gamma", {c}, 2);
+      Tensor* beta = r.param("beta", {c}, 3);
+      Tensor* y = group_norm(r.g, x, groups, 1e-5f, gamma, beta, fuse);
+      const auto& xv = r.data_of(x);
+      std::vector<double> expected(xv.size());
+      const int64_t per = c / groups * hw * hw;
+      for (int64_t n = 0; n < batch; ++n)
+        for (int64_t gi = 0; gi < groups; ++gi) {
+          const float* in = xv.data() + (n * groups + gi) * per;
+          double mean = 0, var = 0;
+          for (int64_t i = 0; i < per; ++i) mean += in[i];
+          mean /= per;
+          for (int64_t i = 0; i < per; ++i) var += (in[i] - mean) * (in[i] - mean);
+          var /= per;
+          for (int64_t i = 0; i < per; ++i) {
+            const int64_t channel = gi * (c / groups) + i / (hw * hw);
+            double v = (in[i] - mean) / std::sqrt(var + 1e-5) * r.buffers[1][channel] + r.buffers[2][channel];
+            if (fuse) v = v / (1 + std::exp(-v));
+            expected[(n * groups + gi) * per + i] = v;
+          }
+        }
+      check_all_levels(r, y, expected);
+    }
+  }
+}
+
+TEST_CASE("elementwise: silu, scale, broadcasting add and mul", "[ops][elementwise]") {
+  Runner r;
+  Tensor* x = r.input("x", {2, 3, 5, 7}, 1);
+  Tensor* e = r.input("e", {2, 3, 1, 1}, 2);
+  Tensor* row = r.input("row", {7}, 3);
+  Tensor* y = mul(r.g, add(r.g, scale(r.g, silu(r.g, x), 0.5f), e), row);
+  const auto& xv = r.data_of(x);
+  const auto& ev = r.data_of(e);
+  const auto& rv = r.data_of(row);
+  std::vector<double> expected(xv.size());
+  for (size_t i = 0; i < xv.size(); ++i) {
+    const double s = xv[i] / (1 + std::exp(-double(xv[i])));
+    expected[i] = (0.5 * s + ev[i / 35]) * rv[i % 7];
+  }
+  check_all_levels(r, y, expected);
+}
+
+TEST_CASE("concat, nearest upsample, avg pool", "[ops][resample]") {
+  Runner r;
+  Tensor* a = r.input("a", {2, 3, 4, 6}, 1);
+  Tensor* b = r.input("b", {2, 5, 4, 6}, 2);
+  Tensor* y = avg_pool2x(r.g, upsample_nearest2x(r.g, concat_channels(r.g, a, b)));
+  // avg_pool(upsample(z)) == z exactly, so compare against the concatenation itself.
+  const auto& av = r.data_of(a);
+  const auto& bv = r.data_of(b);
+  std::vector<double> expected;
+  for (int n = 0; n < 2; ++n) {
+    expected.insert(expected.end(), av.begin() + n * 72, av.begin() + (n + 1) * 72);
+    expected.insert(expected.end(), bv.begin() + n * 120, bv.begin() + (n + 1) * 120);
+  }
+  check_all_levels(r, y, expected, 0.0);
+
+  Runner r2;
+  Tensor* x = r2.input("x", {1, 2, 5, 3}, 4);
+  Tensor* up = upsample_nearest2x(r2.g, x);
+  const auto& xv = r2.data_of(x);
+  std::vector<double> expected_up(120);
+  for (int c = 0; c < 2; ++c)
+    for (int i = 0; i < 10; ++i)
+      for (int j = 0; j < 6; ++j) expected_up[(c * 10 + i) * 6 + j] = xv[(c * 5 + i / 2) * 3 + j / 2];
+  check_all_levels(r2, up, expected_up, 0.0);
+}
+
+TEST_CASE("softmax subtracts the row max and sums to one", "[ops][attention]") {
+  Runner r;
+  Tensor* x = r.input("x", {3, 5, 33}, 1);
+  Tensor* y = softmax(r.g, scale(r.g, x, 40.0f));  // large logits: overflows without the max shift
+  const auto& xv = r.data_of(x);
+  std::vector<double> expected(xv.size());
+  for (size_t row = 0; row < 15; ++row) {
+    double m = -1e300, sum = 0;
+    for (int j = 0; j < 33; ++j) m = std::max(m, 40.0 * xv[row * 33 + j]);
+    for (int j = 0; j < 33; ++j) sum += std::exp(40.0 * xv[row * 33 + j] - m);
+    for (int j = 0; j < 33; ++j) expected[row * 33 + j] = std::exp(40.0 * xv[row * 33 + j] - m) / sum;
+  }
+  check_all_levels(r, y, expected);
+}
+
+TEST_CASE("get_rows looks up rows and rejects out-of-range indices at compute time", "[ops][embedding]") {
+  std::vector<float> table = random_vector(4 * 6, 1);
+  for (int32_t bad : {1, 4}) {
+    Graph g;
+    Tensor* t = g.param("table", DType::F32, {4, 6}, table.data());
+    Tensor* idx = g.input("idx", DType::I32, {2});
+    Tensor* y = get_rows(g, t, idx);
+    g.set_output(y);
+    REQUIRE(g.plan().ok());
+    static_cast<int32_t*>(idx->data)[0] = 3;
+    static_cast<int32_t*>(idx->data)[1] = bad;
+    ThreadPool pool(1);
+    Status status = g.compute(pool);
+    if (bad < 4) {
+      REQUIRE(status.ok());
+      CHECK(std::memcmp(y->f32(), table.data() + 18, 6 * sizeof(float)) == 0);
+      CHECK(std::memcmp(y->f32() + 6, table.data() + 6, 6 * sizeof(float)) == 0);
+    } else {
+      CHECK(!status.ok());
+      CHECK(status.message().find("outside") != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("shape errors become a Status naming the op and the shapes", "[ops][errors]") {
+  Graph g;
+  std::vector<float> w(8 * 4 * 9);
+  Tensor* x = g.input("x", DType::F32, {1, 3, 8, 8});
+  Tensor* weight = g.param("w", DType::F32, {8, 4, 3, 3}, w.data());
+  Tensor* y = conv2d(g, x, weight, nullptr, conv_same3x3());
+  CHECK(y == nullptr);
+  Tensor* z = silu(g, y);  // errors propagate as nullptr
+  CHECK(z == nullptr);
+  REQUIRE(!g.status().ok());
+  CHECK(g.status().message().find("conv2d") != std::string::npos);
+  CHECK(g.status().message().find("[8, 4, 3, 3]") != std::string::npos);
+  CHECK(!g.plan().ok());
+
+  Graph g2;
+  Tensor* a = g2.input("a", DType::F32, {2, 3});
+  Tensor* b = g2.input("b", DType::F32, {4, 3});
+  CHECK(add(g2, a, b) == nullptr);
+  CHECK(g2.status().message().find("broadcast") != std::string::npos);
+  CHECK(group_norm(g2, g2.input("c", DType::F32, {1, 6, 2, 2}), 4, 1e-5f, a, a) == nullptr);
+}
+
+TEST_CASE("the planner reuses activation memory", "[graph]") {
+  // A chain of 20 elementwise ops over 1 MB tensors needs two live buffers at a time, not twenty.
+  Graph g;
+  Tensor* x = g.input("x", DType::F32, {1, 1, 512, 512});
+  Tensor* h = x;
+  for (int i = 0; i < 20; ++i) h = silu(g, h);
+  g.set_output(h);
+  REQUIRE(g.plan().ok());
+  const size_t tensor_bytes = 512 * 512 * 4;
+  CHECK(g.planned_arena_bytes() >= 3 * tensor_bytes);  // input + two alternating buffers
+  CHECK(g.planned_arena_bytes() <= 3 * tensor_bytes + 1024);
+}

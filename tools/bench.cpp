@@ -1,0 +1,288 @@
+// `ddpm bench ops`: times each op on the shapes of real DDPM U-Nets, at 1 thread and at N threads, and (when
+// libopenblas is installed) the OpenBLAS sgemm of the equivalent im2col GEMM side by side. OpenBLAS is loaded with
+// dlopen only here, for comparison; the library never links it.
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "ddpm/graph.h"
+#include "ddpm/ops.h"
+#include "ddpm/threadpool.h"
+#include "kernels/registry.h"
+#include "tools/options.h"
+#include "tools/subcommands.h"
+
+namespace ddpm::tools {
+namespace {
+
+struct BenchSettings {
+  CommonSettings common;
+  long long repetitions = 0;  // 0: enough for ~0.3 s per case
+  std::string filter;
+  bool openblas = true;
+};
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Median seconds per call of fn over `reps` runs after one warm-up; reps chosen from the warm-up when 0.
+double time_it(const std::function<void()>& fn, long long reps) {
+  const double t0 = now_seconds();
+  fn();
+  const double warm = now_seconds() - t0;
+  if (reps <= 0) reps = std::clamp<long long>(static_cast<long long>(0.3 / std::max(warm, 1e-6)), 3, 200);
+  std::vector<double> times;
+  for (long long i = 0; i < reps; ++i) {
+    const double s = now_seconds();
+    fn();
+    times.push_back(now_seconds() - s);
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+struct Case {
+  std::string op, shape;
+  double flops;  // per run
+  // Builds the graph on g with random data owned by `storage`.
+  std::function<Tensor*(Graph& g, std::vector<std::vector<float>>& storage)> build;
+  // The equivalent sgemm (M, N, K), or M == 0 when there is none.
+  int64_t M = 0, N = 0, K = 0;
+};
+
+std::vector<float>& random_buffer(std::vector<std::vector<float>>& storage, int64_t n, uint32_t seed) {
+  storage.emplace_back(static_cast<size_t>(n));
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (float& v : storage.back()) v = dist(rng);
+  return storage.back();
+}
+
+Case conv_case(int64_t ci, int64_t co, int64_t hw, int stride, int k) {
+  Case c;
+  const int pad = k == 3 ? 1 : 0;
+  const int64_t out = (hw + 2 * pad - k) / stride + 1;
+  c.op = k == 3 ? (stride == 1 ? "conv3x3" : "conv3x3/s2") : "conv1x1";
+  c.shape = std::to_string(ci) + "->" + std::to_string(co) + " @" + std::to_string(hw) + "x" + std::to_string(hw);
+  c.flops = 2.0 * co * ci * k * k * out * out;
+  c.M = co;
+  c.N = out * out;
+  c.K = ci * k * k;
+  c.build = [=](Graph& g, std::vector<std::vector<float>>& s) {
+    Tensor* x = g.input("x", DType::F32, {1, ci, hw, hw});
+    Tensor* w = g.param("w", DType::F32, {co, ci, k, k}, random_buffer(s, co * ci * k * k, 2).data());
+    Tensor* b = g.param("b", DType::F32, {co}, random_buffer(s, co, 3).data());
+    return conv2d(g, x, w, b, {stride, pad, pad, pad, pad});
+  };
+  return c;
+}
+
+std::vector<Case> all_cases() {
+  std::vector<Case> cases;
+  // The 3×3 convolutions of DDPM U-Nets (cifar10-32: 128/256 channels; Fashion-MNIST-size: 32/64 @ 28²).
+  for (auto [ci, co, hw] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {128, 128, 32}, {256, 256, 16}, {256, 256, 8}, {512, 256, 16}, {64, 64, 28}, {32, 32, 28}, {1, 32, 28}}) {
+    cases.push_back(conv_case(ci, co, hw, 1, 3));
+  }
+  cases.push_back(conv_case(128, 128, 32, 2, 3));
+  cases.push_back(conv_case(384, 128, 32, 1, 1));
+  {
+    Case c;
+    c.op = "linear";
+    c.shape = "256 tokens x 256->256";
+    c.flops = 2.0 * 256 * 256 * 256;
+    c.M = 256, c.N = 256, c.K = 256;
+    c.build = [](Graph& g, std::vector<std::vector<float>>& s) {
+      Tensor* x = g.input("x", DType::F32, {256, 256});
+      Tensor* w = g.param("w", DType::F32, {256, 256}, random_buffer(s, 256 * 256, 4).data());
+      Tensor* b = g.param("b", DType::F32, {256}, random_buffer(s, 256, 5).data());
+      return linear(g, x, w, b);
+    };
+    cases.push_back(c);
+  }
+  {
+    Case c;
+    c.op = "attention";
+    c.shape = "QK^T,softmax,PV 256x256 d=256";
+    c.flops = 2.0 * 2 * 256 * 256 * 256;
+    c.build = [](Graph& g, std::vector<std::vector<float>>&) {
+      Tensor* q = g.input("q", DType::F32, {256, 256});   // [N, d]
+      Tensor* kt = g.input("kt", DType::F32, {256, 256});  // [d, N]
+      Tensor* vt = g.input("vt", DType::F32, {256, 256});  // [d, N]
+      Tensor* p = softmax(g, scale(g, matmul(g, q, kt), 0.0625f));     // [N, N]
+      return matmul(g, vt, permute(g, p, {1, 0}));                     // [d, N]
+    };
+    cases.push_back(c);
+  }
+  auto elementwise = [&](const char* name, int64_t c, int64_t hw, double flops_per_element,
+                         std::function<Tensor*(Graph&, Tensor*, std::vector<std::vector<float>>&)> op) {
+    Case k;
+    k.op = name;
+    k.shape = std::to_string(c) + " @" + std::to_string(hw) + "x" + std::to_string(hw);
+    k.flops = flops_per_element * c * hw * hw;
+    k.build = [=](Graph& g, std::vector<std::vector<float>>& s) { return op(g, g.input("x", DType::F32, {1, c, hw, hw}), s); };
+    cases.push_back(k);
+  };
+  elementwise("group_norm+silu", 128, 32, 8, [](Graph& g, Tensor* x, std::vector<std::vector<float>>& s) {
+    Tensor* gamma = g.param("g", DType::F32, {128}, random_buffer(s, 128, 6).data());
+    Tensor* beta = g.param("b", DType::F32, {128}, random_buffer(s, 128, 7).data());
+    return group_norm(g, x, 32, 1e-5f, gamma, beta, true);
+  });
+  elementwise("silu", 128, 32, 4, [](Graph& g, Tensor* x, std::vector<std::vector<float>>&) { return silu(g, x); });
+  elementwise("add (broadcast [B,C,1,1])", 128, 32, 1, [](Graph& g, Tensor* x, std::vector<std::vector<float>>& s) {
+    return add(g, x, g.param("e", DType::F32, {1, 128, 1, 1}, random_buffer(s, 128, 8).data()));
+  });
+  elementwise("concat", 128, 32, 0, [](Graph& g, Tensor* x, std::vector<std::vector<float>>&) {
+    return concat_channels(g, x, g.input("y", DType::F32, {1, 128, 32, 32}));
+  });
+  elementwise("upsample2x", 256, 16, 0, [](Graph& g, Tensor* x, std::vector<std::vector<float>>&) { return upsample_nearest2x(g, x); });
+  elementwise("avg_pool2x", 256, 16, 1, [](Graph& g, Tensor* x, std::vector<std::vector<float>>&) { return avg_pool2x(g, x); });
+  return cases;
+}
+
+using SgemmFn = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*, int);
+using SetThreadsFn = void (*)(int);
+
+struct OpenBlas {
+  void* handle = nullptr;
+  SgemmFn sgemm = nullptr;
+  SetThreadsFn set_threads = nullptr;
+  OpenBlas() {
+    for (const char* name : {"libopenblas.so.0", "libopenblas.so", "libblas.so.3"}) {
+      handle = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+      if (handle) break;
+    }
+    if (!handle) return;
+    sgemm = reinterpret_cast<SgemmFn>(dlsym(handle, "cblas_sgemm"));
+    set_threads = reinterpret_cast<SetThreadsFn>(dlsym(handle, "openblas_set_num_threads"));
+    if (!sgemm) {
+      dlclose(handle);
+      handle = nullptr;
+    }
+  }
+  ~OpenBlas() {
+    if (handle) dlclose(handle);
+  }
+};
+
+int bench_ops(const BenchSettings& settings) {
+  const int max_threads = settings.common.threads > 0 ? settings.common.threads : ThreadPool::physical_cores();
+  std::vector<int> thread_counts = {1};
+  if (max_threads > 1) thread_counts.push_back(max_threads);
+  OpenBlas blas;
+  const bool use_blas = settings.openblas && blas.sgemm;
+  std::printf("ddpm bench ops — kernels: %s, threads: %d%s\n", kernels::active().isa_name, max_threads,
+              use_blas ? ", OpenBLAS sgemm on the equivalent im2col GEMM alongside"
+                       : (settings.openblas ? " (libopenblas not found: apt-get install libopenblas0 to compare)" : ""));
+  std::printf("%-26s %-30s %3s %10s %9s", "op", "shape", "thr", "ms", "GFLOP/s");
+  if (use_blas) std::printf(" %12s %9s", "blas GFLOP/s", "vs blas");
+  std::printf("\n");
+  // Our kernels are timed for every case first and OpenBLAS afterwards: OpenBLAS's idle threads keep spinning
+  // for a while after each call and would steal the cores from ours if the two were interleaved.
+  struct Row {
+    const Case* c;
+    int threads;
+    double seconds, blas_seconds;
+  };
+  const std::vector<Case> cases = all_cases();
+  std::vector<Row> rows;
+  for (const Case& c : cases) {
+    if (!settings.filter.empty() && c.op.find(settings.filter) == std::string::npos) continue;
+    std::vector<std::vector<float>> storage;
+    Graph g;
+    Tensor* out = c.build(g, storage);
+    g.set_output(out);
+    Status status = g.plan();
+    if (!status.ok()) {
+      std::fprintf(stderr, "ddpm bench: %s %s: %s\n", c.op.c_str(), c.shape.c_str(), status.message().c_str());
+      return 1;
+    }
+    for (Tensor* t : g.nodes()) {
+      if (t->flags & kFlagInput) {
+        std::mt19937 rng(11);
+        std::normal_distribution<float> dist(0.0f, 1.0f);
+        for (int64_t i = 0; i < t->numel(); ++i) t->f32()[i] = dist(rng);
+      }
+    }
+    for (int threads : thread_counts) {
+      ThreadPool pool(threads);
+      rows.push_back({&c, threads, time_it([&] { (void)g.compute(pool); }, settings.repetitions), 0.0});
+    }
+  }
+  if (use_blas) {
+    for (Row& row : rows) {
+      const Case& c = *row.c;
+      if (c.M == 0) continue;
+      std::vector<std::vector<float>> storage;
+      const std::vector<float> a = random_buffer(storage, c.M * c.K, 9);
+      const std::vector<float> b = random_buffer(storage, c.K * c.N, 10);
+      std::vector<float> out(static_cast<size_t>(c.M * c.N));
+      if (blas.set_threads) blas.set_threads(row.threads);
+      // CblasRowMajor = 101, CblasNoTrans = 111.
+      row.blas_seconds = time_it(
+          [&] {
+            blas.sgemm(101, 111, 111, static_cast<int>(c.M), static_cast<int>(c.N), static_cast<int>(c.K), 1.0f,
+                       a.data(), static_cast<int>(c.K), b.data(), static_cast<int>(c.N), 0.0f, out.data(),
+                       static_cast<int>(c.N));
+          },
+          settings.repetitions);
+    }
+  }
+  for (const Row& row : rows) {
+    const Case& c = *row.c;
+    std::printf("%-26s %-30s %3d %10.3f %9.1f", c.op.c_str(), c.shape.c_str(), row.threads, row.seconds * 1e3,
+                c.flops / row.seconds * 1e-9);
+    if (row.blas_seconds > 0) {
+      std::printf(" %12.1f %8.0f%%", c.flops / row.blas_seconds * 1e-9, 100.0 * row.blas_seconds / row.seconds);
+    }
+    std::printf("\n");
+  }
+  return 0;
+}
+
+}  // namespace
+
+int run_bench(int argc, char** argv) {
+  BenchSettings settings;
+  std::vector<Option> options;
+  add_common_options(&options, &settings.common);
+  options.push_back({"reps", 0, "N", "timed repetitions per case (default: enough for ~0.3 s)", [&](const std::string& v) {
+                       return parse_int("--reps", v, 1, 1000000, &settings.repetitions);
+                     }});
+  options.push_back({"filter", 0, "TEXT", "only cases whose op name contains TEXT", [&](const std::string& v) {
+                       settings.filter = v;
+                       return Status();
+                     }});
+  options.push_back({"no-blas", 0, "", "do not compare with OpenBLAS", [&](const std::string&) {
+                       settings.openblas = false;
+                       return Status();
+                     }});
+  std::vector<std::string> positional;
+  bool help = false;
+  Status status = parse_options(argc, argv, 2, options, &positional, &help);
+  const char* synopsis = "ddpm bench ops [options]";
+  if (help) {
+    print_usage(stdout, synopsis, options);
+    return 0;
+  }
+  if (status.ok()) status = apply_common_settings(settings.common);
+  if (status.ok() && (positional.size() != 1 || positional[0] != "ops")) {
+    status = errorf("expected a benchmark name: ops");
+  }
+  if (!status.ok()) {
+    std::fprintf(stderr, "ddpm bench: %s\n", status.message().c_str());
+    return 2;
+  }
+  return bench_ops(settings);
+}
+
+}  // namespace ddpm::tools

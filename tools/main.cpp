@@ -1,0 +1,53 @@
+// `ddpm`: one binary, one subcommand per tool. Each subcommand parses its options from the shared table and calls
+// the library; nothing here computes.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "kernels/registry.h"
+#include "tools/subcommands.h"
+
+#ifndef DDPM_VERSION
+#define DDPM_VERSION "0.1.0"
+#endif
+
+namespace {
+
+void print_help() {
+  std::printf(
+      "ddpm.cpp %s — diffusion (DDPM/DDIM) image models on the CPU\n\n"
+      "usage: ddpm <command> [options]\n\n"
+      "commands:\n"
+      "  bench ops      time every tensor op on the U-Net's shapes (GFLOP/s, 1 and N threads)\n"
+      "\n"
+      "global options:\n"
+      "  --version      print version and the kernel level in use\n"
+      "  --help         this text; `ddpm <command> --help` for a command's options\n"
+      "\n"
+      "environment: DDPM_ISA=scalar|avx2|avx512|neon forces a kernel level.\n",
+      DDPM_VERSION);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+    print_help();
+    return argc < 2 ? 1 : 0;
+  }
+  if (!std::strcmp(argv[1], "--version")) {
+    ddpm::Status status = ddpm::kernels::init_from_environment();
+    if (!status.ok()) {
+      std::fprintf(stderr, "ddpm: %s\n", status.message().c_str());
+      return 2;
+    }
+    std::printf("ddpm.cpp %s (kernels: %s)\n", DDPM_VERSION, ddpm::kernels::active().isa_name);
+    return 0;
+  }
+  const std::string command = argv[1];
+  for (const ddpm::tools::Subcommand& sub : ddpm::tools::subcommands()) {
+    if (command == sub.name) return sub.run(argc, argv);
+  }
+  std::fprintf(stderr, "ddpm: unknown command '%s' (see ddpm --help)\n", command.c_str());
+  return 2;
+}

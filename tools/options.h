@@ -1,0 +1,42 @@
+// One option table shared by every `ddpm` subcommand: each option is a record (names, value hint, help with its
+// default, handler), so parsing, usage text and error messages are generic.
+#pragma once
+
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "ddpm/status.h"
+
+namespace ddpm::tools {
+
+struct Option {
+  std::string long_name;   // without the leading "--"
+  char short_name = 0;     // 0: none
+  std::string value_hint;  // empty: a flag that takes no value
+  std::string help;
+  std::function<Status(const std::string& value)> apply;
+};
+
+struct CommonSettings {
+  int threads = 0;      // 0: physical cores
+  std::string isa = "auto";
+};
+
+// -t/--threads and --isa, understood by every subcommand.
+void add_common_options(std::vector<Option>* options, CommonSettings* settings);
+// Applies --isa (after DDPM_ISA from the environment); call once options are parsed.
+Status apply_common_settings(const CommonSettings& settings);
+
+// Parses argv[first..argc): "--name value", "--name=value", "-x value", flags. Unknown options, missing values and
+// handler errors become a Status naming the option. Non-option arguments go to `positional`.
+Status parse_options(int argc, char** argv, int first, const std::vector<Option>& options,
+                     std::vector<std::string>* positional, bool* help_requested);
+void print_usage(FILE* out, const char* synopsis, const std::vector<Option>& options);
+
+// Value parsers with range checks; errors name the option.
+Status parse_int(const std::string& option, const std::string& value, long long min, long long max, long long* out);
+Status parse_float(const std::string& option, const std::string& value, double min, double max, double* out);
+
+}  // namespace ddpm::tools

@@ -1,0 +1,19 @@
+// The table of `ddpm` subcommands. A subcommand's run() receives the full argv (argv[1] is its name) and returns
+// the process exit code: 0 success, 1 failure at run time, 2 bad usage.
+#pragma once
+
+#include <vector>
+
+namespace ddpm::tools {
+
+struct Subcommand {
+  const char* name;
+  const char* summary;
+  int (*run)(int argc, char** argv);
+};
+
+const std::vector<Subcommand>& subcommands();
+
+int run_bench(int argc, char** argv);
+
+}  // namespace ddpm::tools
