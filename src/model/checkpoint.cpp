@@ -1,0 +1,107 @@
+#include "model/checkpoint.h"
+
+#include <cstring>
+
+#include "core/half.h"
+#include "io/safetensors.h"
+#include "io/tensor_loader.h"
+#include "io/torch_checkpoint.h"
+
+namespace ddpm {
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Attention sub-layer names written before diffusers' Attention refactor (§2.4) → current names.
+std::string current_attention_name(const std::string& name) {
+  if (name.find(".attentions.") == std::string::npos) return name;
+  static const std::pair<const char*, const char*> renames[] = {
+      {".query.", ".to_q."}, {".key.", ".to_k."}, {".value.", ".to_v."}, {".proj_attn.", ".to_out.0."}};
+  for (const auto& [old_part, new_part] : renames) {
+    const size_t pos = name.rfind(old_part);
+    if (pos != std::string::npos && (ends_with(name, "weight") || ends_with(name, "bias"))) {
+      return name.substr(0, pos) + new_part + name.substr(pos + std::strlen(old_part));
+    }
+  }
+  return name;
+}
+
+std::string sniff_description(const MappedFile& f) {
+  const uint8_t* d = f.data();
+  const uint64_t n = f.size();
+  if (n >= 4 && std::memcmp(d, "DDPM", 4) == 0) return "a ddpm.cpp model file (already converted)";
+  if (n >= 2 && d[0] == 0x1f && d[1] == 0x8b) return "a gzip file";
+  if (n >= 5 && (std::memcmp(d, "<!DOC", 5) == 0 || std::memcmp(d, "<html", 5) == 0)) return "an HTML page (a failed download?)";
+  if (n >= 1 && d[0] == '{') return "a JSON file";
+  return "an unknown format";
+}
+
+}  // namespace
+
+Status CheckpointReader::open(const std::string& path, const CheckpointOptions& options) {
+  path_ = path;
+  DDPM_TRY(file_.open(path));
+  tensors_.clear();
+  if (looks_like_safetensors(file_)) {
+    format_ = "safetensors";
+    DDPM_TRY(read_safetensors(path, file_, &tensors_, nullptr));
+  } else if (looks_like_torch_zip(file_.data(), file_.size()) || looks_like_torch_legacy(file_.data(), file_.size())) {
+    format_ = looks_like_torch_zip(file_.data(), file_.size()) ? "torch zip" : "torch legacy";
+    TorchCheckpoint checkpoint;
+    DDPM_TRY(read_torch_checkpoint(file_.data(), file_.size(), path, &checkpoint));
+    std::vector<std::string> candidates;
+    Status collected = collect_tensors(*checkpoint.root, options.key_path, &tensors_, &candidates);
+    if (!collected.ok()) return collected.with_context(path);
+  } else {
+    return errorf("%s: not a safetensors or PyTorch checkpoint (looks like %s)", path.c_str(),
+                  sniff_description(file_).c_str());
+  }
+  normalise_names(options);
+  return Status();
+}
+
+void CheckpointReader::normalise_names(const CheckpointOptions& options) {
+  std::string prefix = options.strip_prefix;
+  if (prefix.empty()) {
+    // Wrappers add one prefix to every key (DataParallel "module.", Lightning "model.", EMA helpers "ema_model.").
+    for (const char* candidate : {"module.", "model.", "ema_model.", "ema.", "unet."}) {
+      bool all = !tensors_.empty();
+      for (const SourceTensor& t : tensors_) all = all && t.name.rfind(candidate, 0) == 0;
+      if (all) {
+        prefix = candidate;
+        break;
+      }
+    }
+  }
+  index_.clear();
+  renamed_.clear();
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    SourceTensor& t = tensors_[i];
+    std::string name = t.name;
+    if (!prefix.empty() && name.rfind(prefix, 0) == 0) name = name.substr(prefix.size());
+    name = current_attention_name(name);
+    if (name != t.name) renamed_.push_back({t.name, name});
+    t.name = name;
+    index_[name] = i;
+  }
+}
+
+const SourceTensor* CheckpointReader::find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+Status CheckpointReader::load(const SourceTensor& t, DType dtype, std::vector<uint8_t>* out) const {
+  const int64_t n = t.numel();
+  if (dtype == DType::F16) {
+    out->resize(static_cast<size_t>(n) * 2);
+    return load_tensor_raw_f16(file_, t, reinterpret_cast<uint16_t*>(out->data()));
+  }
+  if (dtype != DType::F32) return errorf("%s: cannot load tensor %s as %s", path_.c_str(), t.name.c_str(), dtype_name(dtype));
+  out->resize(static_cast<size_t>(n) * 4);
+  return load_tensor_f32(file_, t, reinterpret_cast<float*>(out->data()));
+}
+
+}  // namespace ddpm

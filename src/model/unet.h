@@ -1,0 +1,73 @@
+// The diffusers UNet2DModel forward pass as a compute graph (reference: diffusers-reference.md §1).
+//
+// Module names mirror the checkpoint keys: the builder asks for "down_blocks.1.attentions.0.to_q.weight" and so on,
+// with the shape it expects, so a converted diffusers checkpoint is used as it is, and a missing or wrongly shaped
+// tensor is reported by its own name.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ddpm/graph.h"
+#include "ddpm/threadpool.h"
+#include "model/unet_config.h"
+
+namespace ddpm {
+
+struct WeightRef {
+  DType dtype = DType::F32;
+  int rank = 0;
+  int64_t shape[kMaxRank] = {0, 0, 0, 0};
+  const void* data = nullptr;
+};
+
+// Returns the weight `name`, or an error when it does not exist. `expected` is the shape the network needs (the
+// builder checks the answer against it; a lookup may use it, e.g. to enumerate parameters).
+using WeightLookup =
+    std::function<Status(const std::string& name, const std::vector<int64_t>& expected, WeightRef* out)>;
+
+struct ParamSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+
+class UNet {
+ public:
+  // Builds and plans the graph for inputs [batch, in_channels, height, width].
+  // keep_intermediates keeps every module's output (named like diffusers' modules: "time_proj", "conv_in",
+  // "down_blocks.1.attentions.0", …) alive for intermediate(), to localise a mismatch against PyTorch.
+  static Status build(const UNetConfig& config, const WeightLookup& lookup, int64_t batch, int64_t height,
+                      int64_t width, std::unique_ptr<UNet>* out, bool keep_intermediates = false);
+  // A kept module output after forward(), or nullptr.
+  const Tensor* intermediate(const std::string& module) const;
+  const std::vector<std::pair<std::string, Tensor*>>& intermediates() const { return taps_; }
+
+  // One forward pass. sample [B, C, H, W]; timesteps [B] (float, as diffusers casts them);
+  // class_labels: int32 [B] for a class table, float [B] for "timestep" class embeddings, float [B, D] for
+  // "identity", null for unconditional models. out [B, out_channels, H, W].
+  Status forward(ThreadPool& pool, const float* sample, const float* timesteps, const void* class_labels, float* out);
+
+  const UNetConfig& config() const { return config_; }
+  int64_t batch() const { return batch_; }
+  size_t activation_bytes() const { return graph_.planned_arena_bytes(); }
+  Graph& graph() { return graph_; }
+
+ private:
+  UNet() = default;
+  UNetConfig config_;
+  int64_t batch_ = 0;
+  Graph graph_;
+  Tensor* sample_ = nullptr;
+  Tensor* timesteps_ = nullptr;
+  Tensor* class_labels_ = nullptr;
+  Tensor* output_ = nullptr;
+  std::vector<float> constants_;
+  std::vector<std::pair<std::string, Tensor*>> taps_;  // small constants the graph reads (center_input_sample's −1)
+};
+
+// Every parameter the network needs, with its shape, in build order (what a converter must provide).
+Status unet_parameter_specs(const UNetConfig& config, std::vector<ParamSpec>* out);
+
+}  // namespace ddpm
