@@ -55,13 +55,15 @@ constexpr uint16_t kLengthBase[29] = {3,  4,  5,  6,  7,  8,  9,  10, 11,  13,  
                                       31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
 constexpr uint8_t kLengthExtraBits[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2,
                                           2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0};
-constexpr uint16_t kDistanceBase[30] = {1,   2,   3,   4,   5,   7,    9,    13,   17,   25,   33,   49,   65,    97,    129,
-                                        193, 257, 385, 513, 769, 1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
+constexpr uint16_t kDistanceBase[30] = {1,    2,    3,    4,    5,    7,    9,    13,    17,    25,
+                                        33,   49,   65,   97,   129,  193,  257,  385,   513,   769,
+                                        1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
 constexpr uint8_t kDistanceExtraBits[30] = {0, 0, 0, 0, 1, 1, 2, 2,  3,  3,  4,  4,  5,  5,  6,
                                             6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
 // The order in which a dynamic block header lists the code-length code's lengths (rarely used symbols last, so
 // the list can be cut short).
-constexpr uint8_t kCodeLengthOrder[kCodeLengthSymbols] = {16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15};
+constexpr uint8_t kCodeLengthOrder[kCodeLengthSymbols] = {16, 17, 18, 0, 8,  7, 9,  6, 10, 5,
+                                                          11, 4,  12, 3, 13, 2, 14, 1, 15};
 
 // ------------------------------------------------------------------------------------------------------------------
 // Checksums.
@@ -126,6 +128,58 @@ uint32_t adler32(const uint8_t* data, size_t size, uint32_t previous) {
   return (b << 16) | a;
 }
 
+// When the optimal code is too deep, the frequencies are flattened (halved, keeping every used symbol at least 1)
+// and the code rebuilt: it costs a little compression on pathological inputs but needs no special length-limiting
+// algorithm. All ones give a balanced tree, so the loop ends as long as 2^max_length covers the used symbols.
+void build_limited_huffman_lengths(const uint32_t* frequencies, int symbol_count, int max_length, uint8_t* lengths) {
+  std::fill(lengths, lengths + symbol_count, 0);
+  std::vector<uint64_t> weights(frequencies, frequencies + symbol_count);
+  std::vector<int> symbols;
+  for (int s = 0; s < symbol_count; ++s)
+    if (weights[size_t(s)] > 0) symbols.push_back(s);
+  if (symbols.empty()) return;
+  DDPM_ASSERT(max_length >= 1 && max_length < 32 && symbols.size() <= (size_t(1) << max_length));
+  if (symbols.size() == 1) {
+    lengths[symbols[0]] = 1;
+    return;
+  }
+  const size_t leaves = symbols.size();
+  std::vector<uint64_t> node_weight(2 * leaves - 1);
+  std::vector<size_t> parent(2 * leaves - 1);
+  std::vector<int> depth(2 * leaves - 1);
+  for (;;) {
+    std::stable_sort(symbols.begin(), symbols.end(),
+                     [&](int a, int b) { return weights[size_t(a)] < weights[size_t(b)]; });
+    for (size_t i = 0; i < leaves; ++i) node_weight[i] = weights[size_t(symbols[i])];
+    // Two queues: sorted leaves, and internal nodes, which are created in non-decreasing weight order.
+    size_t next_leaf = 0, next_internal = leaves, created = leaves;
+    auto take_lightest = [&]() {
+      bool use_leaf =
+          next_leaf < leaves && (next_internal == created || node_weight[next_leaf] <= node_weight[next_internal]);
+      return use_leaf ? next_leaf++ : next_internal++;
+    };
+    while (created < 2 * leaves - 1) {
+      size_t a = take_lightest();
+      size_t b = take_lightest();
+      node_weight[created] = node_weight[a] + node_weight[b];
+      parent[a] = parent[b] = created;
+      created++;
+    }
+    depth[2 * leaves - 2] = 0;
+    int deepest = 0;
+    for (size_t i = 2 * leaves - 2; i-- > 0;) {
+      depth[i] = depth[parent[i]] + 1;
+      if (i < leaves) deepest = std::max(deepest, depth[i]);
+    }
+    if (deepest <= max_length) {
+      for (size_t i = 0; i < leaves; ++i) lengths[symbols[i]] = uint8_t(depth[i]);
+      return;
+    }
+    for (uint64_t& w : weights)
+      if (w > 0) w = (w + 1) / 2;
+  }
+}
+
 namespace {
 
 // ------------------------------------------------------------------------------------------------------------------
@@ -135,8 +189,8 @@ namespace {
 // index, points at a secondary table indexed by the next link_bits bits (link_bits > 0). A slot with neither is a
 // bit pattern no code starts with.
 struct DecodeEntry {
-  uint16_t value;    // the symbol, or the secondary table's first slot
-  uint8_t length;    // total code length in bits
+  uint16_t value;  // the symbol, or the secondary table's first slot
+  uint8_t length;  // total code length in bits
   uint8_t link_bits;
 };
 
@@ -171,7 +225,8 @@ class HuffmanDecoder {
     table_.assign(size_t(1) << primary_bits, DecodeEntry{0, 0, 0});
     if (unfilled > 0) {
       bool single_one_bit_code = used == 1 && count_by_length[1] == 1;
-      bool allowed = (kind == CodeKind::Distance && used == 0) || (kind != CodeKind::CodeLengths && single_one_bit_code);
+      bool allowed =
+          (kind == CodeKind::Distance && used == 0) || (kind != CodeKind::CodeLengths && single_one_bit_code);
       if (!allowed) return used == 0 ? "empty" : "incomplete";
       if (used == 0) return nullptr;
     }
@@ -225,7 +280,8 @@ class HuffmanDecoder {
         table_.resize(secondary_start + (size_t(1) << secondary_bits), DecodeEntry{0, 0, 0});
         table_[prefix] = DecodeEntry{uint16_t(secondary_start), 0, uint8_t(secondary_bits)};
       }
-      for (uint32_t slot = reversed >> primary_bits; slot < (1u << secondary_bits); slot += 1u << (length - primary_bits))
+      for (uint32_t slot = reversed >> primary_bits; slot < (1u << secondary_bits);
+           slot += 1u << (length - primary_bits))
         table_[secondary_start + slot] = DecodeEntry{uint16_t(symbol), uint8_t(length), 0};
       not_yet_placed[length]--;
     }
@@ -235,8 +291,7 @@ class HuffmanDecoder {
   DecodeEntry lookup(uint64_t bits) const {
     const DecodeEntry* table = table_.data();
     DecodeEntry entry = table[bits & primary_mask_];
-    if (entry.link_bits != 0)
-      entry = table[entry.value + ((bits >> primary_bits_) & ((1u << entry.link_bits) - 1))];
+    if (entry.link_bits != 0) entry = table[entry.value + ((bits >> primary_bits_) & ((1u << entry.link_bits) - 1))];
     return entry;
   }
 
@@ -276,7 +331,12 @@ class Inflater {
   // Appends to *out. limit bounds the bytes this stream may add; with stop_when_full, reaching it ends decoding
   // successfully instead of failing.
   Inflater(const uint8_t* data, size_t size, std::vector<uint8_t>* out, size_t limit, bool stop_when_full)
-      : begin_(data), in_(data), end_(data + size), out_(out), start_(out->size()), pos_(out->size()),
+      : begin_(data),
+        in_(data),
+        end_(data + size),
+        out_(out),
+        start_(out->size()),
+        pos_(out->size()),
         stop_when_full_(stop_when_full) {
     limit_ = limit > SIZE_MAX - start_ ? SIZE_MAX : start_ + limit;
     buffer_ = out->data();
@@ -464,8 +524,8 @@ class Inflater {
     if (const char* problem =
             literal_length_.build(lengths, int(literal_count), kLiteralLengthPrimaryBits, CodeKind::LiteralLength))
       return errorf("deflate: literal/length code is %s", problem);
-    if (const char* problem = distance_.build(lengths + literal_count, int(distance_count), kDistancePrimaryBits,
-                                              CodeKind::Distance))
+    if (const char* problem =
+            distance_.build(lengths + literal_count, int(distance_count), kDistancePrimaryBits, CodeKind::Distance))
       return errorf("deflate: distance code is %s", problem);
     return Status();
   }
@@ -573,8 +633,7 @@ Status parse_gzip_header(const uint8_t* data, size_t size, size_t* header_size) 
   return Status();
 }
 
-Status gzip_decode(const uint8_t* data, size_t size, size_t max_output, bool prefix_only,
-                   std::vector<uint8_t>* out) {
+Status gzip_decode(const uint8_t* data, size_t size, size_t max_output, bool prefix_only, std::vector<uint8_t>* out) {
   out->clear();
   size_t offset = 0;
   for (int member = 1;; ++member) {
@@ -637,57 +696,6 @@ class BitWriter {
   unsigned pending_count_ = 0;
 };
 
-// Optimal code lengths for the given frequencies, none longer than max_length. When the optimal code is too deep
-// the frequencies are flattened (halved, keeping every used symbol at least 1) and the code rebuilt: it costs a
-// little compression on pathological inputs but needs no special length-limiting algorithm. All ones gives a
-// balanced tree, so the loop ends as long as 2^max_length covers the alphabet, which holds for DEFLATE.
-void build_code_lengths(const uint32_t* frequencies, int symbol_count, int max_length, uint8_t* lengths) {
-  std::fill(lengths, lengths + symbol_count, 0);
-  std::vector<uint64_t> weights(frequencies, frequencies + symbol_count);
-  std::vector<int> symbols;
-  for (int s = 0; s < symbol_count; ++s)
-    if (weights[size_t(s)] > 0) symbols.push_back(s);
-  if (symbols.empty()) return;
-  if (symbols.size() == 1) {
-    lengths[symbols[0]] = 1;
-    return;
-  }
-  const size_t leaves = symbols.size();
-  std::vector<uint64_t> node_weight(2 * leaves - 1);
-  std::vector<size_t> parent(2 * leaves - 1);
-  std::vector<int> depth(2 * leaves - 1);
-  for (;;) {
-    std::stable_sort(symbols.begin(), symbols.end(),
-                     [&](int a, int b) { return weights[size_t(a)] < weights[size_t(b)]; });
-    for (size_t i = 0; i < leaves; ++i) node_weight[i] = weights[size_t(symbols[i])];
-    // Two queues: sorted leaves, and internal nodes, which are created in non-decreasing weight order.
-    size_t next_leaf = 0, next_internal = leaves, created = leaves;
-    auto take_lightest = [&]() {
-      bool use_leaf = next_leaf < leaves && (next_internal == created || node_weight[next_leaf] <= node_weight[next_internal]);
-      return use_leaf ? next_leaf++ : next_internal++;
-    };
-    while (created < 2 * leaves - 1) {
-      size_t a = take_lightest();
-      size_t b = take_lightest();
-      node_weight[created] = node_weight[a] + node_weight[b];
-      parent[a] = parent[b] = created;
-      created++;
-    }
-    depth[2 * leaves - 2] = 0;
-    int deepest = 0;
-    for (size_t i = 2 * leaves - 2; i-- > 0;) {
-      depth[i] = depth[parent[i]] + 1;
-      if (i < leaves) deepest = std::max(deepest, depth[i]);
-    }
-    if (deepest <= max_length) {
-      for (size_t i = 0; i < leaves; ++i) lengths[symbols[i]] = uint8_t(depth[i]);
-      return;
-    }
-    for (uint64_t& w : weights)
-      if (w > 0) w = (w + 1) / 2;
-  }
-}
-
 // Some decoders (zlib among them) reject a code with a single symbol of length 1 in some places, and a lone symbol
 // cannot be given a zero-bit code anyway; adding an unused partner makes every code complete.
 void make_code_complete(uint8_t* lengths, int symbol_count, int minimum_used) {
@@ -745,17 +753,24 @@ struct LevelParameters {
 
 LevelParameters parameters_for(CompressionLevel level) {
   switch (level) {
-    case CompressionLevel::Fast: return {8, 32, false, 32};
-    case CompressionLevel::Best: return {2048, kMaxMatch, true, kMaxMatch};
-    default: return {128, 128, true, kMaxMatch};
+    case CompressionLevel::Fast:
+      return {8, 32, false, 32};
+    case CompressionLevel::Best:
+      return {2048, kMaxMatch, true, kMaxMatch};
+    default:
+      return {128, 128, true, kMaxMatch};
   }
 }
 
 class Compressor {
  public:
   Compressor(const uint8_t* data, size_t size, CompressionLevel level, std::vector<uint8_t>* out)
-      : data_(data), size_(size), params_(parameters_for(level)), writer_(out),
-        head_(size_t(1) << kHashBits, kNoPosition), previous_(kWindowSize, kNoPosition) {
+      : data_(data),
+        size_(size),
+        params_(parameters_for(level)),
+        writer_(out),
+        head_(size_t(1) << kHashBits, kNoPosition),
+        previous_(kWindowSize, kNoPosition) {
     tokens_.reserve(kTokensPerBlock + 2);
   }
 
@@ -885,8 +900,8 @@ class Compressor {
     literal_frequencies_[kEndOfBlock] = 1;
     uint8_t literal_lengths[kLiteralLengthSymbols];
     uint8_t distance_lengths[kDistanceSymbols];
-    build_code_lengths(literal_frequencies_, kLiteralLengthSymbols, kMaxCodeLength, literal_lengths);
-    build_code_lengths(distance_frequencies_, kDistanceSymbols, kMaxCodeLength, distance_lengths);
+    build_limited_huffman_lengths(literal_frequencies_, kLiteralLengthSymbols, kMaxCodeLength, literal_lengths);
+    build_limited_huffman_lengths(distance_frequencies_, kDistanceSymbols, kMaxCodeLength, distance_lengths);
     make_code_complete(literal_lengths, kLiteralLengthSymbols, 2);
     make_code_complete(distance_lengths, kDistanceSymbols, 2);
 
@@ -932,7 +947,8 @@ class Compressor {
     uint32_t code_length_frequencies[kCodeLengthSymbols] = {};
     for (const LengthOp& op : ops) code_length_frequencies[op.symbol]++;
     uint8_t code_length_lengths[kCodeLengthSymbols];
-    build_code_lengths(code_length_frequencies, kCodeLengthSymbols, kMaxCodeLengthCodeLength, code_length_lengths);
+    build_limited_huffman_lengths(code_length_frequencies, kCodeLengthSymbols, kMaxCodeLengthCodeLength,
+                                  code_length_lengths);
     make_code_complete(code_length_lengths, kCodeLengthSymbols, 2);
     int code_length_count = kCodeLengthSymbols;
     while (code_length_count > 4 && code_length_lengths[kCodeLengthOrder[code_length_count - 1]] == 0)
@@ -954,12 +970,18 @@ class Compressor {
     }
     dynamic_bits += 3 + 5 + 5 + 4 + 3 * uint64_t(code_length_count);
     for (const LengthOp& op : ops)
-      dynamic_bits += code_length_lengths[op.symbol] + (op.symbol == 16 ? 2 : op.symbol == 17 ? 3 : op.symbol == 18 ? 7 : 0);
+      dynamic_bits += code_length_lengths[op.symbol] + (op.symbol == 16   ? 2
+                                                        : op.symbol == 17 ? 3
+                                                        : op.symbol == 18 ? 7
+                                                                          : 0);
     dynamic_bits += extra_bits;
     fixed_bits += 3 + extra_bits;
     const size_t raw_size = raw_end - block_start_;
+    // Stored blocks: a 3-bit header padded to a byte boundary and two 16-bit lengths per 64 KiB chunk. Only the
+    // first chunk's padding depends on where the bit stream stands; later ones start aligned (3 + 5 bits).
     uint64_t stored_chunks = std::max<uint64_t>(1, (raw_size + kMaxStoredBlock - 1) / kMaxStoredBlock);
-    uint64_t stored_bits = 7 + stored_chunks * (3 + 32 + 7) + uint64_t(raw_size) * 8;
+    uint64_t first_padding = (8 - (writer_.pending_bits() + 3) % 8) % 8;
+    uint64_t stored_bits = first_padding + (stored_chunks - 1) * 5 + stored_chunks * (3 + 32) + uint64_t(raw_size) * 8;
 
     if (stored_bits < std::min(dynamic_bits, fixed_bits)) {
       write_stored_blocks(&writer_, data_ + block_start_, raw_size, is_final);
@@ -1098,7 +1120,7 @@ std::vector<uint8_t> deflate_raw(const uint8_t* data, size_t size, CompressionLe
 
 std::vector<uint8_t> zlib_compress(const uint8_t* data, size_t size, CompressionLevel level) {
   uint8_t method = 0x78;  // DEFLATE with a 32 KiB window
-  uint8_t level_hint = level == CompressionLevel::Store ? 0
+  uint8_t level_hint = level == CompressionLevel::Store  ? 0
                        : level == CompressionLevel::Fast ? 1
                        : level == CompressionLevel::Best ? 3
                                                          : 2;

@@ -57,4 +57,9 @@ std::vector<uint8_t> deflate_raw(const uint8_t* data, size_t size, CompressionLe
 std::vector<uint8_t> zlib_compress(const uint8_t* data, size_t size, CompressionLevel level);
 std::vector<uint8_t> gzip_compress(const uint8_t* data, size_t size, CompressionLevel level);
 
+// Huffman code lengths for the symbol frequencies, none longer than max_length (2^max_length must cover the used
+// symbols): optimal when the unrestricted code fits, close to it otherwise. Unused symbols get 0; a single used
+// symbol gets length 1. The encoder's building block, public so that it can be tested on its own.
+void build_limited_huffman_lengths(const uint32_t* frequencies, int symbol_count, int max_length, uint8_t* lengths);
+
 }  // namespace ddpm

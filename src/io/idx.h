@@ -15,9 +15,9 @@ namespace ddpm {
 constexpr uint8_t kIdxTypeUnsignedByte = 0x08;
 
 struct IdxArray {
-  std::vector<int64_t> dims;   // outermost first
-  uint8_t type_code = 0;       // only kIdxTypeUnsignedByte is supported
-  std::vector<uint8_t> data;   // product(dims) elements
+  std::vector<int64_t> dims;  // outermost first
+  uint8_t type_code = 0;      // only kIdxTypeUnsignedByte is supported
+  std::vector<uint8_t> data;  // product(dims) elements
 };
 
 // bytes may be raw IDX or gzip; name is used only in error messages.

@@ -52,11 +52,16 @@ inline uint8_t prediction(int type, const uint8_t* row, const uint8_t* previous,
   int up = previous[i];
   int upper_left = i >= bpp ? previous[i - bpp] : 0;
   switch (type) {
-    case 1: return uint8_t(left);
-    case 2: return uint8_t(up);
-    case 3: return uint8_t((left + up) >> 1);
-    case 4: return paeth(left, up, upper_left);
-    default: return 0;
+    case 1:
+      return uint8_t(left);
+    case 2:
+      return uint8_t(up);
+    case 3:
+      return uint8_t((left + up) >> 1);
+    case 4:
+      return paeth(left, up, upper_left);
+    default:
+      return 0;
   }
 }
 
@@ -78,8 +83,8 @@ Status validate_keyword(const std::string& keyword) {
   for (size_t i = 0; i < keyword.size(); ++i) {
     uint8_t c = uint8_t(keyword[i]);
     if (!is_keyword_char(c))
-      return errorf("PNG text keyword \"%s\" contains byte 0x%02x, not a printable Latin-1 character",
-                    keyword.c_str(), c);
+      return errorf("PNG text keyword \"%s\" contains byte 0x%02x, not a printable Latin-1 character", keyword.c_str(),
+                    c);
     if (c == ' ' && (i == 0 || i + 1 == keyword.size() || keyword[i + 1] == ' '))
       return errorf("PNG text keyword \"%s\" has leading, trailing or consecutive spaces", keyword.c_str());
   }
@@ -109,7 +114,7 @@ struct Header {
 
 struct Transparency {
   bool present = false;
-  uint16_t gray = 0;    // colour type 0
+  uint16_t gray = 0;     // colour type 0
   uint16_t rgb[3] = {};  // colour type 2
 };
 
@@ -122,7 +127,9 @@ constexpr Pass kAdam7[7] = {{0, 0, 8, 8}, {4, 0, 8, 8}, {0, 4, 4, 8}, {2, 0, 4, 
                             {0, 2, 2, 4}, {1, 0, 2, 2}, {0, 1, 1, 2}};
 constexpr Pass kWholeImage = {0, 0, 1, 1};
 
-uint32_t pass_extent(uint32_t size, uint32_t start, uint32_t step) { return size > start ? (size - start + step - 1) / step : 0; }
+uint32_t pass_extent(uint32_t size, uint32_t start, uint32_t step) {
+  return size > start ? (size - start + step - 1) / step : 0;
+}
 
 class PngDecoder {
  public:
@@ -139,7 +146,8 @@ class PngDecoder {
   const char* name() const { return name_.c_str(); }
 
   Status read_chunks() {
-    if (size_ < 8 || std::memcmp(bytes_, kSignature, 8) != 0) return errorf("%s: not a PNG file (bad signature)", name());
+    if (size_ < 8 || std::memcmp(bytes_, kSignature, 8) != 0)
+      return errorf("%s: not a PNG file (bad signature)", name());
     size_t pos = 8;
     bool have_header = false, have_palette = false, seen_image_data = false, image_data_ended = false;
     for (;;) {
@@ -152,7 +160,8 @@ class PngDecoder {
           return errorf("%s: invalid chunk type at byte %zu", name(), pos);
       }
       char type[5] = {char(type_bytes[0]), char(type_bytes[1]), char(type_bytes[2]), char(type_bytes[3]), 0};
-      if (length > 0x7FFFFFFFu) return errorf("%s: %s chunk at byte %zu has invalid length %u", name(), type, pos, length);
+      if (length > 0x7FFFFFFFu)
+        return errorf("%s: %s chunk at byte %zu has invalid length %u", name(), type, pos, length);
       if (size_ - pos - 12 < length)
         return errorf("%s: %s chunk at byte %zu is truncated (%u bytes declared, %zu present)", name(), type, pos,
                       length, size_ - pos - 12);
@@ -179,7 +188,8 @@ class PngDecoder {
         DDPM_TRY(parse_palette(data, length));
         have_palette = true;
       } else if (std::strcmp(type, "IDAT") == 0) {
-        if (image_data_ended) return errorf("%s: IDAT chunks are not consecutive (another at byte %zu)", name(), chunk_pos);
+        if (image_data_ended)
+          return errorf("%s: IDAT chunks are not consecutive (another at byte %zu)", name(), chunk_pos);
         compressed_.insert(compressed_.end(), data, data + length);
         seen_image_data = true;
       } else if (std::strcmp(type, "IEND") == 0) {
@@ -196,7 +206,8 @@ class PngDecoder {
       // Other ancillary chunks (gAMA, pHYs, ...) do not change the samples we return.
     }
     if (!seen_image_data) return errorf("%s: no IDAT chunk", name());
-    if (header_.color_type == kPalette && !have_palette) return errorf("%s: palette image without a PLTE chunk", name());
+    if (header_.color_type == kPalette && !have_palette)
+      return errorf("%s: palette image without a PLTE chunk", name());
     return Status();
   }
 
@@ -211,12 +222,28 @@ class PngDecoder {
     int depth = header_.bit_depth;
     bool valid = false;
     switch (header_.color_type) {
-      case kGray: valid = depth == 1 || depth == 2 || depth == 4 || depth == 8 || depth == 16; header_.file_channels = 1; break;
-      case kPalette: valid = depth == 1 || depth == 2 || depth == 4 || depth == 8; header_.file_channels = 1; break;
-      case kRgb: valid = depth == 8 || depth == 16; header_.file_channels = 3; break;
-      case kGrayAlpha: valid = depth == 8 || depth == 16; header_.file_channels = 2; break;
-      case kRgba: valid = depth == 8 || depth == 16; header_.file_channels = 4; break;
-      default: return errorf("%s: invalid colour type %d", name(), header_.color_type);
+      case kGray:
+        valid = depth == 1 || depth == 2 || depth == 4 || depth == 8 || depth == 16;
+        header_.file_channels = 1;
+        break;
+      case kPalette:
+        valid = depth == 1 || depth == 2 || depth == 4 || depth == 8;
+        header_.file_channels = 1;
+        break;
+      case kRgb:
+        valid = depth == 8 || depth == 16;
+        header_.file_channels = 3;
+        break;
+      case kGrayAlpha:
+        valid = depth == 8 || depth == 16;
+        header_.file_channels = 2;
+        break;
+      case kRgba:
+        valid = depth == 8 || depth == 16;
+        header_.file_channels = 4;
+        break;
+      default:
+        return errorf("%s: invalid colour type %d", name(), header_.color_type);
     }
     if (!valid) return errorf("%s: bit depth %d is not allowed for colour type %d", name(), depth, header_.color_type);
     if (data[10] != 0) return errorf("%s: unknown compression method %u", name(), data[10]);
@@ -285,11 +312,15 @@ class PngDecoder {
 
   int output_channels() const {
     switch (header_.color_type) {
-      case kGray: return transparency_.present ? 2 : 1;
+      case kGray:
+        return transparency_.present ? 2 : 1;
       case kRgb:
-      case kPalette: return transparency_.present ? 4 : 3;
-      case kGrayAlpha: return 2;
-      default: return 4;
+      case kPalette:
+        return transparency_.present ? 4 : 3;
+      case kGrayAlpha:
+        return 2;
+      default:
+        return 4;
     }
   }
 
