@@ -665,7 +665,7 @@ TEST_CASE("deflate round-trips many sizes and kinds of data at every level", "[i
         CHECK(compressed.size() <= size + 5 * (size / 16384 + 1) + 6);
         const std::string name = kind.name;
         if (level != CompressionLevel::Store && size == (size_t(1) << 20) && name != "random") {
-          CHECK(compressed.size() < (name == "skewed" ? size * 2 / 5 : size / 3));  // skewed: 2 bits/byte entropy
+          CHECK(compressed.size() < (name == "skewed" ? size * 9 / 20 : size / 3));  // skewed: entropy 0.31
         }
         if (level != CompressionLevel::Store && size == (size_t(1) << 20) && std::string(kind.name) == "zeros") {
           CHECK(compressed.size() < (level == CompressionLevel::Fast ? 8000u : 2000u));
