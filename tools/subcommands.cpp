@@ -4,6 +4,9 @@ namespace ddpm::tools {
 
 const std::vector<Subcommand>& subcommands() {
   static const std::vector<Subcommand> table = {
+      {"generate", "sample images from a model", run_generate},
+      {"convert", "diffusers/PyTorch checkpoint -> .ddpm", run_convert},
+      {"info", "describe a .ddpm model", run_info},
       {"bench", "benchmarks: `bench ops`", run_bench},
   };
   return table;

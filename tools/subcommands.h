@@ -15,5 +15,8 @@ struct Subcommand {
 const std::vector<Subcommand>& subcommands();
 
 int run_bench(int argc, char** argv);
+int run_convert(int argc, char** argv);
+int run_generate(int argc, char** argv);
+int run_info(int argc, char** argv);
 
 }  // namespace ddpm::tools

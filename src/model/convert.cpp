@@ -1,0 +1,222 @@
+#include "model/convert.h"
+
+#include <sys/stat.h>
+
+#include <chrono>
+#include <ctime>
+#include <deque>
+#include <fstream>
+#include <set>
+
+#include "io/json.h"
+#include "io/sha256.h"
+#include "model/ddpm_file.h"
+#include "model/model.h"
+#include "model/scheduler_json.h"
+#include "model/unet.h"
+
+#ifndef DDPM_VERSION
+#define DDPM_VERSION "0.1.0"
+#endif
+
+namespace ddpm {
+namespace {
+
+bool is_directory(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool is_file(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+Status read_json_file(const std::string& path, JsonValue* out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return errorf("%s: cannot open", path.c_str());
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (text.size() > 64 * 1024 * 1024) return errorf("%s: too large for a config file", path.c_str());
+  Status s = parse_json(text, out);
+  if (!s.ok()) return errorf("%s: %s", path.c_str(), s.message().c_str());
+  return Status();
+}
+
+// Finds config, weights and scheduler config of a diffusers folder (root layout, or a pipeline's unet/ and
+// scheduler/ sub-folders).
+Status resolve_folder(const std::string& dir, ConvertOptions* o, std::string* weights) {
+  for (const std::string& model_dir : {dir, dir + "/unet"}) {
+    if (!is_file(model_dir + "/config.json")) continue;
+    for (const char* name : {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+                             "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.fp16.bin"}) {
+      if (is_file(model_dir + "/" + name)) {
+        *weights = model_dir + "/" + name;
+        break;
+      }
+    }
+    if (weights->empty()) return errorf("%s: has config.json but no diffusion_pytorch_model.{safetensors,bin}", model_dir.c_str());
+    if (o->config.empty()) o->config = model_dir + "/config.json";
+    if (o->scheduler_config.empty()) {
+      for (const std::string& s : {dir + "/scheduler_config.json", dir + "/scheduler/scheduler_config.json",
+                                   model_dir + "/scheduler_config.json"}) {
+        if (is_file(s)) {
+          o->scheduler_config = s;
+          break;
+        }
+      }
+    }
+    return Status();
+  }
+  return errorf("%s: not a diffusers model folder (no config.json at its root or in unet/)", dir.c_str());
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+std::string utc_now() {
+  std::time_t now = std::time(nullptr);
+  std::tm tm;
+  gmtime_r(&now, &tm);
+  char buffer[32];
+  std::strftime(buffer, sizeof buffer, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buffer;
+}
+
+std::string base_name(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+std::string join_limited(const std::vector<std::string>& items, size_t limit) {
+  std::string s;
+  for (size_t i = 0; i < items.size() && i < limit; ++i) s += (i ? ", " : "") + items[i];
+  if (items.size() > limit) s += " (+" + std::to_string(items.size() - limit) + " more)";
+  return s;
+}
+
+}  // namespace
+
+Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) {
+  const auto start = std::chrono::steady_clock::now();
+  ConvertOptions o = options;
+  *report = ConvertReport();
+  if (o.type != DType::F32 && o.type != DType::F16) {
+    return errorf("--type %s is not supported for conversion (f32 or f16)", dtype_name(o.type));
+  }
+  std::string weights;
+  if (is_directory(o.input)) {
+    DDPM_TRY(resolve_folder(o.input, &o, &weights));
+  } else if (is_file(o.input)) {
+    weights = o.input;
+    if (o.config.empty()) {
+      const size_t slash = o.input.find_last_of('/');
+      const std::string sibling = (slash == std::string::npos ? std::string(".") : o.input.substr(0, slash)) + "/config.json";
+      if (!is_file(sibling)) return errorf("%s: a bare checkpoint needs --config config.json", o.input.c_str());
+      o.config = sibling;
+    }
+  } else {
+    return errorf("%s: no such file or folder", o.input.c_str());
+  }
+  report->weights_path = weights;
+  report->config_path = o.config;
+
+  JsonValue config_json;
+  DDPM_TRY(read_json_file(o.config, &config_json));
+  ModelInfo info;
+  Status s = UNetConfig::from_json(config_json, &info.unet);
+  if (s.ok()) s = info.unet.validate();
+  if (!s.ok()) return errorf("%s: %s", o.config.c_str(), s.message().c_str());
+  if (!o.scheduler_config.empty()) {
+    JsonValue scheduler_json;
+    DDPM_TRY(read_json_file(o.scheduler_config, &scheduler_json));
+    s = scheduler_config_from_json(scheduler_json, &info.scheduler);
+    if (!s.ok()) return errorf("%s: %s", o.scheduler_config.c_str(), s.message().c_str());
+    report->scheduler_path = o.scheduler_config;
+  } else {
+    report->notes.push_back("no scheduler_config.json found: using DDPMScheduler defaults (linear 1e-4..0.02, 1000 "
+                            "steps, fixed_small, clip_sample)");
+  }
+  if (info.unet.sample_size.empty()) {
+    return errorf("%s: sample_size is null, so the image size is unknown; set it in the config", o.config.c_str());
+  }
+  info.height = info.unet.sample_size[0];
+  info.width = info.unet.sample_size.back();
+  info.channels = info.unet.in_channels;
+  info.class_names = o.class_names;
+  if (o.null_class >= 0) info.null_class = o.null_class;
+
+  CheckpointReader reader;
+  DDPM_TRY(reader.open(weights, o.checkpoint));
+  report->format = reader.format();
+  for (const auto& [from, to] : reader.renamed()) {
+    if (report->notes.size() < 8) report->notes.push_back("renamed " + from + " -> " + to);
+  }
+  if (reader.renamed().size() > 0) {
+    report->notes.push_back(std::to_string(reader.renamed().size()) + " tensor names normalised to current diffusers keys");
+  }
+
+  std::vector<ParamSpec> specs;
+  DDPM_TRY(unet_parameter_specs(info.unet, &specs));
+  std::vector<std::string> missing, misshaped, unexpected;
+  std::set<std::string> wanted;
+  for (const ParamSpec& spec : specs) {
+    wanted.insert(spec.name);
+    const SourceTensor* t = reader.find(spec.name);
+    if (!t) {
+      missing.push_back(spec.name + " " + shape_text(spec.shape));
+      continue;
+    }
+    const bool squeezable = spec.shape.size() == 2 && t->shape.size() == 4 && t->shape[0] == spec.shape[0] &&
+                            t->shape[1] == spec.shape[1] && t->shape[2] == 1 && t->shape[3] == 1;
+    if (t->shape != spec.shape && !squeezable) {
+      misshaped.push_back(spec.name + " is " + shape_text(t->shape) + ", expected " + shape_text(spec.shape));
+    }
+  }
+  for (const SourceTensor& t : reader.tensors()) {
+    if (!wanted.count(t.name)) unexpected.push_back(t.name);
+  }
+  if (!missing.empty() || !misshaped.empty() || !unexpected.empty()) {
+    std::string message = weights + ": does not match " + o.config + ":";
+    if (!missing.empty()) message += " missing " + join_limited(missing, 5) + ";";
+    if (!misshaped.empty()) message += " wrong shape: " + join_limited(misshaped, 5) + ";";
+    if (!unexpected.empty()) message += " unexpected " + join_limited(unexpected, 5) + ";";
+    message.pop_back();
+    return Status::Error(message);
+  }
+
+  DdpmWriter writer;
+  DdpmMetadata metadata;
+  DDPM_TRY(model_info_to_metadata(info, &metadata));
+  DDPM_TRY(metadata.set("provenance.tool", MetadataValue::string(std::string("ddpm.cpp ") + DDPM_VERSION)));
+  DDPM_TRY(metadata.set("provenance.source_file", MetadataValue::string(base_name(weights))));
+  DDPM_TRY(metadata.set("provenance.source_sha256",
+                        MetadataValue::string(sha256_hex(reader.file().data(), reader.file().size()))));
+  DDPM_TRY(metadata.set("provenance.dtype_recipe",
+                        MetadataValue::string(o.type == DType::F16 ? "f16 (norms and biases f32)" : "f32")));
+  DDPM_TRY(metadata.set("provenance.created", MetadataValue::string(utc_now())));
+  writer.set_metadata(std::move(metadata));
+
+  std::deque<std::vector<uint8_t>> buffers;  // kept until finish(): the writer borrows tensor data
+  for (const ParamSpec& spec : specs) {
+    const SourceTensor* t = reader.find(spec.name);
+    const DType dtype = spec.shape.size() >= 2 ? o.type : DType::F32;
+    buffers.emplace_back();
+    DDPM_TRY(reader.load(*t, dtype, &buffers.back()));
+    DDPM_TRY(writer.add_tensor(spec.name, dtype, static_cast<int>(spec.shape.size()), spec.shape.data(),
+                               buffers.back().data()));
+    int64_t n = 1;
+    for (int64_t d : spec.shape) n *= d;
+    report->parameters += n;
+  }
+  DDPM_TRY(writer.finish(o.output));
+  report->tensors = specs.size();
+  struct stat st;
+  if (stat(o.output.c_str(), &st) == 0) report->output_bytes = static_cast<uint64_t>(st.st_size);
+  report->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return Status();
+}
+
+}  // namespace ddpm

@@ -1,0 +1,147 @@
+#include "model/model.h"
+
+#include "io/json.h"
+#include "model/scheduler_json.h"
+
+namespace ddpm {
+
+Status model_info_from_metadata(const DdpmMetadata& m, const std::string& path, ModelInfo* out) {
+  ModelInfo info;
+  auto fail = [&](const Status& s) { return errorf("%s: %s", path.c_str(), s.message().c_str()); };
+  std::string architecture;
+  Status s = m.get_string("ddpm.architecture", &architecture);
+  if (!s.ok()) return fail(s);
+  if (architecture != "unet2d") return errorf("%s: architecture '%s' is not supported", path.c_str(), architecture.c_str());
+  std::string text;
+  JsonValue json;
+  if (!(s = m.get_string("unet.config", &text)).ok()) return fail(s);
+  if (!(s = parse_json(text, &json)).ok()) return errorf("%s: unet.config: %s", path.c_str(), s.message().c_str());
+  if (!(s = UNetConfig::from_json(json, &info.unet)).ok()) return errorf("%s: unet.config: %s", path.c_str(), s.message().c_str());
+  if (!(s = info.unet.validate()).ok()) return errorf("%s: unet.config: %s", path.c_str(), s.message().c_str());
+  if (!(s = m.get_string("scheduler.config", &text)).ok()) return fail(s);
+  if (!(s = parse_json(text, &json)).ok()) return errorf("%s: scheduler.config: %s", path.c_str(), s.message().c_str());
+  if (!(s = scheduler_config_from_json(json, &info.scheduler)).ok()) {
+    return errorf("%s: scheduler.config: %s", path.c_str(), s.message().c_str());
+  }
+  std::vector<uint32_t> size;
+  if (m.has("data.image_size")) {
+    if (!(s = m.get_u32_array("data.image_size", &size)).ok()) return fail(s);
+    if (size.size() != 2) return errorf("%s: data.image_size must hold [height, width]", path.c_str());
+    info.height = size[0];
+    info.width = size[1];
+  } else if (!info.unet.sample_size.empty()) {
+    info.height = info.unet.sample_size[0];
+    info.width = info.unet.sample_size.back();
+  } else {
+    return errorf("%s: the image size is unknown (no data.image_size and no sample_size)", path.c_str());
+  }
+  const int64_t multiple = info.unet.spatial_multiple();
+  if (info.height < 1 || info.width < 1 || info.height > 4096 || info.width > 4096 || info.height % multiple ||
+      info.width % multiple) {
+    return errorf("%s: image size %lldx%lld does not fit the U-Net (positive multiples of %lld)", path.c_str(),
+                  (long long)info.height, (long long)info.width, (long long)multiple);
+  }
+  info.channels = info.unet.in_channels;
+  if (m.has("data.channels")) {
+    uint32_t channels;
+    if (!(s = m.get_u32("data.channels", &channels)).ok()) return fail(s);
+    if (channels != info.unet.in_channels) return errorf("%s: data.channels disagrees with the U-Net's in_channels", path.c_str());
+  }
+  if (m.has("data.value_range")) {
+    std::vector<float> range;
+    if (!(s = m.get_f32_array("data.value_range", &range)).ok()) return fail(s);
+    if (range.size() != 2 || !(range[0] < range[1])) return errorf("%s: data.value_range must be [low, high]", path.c_str());
+    info.value_low = range[0];
+    info.value_high = range[1];
+  }
+  if (m.has("classes.names") && !(s = m.get_string_array("classes.names", &info.class_names)).ok()) return fail(s);
+  if (m.has("classes.null_index")) {
+    int32_t null_index;
+    if (!(s = m.get_i32("classes.null_index", &null_index)).ok()) return fail(s);
+    if (null_index < 0 || null_index >= info.class_count()) {
+      return errorf("%s: classes.null_index %d is outside the %lld class embeddings", path.c_str(), null_index,
+                    (long long)info.class_count());
+    }
+    info.null_class = null_index;
+  }
+  if (!info.class_names.empty() && static_cast<int64_t>(info.class_names.size()) > info.class_count()) {
+    return errorf("%s: %zu class names for %lld class embeddings", path.c_str(), info.class_names.size(),
+                  (long long)info.class_count());
+  }
+  if (m.has("sampling.default_guidance_scale")) {
+    if (!(s = m.get_f32("sampling.default_guidance_scale", &info.default_guidance_scale)).ok()) return fail(s);
+  }
+  if (m.has("sampling.default_sampler") && !(s = m.get_string("sampling.default_sampler", &info.default_sampler)).ok()) {
+    return fail(s);
+  }
+  if (m.has("sampling.default_steps")) {
+    uint32_t steps;
+    if (!(s = m.get_u32("sampling.default_steps", &steps)).ok()) return fail(s);
+    info.default_steps = static_cast<int>(std::min<uint32_t>(steps, 1000000));
+  }
+  *out = std::move(info);
+  return Status();
+}
+
+Status model_info_to_metadata(const ModelInfo& info, DdpmMetadata* m) {
+  DDPM_TRY(m->set("ddpm.architecture", MetadataValue::string("unet2d")));
+  DDPM_TRY(m->set("unet.config", MetadataValue::string(to_json(info.unet.to_json(), true))));
+  DDPM_TRY(m->set("scheduler.config", MetadataValue::string(to_json(scheduler_config_to_json(info.scheduler), true))));
+  DDPM_TRY(m->set("data.image_size", MetadataValue::u32_array({static_cast<uint32_t>(info.height),
+                                                               static_cast<uint32_t>(info.width)})));
+  DDPM_TRY(m->set("data.channels", MetadataValue::u32(static_cast<uint32_t>(info.channels))));
+  DDPM_TRY(m->set("data.value_range", MetadataValue::f32_array({info.value_low, info.value_high})));
+  if (!info.class_names.empty()) DDPM_TRY(m->set("classes.names", MetadataValue::string_array(info.class_names)));
+  if (info.null_class) DDPM_TRY(m->set("classes.null_index", MetadataValue::i32(*info.null_class)));
+  if (info.default_guidance_scale != 1.0f) {
+    DDPM_TRY(m->set("sampling.default_guidance_scale", MetadataValue::f32(info.default_guidance_scale)));
+  }
+  if (!info.default_sampler.empty()) DDPM_TRY(m->set("sampling.default_sampler", MetadataValue::string(info.default_sampler)));
+  if (info.default_steps > 0) DDPM_TRY(m->set("sampling.default_steps", MetadataValue::u32(info.default_steps)));
+  return Status();
+}
+
+Status Model::load(const std::string& path, std::unique_ptr<Model>* out, bool verify_checksums) {
+  std::unique_ptr<Model> model(new Model());
+  DDPM_TRY(DdpmFile::open(path, &model->file_, verify_checksums));
+  DDPM_TRY(model_info_from_metadata(model->file_.metadata(), path, &model->info_));
+  // Every tensor the network needs must be present with the right shape: check now, with names, rather than at
+  // the first forward.
+  std::vector<ParamSpec> specs;
+  DDPM_TRY(unet_parameter_specs(model->info_.unet, &specs));
+  for (const ParamSpec& spec : specs) {
+    const DdpmTensorInfo* t = model->file_.find(spec.name);
+    if (!t) return errorf("%s: tensor '%s' is missing", path.c_str(), spec.name.c_str());
+    bool same = t->rank == static_cast<int>(spec.shape.size());
+    for (int i = 0; same && i < t->rank; ++i) same = t->shape[i] == spec.shape[i];
+    if (!same) {
+      std::string expected = "[", found = "[";
+      for (size_t i = 0; i < spec.shape.size(); ++i) expected += (i ? ", " : "") + std::to_string(spec.shape[i]);
+      for (int i = 0; i < t->rank; ++i) found += (i ? ", " : "") + std::to_string(t->shape[i]);
+      return errorf("%s: tensor '%s' has shape %s], expected %s]", path.c_str(), spec.name.c_str(), found.c_str(),
+                    expected.c_str());
+    }
+  }
+  *out = std::move(model);
+  return Status();
+}
+
+WeightLookup Model::weights() const {
+  return [this](const std::string& name, const std::vector<int64_t>&, WeightRef* out) {
+    const DdpmTensorInfo* t = file_.find(name);
+    if (!t) return errorf("not in %s", file_.path().c_str());
+    out->dtype = t->dtype;
+    out->rank = t->rank;
+    for (int i = 0; i < t->rank; ++i) out->shape[i] = t->shape[i];
+    out->data = t->data;
+    return Status();
+  };
+}
+
+int64_t Model::parameter_count() const {
+  int64_t n = 0;
+  for (const DdpmTensorInfo& t : file_.tensors()) n += t.numel();
+  return n;
+}
+
+}  // namespace ddpm

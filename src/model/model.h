@@ -1,0 +1,50 @@
+// A model ready to run: a .ddpm file opened (weights mmapped, never copied) and its metadata decoded into the
+// U-Net config, the scheduler config and the data conventions.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "model/ddpm_file.h"
+#include "model/schedule.h"
+#include "model/unet.h"
+#include "model/unet_config.h"
+
+namespace ddpm {
+
+struct ModelInfo {
+  UNetConfig unet;
+  SchedulerConfig scheduler;
+  int64_t height = 0, width = 0, channels = 0;
+  float value_low = -1.0f, value_high = 1.0f;
+  std::vector<std::string> class_names;  // may be empty even for class-conditional models (then classes are ids)
+  std::optional<int32_t> null_class;     // the unconditional class used for classifier-free guidance
+  float default_guidance_scale = 1.0f;   // 1 = no guidance
+  std::string default_sampler;           // "" = tool default
+  int default_steps = 0;                 // 0 = sampler default
+
+  int64_t class_count() const { return unet.num_class_embeds.value_or(0); }
+};
+
+// Decodes / encodes the metadata keys documented in docs/FORMAT.md.
+Status model_info_from_metadata(const DdpmMetadata& metadata, const std::string& path, ModelInfo* out);
+Status model_info_to_metadata(const ModelInfo& info, DdpmMetadata* out);
+
+class Model {
+ public:
+  static Status load(const std::string& path, std::unique_ptr<Model>* out, bool verify_checksums = true);
+
+  const ModelInfo& info() const { return info_; }
+  const DdpmFile& file() const { return file_; }
+  // Weights straight from the mapping (f32 or f16).
+  WeightLookup weights() const;
+  int64_t parameter_count() const;
+
+ private:
+  DdpmFile file_;
+  ModelInfo info_;
+};
+
+}  // namespace ddpm

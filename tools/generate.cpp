@@ -1,0 +1,260 @@
+// `ddpm generate`: sample images from a .ddpm model and write them as PNG (a grid, or numbered files).
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <sstream>
+
+#include "io/atomic_file.h"
+#include "io/png.h"
+#include "model/pipeline.h"
+#include "tools/options.h"
+#include "tools/subcommands.h"
+
+namespace ddpm::tools {
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+double peak_rss_mb() {
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss / 1024.0;
+}
+
+// Resolves one --class entry: a class name of the model, an id, or "uncond".
+Status resolve_class(const std::string& text, const ModelInfo& info, int32_t* out) {
+  if (text == "uncond") {
+    if (!info.null_class) return errorf("--class uncond: the model has no null class (convert with --null-class)");
+    *out = *info.null_class;
+    return Status();
+  }
+  for (size_t i = 0; i < info.class_names.size(); ++i) {
+    if (info.class_names[i] == text) {
+      *out = static_cast<int32_t>(i);
+      return Status();
+    }
+  }
+  long long id;
+  Status s = parse_int("--class", text, 0, info.class_count() - 1, &id);
+  if (!s.ok()) {
+    std::string names;
+    for (size_t i = 0; i < info.class_names.size(); ++i) names += (i ? ", " : "") + info.class_names[i];
+    return errorf("--class: '%s' is not a class of this model (ids 0..%lld%s%s)", text.c_str(),
+                  (long long)info.class_count() - 1, names.empty() ? "" : "; names: ", names.c_str());
+  }
+  *out = static_cast<int32_t>(id);
+  return Status();
+}
+
+std::string numbered_path(const std::string& path, int index) {
+  const size_t dot = path.find_last_of('.');
+  const size_t slash = path.find_last_of('/');
+  char suffix[16];
+  std::snprintf(suffix, sizeof suffix, "_%03d", index);
+  if (dot == std::string::npos || (slash != std::string::npos && dot < slash)) return path + suffix + ".png";
+  return path.substr(0, dot) + suffix + path.substr(dot);
+}
+
+}  // namespace
+
+int run_generate(int argc, char** argv) {
+  CommonSettings common;
+  std::string model_path, output = "output.png", sampler = "", spacing, rng = "philox", class_text, raw_path;
+  long long count = 1, batch = 0, steps = 0, scale = 1, uncond_class = -1;
+  double eta = 0, cfg = std::nan("");
+  bool seed_given = false, no_grid = false;
+  uint64_t seed = 0;
+  std::vector<Option> options;
+  add_common_options(&options, &common);
+  auto text = [](std::string* target) {
+    return [target](const std::string& v) {
+      *target = v;
+      return Status();
+    };
+  };
+  options.push_back({"model", 'm', "FILE", "model file (.ddpm)", text(&model_path)});
+  options.push_back({"count", 'n', "N", "number of images (default 1)", [&](const std::string& v) {
+                       return parse_int("--count", v, 1, 100000, &count);
+                     }});
+  options.push_back({"batch", 'b', "N", "images per forward pass (default: min(n, 8))", [&](const std::string& v) {
+                       return parse_int("--batch", v, 1, 4096, &batch);
+                     }});
+  options.push_back({"sampler", 0, "S", "ddpm or ddim (default: the model's, else ddim)", text(&sampler)});
+  options.push_back({"steps", 0, "N", "sampling steps (default: the model's, else 50 for ddim, 1000 for ddpm)",
+                     [&](const std::string& v) { return parse_int("--steps", v, 1, 100000, &steps); }});
+  options.push_back({"eta", 0, "X", "DDIM eta (default 0)", [&](const std::string& v) {
+                       return parse_float("--eta", v, 0, 100, &eta);
+                     }});
+  options.push_back({"spacing", 0, "S", "timestep spacing: leading|trailing|linspace (default: the model's)", text(&spacing)});
+  options.push_back({"seed", 0, "N", "random seed (default: random, printed)", [&](const std::string& v) {
+                       long long value;
+                       DDPM_TRY(parse_int("--seed", v, 0, (1ll << 53), &value));
+                       seed = static_cast<uint64_t>(value);
+                       seed_given = true;
+                       return Status();
+                     }});
+  options.push_back({"rng", 0, "R", "noise generator: philox (per-image streams) or torch (PyTorch CPU parity)", text(&rng)});
+  options.push_back({"class", 0, "C", "class name, id or uncond; a comma list cycles (default: cycle all)", text(&class_text)});
+  options.push_back({"cfg", 0, "S", "classifier-free guidance scale (default: the model's)", [&](const std::string& v) {
+                       return parse_float("--cfg", v, -100, 100, &cfg);
+                     }});
+  options.push_back({"uncond-class", 0, "ID", "null class id for guidance when the model does not name one",
+                     [&](const std::string& v) { return parse_int("--uncond-class", v, 0, 1000000, &uncond_class); }});
+  options.push_back({"output", 'o', "FILE", "output PNG (default output.png)", text(&output)});
+  options.push_back({"no-grid", 0, "", "write numbered files instead of one grid", [&](const std::string&) {
+                       no_grid = true;
+                       return Status();
+                     }});
+  options.push_back({"scale", 0, "K", "nearest-neighbour upscaling of the output (default 1)", [&](const std::string& v) {
+                       return parse_int("--scale", v, 1, 64, &scale);
+                     }});
+  options.push_back({"save-raw", 0, "FILE", "also write the samples as little-endian float32 NCHW", text(&raw_path)});
+  std::vector<std::string> positional;
+  bool help = false;
+  Status s = parse_options(argc, argv, 2, options, &positional, &help);
+  if (help) {
+    print_usage(stdout, "ddpm generate -m MODEL.ddpm [-n N] [--sampler ddim --steps 50] [-o out.png]", options);
+    return 0;
+  }
+  if (s.ok() && !positional.empty()) s = errorf("unexpected argument '%s' (see --help)", positional[0].c_str());
+  if (s.ok() && model_path.empty()) s = errorf("missing -m MODEL.ddpm");
+  if (s.ok()) s = apply_common_settings(common);
+  GenerateOptions o;
+  if (s.ok() && rng != "philox" && rng != "torch") s = errorf("--rng: '%s' is not philox or torch", rng.c_str());
+  if (!s.ok()) {
+    std::fprintf(stderr, "ddpm generate: %s\n", s.message().c_str());
+    return 2;
+  }
+  const auto t_load = std::chrono::steady_clock::now();
+  std::unique_ptr<Model> model;
+  s = Model::load(model_path, &model);
+  if (!s.ok()) {
+    std::fprintf(stderr, "ddpm generate: %s\n", s.message().c_str());
+    return 1;
+  }
+  ModelInfo& info = const_cast<ModelInfo&>(model->info());
+  if (uncond_class >= 0) {
+    if (uncond_class >= info.class_count()) {
+      std::fprintf(stderr, "ddpm generate: --uncond-class %lld is outside the model's %lld classes\n", uncond_class,
+                   (long long)info.class_count());
+      return 2;
+    }
+    info.null_class = static_cast<int32_t>(uncond_class);
+  }
+  const double load_seconds = seconds_since(t_load);
+
+  o.count = static_cast<int>(count);
+  o.batch = static_cast<int>(batch);
+  o.noise = rng == "torch" ? NoiseKind::Torch : NoiseKind::Philox;
+  if (!seed_given) seed = std::random_device{}() & ((1ull << 32) - 1);
+  o.seed = seed;
+  if (sampler.empty()) sampler = info.default_sampler.empty() ? "ddim" : info.default_sampler;
+  s = parse_sampler_kind(sampler, &o.sampler.sampler);
+  if (s.ok() && !spacing.empty()) {
+    TimestepSpacing sp;
+    s = parse_timestep_spacing(spacing, &sp);
+    o.sampler.spacing = sp;
+  }
+  o.sampler.steps = static_cast<int>(steps ? steps : info.default_steps);
+  o.sampler.eta = static_cast<float>(eta);
+  o.guidance_scale = std::isnan(cfg) ? info.default_guidance_scale : static_cast<float>(cfg);
+  if (s.ok() && !class_text.empty()) {
+    if (!info.unet.has_class_table()) s = errorf("--class: this model is not class-conditional");
+    std::vector<int32_t> cycle;
+    std::stringstream list(class_text);
+    std::string item;
+    while (s.ok() && std::getline(list, item, ',')) {
+      int32_t id;
+      s = resolve_class(item, info, &id);
+      cycle.push_back(id);
+    }
+    for (int k = 0; s.ok() && k < o.count; ++k) o.classes.push_back(cycle[k % cycle.size()]);
+  }
+  if (!s.ok()) {
+    std::fprintf(stderr, "ddpm generate: %s\n", s.message().c_str());
+    return 2;
+  }
+
+  ThreadPool pool(common.threads);
+  const bool tty = isatty(STDERR_FILENO);
+  const auto t_start = std::chrono::steady_clock::now();
+  int total_steps_done = 0, last_reported = -1;
+  GenerateProgressFn progress = [&](const GenerateProgress& p) {
+    ++total_steps_done;
+    const int batches = (p.images_total + std::max(1, o.batch > 0 ? o.batch : std::min(p.images_total, 8)) - 1) /
+                        std::max(1, o.batch > 0 ? o.batch : std::min(p.images_total, 8));
+    const int total = p.steps * (o.noise == NoiseKind::Torch ? 1 : batches);
+    const double elapsed = seconds_since(t_start);
+    const double rate = total_steps_done / std::max(elapsed, 1e-9);
+    const double eta_s = (total - total_steps_done) / std::max(rate, 1e-9);
+    const int percent = total ? 100 * total_steps_done / total : 100;
+    if (tty) {
+      const int width = 30, filled = width * percent / 100;
+      std::fprintf(stderr, "\r[%.*s%*s] %3d%% step %d/%d  %.2f it/s  ETA %.0fs ", filled,
+                   "##############################", width - filled, "", percent, total_steps_done, total, rate, eta_s);
+    } else if (percent / 10 != last_reported / 10) {
+      std::fprintf(stderr, "step %d/%d (%d%%), %.2f it/s, ETA %.0fs\n", total_steps_done, total, percent, rate, eta_s);
+    }
+    last_reported = percent;
+    return Status();
+  };
+  std::vector<float> images;
+  s = generate_images(*model, o, pool, &images, progress);
+  if (tty) std::fprintf(stderr, "\n");
+  if (!s.ok()) {
+    std::fprintf(stderr, "ddpm generate: %s\n", s.message().c_str());
+    return 1;
+  }
+  const double sample_seconds = seconds_since(t_start);
+
+  const int c = static_cast<int>(info.channels), h = static_cast<int>(info.height), w = static_cast<int>(info.width);
+  std::ostringstream parameters;
+  parameters << "ddpm.cpp generate: model " << model_path << ", sampler " << sampler << ", steps "
+             << (o.sampler.steps ? o.sampler.steps : (sampler == "ddpm" ? 1000 : 50)) << ", eta " << eta << ", seed "
+             << seed << ", rng " << rng << ", size " << w << "x" << h << ", count " << o.count;
+  if (info.unet.has_class_table()) parameters << ", class " << (class_text.empty() ? "cycle" : class_text) << ", cfg " << o.guidance_scale;
+  if (!raw_path.empty()) {
+    s = write_file_atomically(raw_path, images.data(), images.size() * sizeof(float));
+    if (!s.ok()) {
+      std::fprintf(stderr, "ddpm generate: %s\n", s.message().c_str());
+      return 1;
+    }
+  }
+  std::vector<uint8_t> pixels;
+  images_to_u8(images.data(), o.count, c, h, w, info.value_low, info.value_high, &pixels);
+  std::vector<std::pair<std::string, std::string>> text_chunks = {{"parameters", parameters.str()}};
+  if (no_grid) {
+    std::vector<uint8_t> one;
+    int ow, oh;
+    for (int k = 0; k < o.count; ++k) {
+      make_grid(pixels.data() + static_cast<size_t>(k) * h * w * c, 1, c, h, w, 1, 0, 0, static_cast<int>(scale), &one,
+                &ow, &oh);
+      const std::string path = numbered_path(output, k);
+      s = write_png(path, ow, oh, c, one.data(), text_chunks);
+      if (!s.ok()) break;
+      std::printf("wrote %s\n", path.c_str());
+    }
+  } else {
+    std::vector<uint8_t> grid;
+    int gw, gh;
+    make_grid(pixels.data(), o.count, c, h, w, 0, o.count > 1 ? 2 : 0, 0, static_cast<int>(scale), &grid, &gw, &gh);
+    s = write_png(output, gw, gh, c, grid.data(), text_chunks);
+    if (s.ok()) std::printf("wrote %s (%d image%s, %dx%d)\n", output.c_str(), o.count, o.count > 1 ? "s" : "", gw, gh);
+  }
+  if (!s.ok()) {
+    std::fprintf(stderr, "ddpm generate: %s\n", s.message().c_str());
+    return 1;
+  }
+  std::fprintf(stderr, "seed %llu; load %.2f s, sampling %.2f s (%.1f ms/step), peak memory %.0f MB\n",
+               (unsigned long long)seed, load_seconds, sample_seconds,
+               1e3 * sample_seconds / std::max(1, total_steps_done), peak_rss_mb());
+  return 0;
+}
+
+}  // namespace ddpm::tools
