@@ -7,7 +7,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <cmath>
 #include <functional>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -17,6 +19,8 @@
 #include "ddpm/ops.h"
 #include "ddpm/threadpool.h"
 #include "kernels/registry.h"
+#include "model/unet.h"
+#include <sys/resource.h>
 #include "tools/options.h"
 #include "tools/subcommands.h"
 
@@ -249,6 +253,84 @@ int bench_ops(const BenchSettings& settings) {
   return 0;
 }
 
+// google/ddpm-cifar10-32's architecture (diffusers-reference.md §2.1): 35.7 M parameters, 12.44 GFLOP per image.
+UNetConfig cifar10_config() {
+  UNetConfig c;
+  c.sample_size = {32};
+  c.block_out_channels = {128, 256, 256, 256};
+  c.down_block_types = {"DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"};
+  c.up_block_types = {"UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"};
+  c.layers_per_block = 2;
+  c.attention_head_dim.reset();
+  c.downsample_padding = 0;
+  c.flip_sin_to_cos = false;
+  c.freq_shift = 1;
+  c.norm_eps = 1e-6;
+  c.norm_num_groups = 32;
+  return c;
+}
+
+int bench_unet(const BenchSettings& settings) {
+  const UNetConfig config = cifar10_config();
+  std::vector<ParamSpec> specs;
+  Status s = unet_parameter_specs(config, &specs);
+  if (!s.ok()) {
+    std::fprintf(stderr, "ddpm bench: %s\n", s.message().c_str());
+    return 1;
+  }
+  // Random weights scaled like PyTorch's default init, so activations stay in a realistic range.
+  std::map<std::string, std::vector<float>> weights;
+  int64_t parameters = 0;
+  std::mt19937 rng(7);
+  for (const ParamSpec& spec : specs) {
+    int64_t n = 1;
+    for (int64_t d : spec.shape) n *= d;
+    parameters += n;
+    const float fan_in = spec.shape.size() > 1 ? static_cast<float>(n / spec.shape[0]) : 1.0f;
+    std::normal_distribution<float> dist(spec.shape.size() > 1 ? 0.0f : 1.0f, spec.shape.size() > 1 ? 1.0f / std::sqrt(fan_in) : 0.02f);
+    std::vector<float>& w = weights[spec.name];
+    w.resize(static_cast<size_t>(n));
+    for (float& v : w) v = dist(rng);
+  }
+  WeightLookup lookup = [&](const std::string& name, const std::vector<int64_t>& expected, WeightRef* out) {
+    out->dtype = DType::F32;
+    out->rank = static_cast<int>(expected.size());
+    for (int i = 0; i < out->rank; ++i) out->shape[i] = expected[i];
+    out->data = weights.at(name).data();
+    return Status();
+  };
+  const int max_threads = settings.common.threads > 0 ? settings.common.threads : ThreadPool::physical_cores();
+  const double gflop_per_image = 12.44;
+  std::printf("ddpm bench unet — google/ddpm-cifar10-32 architecture (random weights, %lld parameters), kernels: %s\n",
+              (long long)parameters, kernels::active().isa_name);
+  std::printf("%5s %3s %12s %12s %10s %14s\n", "batch", "thr", "ms/forward", "images/s", "GFLOP/s", "activations MB");
+  for (int batch : {1, 8}) {
+    std::unique_ptr<UNet> net;
+    s = UNet::build(config, lookup, batch, 32, 32, &net);
+    if (!s.ok()) {
+      std::fprintf(stderr, "ddpm bench: %s\n", s.message().c_str());
+      return 1;
+    }
+    std::vector<float> x(static_cast<size_t>(batch) * 3 * 32 * 32), out(x.size()), t(static_cast<size_t>(batch), 500.0f);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (float& v : x) v = normal(rng);
+    std::vector<int> thread_counts = {1};
+    if (max_threads > 1) thread_counts.push_back(max_threads);
+    for (int threads : thread_counts) {
+      ThreadPool pool(threads);
+      const double seconds = time_it([&] { (void)net->forward(pool, x.data(), t.data(), nullptr, out.data()); },
+                                     settings.repetitions ? settings.repetitions : 5);
+      std::printf("%5d %3d %12.2f %12.1f %10.1f %14.1f\n", batch, threads, seconds * 1e3, batch / seconds,
+                  gflop_per_image * batch / seconds, net->activation_bytes() / 1e6);
+      std::fflush(stdout);
+    }
+  }
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  std::printf("peak RSS %.0f MB (f32 weights %.0f MB)\n", usage.ru_maxrss / 1024.0, parameters * 4 / 1e6);
+  return 0;
+}
+
 }  // namespace
 
 int run_bench(int argc, char** argv) {
@@ -269,20 +351,20 @@ int run_bench(int argc, char** argv) {
   std::vector<std::string> positional;
   bool help = false;
   Status status = parse_options(argc, argv, 2, options, &positional, &help);
-  const char* synopsis = "ddpm bench ops [options]";
+  const char* synopsis = "ddpm bench ops|unet [options]";
   if (help) {
     print_usage(stdout, synopsis, options);
     return 0;
   }
   if (status.ok()) status = apply_common_settings(settings.common);
-  if (status.ok() && (positional.size() != 1 || positional[0] != "ops")) {
-    status = errorf("expected a benchmark name: ops");
+  if (status.ok() && (positional.size() != 1 || (positional[0] != "ops" && positional[0] != "unet"))) {
+    status = errorf("expected a benchmark name: ops or unet");
   }
   if (!status.ok()) {
     std::fprintf(stderr, "ddpm bench: %s\n", status.message().c_str());
     return 2;
   }
-  return bench_ops(settings);
+  return positional[0] == "unet" ? bench_unet(settings) : bench_ops(settings);
 }
 
 }  // namespace ddpm::tools
