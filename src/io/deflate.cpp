@@ -746,7 +746,9 @@ void write_stored_blocks(BitWriter* writer, const uint8_t* data, size_t size, bo
 
 struct LevelParameters {
   int max_chain;       // candidates examined per position
-  size_t nice_length;  // a match this long ends the search (and is taken without lazy evaluation)
+  size_t good_length;  // when the held-back match is this long, a quarter of the chain is enough to try to beat it
+  size_t max_lazy;     // a match this long is taken at once instead of being held back (lazy levels only)
+  size_t nice_length;  // a match this long ends the search
   bool lazy;           // defer a match by one byte when the next position may start a longer one
   size_t max_insert;   // longest match whose inner positions are still added to the hash chains
 };
@@ -754,11 +756,11 @@ struct LevelParameters {
 LevelParameters parameters_for(CompressionLevel level) {
   switch (level) {
     case CompressionLevel::Fast:
-      return {8, 32, false, 32};
+      return {8, kMaxMatch, kMaxMatch, 32, false, 32};
     case CompressionLevel::Best:
-      return {2048, kMaxMatch, true, kMaxMatch};
+      return {2048, 32, kMaxMatch, kMaxMatch, true, kMaxMatch};
     default:
-      return {128, 128, true, kMaxMatch};
+      return {128, 8, 16, 128, true, kMaxMatch};
   }
 }
 
@@ -781,7 +783,8 @@ class Compressor {
       if (pending.length == 0 && tokens_.size() >= kTokensPerBlock) flush_block(pos, false);
       Match current;
       if (size_ - pos >= kMinMatch) {
-        current = find_match(pos, std::max(pending.length, kMinMatch - 1));
+        int chain = pending.length >= params_.good_length ? params_.max_chain / 4 : params_.max_chain;
+        current = find_match(pos, std::max(pending.length, kMinMatch - 1), chain);
         insert(pos);
       }
       if (pending.length != 0) {
@@ -799,7 +802,7 @@ class Compressor {
         continue;
       }
       if (current.length != 0) {
-        if (params_.lazy && current.length < params_.nice_length) {
+        if (params_.lazy && current.length < params_.max_lazy) {
           pending = current;
           pos++;
           continue;
@@ -857,7 +860,7 @@ class Compressor {
   }
 
   // Longest match for pos that is longer than better_than, or none.
-  Match find_match(size_t pos, size_t better_than) const {
+  Match find_match(size_t pos, size_t better_than, int max_chain) const {
     Match best;
     const size_t max_length = std::min(kMaxMatch, size_ - pos);
     if (better_than >= max_length) return best;
@@ -865,7 +868,7 @@ class Compressor {
     size_t best_length = better_than;
     size_t candidate = head_[hash_at(pos)];
     const uint8_t* here = data_ + pos;
-    for (int chain = params_.max_chain; chain > 0 && candidate != kNoPosition && candidate >= oldest; --chain) {
+    for (int chain = max_chain; chain > 0 && candidate != kNoPosition && candidate >= oldest; --chain) {
       const uint8_t* there = data_ + candidate;
       // Checking the byte that would make the match longer first rejects most candidates in one compare.
       if (there[best_length] == here[best_length] && there[0] == here[0]) {
