@@ -33,6 +33,20 @@ enum class OpKind : uint8_t {
   Softmax,     // along the last dim, row max subtracted
   TimestepEmbedding,  // src: t [B] f32 → [B, dim] sinusoidal
   GetRows,     // src: table [R, D], indices [B] i32 → [B, D]
+  // Training (src/autograd/, backward kernels in src/ops/*_backward.cpp).
+  MseLoss,             // src: prediction, target → [1]
+  MseLossGrad,         // src: dloss [1], prediction, target → d prediction (or d target)
+  SumTo,               // src: x → x summed over broadcast dims
+  ViewGrad,            // src: dview → gradient of the view's storage root
+  Conv2dGradInput,     // src: dy [B,Co,Ho,Wo], weightᵀ [Ci,Co,kh,kw] → dx
+  Conv2dGradWeight,    // src: dy, x → per-image partial dw [G, Co, Ci·kh·kw]
+  GroupNormGradInput,  // src: dy, x, gamma, beta → dx
+  GroupNormGradParams, // src: dy, x, gamma, beta → [2, C] (dgamma, dbeta)
+  SiluGrad,            // src: dy, x → dx
+  SoftmaxGrad,         // src: dy, y → dx
+  Upsample2xGrad,      // src: dy [B,C,2H,2W] → [B,C,H,W]
+  AvgPool2xGrad,       // src: dy [B,C,H/2,W/2] → [B,C,H,W]
+  GetRowsGrad,         // src: dy [B, D], indices [B] → d table [R, D]
   kCount
 };
 

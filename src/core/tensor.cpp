@@ -36,6 +36,19 @@ const char* op_name(OpKind op) {
     case OpKind::Softmax: return "softmax";
     case OpKind::TimestepEmbedding: return "timestep_embedding";
     case OpKind::GetRows: return "get_rows";
+    case OpKind::MseLoss: return "mse_loss";
+    case OpKind::MseLossGrad: return "mse_loss_grad";
+    case OpKind::SumTo: return "sum_to";
+    case OpKind::ViewGrad: return "view_grad";
+    case OpKind::Conv2dGradInput: return "conv2d_grad_input";
+    case OpKind::Conv2dGradWeight: return "conv2d_grad_weight";
+    case OpKind::GroupNormGradInput: return "group_norm_grad_input";
+    case OpKind::GroupNormGradParams: return "group_norm_grad_params";
+    case OpKind::SiluGrad: return "silu_grad";
+    case OpKind::SoftmaxGrad: return "softmax_grad";
+    case OpKind::Upsample2xGrad: return "upsample_nearest2x_grad";
+    case OpKind::AvgPool2xGrad: return "avg_pool2x_grad";
+    case OpKind::GetRowsGrad: return "get_rows_grad";
     case OpKind::kCount: break;
   }
   return "?";

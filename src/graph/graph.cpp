@@ -271,6 +271,19 @@ const OpExec& op_exec(OpKind op) {
       {compute_softmax, nullptr},                  // Softmax
       {compute_timestep_embedding, nullptr},       // TimestepEmbedding
       {compute_get_rows, nullptr},                 // GetRows
+      {compute_mse_loss, nullptr},                             // MseLoss
+      {compute_mse_loss_grad, nullptr},                        // MseLossGrad
+      {compute_sum_to, nullptr},                               // SumTo
+      {compute_view_grad, nullptr},                            // ViewGrad
+      {compute_conv2d_grad_input, scratch_conv2d_grad},        // Conv2dGradInput
+      {compute_conv2d_grad_weight, scratch_conv2d_grad},       // Conv2dGradWeight
+      {compute_group_norm_grad_input, nullptr},                // GroupNormGradInput
+      {compute_group_norm_grad_params, nullptr},               // GroupNormGradParams
+      {compute_silu_grad, nullptr},                            // SiluGrad
+      {compute_softmax_grad, nullptr},                         // SoftmaxGrad
+      {compute_upsample2x_grad, nullptr},                      // Upsample2xGrad
+      {compute_avg_pool2x_grad, nullptr},                      // AvgPool2xGrad
+      {compute_get_rows_grad, nullptr},                        // GetRowsGrad
   };
   static_assert(sizeof(table) / sizeof(table[0]) == static_cast<size_t>(OpKind::kCount), "one entry per OpKind");
   return table[static_cast<int>(op)];

@@ -44,6 +44,21 @@ Status compute_avg_pool2x(const Tensor& node, ExecContext& ctx);
 Status compute_softmax(const Tensor& node, ExecContext& ctx);
 Status compute_timestep_embedding(const Tensor& node, ExecContext& ctx);
 Status compute_get_rows(const Tensor& node, ExecContext& ctx);
+// Training: src/autograd/mse_loss.cpp and src/ops/*_backward.cpp.
+Status compute_mse_loss(const Tensor& node, ExecContext& ctx);
+Status compute_mse_loss_grad(const Tensor& node, ExecContext& ctx);
+Status compute_sum_to(const Tensor& node, ExecContext& ctx);
+Status compute_view_grad(const Tensor& node, ExecContext& ctx);
+Status compute_conv2d_grad_input(const Tensor& node, ExecContext& ctx);
+Status compute_conv2d_grad_weight(const Tensor& node, ExecContext& ctx);
+size_t scratch_conv2d_grad(const Tensor& node);
+Status compute_group_norm_grad_input(const Tensor& node, ExecContext& ctx);
+Status compute_group_norm_grad_params(const Tensor& node, ExecContext& ctx);
+Status compute_silu_grad(const Tensor& node, ExecContext& ctx);
+Status compute_softmax_grad(const Tensor& node, ExecContext& ctx);
+Status compute_upsample2x_grad(const Tensor& node, ExecContext& ctx);
+Status compute_avg_pool2x_grad(const Tensor& node, ExecContext& ctx);
+Status compute_get_rows_grad(const Tensor& node, ExecContext& ctx);
 
 // Unary op codes (iparams[0]).
 enum class UnaryOp : int64_t { Silu = 0, Scale = 1 };

@@ -1,0 +1,220 @@
+// conv2d backward, as two GEMMs on the shared driver, each with its own B packer (like the forward's pack_im2col,
+// nothing is materialised):
+//
+//   dx[b] [Ci × H·W]     = Wᵀ [Ci × Co·T] · gather(dy[b]) [Co·T × H·W]
+//   dw    [Co × Ci·T]    = dy [Co × B·Ho·Wo] · im2col(x)ᵀ [B·Ho·Wo × Ci·T]
+//
+// dx is the transposed convolution. Instead of scattering Wᵀ·dy columns back into the image (col2im, whose
+// overlapping adds would need a fixed order across tasks), each input pixel gathers the dy values of the outputs
+// that read it: B element (co, u, v; y, x) is dy[co, (y + pad_top − u)/s, (x + pad_left − v)/s] when both
+// divisions are exact and in range, else 0. Every dx element is then one GEMM dot product, computed by one task.
+// With stride 2, three quarters of those B entries are zeros: wasted multiplies, but only in the few
+// downsampling convs.
+//
+// dw sums over batch and pixels. K = B·Ho·Wo is long and M·N (the weight) small, so for small weights the batch
+// becomes the GEMM batch (one partial dw per image, tasks run in parallel) and the partials are summed afterwards
+// in image order; large weights already have enough column blocks and use one GEMM over dy permuted to
+// [Co, B, Ho·Wo] (an extra copy of dy, small next to the GEMM).
+#include <algorithm>
+#include <cstring>
+
+#include "autograd/ops_backward.h"
+#include "ops/gemm.h"
+
+namespace ddpm {
+namespace {
+
+// iparams of Conv2dGradInput and Conv2dGradWeight nodes.
+enum ConvGradParam { kStride = 0, kPadTop, kPadLeft, kKernelH, kKernelW, kGroups };
+
+// Largest weight (Co·Ci·T floats) for which dw gets one partial per image.
+constexpr int64_t kPerImageWeightLimit = 65536;
+
+struct DyGather {
+  const float* dy;  // [B, Co, Ho, Wo]
+  int64_t out_channels, out_height, out_width;
+  int64_t kernel_h, kernel_w, width;  // width: of dx
+  int64_t stride, pad_top, pad_left;
+};
+
+void pack_dy_gather(const void* context, int64_t batch, int64_t k0, int64_t kc, int64_t n0, int64_t nc, int nr,
+                    float* dst) {
+  const DyGather& g = *static_cast<const DyGather*>(context);
+  const float* image = g.dy + batch * g.out_channels * g.out_height * g.out_width;
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  for (int64_t k = 0; k < kc; ++k) {
+    const int64_t kk = k0 + k;
+    const int64_t channel = kk / taps, tap = kk % taps;
+    const int64_t u = tap / g.kernel_w, v = tap % g.kernel_w;
+    const float* plane = image + channel * g.out_height * g.out_width;
+    // Walk the columns (dx pixels) in runs that share an image row and a packed panel.
+    int64_t n = n0;
+    while (n < n0 + nc) {
+      const int64_t y = n / g.width, x = n % g.width;
+      const int64_t lane = (n - n0) % nr;
+      const int64_t run = std::min({g.width - x, static_cast<int64_t>(nr) - lane, n0 + nc - n});
+      float* out = dst + ((n - n0) / nr) * kc * nr + k * nr + lane;
+      const int64_t oy_times_stride = y + g.pad_top - u;
+      const int64_t ox0_times_stride = x + g.pad_left - v;
+      if (oy_times_stride < 0 || oy_times_stride % g.stride != 0 || oy_times_stride / g.stride >= g.out_height) {
+        std::memset(out, 0, static_cast<size_t>(run) * sizeof(float));
+      } else {
+        const float* row = plane + (oy_times_stride / g.stride) * g.out_width;
+        if (g.stride == 1) {
+          // The dy columns read form one contiguous span; zeros on either side.
+          const int64_t first = std::clamp<int64_t>(-ox0_times_stride, 0, run);
+          const int64_t last = std::clamp<int64_t>(g.out_width - ox0_times_stride, first, run);
+          for (int64_t i = 0; i < first; ++i) out[i] = 0.0f;
+          std::memcpy(out + first, row + ox0_times_stride + first, static_cast<size_t>(last - first) * sizeof(float));
+          for (int64_t i = last; i < run; ++i) out[i] = 0.0f;
+        } else {
+          for (int64_t i = 0; i < run; ++i) {
+            const int64_t ox_times_stride = ox0_times_stride + i;
+            const bool hit = ox_times_stride >= 0 && ox_times_stride % g.stride == 0 &&
+                             ox_times_stride / g.stride < g.out_width;
+            out[i] = hit ? row[ox_times_stride / g.stride] : 0.0f;
+          }
+        }
+      }
+      n += run;
+    }
+    const int64_t tail = nc % nr;  // zero the padding columns of the last panel
+    if (tail) {
+      float* out = dst + (nc / nr) * kc * nr + k * nr;
+      for (int64_t i = tail; i < nr; ++i) out[i] = 0.0f;
+    }
+  }
+}
+
+struct Im2colT {
+  const float* x;  // [B, Ci, H, W]
+  int64_t channels, height, width, kernel_h, kernel_w, out_width, pixels;  // pixels = Ho·Wo
+  int64_t stride, pad_top, pad_left;
+  int64_t images_per_batch;  // images summed by one GEMM batch item
+};
+
+// B element (k = (image, oy, ox), n = (ci, u, v)) = x[image, ci, oy·s + u − pad_top, ox·s + v − pad_left] or 0.
+void pack_im2col_t(const void* context, int64_t batch, int64_t k0, int64_t kc, int64_t n0, int64_t nc, int nr,
+                   float* dst) {
+  const Im2colT& g = *static_cast<const Im2colT*>(context);
+  const int64_t taps = g.kernel_h * g.kernel_w, plane = g.height * g.width;
+  int64_t channel_offset[64], dy_tap[64], dx_tap[64];  // per lane of a panel; nr <= 64 (gemm.cpp's kMaxNr)
+  DDPM_ASSERT(nr <= 64);
+  for (int64_t j = 0; j * nr < nc; ++j) {
+    const int64_t width = std::min<int64_t>(nr, nc - j * nr);
+    for (int64_t i = 0; i < width; ++i) {
+      const int64_t n = n0 + j * nr + i;
+      const int64_t tap = n % taps;
+      channel_offset[i] = (n / taps) * plane;
+      dy_tap[i] = tap / g.kernel_w - g.pad_top;
+      dx_tap[i] = tap % g.kernel_w - g.pad_left;
+    }
+    float* panel = dst + j * kc * nr;
+    for (int64_t k = 0; k < kc; ++k) {
+      const int64_t kk = k0 + k;
+      const int64_t image = batch * g.images_per_batch + kk / g.pixels, pixel = kk % g.pixels;
+      const int64_t iy0 = (pixel / g.out_width) * g.stride, ix0 = (pixel % g.out_width) * g.stride;
+      const float* source = g.x + image * g.channels * plane;
+      float* out = panel + k * nr;
+      for (int64_t i = 0; i < width; ++i) {
+        const int64_t iy = iy0 + dy_tap[i], ix = ix0 + dx_tap[i];
+        const bool inside = static_cast<uint64_t>(iy) < static_cast<uint64_t>(g.height) &&
+                            static_cast<uint64_t>(ix) < static_cast<uint64_t>(g.width);
+        out[i] = inside ? source[channel_offset[i] + iy * g.width + ix] : 0.0f;
+      }
+      for (int64_t i = width; i < nr; ++i) out[i] = 0.0f;
+    }
+  }
+}
+
+void set_conv_params(Tensor* t, const Conv2dParams& p, int64_t kh, int64_t kw) {
+  t->iparams[kStride] = p.stride;
+  t->iparams[kPadTop] = p.pad_top;
+  t->iparams[kPadLeft] = p.pad_left;
+  t->iparams[kKernelH] = kh;
+  t->iparams[kKernelW] = kw;
+}
+
+}  // namespace
+
+Tensor* conv2d_grad_input(Graph& g, Tensor* dy, Tensor* weight, const Tensor& x, const Conv2dParams& p) {
+  if (!dy || !weight) return nullptr;
+  dy = contiguous(g, dy);                                            // [B, Co, Ho, Wo]
+  Tensor* weight_t = contiguous(g, permute(g, weight, {1, 0, 2, 3}));  // Wᵀ [Ci, Co, kh, kw], small
+  if (!weight_t) return nullptr;
+  Tensor* dx = g.new_node(OpKind::Conv2dGradInput, DType::F32, 4, x.shape, {dy, weight_t});  // [B, Ci, H, W]
+  set_conv_params(dx, p, weight->shape[2], weight->shape[3]);
+  return dx;
+}
+
+Tensor* conv2d_grad_weight(Graph& g, Tensor* dy, Tensor* x, const Tensor& weight, const Conv2dParams& p) {
+  if (!dy || !x) return nullptr;
+  const int64_t batch = dy->shape[0], co = weight.shape[0];
+  const int64_t row = weight.shape[1] * weight.shape[2] * weight.shape[3];  // Ci·T
+  const int64_t groups = (batch > 1 && co * row <= kPerImageWeightLimit) ? batch : 1;
+  dy = contiguous(g, dy);
+  if (groups == 1) dy = contiguous(g, permute(g, dy, {1, 0, 2, 3}));  // [Co, B, Ho, Wo] (free when B = 1)
+  x = contiguous(g, x);
+  const int64_t shape[3] = {groups, co, row};
+  Tensor* partial = g.new_node(OpKind::Conv2dGradWeight, DType::F32, 3, shape, {dy, x});  // [G, Co, Ci·T]
+  set_conv_params(partial, p, weight.shape[2], weight.shape[3]);
+  partial->iparams[kGroups] = groups;
+  const int64_t summed_shape[2] = {co, row};
+  Tensor* summed = sum_to(g, partial, 2, summed_shape);  // Σ over images, in image order
+  if (!summed) return nullptr;
+  const int64_t stride[4] = {row, weight.shape[2] * weight.shape[3], weight.shape[3], 1};
+  return g.new_view(summed, 4, weight.shape, stride, 0);  // [Co, Ci, kh, kw]
+}
+
+size_t scratch_conv2d_grad(const Tensor&) { return gemm_scratch_bytes_max(); }
+
+Status compute_conv2d_grad_input(const Tensor& node, ExecContext& ctx) {
+  const Tensor& dy = *node.src[0];
+  const Tensor& weight_t = *node.src[1];
+  const int64_t kh = node.iparams[kKernelH], kw = node.iparams[kKernelW];
+  DyGather gather{dy.f32(), dy.shape[1], dy.shape[2], dy.shape[3], kh, kw, node.shape[3],
+                  node.iparams[kStride], node.iparams[kPadTop], node.iparams[kPadLeft]};
+  GemmProblem p;
+  p.batch = node.shape[0];
+  p.M = node.shape[1];
+  p.N = node.shape[2] * node.shape[3];
+  p.K = dy.shape[1] * kh * kw;
+  p.a = weight_t.data;
+  p.a_dtype = weight_t.dtype;
+  p.a_row_stride = p.K;
+  p.pack_b = pack_dy_gather;
+  p.pack_b_context = &gather;
+  p.c = node.f32();
+  p.ldc = p.N;
+  p.c_batch_stride = p.M * p.N;
+  run_gemm(p, ctx);
+  return Status();
+}
+
+Status compute_conv2d_grad_weight(const Tensor& node, ExecContext& ctx) {
+  const Tensor& dy = *node.src[0];  // [B, Co, Ho, Wo] per image, or [Co, B, Ho, Wo] when there is one group
+  const Tensor& x = *node.src[1];   // [B, Ci, H, W]
+  const int64_t groups = node.iparams[kGroups];
+  const int64_t batch = x.shape[0], pixels = dy.shape[2] * dy.shape[3];
+  Im2colT im2col{x.f32(), x.shape[1], x.shape[2], x.shape[3], node.iparams[kKernelH], node.iparams[kKernelW],
+                 dy.shape[3], pixels, node.iparams[kStride], node.iparams[kPadTop], node.iparams[kPadLeft],
+                 batch / groups};
+  GemmProblem p;
+  p.batch = groups;
+  p.M = node.shape[1];
+  p.N = node.shape[2];
+  p.K = (batch / groups) * pixels;
+  p.a = dy.data;
+  p.a_dtype = DType::F32;
+  p.a_batch_stride = groups == 1 ? 0 : p.M * pixels;
+  p.a_row_stride = groups == 1 ? batch * pixels : pixels;
+  p.pack_b = pack_im2col_t;
+  p.pack_b_context = &im2col;
+  p.c = node.f32();
+  p.ldc = p.N;
+  p.c_batch_stride = p.M * p.N;
+  run_gemm(p, ctx);
+  return Status();
+}
+
+}  // namespace ddpm

@@ -1,0 +1,134 @@
+// Backward of the elementwise ops: the reduction that undoes broadcasting (sum_to) and SiLU's derivative.
+// (scale's backward is a scale, add's is sum_to, mul's is a mul then sum_to: those reuse forward ops.)
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "autograd/ops_backward.h"
+#include "ops/op_exec.h"
+
+namespace ddpm {
+namespace {
+
+constexpr int64_t kElementsPerTask = 16384;
+
+// Shape padded to 4 dims on the left (right-aligned, numpy style).
+void pad4(int rank, const int64_t* shape, int64_t* out) {
+  for (int i = 0; i < kMaxRank; ++i) out[i] = i >= kMaxRank - rank ? shape[i - (kMaxRank - rank)] : 1;
+}
+
+}  // namespace
+
+Tensor* sum_to(Graph& g, Tensor* x, int rank, const int64_t* shape) {
+  if (!x) return nullptr;
+  if (rank < 1 || rank > x->rank) {
+    return g.fail(errorf("sum_to: cannot reduce %s to rank %d", x->shape_string().c_str(), rank));
+  }
+  int64_t in[kMaxRank], out[kMaxRank];
+  pad4(x->rank, x->shape, in);
+  pad4(rank, shape, out);
+  bool reduces = false;
+  for (int i = 0; i < kMaxRank; ++i) {
+    if (out[i] != in[i] && out[i] != 1) {
+      return g.fail(errorf("sum_to: cannot reduce %s to a shape with dim %d = %lld", x->shape_string().c_str(), i,
+                           (long long)out[i]));
+    }
+    reduces = reduces || out[i] != in[i];
+  }
+  x = contiguous(g, x);
+  if (!reduces) {
+    if (rank == x->rank) return x;
+    // Only leading 1s differ: the same elements, viewed with the requested rank.
+    int64_t stride[kMaxRank];
+    int64_t step = 1;
+    for (int i = rank - 1; i >= 0; --i) {
+      stride[i] = step;
+      step *= shape[i];
+    }
+    return g.new_view(x, rank, shape, stride, 0);
+  }
+  return g.new_node(OpKind::SumTo, DType::F32, rank, shape, {x});
+}
+
+Status compute_sum_to(const Tensor& node, ExecContext& ctx) {
+  const Tensor& x = *node.src[0];
+  int64_t in[kMaxRank], out[kMaxRank], in_stride[kMaxRank];
+  pad4(x.rank, x.shape, in);
+  pad4(node.rank, node.shape, out);
+  int64_t s = 1;
+  for (int i = kMaxRank - 1; i >= 0; --i) {
+    in_stride[i] = s;
+    s *= in[i];
+  }
+  // Offsets of every reduced combination, in row-major order: the order in which each output element adds.
+  std::vector<int64_t> reduced_offsets(1, 0);
+  for (int d = 0; d < kMaxRank; ++d) {
+    if (out[d] == in[d]) continue;
+    std::vector<int64_t> next;
+    next.reserve(reduced_offsets.size() * static_cast<size_t>(in[d]));
+    for (int64_t base : reduced_offsets) {
+      for (int64_t i = 0; i < in[d]; ++i) next.push_back(base + i * in_stride[d]);
+    }
+    reduced_offsets.swap(next);
+  }
+  const int64_t reduce_count = static_cast<int64_t>(reduced_offsets.size());
+  const int64_t outputs = node.numel();
+  const int64_t per_task = std::max<int64_t>(1, (kElementsPerTask + reduce_count - 1) / reduce_count);
+  const bool innermost_reduced = out[3] != in[3];
+  ctx.pool.run((outputs + per_task - 1) / per_task, [&](int64_t task, int) {
+    const int64_t begin = task * per_task, end = std::min(outputs, begin + per_task);
+    std::vector<int64_t> base(static_cast<size_t>(end - begin));
+    for (int64_t o = begin; o < end; ++o) {
+      int64_t rem = o, offset = 0;
+      for (int d = kMaxRank - 1; d >= 0; --d) {
+        offset += (rem % out[d]) * in_stride[d];
+        rem /= out[d];
+      }
+      base[o - begin] = offset;
+    }
+    const float* src = x.f32();
+    float* dst = node.f32();
+    // Both loop orders add each output's terms in reduced_offsets order; pick the one that walks memory forward.
+    if (innermost_reduced) {
+      for (int64_t o = begin; o < end; ++o) {
+        const float* p = src + base[o - begin];
+        double sum = 0.0;
+        for (int64_t r = 0; r < reduce_count; ++r) sum += p[reduced_offsets[r]];
+        dst[o] = static_cast<float>(sum);
+      }
+    } else {
+      std::vector<double> sum(static_cast<size_t>(end - begin), 0.0);
+      for (int64_t r = 0; r < reduce_count; ++r) {
+        const float* p = src + reduced_offsets[r];
+        for (int64_t o = 0; o < end - begin; ++o) sum[o] += p[base[o]];
+      }
+      for (int64_t o = begin; o < end; ++o) dst[o] = static_cast<float>(sum[o - begin]);
+    }
+  });
+  return Status();
+}
+
+Tensor* silu_grad(Graph& g, Tensor* dy, Tensor* x) {
+  if (!dy || !x) return nullptr;
+  dy = contiguous(g, dy);
+  x = contiguous(g, x);
+  return g.new_node(OpKind::SiluGrad, DType::F32, x->rank, x->shape, {dy, x});
+}
+
+Status compute_silu_grad(const Tensor& node, ExecContext& ctx) {
+  const float* dy = node.src[0]->f32();
+  const float* x = node.src[1]->f32();
+  float* dx = node.f32();
+  const int64_t n = node.numel();
+  ctx.pool.run((n + kElementsPerTask - 1) / kElementsPerTask, [&](int64_t task, int) {
+    const int64_t end = std::min(n, (task + 1) * kElementsPerTask);
+    for (int64_t i = task * kElementsPerTask; i < end; ++i) {
+      // silu(x) = x·σ(x)  ⇒  silu'(x) = σ(x) + x·σ(x)·(1 − σ(x)).
+      const float sigmoid = 1.0f / (1.0f + std::exp(-x[i]));
+      dx[i] = dy[i] * (sigmoid * (1.0f + x[i] * (1.0f - sigmoid)));
+    }
+  });
+  return Status();
+}
+
+}  // namespace ddpm
