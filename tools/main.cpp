@@ -21,6 +21,8 @@ void print_help() {
       "  generate       sample images from a model:  ddpm generate -m model.ddpm -n 8 -o out.png\n"
       "  convert        diffusers folder / safetensors / PyTorch checkpoint -> .ddpm\n"
       "  info           describe a .ddpm model (metadata, tensors, size)\n"
+      "  schedule       the timesteps and alpha_bar_t a sampling run visits\n"
+      "  forward        one U-Net forward on raw float32 input (to compare with PyTorch)\n"
       "  bench ops      time every tensor op on the U-Net's shapes (GFLOP/s, 1 and N threads)\n"
       "\n"
       "global options:\n"

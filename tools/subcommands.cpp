@@ -7,6 +7,8 @@ const std::vector<Subcommand>& subcommands() {
       {"generate", "sample images from a model", run_generate},
       {"convert", "diffusers/PyTorch checkpoint -> .ddpm", run_convert},
       {"info", "describe a .ddpm model", run_info},
+      {"schedule", "timesteps and alpha_bar of a sampling run", run_schedule},
+      {"forward", "one U-Net forward on raw float32 input", run_forward},
       {"bench", "benchmarks: `bench ops`", run_bench},
   };
   return table;

@@ -18,5 +18,7 @@ int run_bench(int argc, char** argv);
 int run_convert(int argc, char** argv);
 int run_generate(int argc, char** argv);
 int run_info(int argc, char** argv);
+int run_schedule(int argc, char** argv);
+int run_forward(int argc, char** argv);
 
 }  // namespace ddpm::tools
