@@ -1,5 +1,6 @@
 #include "io/idx.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "io/deflate.h"
@@ -56,11 +57,11 @@ Status parse_header(const uint8_t* bytes, size_t size, const std::string& name, 
     const uint8_t* p = bytes + 4 + 4 * i;
     out->dims.push_back(int64_t(uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | p[3]));
   }
-  uint64_t elements = 1;
-  for (int64_t dim : out->dims) elements = dim == 0 ? 0 : elements;  // an empty array is valid whatever the rest
+  // An empty array is valid whatever its other dimensions; otherwise each step is checked before it can wrap.
+  bool empty = std::find(out->dims.begin(), out->dims.end(), 0) != out->dims.end();
+  uint64_t elements = empty ? 0 : 1;
   for (int64_t dim : out->dims) {
-    if (elements == 0) break;
-    // Checked before multiplying: the product must never wrap.
+    if (empty) break;
     if (uint64_t(dim) > kMaxPayload / elements)
       return errorf("%s: IDX dimensions describe more than %llu elements", file,
                     static_cast<unsigned long long>(kMaxPayload));
