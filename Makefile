@@ -63,7 +63,7 @@ $(BUILD)/ddpm_tests: $(TEST_OBJS) $(BUILD)/libddpm.a
 	$(CXX) $(ALL_FLAGS) $^ -o $@ $(LDFLAGS)
 
 test: $(BUILD)/ddpm_tests $(BUILD)/ddpm
-	cd tests && ../$(BUILD)/ddpm_tests
+	cd tests && DDPM_BIN=../$(BUILD)/ddpm ../$(BUILD)/ddpm_tests
 
 check:
 	bash tests/check.sh

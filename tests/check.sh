@@ -45,11 +45,11 @@ run() {
 
 build_and_test() {  # build_and_test BUILD_DIR [make vars...]
   local dir=$1; shift
-  make -s -j"$jobs" BUILD="$dir" "$@" "$dir/ddpm_tests" "$dir/ddpm" && (cd tests && "../$dir/ddpm_tests")
+  make -s -j"$jobs" BUILD="$dir" "$@" "$dir/ddpm_tests" "$dir/ddpm" && (cd tests && DDPM_BIN="../$dir/ddpm" "../$dir/ddpm_tests")
 }
 
 run "native"        build_and_test build
-run "native-scalar" env DDPM_ISA=scalar bash -c 'cd tests && ../build/ddpm_tests'
+run "native-scalar" env DDPM_ISA=scalar DDPM_BIN=../build/ddpm bash -c 'cd tests && ../build/ddpm_tests'
 run "no-simd"       build_and_test build-nosimd NO_SIMD=1
 run "arm64-qemu"    bash -c "make -s -j$jobs BUILD=build-arm64 CXX=aarch64-linux-gnu-g++ LDFLAGS=-static build-arm64/ddpm_tests \
                       && cd tests && qemu-aarch64 ../build-arm64/ddpm_tests"

@@ -181,6 +181,13 @@ int run_generate(int argc, char** argv) {
     return 2;
   }
 
+  // Outputs are checked before sampling, which may take minutes.
+  s = check_can_write(no_grid ? numbered_path(output, 0) : output);
+  if (s.ok() && !raw_path.empty()) s = check_can_write(raw_path);
+  if (!s.ok()) {
+    std::fprintf(stderr, "ddpm generate: %s\n", s.message().c_str());
+    return 1;
+  }
   ThreadPool pool(common.threads);
   const bool tty = isatty(STDERR_FILENO);
   const auto t_start = std::chrono::steady_clock::now();

@@ -159,4 +159,11 @@ Status write_file_atomically(const std::string& path, const void* data, size_t s
   return file.commit();
 }
 
+Status check_can_write(const std::string& path) {
+  AtomicFile probe;
+  DDPM_TRY(probe.open(path));
+  probe.discard();
+  return Status();
+}
+
 }  // namespace ddpm

@@ -51,4 +51,8 @@ class AtomicFile {
 // Convenience for small files written in one piece.
 Status write_file_atomically(const std::string& path, const void* data, size_t size);
 
+// Fails now, with the message a later write would give, when `path` cannot be created (missing directory, no
+// permission): long jobs check their outputs before they start rather than after. Leaves nothing behind.
+Status check_can_write(const std::string& path);
+
 }  // namespace ddpm

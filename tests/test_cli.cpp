@@ -1,0 +1,134 @@
+// The `ddpm` binary as a user meets it: bad flags, bad files and unwritable outputs give a one-line message and a
+// non-zero exit, never a crash or a half-written file. Needs DDPM_BIN (set by `make test` / tests/check.sh); the
+// cross-compiled run under qemu skips it.
+#include <catch2/catch.hpp>
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+
+#include "io/png.h"
+#include "model/convert.h"
+
+using namespace ddpm;
+
+namespace {
+
+struct Result {
+  int exit_code = -1;
+  std::string output;  // stdout + stderr
+};
+
+Result run(const std::string& args) {
+  const char* bin = std::getenv("DDPM_BIN");
+  Result r;
+  const std::string command = std::string(bin) + " " + args + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  REQUIRE(pipe);
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) r.output.append(buffer, n);
+  const int status = pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+bool exists(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0;
+}
+
+// One line of text on failure: the message, no stack trace, no assertion.
+void check_one_line_error(const Result& r, int code, const std::string& needle) {
+  INFO(r.output);
+  CHECK(r.exit_code == code);
+  CHECK(r.output.find(needle) != std::string::npos);
+  CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 1);
+}
+
+const std::string& model_path() {
+  static std::string path;
+  if (path.empty()) {
+    char pattern[] = "/tmp/ddpm_cli_XXXXXX";
+    REQUIRE(mkdtemp(pattern));
+    path = std::string(pattern) + "/micro.ddpm";
+    ConvertOptions o;
+    o.input = "data/unet/micro";
+    o.output = path;
+    ConvertReport report;
+    REQUIRE(convert_checkpoint(o, &report).ok());
+  }
+  return path;
+}
+
+}  // namespace
+
+TEST_CASE("ddpm CLI: happy paths", "[cli]") {
+  if (!std::getenv("DDPM_BIN")) {
+    WARN("DDPM_BIN not set: CLI tests skipped");
+    return;
+  }
+  Result version = run("--version");
+  CHECK(version.exit_code == 0);
+  CHECK(version.output.find("kernels: ") != std::string::npos);
+  const std::string dir = model_path().substr(0, model_path().rfind('/'));
+  Result info = run("info " + model_path());
+  INFO(info.output);
+  CHECK(info.exit_code == 0);
+  CHECK(info.output.find("144 tensors") != std::string::npos);
+  const std::string png = dir + "/out.png";
+  Result gen = run("generate -m " + model_path() + " -n 2 --steps 3 --seed 5 -t 2 -o " + png);
+  INFO(gen.output);
+  REQUIRE(gen.exit_code == 0);
+  Image image;
+  REQUIRE(read_png(png, &image).ok());
+  CHECK(image.width == 8 + 2 + 8);  // two 8×8 images, 2-pixel gap
+  CHECK(image.channels == 3);
+  REQUIRE(!image.text.empty());
+  CHECK(image.text[0].first == "parameters");
+  CHECK(image.text[0].second.find("seed 5") != std::string::npos);
+  Result numbered = run("generate -m " + model_path() + " -n 2 --steps 2 --seed 5 --no-grid --scale 2 -o " + dir + "/one.png");
+  CHECK(numbered.exit_code == 0);
+  CHECK(exists(dir + "/one_000.png"));
+  CHECK(exists(dir + "/one_001.png"));
+  Result schedule = run("schedule -m " + model_path() + " --sampler ddpm --steps 7 --spacing linspace");
+  CHECK(schedule.exit_code == 0);
+  CHECK(schedule.output.find("  832 ") != std::string::npos);
+}
+
+TEST_CASE("ddpm CLI: bad input gets a one-line error and a non-zero exit", "[cli]") {
+  if (!std::getenv("DDPM_BIN")) {
+    WARN("DDPM_BIN not set: CLI tests skipped");
+    return;
+  }
+  const std::string dir = model_path().substr(0, model_path().rfind('/'));
+  check_one_line_error(run("frobnicate"), 2, "unknown command 'frobnicate'");
+  check_one_line_error(run("generate -m " + model_path() + " --bogus"), 2, "unknown option '--bogus'");
+  check_one_line_error(run("generate -m " + model_path() + " --steps 0"), 2, "--steps");
+  check_one_line_error(run("generate -m " + model_path() + " --steps abc"), 2, "not an integer");
+  check_one_line_error(run("generate -m " + model_path() + " --sampler euler"), 2, "euler");
+  check_one_line_error(run("generate -m " + model_path() + " --class 3"), 2, "not class-conditional");
+  check_one_line_error(run("generate -m " + model_path() + " --steps 5000 -o " + dir + "/x.png"), 1, "5000");
+  check_one_line_error(run("generate -m " + dir + "/missing.ddpm"), 1, "missing.ddpm");
+  check_one_line_error(run("generate"), 2, "missing -m");
+  // Unwritable output: an error naming the path, and no file.
+  check_one_line_error(run("generate -m " + model_path() + " --steps 1 -o /nonexistent-dir/x.png"), 1,
+                       "/nonexistent-dir/x.png");
+  // A truncated model and a file that is not a model.
+  std::ifstream in(model_path(), std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::ofstream(dir + "/truncated.ddpm", std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
+  check_one_line_error(run("generate -m " + dir + "/truncated.ddpm"), 1, "truncated.ddpm");
+  std::ofstream(dir + "/page.ddpm") << "<!DOCTYPE html><html>not a model</html>";
+  check_one_line_error(run("info " + dir + "/page.ddpm"), 1, "page.ddpm");
+  check_one_line_error(run("convert " + dir + "/page.ddpm -o " + dir + "/never.ddpm"), 1, "page.ddpm");
+  CHECK(!exists(dir + "/never.ddpm"));
+  check_one_line_error(run("convert data/unet/micro"), 2, "missing -o");
+  Result help = run("generate --help");
+  CHECK(help.exit_code == 0);
+  CHECK(help.output.find("--steps") != std::string::npos);
+}
