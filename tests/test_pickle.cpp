@@ -474,7 +474,7 @@ TEST_CASE("hostile corpus: every file is rejected with a precise message and not
       {"recursive_list", "recursive"},
       {"recursive_dict", "recursive"},
       {"duplicate_key", "duplicate dict key 'w'"},
-      {"unhashable_key", "unhashable dict key"},
+      {"unhashable_key", "unhashable or oversized dict key"},
       {"stack_underflow", "stack underflow"},
       {"mark_underflow", "stack underflow"},
       {"no_stop", "no STOP"},

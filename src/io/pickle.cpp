@@ -183,7 +183,7 @@ constexpr StorageType kStorageTypes[] = {
 // Keys of a dict must be hashable; two keys Python would consider equal (1, 1.0, True) map to the same string.
 // Returns false for unhashable values or keys too large to be plausible.
 bool canonical_key(const PickleValue& v, std::string* out) {
-  constexpr size_t kMaxKeyBytes = 1u << 16;
+  constexpr size_t kMaxKeyBytes = 4096;
   if (out->size() > kMaxKeyBytes) return false;
   switch (v.kind) {
     case PickleKind::None: *out += 'N'; return true;
@@ -247,6 +247,7 @@ class Machine {
 
   Status make_container(PickleKind kind, std::vector<PickleValuePtr> items, PickleValuePtr* out);
   Status adopt(PickleValue* target, const std::vector<PickleValuePtr>& children);
+  Status canonical(const PickleValue& key, const char* what, std::string* out);
   Status dict_insert(PickleValue* dict, const PickleValuePtr& key, const PickleValuePtr& value);
   Status set_insert(PickleValue* set, const PickleValuePtr& item);
 
@@ -273,6 +274,7 @@ class Machine {
   uint64_t op_pos_ = 0;
   uint8_t op_ = 0;
   uint64_t values_ = 0;
+  uint64_t key_bytes_ = 0;
   std::vector<PickleValuePtr> stack_;
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, PickleValuePtr> memo_;
@@ -298,7 +300,7 @@ Status Machine::error(const char* format, ...) {
 
 Status Machine::truncated(uint64_t needed) {
   if (capped_)
-    return error("pickle is larger than the limit of %llu bytes", static_cast<unsigned long long>(size_));
+    return error("larger than the limit of %llu bytes", static_cast<unsigned long long>(size_));
   return error("truncated: needs %llu more bytes, %llu left", static_cast<unsigned long long>(needed),
                static_cast<unsigned long long>(size_ - pos_));
 }
@@ -412,15 +414,25 @@ Status Machine::make_container(PickleKind kind, std::vector<PickleValuePtr> item
   return Status();
 }
 
+// Memoized strings make large keys cheap to write but not to index, so key bytes have their own budget.
+Status Machine::canonical(const PickleValue& key, const char* what, std::string* out) {
+  if (!canonical_key(key, out)) return error("unhashable or oversized %s: %s", what, key.describe().c_str());
+  key_bytes_ += out->size();
+  if (key_bytes_ > limits_.max_key_bytes)
+    return error("dict keys and set elements exceed %llu bytes in total",
+                 static_cast<unsigned long long>(limits_.max_key_bytes));
+  return Status();
+}
+
 Status Machine::dict_insert(PickleValue* dict, const PickleValuePtr& key, const PickleValuePtr& value) {
-  std::string canonical;
-  if (!canonical_key(*key, &canonical)) return error("unhashable dict key: %s", key->describe().c_str());
+  std::string canonical_text;
+  DDPM_TRY(canonical(*key, "dict key", &canonical_text));
   if (dict->dict_size() >= limits_.max_container_items)
     return error("dict of more than %llu items", static_cast<unsigned long long>(limits_.max_container_items));
   DDPM_TRY(count_values(2));
   DDPM_TRY(adopt(dict, {key, value}));
   if (!dict->dict_index) dict->dict_index.reset(new std::unordered_map<std::string, size_t>());
-  if (!dict->dict_index->emplace(std::move(canonical), dict->dict_size()).second)
+  if (!dict->dict_index->emplace(std::move(canonical_text), dict->dict_size()).second)
     return error("duplicate dict key %s", key->describe().c_str());
   dict->items.push_back(key);
   dict->items.push_back(value);
@@ -428,8 +440,8 @@ Status Machine::dict_insert(PickleValue* dict, const PickleValuePtr& key, const 
 }
 
 Status Machine::set_insert(PickleValue* set, const PickleValuePtr& item) {
-  std::string canonical;
-  if (!canonical_key(*item, &canonical)) return error("unhashable set element: %s", item->describe().c_str());
+  std::string canonical_text;
+  DDPM_TRY(canonical(*item, "set element", &canonical_text));
   if (set->items.size() >= limits_.max_container_items)
     return error("set of more than %llu items", static_cast<unsigned long long>(limits_.max_container_items));
   DDPM_TRY(count_values(1));
@@ -744,8 +756,10 @@ Status Machine::run(PickleResult* out) {
     op_ = 0;
     if (pos_ >= size_) {
       if (capped_)
-        return error("pickle is larger than the limit of %llu bytes", static_cast<unsigned long long>(size_));
-      return error("truncated: no STOP opcode before the end of the data");
+        return errorf("%s: pickle: larger than the limit of %llu bytes", name_.c_str(),
+                      static_cast<unsigned long long>(size_));
+      return errorf("%s: pickle: truncated: no STOP opcode in %llu bytes", name_.c_str(),
+                    static_cast<unsigned long long>(size_));
     }
     op_ = data_[pos_++];
     uint64_t n = 0;

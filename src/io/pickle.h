@@ -125,6 +125,7 @@ struct PickleLimits {
   uint64_t max_stack_items = 1u << 20;
   uint64_t max_container_items = 10000000;   // elements of one tuple/list/set, pairs of one dict
   uint64_t max_values = 8u << 20;            // values created plus container insertions: bounds memory (~1 GB)
+  uint64_t max_key_bytes = 64u << 20;        // total size of the canonical strings indexing dict keys and sets
   int max_tensor_rank = 8;
 };
 

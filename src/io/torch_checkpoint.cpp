@@ -220,7 +220,11 @@ const char* const kConventionalNames[] = {
     "net", "network", "params", "params_ema", "weights", "unet", "ema_unet", "generator", "g_ema",
 };
 
-constexpr uint64_t kMaxVisits = 16u << 20;  // shared sub-dicts could otherwise be walked exponentially often
+// A dict shared by several parents is walked once per parent, so a small pickle can describe an exponentially
+// large state dict; these bound the work and the output.
+constexpr uint64_t kMaxVisits = 16u << 20;
+constexpr uint64_t kMaxTensors = 1u << 20;
+constexpr uint64_t kMaxNameBytes = 64u << 20;
 constexpr int kAutoSearchDepth = 3;
 
 bool holds_tensors(const PickleValue& value) {
@@ -282,6 +286,7 @@ struct Flattener {
   std::vector<SourceTensor>* out;
   std::unordered_set<std::string> names;
   uint64_t visits = 0;
+  uint64_t name_bytes = 0;
 
   Status flatten(const PickleValue& dict, const std::string& prefix) {
     for (size_t i = 0; i < dict.dict_size(); ++i) {
@@ -293,6 +298,10 @@ struct Flattener {
       if (!key_text(dict.dict_key(i), &key))
         return errorf("state dict key %s is not a string", dict.dict_key(i).describe().c_str());
       std::string name = join_path(prefix, key);
+      name_bytes += name.size();
+      if (out->size() >= kMaxTensors || name_bytes > kMaxNameBytes)
+        return errorf("state dict has more than %llu tensors or %llu bytes of names",
+                      static_cast<unsigned long long>(kMaxTensors), static_cast<unsigned long long>(kMaxNameBytes));
       if (value.is_dict()) {
         DDPM_TRY(flatten(value, name));
         continue;
@@ -378,7 +387,7 @@ Status follow_path(const PickleValue& root, const std::string& path, const Pickl
 // Breadth-first search for the dicts that hold tensors directly, stopping at the first level that has any.
 Status find_state_dicts(const PickleValue& root, std::vector<std::pair<std::string, const PickleValue*>>* found) {
   std::vector<std::pair<std::string, const PickleValue*>> level{{"", &root}};
-  uint64_t visits = 0;
+  uint64_t visits = 0, path_bytes = 0;
   for (int depth = 0; depth <= kAutoSearchDepth && !level.empty() && found->empty(); ++depth) {
     std::vector<std::pair<std::string, const PickleValue*>> next;
     for (const auto& entry : level) {
@@ -387,11 +396,14 @@ Status find_state_dicts(const PickleValue& root, std::vector<std::pair<std::stri
         continue;
       }
       for (size_t i = 0; i < entry.second->dict_size(); ++i) {
-        if (++visits > kMaxVisits) return errorf("checkpoint has too many nested entries to search");
         std::string key;
         const PickleValue& child = entry.second->dict_value(i);
-        if (child.is_dict() && key_text(entry.second->dict_key(i), &key))
-          next.emplace_back(entry.first.empty() ? key : entry.first + "/" + key, &child);
+        if (!child.is_dict() || !key_text(entry.second->dict_key(i), &key)) continue;
+        std::string path = entry.first.empty() ? key : entry.first + "/" + key;
+        path_bytes += path.size();
+        if (++visits > kMaxVisits || path_bytes > kMaxNameBytes)
+          return errorf("checkpoint has too many nested dicts to search: give a key path");
+        next.emplace_back(std::move(path), &child);
       }
     }
     level = std::move(next);
