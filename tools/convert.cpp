@@ -47,6 +47,13 @@ int run_convert(int argc, char** argv) {
                        o.null_class = static_cast<int>(id);
                        return Status();
                      }});
+  options.push_back({"image-size", 0, "N", "training resolution of an original-DDPM checkpoint without config",
+                     [&](const std::string& v) {
+                       long long n;
+                       DDPM_TRY(parse_int("--image-size", v, 1, 4096, &n));
+                       o.image_size = static_cast<int>(n);
+                       return Status();
+                     }});
   std::vector<std::string> positional;
   bool help = false;
   Status s = parse_options(argc, argv, 2, options, &positional, &help);

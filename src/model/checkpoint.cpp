@@ -58,11 +58,10 @@ Status CheckpointReader::open(const std::string& path, const CheckpointOptions& 
     return errorf("%s: not a safetensors or PyTorch checkpoint (looks like %s)", path.c_str(),
                   sniff_description(file_).c_str());
   }
-  normalise_names(options);
-  return Status();
+  return normalise_names(options).with_context(path);
 }
 
-void CheckpointReader::normalise_names(const CheckpointOptions& options) {
+Status CheckpointReader::normalise_names(const CheckpointOptions& options) {
   std::string prefix = options.strip_prefix;
   if (prefix.empty()) {
     // Wrappers add one prefix to every key (DataParallel "module.", Lightning "model.", EMA helpers "ema_model.").
@@ -77,15 +76,21 @@ void CheckpointReader::normalise_names(const CheckpointOptions& options) {
   }
   index_.clear();
   renamed_.clear();
+  std::vector<std::string> original_names;
+  for (SourceTensor& t : tensors_) {
+    original_names.push_back(t.name);
+    if (!prefix.empty() && t.name.rfind(prefix, 0) == 0) t.name = t.name.substr(prefix.size());
+  }
+  layout_ = detect_key_layout(tensors_);
+  if (layout_ == KeyLayout::OriginalDdpm) DDPM_TRY(rename_original_ddpm(&tensors_));
   for (size_t i = 0; i < tensors_.size(); ++i) {
     SourceTensor& t = tensors_[i];
-    std::string name = t.name;
-    if (!prefix.empty() && name.rfind(prefix, 0) == 0) name = name.substr(prefix.size());
-    name = current_attention_name(name);
-    if (name != t.name) renamed_.push_back({t.name, name});
-    t.name = name;
-    index_[name] = i;
+    t.name = current_attention_name(t.name);
+    if (t.name != original_names[i]) renamed_.push_back({original_names[i], t.name});
+    if (index_.count(t.name)) return errorf("two tensors map to the name '%s'", t.name.c_str());
+    index_[t.name] = i;
   }
+  return Status();
 }
 
 const SourceTensor* CheckpointReader::find(const std::string& name) const {

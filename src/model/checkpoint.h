@@ -11,6 +11,7 @@
 #include "ddpm/status.h"
 #include "io/mapped_file.h"
 #include "io/tensor_source.h"
+#include "model/layouts.h"
 
 namespace ddpm {
 
@@ -25,6 +26,7 @@ class CheckpointReader {
 
   const std::string& path() const { return path_; }
   const std::string& format() const { return format_; }  // "safetensors", "torch zip", "torch legacy"
+  KeyLayout layout() const { return layout_; }             // as found; names are diffusers keys after open()
   const std::vector<SourceTensor>& tensors() const { return tensors_; }
   const SourceTensor* find(const std::string& name) const;
   // Names renamed on the way in (old → new), e.g. legacy attention keys; for the conversion report.
@@ -36,7 +38,8 @@ class CheckpointReader {
   const MappedFile& file() const { return file_; }
 
  private:
-  void normalise_names(const CheckpointOptions& options);
+  Status normalise_names(const CheckpointOptions& options);
+  KeyLayout layout_ = KeyLayout::Diffusers;
   std::string path_, format_;
   MappedFile file_;
   std::vector<SourceTensor> tensors_;

@@ -114,21 +114,33 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
     if (o.config.empty()) {
       const size_t slash = o.input.find_last_of('/');
       const std::string sibling = (slash == std::string::npos ? std::string(".") : o.input.substr(0, slash)) + "/config.json";
-      if (!is_file(sibling)) return errorf("%s: a bare checkpoint needs --config config.json", o.input.c_str());
-      o.config = sibling;
+      if (is_file(sibling)) o.config = sibling;
     }
   } else {
     return errorf("%s: no such file or folder", o.input.c_str());
   }
   report->weights_path = weights;
-  report->config_path = o.config;
+  CheckpointReader reader;
+  DDPM_TRY(reader.open(weights, o.checkpoint));
+  report->format = reader.format();
 
-  JsonValue config_json;
-  DDPM_TRY(read_json_file(o.config, &config_json));
   ModelInfo info;
-  Status s = UNetConfig::from_json(config_json, &info.unet);
-  if (s.ok()) s = info.unet.validate();
-  if (!s.ok()) return errorf("%s: %s", o.config.c_str(), s.message().c_str());
+  Status s;
+  if (!o.config.empty()) {
+    report->config_path = o.config;
+    JsonValue config_json;
+    DDPM_TRY(read_json_file(o.config, &config_json));
+    s = UNetConfig::from_json(config_json, &info.unet);
+    if (s.ok()) s = info.unet.validate();
+    if (!s.ok()) return errorf("%s: %s", o.config.c_str(), s.message().c_str());
+  } else if (reader.layout() == KeyLayout::OriginalDdpm) {
+    report->config_path = "(inferred from tensor shapes)";
+    s = infer_original_ddpm_config(reader.tensors(), o.image_size, &info.unet, &report->notes);
+    if (!s.ok()) return errorf("%s: %s", weights.c_str(), s.message().c_str());
+  } else {
+    return errorf("%s: a bare diffusers checkpoint needs --config config.json", weights.c_str());
+  }
+  if (o.image_size > 0) info.unet.sample_size = {o.image_size};
   if (!o.scheduler_config.empty()) {
     JsonValue scheduler_json;
     DDPM_TRY(read_json_file(o.scheduler_config, &scheduler_json));
@@ -148,9 +160,7 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
   info.class_names = o.class_names;
   if (o.null_class >= 0) info.null_class = o.null_class;
 
-  CheckpointReader reader;
-  DDPM_TRY(reader.open(weights, o.checkpoint));
-  report->format = reader.format();
+  if (reader.layout() != KeyLayout::Diffusers) report->notes.push_back(std::string("key layout: ") + key_layout_name(reader.layout()));
   for (const auto& [from, to] : reader.renamed()) {
     if (report->notes.size() < 8) report->notes.push_back("renamed " + from + " -> " + to);
   }
@@ -179,7 +189,7 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
     if (!wanted.count(t.name)) unexpected.push_back(t.name);
   }
   if (!missing.empty() || !misshaped.empty() || !unexpected.empty()) {
-    std::string message = weights + ": does not match " + o.config + ":";
+    std::string message = weights + ": does not match " + report->config_path + ":";
     if (!missing.empty()) message += " missing " + join_limited(missing, 5) + ";";
     if (!misshaped.empty()) message += " wrong shape: " + join_limited(misshaped, 5) + ";";
     if (!unexpected.empty()) message += " unexpected " + join_limited(unexpected, 5) + ";";

@@ -20,6 +20,7 @@ struct ConvertOptions {
   CheckpointOptions checkpoint;
   std::vector<std::string> class_names;  // optional
   int null_class = -1;                   // optional unconditional class for guidance (-1: none)
+  int image_size = 0;                    // original-DDPM checkpoints without config: the training resolution
 };
 
 struct ConvertReport {
