@@ -16,6 +16,10 @@ std::string shape_text(int rank, const int64_t* shape) {
 
 enum class Resample { None, Down, Up };
 
+// Small constants the graph reads (scale_shift's +1, center_input_sample's −1). Parameters reference caller-owned
+// memory; these outlive every graph.
+const float kConstants[2] = {1.0f, -1.0f};
+
 // Builds the network node by node; the first error (a missing or mis-shaped weight) is kept and reported.
 class Builder {
  public:
@@ -147,15 +151,15 @@ class Builder {
     return tap(p, y);
   }
 
-  Tensor* build(Tensor* sample, Tensor* timesteps, Tensor* labels, std::vector<float>* constants) {
+  Tensor* build(Tensor* sample, Tensor* timesteps, Tensor* labels) {
     const UNetConfig& c = c_;
     const std::vector<int64_t>& boc = c.block_out_channels;
     const int64_t levels = static_cast<int64_t>(boc.size());
     const int64_t L = c.layers_per_block;
-    one_ = g_.param("constant.one", DType::F32, {1}, &(*constants)[0]);
+    one_ = g_.param("constant.one", DType::F32, {1}, &kConstants[0]);
     Tensor* x = sample;  // [B, Cin, H, W]
     if (c.center_input_sample) {
-      x = add(g_, scale(g_, x, 2.0f), g_.param("constant.minus_one", DType::F32, {1}, &(*constants)[1]));
+      x = add(g_, scale(g_, x, 2.0f), g_.param("constant.minus_one", DType::F32, {1}, &kConstants[1]));
     }
     // Time: sinusoidal projection [B, C0] → MLP [B, D]; class embedding added after the MLP.
     Tensor* projected = timestep_embedding(g_, timesteps, static_cast<int>(boc[0]), c.flip_sin_to_cos,
@@ -258,32 +262,44 @@ class Builder {
 
 }  // namespace
 
-Status UNet::build(const UNetConfig& config, const WeightLookup& lookup, int64_t batch, int64_t height, int64_t width,
-                   std::unique_ptr<UNet>* out, bool keep_intermediates) {
+Status build_unet_graph(Graph& g, const UNetConfig& config, const WeightLookup& lookup, int64_t batch, int64_t height,
+                        int64_t width, UNetGraphParts* out, std::vector<std::pair<std::string, Tensor*>>* taps) {
   DDPM_TRY(config.validate());
   const int64_t multiple = config.spatial_multiple();
   if (batch < 1 || height < 1 || width < 1 || height % multiple != 0 || width % multiple != 0) {
     return errorf("input size %lldx%lld must be a positive multiple of %lld for %zu U-Net levels", (long long)height,
                   (long long)width, (long long)multiple, config.block_out_channels.size());
   }
+  UNetGraphParts parts;
+  parts.sample = g.input("sample", DType::F32, {batch, config.in_channels, height, width});
+  parts.timesteps = g.input("timesteps", DType::F32, {batch});
+  if (config.has_class_table()) parts.class_labels = g.input("class_labels", DType::I32, {batch});
+  else if (config.class_embed_type == "timestep") parts.class_labels = g.input("class_labels", DType::F32, {batch});
+  else if (config.class_embed_type == "identity") {
+    parts.class_labels = g.input("class_labels", DType::F32, {batch, config.time_embed_dim()});
+  }
+  Builder builder(g, config, lookup, taps);
+  builder.batch_ = batch;
+  parts.output = builder.build(parts.sample, parts.timesteps, parts.class_labels);
+  DDPM_TRY(builder.error());
+  g.set_output(parts.output);
+  *out = parts;
+  return Status();
+}
+
+Status UNet::build(const UNetConfig& config, const WeightLookup& lookup, int64_t batch, int64_t height, int64_t width,
+                   std::unique_ptr<UNet>* out, bool keep_intermediates) {
   std::unique_ptr<UNet> net(new UNet());
   net->config_ = config;
   net->batch_ = batch;
-  net->constants_ = {1.0f, -1.0f};
-  Graph& g = net->graph_;
-  net->sample_ = g.input("sample", DType::F32, {batch, config.in_channels, height, width});
-  net->timesteps_ = g.input("timesteps", DType::F32, {batch});
-  if (config.has_class_table()) net->class_labels_ = g.input("class_labels", DType::I32, {batch});
-  else if (config.class_embed_type == "timestep") net->class_labels_ = g.input("class_labels", DType::F32, {batch});
-  else if (config.class_embed_type == "identity") {
-    net->class_labels_ = g.input("class_labels", DType::F32, {batch, config.time_embed_dim()});
-  }
-  Builder builder(g, net->config_, lookup, keep_intermediates ? &net->taps_ : nullptr);
-  builder.batch_ = batch;
-  net->output_ = builder.build(net->sample_, net->timesteps_, net->class_labels_, &net->constants_);
-  DDPM_TRY(builder.error());
-  g.set_output(net->output_);
-  DDPM_TRY(g.plan());
+  UNetGraphParts parts;
+  DDPM_TRY(build_unet_graph(net->graph_, net->config_, lookup, batch, height, width, &parts,
+                            keep_intermediates ? &net->taps_ : nullptr));
+  net->sample_ = parts.sample;
+  net->timesteps_ = parts.timesteps;
+  net->class_labels_ = parts.class_labels;
+  net->output_ = parts.output;
+  DDPM_TRY(net->graph_.plan());
   *out = std::move(net);
   return Status();
 }

@@ -33,6 +33,21 @@ struct ParamSpec {
   std::vector<int64_t> shape;
 };
 
+// The graph tensors of one U-Net built into a caller's graph (build_unet_graph).
+struct UNetGraphParts {
+  Tensor* sample = nullptr;        // input [B, in_channels, H, W] f32
+  Tensor* timesteps = nullptr;     // input [B] f32
+  Tensor* class_labels = nullptr;  // input as for UNet::forward (i32 [B], f32 [B] or f32 [B, D]); null if unconditional
+  Tensor* output = nullptr;        // [B, out_channels, H, W] f32, marked as a graph output
+};
+
+// Appends the network to `g` without planning it, so a caller can add more nodes first (a training loss and its
+// backward pass) and plan once. Weights come from `lookup` as graph parameters (caller-owned memory, read at every
+// compute, so an optimiser may update them in place). taps: as UNet::build's keep_intermediates (may be null).
+Status build_unet_graph(Graph& g, const UNetConfig& config, const WeightLookup& lookup, int64_t batch, int64_t height,
+                        int64_t width, UNetGraphParts* out,
+                        std::vector<std::pair<std::string, Tensor*>>* taps = nullptr);
+
 class UNet {
  public:
   // Builds and plans the graph for inputs [batch, in_channels, height, width].
@@ -63,8 +78,7 @@ class UNet {
   Tensor* timesteps_ = nullptr;
   Tensor* class_labels_ = nullptr;
   Tensor* output_ = nullptr;
-  std::vector<float> constants_;
-  std::vector<std::pair<std::string, Tensor*>> taps_;  // small constants the graph reads (center_input_sample's −1)
+  std::vector<std::pair<std::string, Tensor*>> taps_;
 };
 
 // Every parameter the network needs, with its shape, in build order (what a converter must provide).
