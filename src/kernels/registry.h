@@ -16,16 +16,53 @@ namespace ddpm::kernels {
 
 enum class Isa { Scalar, Avx2, Avx512, Neon };
 
-// GEMM micro-kernel: C[MR×NR] (+)= A_panel · B_panel over kc steps.
-//   a_panel: kc × MR floats, k-major (a_panel[k*MR + m]);  b_panel: kc × NR floats (b_panel[k*NR + n]).
-//   c: MR rows of NR floats with row stride ldc. accumulate=false overwrites C, true adds to it.
+// Extra terms a micro-kernel adds to its tile after the last k block, in this order, each a separately rounded
+// add: exactly what the driver's separate epilogue pass would compute, so fusing it changes no bit.
+struct GemmEpilogue {
+  const float* row_bias = nullptr;  // MR values, one per tile row
+  const float* col_bias = nullptr;  // NR values, one per tile column
+  const float* residual = nullptr;  // MR rows of NR, row stride residual_ld
+  int64_t residual_ld = 0;
+};
+
+// One run of a packed im2col row (see GemmMicroKernel::gather_rows): lanes [0, length) at dst + dst_offset, of which
+// [lead, length - trail) come from src + src_offset + (lane - lead) * step and the others are zero (padding).
+struct GatherRun {
+  int64_t dst_offset = 0;
+  int64_t src_offset = 0;
+  int32_t length = 0, lead = 0, trail = 0;
+};
+
+// GEMM micro-kernels of one level: C[MR×NR] (+)= A_panel · B_panel over kc steps.
+//   run:      a_panel: kc × MR floats, k-major (a_panel[k*MR + m]).
+//   run_rows: A read in place, a_rows[m][k] (unit stride along k; rows anywhere) — saves packing A. Optional.
+//             When `epilogue` is non-null its terms are added before the store.
+//   b_panel: kc × NR floats (b_panel[k*NR + n]). c: MR rows of NR floats with row stride ldc. accumulate=false
+//   overwrites C, true adds to it. Every output element is one chain of FMAs (or of mul+add, for the reference)
+//   in k order, so how the driver blocks K or splits the work never changes a bit.
 // The driver (src/ops/gemm.cpp) packs panels, handles tails through a temporary tile and threads the work; a
 // micro-kernel only ever sees full tiles.
+//   gather_rows: the im2col packer's inner loop: for r < rows and every run, fills the run's lanes of
+//   dst + r*dst_stride from src + r*src_stride (zero lanes included). Runs are at most 64 lanes long.
 struct GemmMicroKernel {
   int mr = 0;
   int nr = 0;
   void (*run)(int64_t kc, const float* a_panel, const float* b_panel, float* c, int64_t ldc, bool accumulate) = nullptr;
+  void (*run_rows)(int64_t kc, const float* const* a_rows, const float* b_panel, float* c, int64_t ldc,
+                   bool accumulate, const GemmEpilogue* epilogue) = nullptr;
+  void (*gather_rows)(const GatherRun* runs, int64_t count, int64_t step, const float* src, int64_t src_stride,
+                      float* dst, int64_t dst_stride, int64_t rows) = nullptr;
 };
+
+// Each level's micro-kernel set, defined in <isa>/gemm.cpp.
+GemmMicroKernel reference_gemm();
+#if !defined(DDPM_NO_SIMD) && defined(__x86_64__)
+GemmMicroKernel avx2_gemm();
+GemmMicroKernel avx512_gemm();
+#endif
+#if !defined(DDPM_NO_SIMD) && defined(__aarch64__)
+GemmMicroKernel neon_gemm();
+#endif
 
 struct KernelTable {
   Isa isa = Isa::Scalar;

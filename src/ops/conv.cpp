@@ -1,6 +1,11 @@
 // conv2d as an implicit GEMM: C[Co × Ho·Wo] = W[Co × Ci·kh·kw] · im2col(x)[Ci·kh·kw × Ho·Wo] per image.
 // im2col is never materialised: the GEMM driver asks for one KC × NC block at a time and pack_im2col builds it
-// straight into the packed panel layout, copying contiguous runs of input rows where the stride allows.
+// straight into the packed panel layout.
+//
+// Row k = (channel, tap) of the block gathers the same input positions for every channel of a tap, only from another
+// input plane. So the packer describes the columns once per tap as runs (contiguous lanes of one output row within
+// one panel, with their padding lanes) and hands every channel of that tap to the micro-kernel set's gather_rows,
+// which copies each run with vector loads and stores.
 #include <algorithm>
 #include <cstring>
 
@@ -13,57 +18,90 @@ namespace {
 // iparams layout of a Conv2d node.
 enum ConvParam { kStride = 0, kPadTop, kPadLeft, kPadBottom, kPadRight };
 
+using GatherRows = decltype(kernels::GemmMicroKernel::gather_rows);
+
 struct Im2col {
   const float* x;  // [B, Ci, H, W]
   int64_t channels, height, width, kernel_h, kernel_w, out_width;
   int64_t stride, pad_top, pad_left;
+  GatherRows gather_rows;
 };
+
+// Runs described per gather_rows call; a tap whose columns need more runs takes several calls.
+constexpr int kMaxRuns = 64;
+
+// Appends the run for `length` columns of output row oy starting at column ox, for tap (u, v), merging it into
+// the previous run when both continue each other in the packed row and in the input (1×1 and middle taps).
+void add_run(const Im2col& g, int64_t u, int64_t v, int64_t oy, int64_t ox, int64_t length, int64_t dst_offset,
+             kernels::GatherRun* runs, int* count) {
+  kernels::GatherRun run;
+  run.dst_offset = dst_offset;
+  run.length = static_cast<int32_t>(length);
+  const int64_t iy = oy * g.stride + u - g.pad_top;
+  const int64_t ix0 = ox * g.stride + v - g.pad_left;
+  // Lanes i with 0 <= ix0 + i*stride < width.
+  const int64_t lead = ix0 >= 0 ? 0 : std::min(length, (-ix0 + g.stride - 1) / g.stride);
+  const int64_t valid_end = ix0 >= g.width ? 0 : std::min(length, (g.width - ix0 + g.stride - 1) / g.stride);
+  if (iy < 0 || iy >= g.height || valid_end <= lead) {
+    run.lead = run.length;  // all padding
+  } else {
+    run.lead = static_cast<int32_t>(lead);
+    run.trail = static_cast<int32_t>(length - valid_end);
+    run.src_offset = iy * g.width + ix0 + lead * g.stride;
+  }
+  if (*count > 0) {
+    kernels::GatherRun& prev = runs[*count - 1];
+    const bool adjacent = prev.dst_offset + prev.length == run.dst_offset;
+    const bool both_zero = prev.lead == prev.length && run.lead == run.length;
+    const bool both_full = prev.lead == 0 && prev.trail == 0 && run.lead == 0 && run.trail == 0 &&
+                           prev.src_offset + prev.length * g.stride == run.src_offset;
+    if (adjacent && (both_zero || both_full)) {
+      prev.length += run.length;
+      if (both_zero) prev.lead = prev.length;
+      return;
+    }
+  }
+  runs[(*count)++] = run;
+}
 
 void pack_im2col(const void* context, int64_t batch, int64_t k0, int64_t kc, int64_t n0, int64_t nc, int nr,
                  float* dst) {
   const Im2col& g = *static_cast<const Im2col*>(context);
-  const float* image = g.x + batch * g.channels * g.height * g.width;
+  const int64_t plane = g.height * g.width;
+  const float* image = g.x + batch * g.channels * plane;
   const int64_t taps = g.kernel_h * g.kernel_w;
-  for (int64_t k = 0; k < kc; ++k) {
-    const int64_t kk = k0 + k;
-    const int64_t channel = kk / taps, tap = kk % taps;
+  kernels::GatherRun runs[kMaxRuns];
+  for (int64_t tap = 0; tap < taps; ++tap) {
+    const int64_t k_first = k0 + ((tap - k0 % taps) % taps + taps) % taps;
+    if (k_first >= k0 + kc) continue;
+    const int64_t rows = (k0 + kc - 1 - k_first) / taps + 1;
+    const float* src = image + (k_first / taps) * plane;
+    float* dst_rows = dst + (k_first - k0) * nr;
     const int64_t u = tap / g.kernel_w, v = tap % g.kernel_w;
-    const float* plane = image + channel * g.height * g.width;
-    // Walk the columns n0..n0+nc in runs that share an output row and a packed panel.
-    int64_t n = n0;
-    while (n < n0 + nc) {
-      const int64_t oy = n / g.out_width, ox = n % g.out_width;
-      const int64_t lane = (n - n0) % nr;
-      const int64_t run = std::min({g.out_width - ox, static_cast<int64_t>(nr) - lane, n0 + nc - n});
-      float* out = dst + ((n - n0) / nr) * kc * nr + k * nr + lane;
-      const int64_t iy = oy * g.stride + u - g.pad_top;
-      if (iy < 0 || iy >= g.height) {
-        std::memset(out, 0, static_cast<size_t>(run) * sizeof(float));
-      } else {
-        const float* row = plane + iy * g.width;
-        const int64_t ix0 = ox * g.stride + v - g.pad_left;
-        if (g.stride == 1) {
-          // Valid input columns form one contiguous span; zeros on either side.
-          const int64_t first = std::clamp<int64_t>(-ix0, 0, run);
-          const int64_t last = std::clamp<int64_t>(g.width - ix0, first, run);
-          for (int64_t i = 0; i < first; ++i) out[i] = 0.0f;
-          std::memcpy(out + first, row + ix0 + first, static_cast<size_t>(last - first) * sizeof(float));
-          for (int64_t i = last; i < run; ++i) out[i] = 0.0f;
-        } else {
-          for (int64_t i = 0; i < run; ++i) {
-            const int64_t ix = ix0 + i * g.stride;
-            out[i] = (ix >= 0 && ix < g.width) ? row[ix] : 0.0f;
-          }
+    // Walk the columns in runs that share an output row and a panel.
+    int64_t column = 0, oy = n0 / g.out_width, ox = n0 % g.out_width;
+    while (column < nc) {
+      int count = 0;
+      while (count < kMaxRuns && column < nc) {
+        const int64_t lane = column % nr;
+        const int64_t length = std::min({g.out_width - ox, nr - lane, nc - column});
+        add_run(g, u, v, oy, ox, length, (column / nr) * kc * nr + lane, runs, &count);
+        column += length;
+        ox += length;
+        if (ox == g.out_width) {
+          ox = 0;
+          ++oy;
         }
       }
-      n += run;
+      g.gather_rows(runs, count, g.stride, src, plane, dst_rows, taps * nr, rows);
     }
-    // Zero the padding columns of the last panel.
-    const int64_t tail = nc % nr;
-    if (tail) {
-      float* out = dst + (nc / nr) * kc * nr + k * nr;
-      for (int64_t i = tail; i < nr; ++i) out[i] = 0.0f;
-    }
+  }
+  // Zero the padding columns of the last panel.
+  if (const int64_t tail = nc % nr) {
+    kernels::GatherRun pad;
+    pad.dst_offset = (nc / nr) * kc * nr + tail;
+    pad.length = pad.lead = static_cast<int32_t>(nr - tail);
+    g.gather_rows(&pad, 1, 1, image, 0, dst, nr, kc);
   }
 }
 
@@ -124,8 +162,10 @@ Status compute_conv2d(const Tensor& node, ExecContext& ctx) {
   const Tensor& w = *node.src[1];
   const Tensor* bias = node.src[2];
   const Tensor* residual = node.src[3];
-  Im2col im2col{x.f32(), x.shape[1], x.shape[2], x.shape[3], w.shape[2], w.shape[3], node.shape[3],
-                node.iparams[kStride], node.iparams[kPadTop], node.iparams[kPadLeft]};
+  Im2col im2col{x.f32(),        x.shape[1],           x.shape[2],           x.shape[3],
+                w.shape[2],     w.shape[3],           node.shape[3],        node.iparams[kStride],
+                node.iparams[kPadTop], node.iparams[kPadLeft], ctx.kernels.gemm.gather_rows};
+  if (!im2col.gather_rows) im2col.gather_rows = kernels::reference().gemm.gather_rows;
   GemmProblem p;
   p.batch = x.shape[0];
   p.M = w.shape[0];

@@ -1,9 +1,10 @@
 // The blocked GEMM driver shared by conv2d and matmul: C[M×N] = A[M×K] · B[K×N] (+ bias) (+ residual).
 //
-// A is read through strides (any layout, f32 or f16) and packed per micro-panel; B is produced by a packer
-// callback, which is how conv2d computes im2col tile by tile instead of materialising it. Work is cut into tasks
-// of (batch, block of NC columns, chunk of rows); the k loop runs in fixed KC blocks in every task, so each output
-// element sees the same sequence of operations whatever the thread count or the task split.
+// A is read through strides (any layout, f32 or f16): in place by the micro-kernel when it is f32 with unit stride
+// along K, packed per micro-panel otherwise. B is produced by a packer callback, which is how conv2d computes im2col
+// tile by tile instead of materialising it. Work is cut into tasks of (batch, chunk of columns, chunk of rows),
+// chosen per problem and thread count (see GemmPlan). Every output element is one chain of micro-kernel FMAs in k
+// order followed by the epilogue, so its value depends neither on the blocking nor on the thread count or the split.
 #pragma once
 
 #include <cstddef>
@@ -37,6 +38,20 @@ struct GemmProblem {
   const float* residual = nullptr;  // same layout as C
   int64_t residual_batch_stride = 0, residual_ld = 0;
 };
+
+// How run_gemm cuts the work. K runs in k_blocks blocks of kc (the last may be shorter); per batch item the
+// n_panels column panels are split into n_chunks nearly equal chunks and the m_panels row panels into m_chunks;
+// one task per (batch item, column chunk, row chunk), in that order, row chunk fastest. A task packs its own B
+// block per k block, so splitting rows repacks B; splitting columns costs nothing when A is read in place.
+struct GemmPlan {
+  int64_t kc = 0, k_blocks = 0;
+  int64_t m_panels = 0, n_panels = 0;
+  int64_t m_chunks = 1, n_chunks = 1;
+  int64_t tasks = 0;
+  int threads = 1;        // threads worth waking for this problem
+  bool a_in_place = false;  // micro-kernel reads A rows directly (f32, unit stride along K)
+};
+GemmPlan plan_gemm(const GemmProblem& problem, const kernels::GemmMicroKernel& kernel, int threads);
 
 // Per-thread scratch bytes the driver needs with the active micro-kernel.
 size_t gemm_scratch_bytes(const kernels::KernelTable& kernels);

@@ -1,8 +1,11 @@
-// AVX2 GEMM micro-kernel: 4 rows × 24 columns (three ymm per row) = 12 accumulators of the 16 ymm registers,
+// AVX2 GEMM micro-kernels: 4 rows × 24 columns (three ymm per row) = 12 accumulators of the 16 ymm registers,
 // leaving three for B and one for the broadcast A value.
 #include <immintrin.h>
 
+#include <cstdint>
+
 #include "kernels/avx2/avx2.h"
+#include "kernels/registry.h"
 
 namespace ddpm::kernels::avx2 {
 
@@ -29,4 +32,105 @@ void gemm_4x24(int64_t kc, const float* a_panel, const float* b_panel, float* c,
   }
 }
 
+namespace {
+
+// The same tile with A read straight from its rows (no packing pass).
+void gemm_4x24_rows(int64_t kc, const float* const* a_rows, const float* b_panel, float* c, int64_t ldc,
+                    bool accumulate, const GemmEpilogue* epilogue) {
+  const float* a[kGemmMR];
+  for (int m = 0; m < kGemmMR; ++m) a[m] = a_rows[m];
+  __m256 acc[kGemmMR][3];
+  for (int m = 0; m < kGemmMR; ++m) {
+    for (int j = 0; j < 3; ++j) acc[m][j] = accumulate ? _mm256_loadu_ps(c + m * ldc + 8 * j) : _mm256_setzero_ps();
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(b_panel + k * kGemmNR);
+    const __m256 b1 = _mm256_loadu_ps(b_panel + k * kGemmNR + 8);
+    const __m256 b2 = _mm256_loadu_ps(b_panel + k * kGemmNR + 16);
+#pragma GCC unroll 4
+    for (int m = 0; m < kGemmMR; ++m) {
+      const __m256 am = _mm256_broadcast_ss(a[m] + k);
+      acc[m][0] = _mm256_fmadd_ps(am, b0, acc[m][0]);
+      acc[m][1] = _mm256_fmadd_ps(am, b1, acc[m][1]);
+      acc[m][2] = _mm256_fmadd_ps(am, b2, acc[m][2]);
+    }
+  }
+  if (epilogue) {
+    for (int m = 0; m < kGemmMR; ++m) {
+      if (epilogue->row_bias) {
+        const __m256 bias = _mm256_set1_ps(epilogue->row_bias[m]);
+        for (int j = 0; j < 3; ++j) acc[m][j] = _mm256_add_ps(acc[m][j], bias);
+      }
+      if (epilogue->col_bias) {
+        for (int j = 0; j < 3; ++j) acc[m][j] = _mm256_add_ps(acc[m][j], _mm256_loadu_ps(epilogue->col_bias + 8 * j));
+      }
+      if (epilogue->residual) {
+        const float* residual = epilogue->residual + m * epilogue->residual_ld;
+        for (int j = 0; j < 3; ++j) acc[m][j] = _mm256_add_ps(acc[m][j], _mm256_loadu_ps(residual + 8 * j));
+      }
+    }
+  }
+  for (int m = 0; m < kGemmMR; ++m) {
+    for (int j = 0; j < 3; ++j) _mm256_storeu_ps(c + m * ldc + 8 * j, acc[m][j]);
+  }
+}
+
+// Lanes [begin, end) ∩ [0, 8) as a maskload/maskstore mask.
+inline __m256i lane_mask(int begin, int end) {
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i from = _mm256_cmpgt_epi32(_mm256_set1_epi32(begin), lanes);  // lane < begin
+  const __m256i to = _mm256_cmpgt_epi32(_mm256_set1_epi32(end), lanes);      // lane < end
+  return _mm256_andnot_si256(from, to);
+}
+
+// Lanes before `lead` may fall before the image: integer arithmetic, and only masked-in lanes are read.
+inline const float* lane_address(const float* first, int64_t lane_offset) {
+  return reinterpret_cast<const float*>(reinterpret_cast<uintptr_t>(first) +
+                                        static_cast<uintptr_t>(lane_offset * static_cast<int64_t>(sizeof(float))));
+}
+
+void gather_rows(const GatherRun* runs, int64_t count, int64_t step, const float* src, int64_t src_stride, float* dst,
+                 int64_t dst_stride, int64_t rows) {
+  for (int64_t i = 0; i < count; ++i) {
+    const GatherRun& run = runs[i];
+    const float* first = src + run.src_offset;
+    for (int chunk = 0; chunk < run.length; chunk += 8) {
+      const int width = run.length - chunk < 8 ? run.length - chunk : 8;
+      const int valid_begin = run.lead - chunk, valid_end = run.length - run.trail - chunk;
+      float* out = dst + run.dst_offset + chunk;
+      const float* in = lane_address(first, (chunk - run.lead) * step);
+      if (step == 1) {
+        const __m256i store_mask = lane_mask(0, width);
+        const __m256i valid = lane_mask(valid_begin, valid_end < width ? valid_end : width);
+        for (int64_t r = 0; r < rows; ++r) {
+          _mm256_maskstore_ps(out + r * dst_stride, store_mask,
+                              _mm256_maskload_ps(lane_address(in, r * src_stride), valid));
+        }
+      } else {
+        for (int64_t r = 0; r < rows; ++r) {
+          float* o = out + r * dst_stride;
+          for (int lane = 0; lane < width; ++lane) {
+            o[lane] = lane >= valid_begin && lane < valid_end ? *lane_address(in, r * src_stride + lane * step) : 0.0f;
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
 }  // namespace ddpm::kernels::avx2
+
+namespace ddpm::kernels {
+
+GemmMicroKernel avx2_gemm() {
+  GemmMicroKernel k;
+  k.mr = avx2::kGemmMR;
+  k.nr = avx2::kGemmNR;
+  k.run = avx2::gemm_4x24;
+  k.run_rows = avx2::gemm_4x24_rows;
+  k.gather_rows = avx2::gather_rows;
+  return k;
+}
+
+}  // namespace ddpm::kernels

@@ -7,7 +7,7 @@ KernelTable make_avx2_table() {
   KernelTable t = make_reference_table();
   t.isa = Isa::Avx2;
   t.isa_name = "avx2";
-  t.gemm = {avx2::kGemmMR, avx2::kGemmNR, avx2::gemm_4x24};
+  t.gemm = avx2_gemm();
   return t;
 }
 

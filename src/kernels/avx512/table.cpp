@@ -7,7 +7,7 @@ KernelTable make_avx512_table() {
   KernelTable t = make_avx2_table();  // what AVX-512 does not accelerate runs at the AVX2 level
   t.isa = Isa::Avx512;
   t.isa_name = "avx512";
-  t.gemm = {avx512::kGemmMR, avx512::kGemmNR, avx512::gemm_8x32};
+  t.gemm = avx512_gemm();
   return t;
 }
 

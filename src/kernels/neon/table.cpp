@@ -7,7 +7,7 @@ KernelTable make_neon_table() {
   KernelTable t = make_reference_table();
   t.isa = Isa::Neon;
   t.isa_name = "neon";
-  t.gemm = {neon::kGemmMR, neon::kGemmNR, neon::gemm_8x12};
+  t.gemm = neon_gemm();
   return t;
 }
 

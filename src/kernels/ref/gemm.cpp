@@ -1,4 +1,5 @@
 #include "kernels/ref/ref.h"
+#include "kernels/registry.h"
 
 namespace ddpm::kernels::ref {
 
@@ -20,3 +21,34 @@ void gemm_4x8(int64_t kc, const float* a_panel, const float* b_panel, float* c, 
 }
 
 }  // namespace ddpm::kernels::ref
+
+namespace ddpm::kernels {
+namespace {
+
+void gather_rows(const GatherRun* runs, int64_t count, int64_t step, const float* src, int64_t src_stride, float* dst,
+                 int64_t dst_stride, int64_t rows) {
+  for (int64_t i = 0; i < count; ++i) {
+    const GatherRun& run = runs[i];
+    const int32_t valid_end = run.length - run.trail;
+    for (int64_t r = 0; r < rows; ++r) {
+      float* out = dst + r * dst_stride + run.dst_offset;
+      const float* in = src + r * src_stride + run.src_offset;
+      for (int32_t lane = 0; lane < run.lead; ++lane) out[lane] = 0.0f;
+      for (int32_t lane = run.lead; lane < valid_end; ++lane) out[lane] = in[(lane - run.lead) * step];
+      for (int32_t lane = valid_end; lane < run.length; ++lane) out[lane] = 0.0f;
+    }
+  }
+}
+
+}  // namespace
+
+GemmMicroKernel reference_gemm() {
+  GemmMicroKernel k;
+  k.mr = ref::kGemmMR;
+  k.nr = ref::kGemmNR;
+  k.run = ref::gemm_4x8;
+  k.gather_rows = gather_rows;
+  return k;
+}
+
+}  // namespace ddpm::kernels

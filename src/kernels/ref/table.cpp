@@ -7,7 +7,7 @@ KernelTable make_reference_table() {
   KernelTable t;
   t.isa = Isa::Scalar;
   t.isa_name = "scalar";
-  t.gemm = {ref::kGemmMR, ref::kGemmNR, ref::gemm_4x8};
+  t.gemm = reference_gemm();
   t.silu = ref::silu;
   t.add = ref::add;
   t.mul = ref::mul;
