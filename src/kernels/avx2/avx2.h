@@ -10,4 +10,19 @@ constexpr int kGemmMR = 4;
 constexpr int kGemmNR = 24;
 void gemm_4x24(int64_t kc, const float* a_panel, const float* b_panel, float* c, int64_t ldc, bool accumulate);
 
+// Elementwise rows and reductions (elementwise.cpp); same contracts as the reference entries in kernels/registry.h.
+void silu(int64_t n, const float* x, float* y);
+void add(int64_t n, const float* a, const float* b, float* y);
+void mul(int64_t n, const float* a, const float* b, float* y);
+void add_scalar(int64_t n, const float* a, float b, float* y);
+void mul_scalar(int64_t n, const float* a, float b, float* y);
+void affine(int64_t n, const float* x, float scale, float shift, float* y);
+void affine_silu(int64_t n, const float* x, float scale, float shift, float* y);
+double sum_f64(int64_t n, const float* x);
+double sum_squared_deviation_f64(int64_t n, const float* x, double mean);
+float max(int64_t n, const float* x);
+float exp_shifted_sum(int64_t n, const float* x, float shift, float* y);
+void f16_to_f32(int64_t n, const uint16_t* x, float* y);
+void f32_to_f16(int64_t n, const float* x, uint16_t* y);
+
 }  // namespace ddpm::kernels::avx2

@@ -3,11 +3,27 @@
 
 namespace ddpm::kernels {
 
-KernelTable make_avx2_table() {
+// The registry builds every table at start-up, on any x86-64 CPU, but this file is compiled with the level's flags:
+// without the attribute g++ vectorises the field stores with SSE4.1/AVX/AVX-512 instructions that fault on CPUs
+// without them. "no-sse3" (which implies no SSSE3, SSE4, AVX…) leaves the x86-64 baseline.
+__attribute__((target("no-sse3"))) KernelTable make_avx2_table() {
   KernelTable t = make_reference_table();
   t.isa = Isa::Avx2;
   t.isa_name = "avx2";
   t.gemm = avx2_gemm();
+  t.silu = avx2::silu;
+  t.add = avx2::add;
+  t.mul = avx2::mul;
+  t.add_scalar = avx2::add_scalar;
+  t.mul_scalar = avx2::mul_scalar;
+  t.affine = avx2::affine;
+  t.affine_silu = avx2::affine_silu;
+  t.sum_f64 = avx2::sum_f64;
+  t.sum_squared_deviation_f64 = avx2::sum_squared_deviation_f64;
+  t.max = avx2::max;
+  t.exp_shifted_sum = avx2::exp_shifted_sum;
+  t.f16_to_f32 = avx2::f16_to_f32;
+  t.f32_to_f16 = avx2::f32_to_f16;
   return t;
 }
 

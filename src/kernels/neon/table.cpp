@@ -8,6 +8,19 @@ KernelTable make_neon_table() {
   t.isa = Isa::Neon;
   t.isa_name = "neon";
   t.gemm = neon_gemm();
+  t.silu = neon::silu;
+  t.add = neon::add;
+  t.mul = neon::mul;
+  t.add_scalar = neon::add_scalar;
+  t.mul_scalar = neon::mul_scalar;
+  t.affine = neon::affine;
+  t.affine_silu = neon::affine_silu;
+  t.sum_f64 = neon::sum_f64;
+  t.sum_squared_deviation_f64 = neon::sum_squared_deviation_f64;
+  t.max = neon::max;
+  t.exp_shifted_sum = neon::exp_shifted_sum;
+  t.f16_to_f32 = neon::f16_to_f32;
+  t.f32_to_f16 = neon::f32_to_f16;
   return t;
 }
 
