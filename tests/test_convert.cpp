@@ -62,33 +62,39 @@ std::string to_original(const std::string& name, int levels) {
 
 }  // namespace
 
-TEST_CASE("original DDPM layout: renamed, config inferred, output equal to diffusers", "[convert]") {
+// Writes `source` (diffusers names) as an original-DDPM checkpoint with a "model." prefix; returns its path.
+static std::string write_original_layout(const std::string& source, const std::string& dir, const std::string& name, int levels) {
   MappedFile file;
-  REQUIRE(file.open("data/unet/micro/diffusion_pytorch_model.safetensors").ok());
+  REQUIRE(file.open(source).ok());
   std::vector<SourceTensor> tensors;
-  REQUIRE(read_safetensors("micro", file, &tensors, nullptr).ok());
+  REQUIRE(read_safetensors(source, file, &tensors, nullptr).ok());
   std::vector<std::vector<float>> data;
   data.reserve(tensors.size());
   std::vector<SafetensorsWriteEntry> entries;
   for (const SourceTensor& t : tensors) {
     data.emplace_back(static_cast<size_t>(t.numel()));
     REQUIRE(load_tensor_f32(file, t, data.back().data()).ok());
-    SafetensorsWriteEntry e{"model." + to_original(t.name, 2), SourceDType::F32, t.shape, data.back().data()};
+    SafetensorsWriteEntry e{"model." + to_original(t.name, levels), SourceDType::F32, t.shape, data.back().data()};
     // The original code's attention projections are 1×1 convolutions.
     if (t.name.find("attentions") != std::string::npos && t.shape.size() == 2) e.shape = {t.shape[0], t.shape[1], 1, 1};
     entries.push_back(e);
   }
+  const std::string path = dir + "/" + name;
+  REQUIRE(write_safetensors(path, entries).ok());
+  return path;
+}
+
+TEST_CASE("original DDPM layout: renamed, config inferred, output equal to diffusers", "[convert]") {
   char pattern[] = "/tmp/ddpm_convert_XXXXXX";
   REQUIRE(mkdtemp(pattern));
   const std::string dir = pattern;
-  const std::string checkpoint = dir + "/ddpm_original.safetensors";
-  REQUIRE(write_safetensors(checkpoint, entries).ok());
 
-  // Without a config: the layout is detected, names mapped (prefix "model." stripped), the config inferred.
+  // Without a config: the layout is detected, names mapped ("model." stripped), the config inferred from shapes
+  // (tiny: 32/64 channels, attention at the second level).
   ConvertOptions o;
-  o.input = checkpoint;
+  o.input = write_original_layout("data/unet/tiny/diffusion_pytorch_model.fp16.safetensors", dir, "tiny_original.safetensors", 2);
   o.output = dir + "/inferred.ddpm";
-  o.image_size = 8;
+  o.image_size = 16;
   ConvertReport report;
   Status s = convert_checkpoint(o, &report);
   INFO(s.message());
@@ -96,16 +102,19 @@ TEST_CASE("original DDPM layout: renamed, config inferred, output equal to diffu
   std::string notes;
   for (const std::string& n : report.notes) notes += n + "\n";
   INFO(notes);
-  CHECK(notes.find("block_out_channels [8,16]") != std::string::npos);
-  CHECK(notes.find("attention at resolution 4") != std::string::npos);
+  CHECK(notes.find("block_out_channels [32,64]") != std::string::npos);
+  CHECK(notes.find("attention at resolution 8") != std::string::npos);
   std::unique_ptr<Model> inferred;
   REQUIRE(Model::load(o.output, &inferred).ok());
   CHECK(inferred->info().unet.down_block_types == std::vector<std::string>{"DownBlock2D", "AttnDownBlock2D"});
   CHECK(inferred->info().unet.up_block_types == std::vector<std::string>{"AttnUpBlock2D", "UpBlock2D"});
   CHECK(inferred->info().unet.layers_per_block == 1);
   CHECK(inferred->info().unet.freq_shift == 1);
+  CHECK(inferred->info().height == 16);
 
-  // With micro's own config the converted model reproduces diffusers' output.
+  // With micro's own config the converted original-layout checkpoint reproduces diffusers' output.
+  o = ConvertOptions();
+  o.input = write_original_layout("data/unet/micro/diffusion_pytorch_model.safetensors", dir, "micro_original.safetensors", 2);
   o.config = "data/unet/micro/config.json";
   o.output = dir + "/micro_original.ddpm";
   s = convert_checkpoint(o, &report);
