@@ -506,8 +506,31 @@ std::string scalar_text(Type type, const uint8_t* p) {
   return "?";
 }
 
+// A string value as a C-style literal, so a pretty-printed JSON config stays legible on one line.
 std::string quoted(const std::string& s, size_t max_chars) {
-  return "\"" + shown(s.data(), s.size(), max_chars) + "\"";
+  std::string out = "\"";
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (out.size() > max_chars) {
+      out += "...";
+      break;
+    }
+    const uint8_t c = static_cast<uint8_t>(s[i]);
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(static_cast<char>(c));
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c >= 0x20 && c < 0x7f) {
+      out.push_back(static_cast<char>(c));
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    }
+  }
+  return out + "\"";
 }
 
 }  // namespace
@@ -993,7 +1016,9 @@ Status parse_tensor_table(const char* name, const uint8_t* data, const Header& h
   by_offset.reserve(tensors->size());
   for (const DdpmTensorInfo& t : *tensors) by_offset.push_back(&t);
   std::sort(by_offset.begin(), by_offset.end(),
-            [](const DdpmTensorInfo* a, const DdpmTensorInfo* b) { return a->offset < b->offset; });
+            [](const DdpmTensorInfo* a, const DdpmTensorInfo* b) {
+              return a->offset != b->offset ? a->offset < b->offset : a < b;  // ties in table order
+            });
   uint64_t end = 0;
   for (size_t i = 0; i < by_offset.size(); ++i) {
     const DdpmTensorInfo& t = *by_offset[i];
