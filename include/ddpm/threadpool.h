@@ -4,6 +4,9 @@
 // dynamically, so callers must make each task's result independent of which thread runs it (they do: every op
 // owns disjoint output elements per task and keeps a fixed reduction order) — that is what makes results
 // bit-identical for any thread count. `thread` indexes per-thread scratch memory.
+//
+// run() waits for the tasks, not for the workers: a worker that is descheduled (an oversubscribed machine) and wakes
+// after the caller has taken every task simply finds none, instead of holding the caller up.
 #pragma once
 
 #include <atomic>
@@ -30,18 +33,24 @@ class ThreadPool {
 
  private:
   void worker_loop(int thread);
-  void work(int thread);
+  // Claims and runs tasks of job `generation` until none is left or a newer job replaced it.
+  void work(uint32_t generation, int thread);
 
   std::vector<std::thread> workers_;
+  // The current job: generation in the high 32 bits, next unclaimed task in the low 32. A task is claimed by a
+  // compare-exchange on the whole word, so a worker still holding an older generation can never claim a task of a
+  // newer job with the older job's function.
+  std::atomic<uint64_t> state_{0};
+  std::atomic<const std::function<void(int64_t, int)>*> job_{nullptr};
+  std::atomic<int64_t> job_tasks_{0};
+  std::atomic<int64_t> done_{0};
+  uint32_t generation_ = 0;  // caller side only
+  // Sleeping, after spinning found nothing: workers wait on wake_, the caller on finished_.
   std::mutex mutex_;
-  std::condition_variable wake_;
-  std::condition_variable done_;
-  const std::function<void(int64_t, int)>* job_ = nullptr;
-  int64_t job_tasks_ = 0;
-  std::atomic<int64_t> next_task_{0};
-  std::atomic<int> busy_{0};
-  std::atomic<uint64_t> generation_{0};
-  bool stopping_ = false;
+  std::condition_variable wake_, finished_;
+  std::atomic<int> sleeping_workers_{0};
+  std::atomic<bool> caller_sleeping_{false};
+  std::atomic<bool> stopping_{false};
 };
 
 }  // namespace ddpm

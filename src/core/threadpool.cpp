@@ -12,6 +12,8 @@
 #include <immintrin.h>
 #endif
 
+#include "ddpm/status.h"
+
 namespace ddpm {
 namespace {
 
@@ -23,9 +25,26 @@ inline void cpu_relax() {
 #endif
 }
 
-// Workers spin this many relax cycles before sleeping: ops follow each other within microseconds during a
-// forward pass, and a futex wake-up per op would cost more than the small ops themselves.
-constexpr int kSpinIterations = 20000;
+// Waiting threads first spin (~0.2 ms of pause): ops follow each other within microseconds during a forward pass,
+// and a futex wake-up per op would cost more than the small ops themselves. Then they yield for a while, which on
+// an oversubscribed machine lets a descheduled pool thread sharing this CPU run; then they sleep.
+constexpr int kPauseSpins = 8000;
+constexpr int kYieldSpins = 300;
+
+// One step of a wait loop; false once the thread should sleep instead.
+inline bool wait_step(int spin) {
+  if (spin < kPauseSpins) {
+    cpu_relax();
+    return true;
+  }
+  if (spin < kPauseSpins + kYieldSpins) {
+    std::this_thread::yield();
+    return true;
+  }
+  return false;
+}
+
+constexpr uint32_t generation_of(uint64_t state) { return static_cast<uint32_t>(state >> 32); }
 
 }  // namespace
 
@@ -35,20 +54,29 @@ ThreadPool::ThreadPool(int threads) {
 }
 
 ThreadPool::~ThreadPool() {
+  stopping_.store(true);
   {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stopping_ = true;
-    generation_.fetch_add(1);
+    std::lock_guard<std::mutex> lock(mutex_);  // orders the flag before any worker's predicate check
   }
   wake_.notify_all();
   for (auto& worker : workers_) worker.join();
 }
 
-void ThreadPool::work(int thread) {
+void ThreadPool::work(uint32_t generation, int thread) {
   for (;;) {
-    int64_t task = next_task_.fetch_add(1, std::memory_order_relaxed);
-    if (task >= job_tasks_) break;
-    (*job_)(task, thread);
+    uint64_t state = state_.load(std::memory_order_acquire);
+    if (generation_of(state) != generation) return;
+    // Read before the claim; if the job changed meanwhile, state_ changed too and the claim below fails.
+    const std::function<void(int64_t, int)>* job = job_.load(std::memory_order_relaxed);
+    const int64_t tasks = job_tasks_.load(std::memory_order_relaxed);
+    const int64_t task = static_cast<int64_t>(state & 0xffffffffu);
+    if (task >= tasks) return;
+    if (!state_.compare_exchange_weak(state, state + 1, std::memory_order_acq_rel)) continue;
+    (*job)(task, thread);
+    if (done_.fetch_add(1) + 1 == tasks && caller_sleeping_.load()) {
+      { std::lock_guard<std::mutex> lock(mutex_); }
+      finished_.notify_one();
+    }
   }
 }
 
@@ -58,42 +86,43 @@ void ThreadPool::run(int64_t tasks, const std::function<void(int64_t, int)>& fn)
     for (int64_t task = 0; task < tasks; ++task) fn(task, 0);
     return;
   }
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    job_ = &fn;
-    job_tasks_ = tasks;
-    next_task_.store(0);
-    busy_.store(static_cast<int>(workers_.size()));
-    generation_.fetch_add(1);
+  DDPM_ASSERT(tasks <= 0xffffffffLL);
+  job_.store(&fn, std::memory_order_relaxed);
+  job_tasks_.store(tasks, std::memory_order_relaxed);
+  done_.store(0, std::memory_order_relaxed);
+  ++generation_;
+  state_.store(static_cast<uint64_t>(generation_) << 32);
+  if (sleeping_workers_.load() > 0) {
+    { std::lock_guard<std::mutex> lock(mutex_); }
+    wake_.notify_all();
   }
-  wake_.notify_all();
-  work(0);
-  for (int spin = 0; spin < kSpinIterations && busy_.load() != 0; ++spin) cpu_relax();
-  if (busy_.load() != 0) {
+  work(generation_, 0);
+  for (int spin = 0; done_.load(std::memory_order_acquire) != tasks; ++spin) {
+    if (wait_step(spin)) continue;
     std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return busy_.load() == 0; });
+    caller_sleeping_.store(true);
+    finished_.wait(lock, [&] { return done_.load() == tasks; });
+    caller_sleeping_.store(false);
   }
-  job_ = nullptr;
 }
 
 void ThreadPool::worker_loop(int thread) {
-  uint64_t seen = 0;
+  uint32_t seen = 0;
   for (;;) {
-    for (int spin = 0; spin < kSpinIterations && generation_.load() == seen; ++spin) cpu_relax();
-    if (generation_.load() == seen) {
+    uint32_t generation = seen;
+    for (int spin = 0; !stopping_.load(std::memory_order_relaxed); ++spin) {
+      generation = generation_of(state_.load(std::memory_order_acquire));
+      if (generation != seen) break;
+      if (wait_step(spin)) continue;
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return generation_.load() != seen; });
+      sleeping_workers_.fetch_add(1);
+      wake_.wait(lock, [&] { return stopping_.load() || generation_of(state_.load()) != seen; });
+      sleeping_workers_.fetch_sub(1);
+      spin = 0;
     }
-    seen = generation_.load();
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (stopping_) return;
-    }
-    work(thread);
-    if (busy_.fetch_sub(1) == 1) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      done_.notify_one();
-    }
+    if (stopping_.load()) return;
+    seen = generation;
+    work(generation, thread);
   }
 }
 

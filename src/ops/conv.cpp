@@ -30,19 +30,34 @@ struct Im2col {
 // Runs described per gather_rows call; a tap whose columns need more runs takes several calls.
 constexpr int kMaxRuns = 64;
 
-// Appends the run for `length` columns of output row oy starting at column ox, for tap (u, v), merging it into
-// the previous run when both continue each other in the packed row and in the input (1×1 and middle taps).
-void add_run(const Im2col& g, int64_t u, int64_t v, int64_t oy, int64_t ox, int64_t length, int64_t dst_offset,
-             kernels::GatherRun* runs, int* count) {
+// Lanes i of a run starting at input column ix0 that land inside the row: [lead, valid_end) of [0, length).
+// Division-free for strides 1 and 2, which is every convolution of a U-Net: this runs once per run and tap.
+inline void valid_lanes(int64_t ix0, int64_t stride, int64_t width, int64_t length, int64_t* lead, int64_t* valid_end) {
+  int64_t before, inside;  // lanes left of column 0; lanes left of column `width`
+  if (stride == 1) {
+    before = -ix0;
+    inside = width - ix0;
+  } else if (stride == 2) {
+    before = (1 - ix0) >> 1;
+    inside = (width - ix0 + 1) >> 1;
+  } else {
+    before = ix0 >= 0 ? 0 : (-ix0 + stride - 1) / stride;
+    inside = ix0 >= width ? 0 : (width - ix0 + stride - 1) / stride;
+  }
+  *lead = std::clamp<int64_t>(before, 0, length);
+  *valid_end = std::clamp<int64_t>(inside, 0, length);
+}
+
+// Appends the run of `length` lanes at dst_offset for input row iy from input column ix0, merging it into the
+// previous run when both continue each other in the packed row and in the input (1×1 and middle taps).
+inline void add_run(const Im2col& g, int64_t iy, int64_t ix0, int64_t length, int64_t dst_offset,
+                    kernels::GatherRun* runs, int* count) {
   kernels::GatherRun run;
   run.dst_offset = dst_offset;
   run.length = static_cast<int32_t>(length);
-  const int64_t iy = oy * g.stride + u - g.pad_top;
-  const int64_t ix0 = ox * g.stride + v - g.pad_left;
-  // Lanes i with 0 <= ix0 + i*stride < width.
-  const int64_t lead = ix0 >= 0 ? 0 : std::min(length, (-ix0 + g.stride - 1) / g.stride);
-  const int64_t valid_end = ix0 >= g.width ? 0 : std::min(length, (g.width - ix0 + g.stride - 1) / g.stride);
-  if (iy < 0 || iy >= g.height || valid_end <= lead) {
+  int64_t lead = length, valid_end = length;
+  if (iy >= 0 && iy < g.height) valid_lanes(ix0, g.stride, g.width, length, &lead, &valid_end);
+  if (valid_end <= lead) {
     run.lead = run.length;  // all padding
   } else {
     run.lead = static_cast<int32_t>(lead);
@@ -70,6 +85,7 @@ void pack_im2col(const void* context, int64_t batch, int64_t k0, int64_t kc, int
   const int64_t plane = g.height * g.width;
   const float* image = g.x + batch * g.channels * plane;
   const int64_t taps = g.kernel_h * g.kernel_w;
+  const int64_t first_oy = n0 / g.out_width, first_ox = n0 % g.out_width;
   kernels::GatherRun runs[kMaxRuns];
   for (int64_t tap = 0; tap < taps; ++tap) {
     const int64_t k_first = k0 + ((tap - k0 % taps) % taps + taps) % taps;
@@ -78,19 +94,26 @@ void pack_im2col(const void* context, int64_t batch, int64_t k0, int64_t kc, int
     const float* src = image + (k_first / taps) * plane;
     float* dst_rows = dst + (k_first - k0) * nr;
     const int64_t u = tap / g.kernel_w, v = tap % g.kernel_w;
-    // Walk the columns in runs that share an output row and a panel.
-    int64_t column = 0, oy = n0 / g.out_width, ox = n0 % g.out_width;
+    // Walk the columns in runs that share an output row and a panel, tracking everything incrementally.
+    int64_t column = 0, lane = 0, panel_offset = 0, ox = first_ox;
+    int64_t iy = first_oy * g.stride + u - g.pad_top, ix0 = first_ox * g.stride + v - g.pad_left;
     while (column < nc) {
       int count = 0;
       while (count < kMaxRuns && column < nc) {
-        const int64_t lane = column % nr;
         const int64_t length = std::min({g.out_width - ox, nr - lane, nc - column});
-        add_run(g, u, v, oy, ox, length, (column / nr) * kc * nr + lane, runs, &count);
+        add_run(g, iy, ix0, length, panel_offset + lane, runs, &count);
         column += length;
+        lane += length;
         ox += length;
+        ix0 += length * g.stride;
+        if (lane == nr) {
+          lane = 0;
+          panel_offset += kc * nr;
+        }
         if (ox == g.out_width) {
           ox = 0;
-          ++oy;
+          iy += g.stride;
+          ix0 = v - g.pad_left;
         }
       }
       g.gather_rows(runs, count, g.stride, src, plane, dst_rows, taps * nr, rows);

@@ -11,7 +11,9 @@ namespace ddpm::kernels::avx2 {
 
 void gemm_4x24(int64_t kc, const float* a_panel, const float* b_panel, float* c, int64_t ldc, bool accumulate) {
   __m256 acc[kGemmMR][3];
+#pragma GCC unroll 8
   for (int m = 0; m < kGemmMR; ++m) {
+#pragma GCC unroll 8
     for (int j = 0; j < 3; ++j) acc[m][j] = accumulate ? _mm256_loadu_ps(c + m * ldc + 8 * j) : _mm256_setzero_ps();
   }
   for (int64_t k = 0; k < kc; ++k) {
@@ -27,7 +29,9 @@ void gemm_4x24(int64_t kc, const float* a_panel, const float* b_panel, float* c,
       acc[m][2] = _mm256_fmadd_ps(am, b2, acc[m][2]);
     }
   }
+#pragma GCC unroll 8
   for (int m = 0; m < kGemmMR; ++m) {
+#pragma GCC unroll 8
     for (int j = 0; j < 3; ++j) _mm256_storeu_ps(c + m * ldc + 8 * j, acc[m][j]);
   }
 }
@@ -38,9 +42,12 @@ namespace {
 void gemm_4x24_rows(int64_t kc, const float* const* a_rows, const float* b_panel, float* c, int64_t ldc,
                     bool accumulate, const GemmEpilogue* epilogue) {
   const float* a[kGemmMR];
+#pragma GCC unroll 8
   for (int m = 0; m < kGemmMR; ++m) a[m] = a_rows[m];
   __m256 acc[kGemmMR][3];
+#pragma GCC unroll 8
   for (int m = 0; m < kGemmMR; ++m) {
+#pragma GCC unroll 8
     for (int j = 0; j < 3; ++j) acc[m][j] = accumulate ? _mm256_loadu_ps(c + m * ldc + 8 * j) : _mm256_setzero_ps();
   }
   for (int64_t k = 0; k < kc; ++k) {
@@ -56,21 +63,27 @@ void gemm_4x24_rows(int64_t kc, const float* const* a_rows, const float* b_panel
     }
   }
   if (epilogue) {
+#pragma GCC unroll 8
     for (int m = 0; m < kGemmMR; ++m) {
       if (epilogue->row_bias) {
         const __m256 bias = _mm256_set1_ps(epilogue->row_bias[m]);
+#pragma GCC unroll 8
         for (int j = 0; j < 3; ++j) acc[m][j] = _mm256_add_ps(acc[m][j], bias);
       }
       if (epilogue->col_bias) {
+#pragma GCC unroll 8
         for (int j = 0; j < 3; ++j) acc[m][j] = _mm256_add_ps(acc[m][j], _mm256_loadu_ps(epilogue->col_bias + 8 * j));
       }
       if (epilogue->residual) {
         const float* residual = epilogue->residual + m * epilogue->residual_ld;
+#pragma GCC unroll 8
         for (int j = 0; j < 3; ++j) acc[m][j] = _mm256_add_ps(acc[m][j], _mm256_loadu_ps(residual + 8 * j));
       }
     }
   }
+#pragma GCC unroll 8
   for (int m = 0; m < kGemmMR; ++m) {
+#pragma GCC unroll 8
     for (int j = 0; j < 3; ++j) _mm256_storeu_ps(c + m * ldc + 8 * j, acc[m][j]);
   }
 }

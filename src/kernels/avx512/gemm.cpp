@@ -13,11 +13,13 @@ namespace ddpm::kernels::avx512 {
 void gemm_8x32(int64_t kc, const float* a_panel, const float* b_panel, float* c, int64_t ldc, bool accumulate) {
   __m512 acc[kGemmMR][2];
   if (accumulate) {
+#pragma GCC unroll 8
     for (int m = 0; m < kGemmMR; ++m) {
       acc[m][0] = _mm512_loadu_ps(c + m * ldc);
       acc[m][1] = _mm512_loadu_ps(c + m * ldc + 16);
     }
   } else {
+#pragma GCC unroll 8
     for (int m = 0; m < kGemmMR; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
   }
   for (int64_t k = 0; k < kc; ++k) {
@@ -31,6 +33,7 @@ void gemm_8x32(int64_t kc, const float* a_panel, const float* b_panel, float* c,
       acc[m][1] = _mm512_fmadd_ps(am, b1, acc[m][1]);
     }
   }
+#pragma GCC unroll 8
   for (int m = 0; m < kGemmMR; ++m) {
     _mm512_storeu_ps(c + m * ldc, acc[m][0]);
     _mm512_storeu_ps(c + m * ldc + 16, acc[m][1]);
@@ -44,14 +47,17 @@ namespace {
 void gemm_8x32_rows(int64_t kc, const float* const* a_rows, const float* b_panel, float* c, int64_t ldc,
                     bool accumulate, const GemmEpilogue* epilogue) {
   const float* a[kGemmMR];
+#pragma GCC unroll 8
   for (int m = 0; m < kGemmMR; ++m) a[m] = a_rows[m];
   __m512 acc[kGemmMR][2];
   if (accumulate) {
+#pragma GCC unroll 8
     for (int m = 0; m < kGemmMR; ++m) {
       acc[m][0] = _mm512_loadu_ps(c + m * ldc);
       acc[m][1] = _mm512_loadu_ps(c + m * ldc + 16);
     }
   } else {
+#pragma GCC unroll 8
     for (int m = 0; m < kGemmMR; ++m) acc[m][0] = acc[m][1] = _mm512_setzero_ps();
   }
   for (int64_t k = 0; k < kc; ++k) {
@@ -66,6 +72,7 @@ void gemm_8x32_rows(int64_t kc, const float* const* a_rows, const float* b_panel
   }
   if (epilogue) {
     if (epilogue->row_bias) {
+#pragma GCC unroll 8
       for (int m = 0; m < kGemmMR; ++m) {
         const __m512 bias = _mm512_set1_ps(epilogue->row_bias[m]);
         acc[m][0] = _mm512_add_ps(acc[m][0], bias);
@@ -75,6 +82,7 @@ void gemm_8x32_rows(int64_t kc, const float* const* a_rows, const float* b_panel
     if (epilogue->col_bias) {
       const __m512 bias0 = _mm512_loadu_ps(epilogue->col_bias);
       const __m512 bias1 = _mm512_loadu_ps(epilogue->col_bias + 16);
+#pragma GCC unroll 8
       for (int m = 0; m < kGemmMR; ++m) {
         acc[m][0] = _mm512_add_ps(acc[m][0], bias0);
         acc[m][1] = _mm512_add_ps(acc[m][1], bias1);
@@ -82,12 +90,14 @@ void gemm_8x32_rows(int64_t kc, const float* const* a_rows, const float* b_panel
     }
     if (epilogue->residual) {
       const float* residual = epilogue->residual;
+#pragma GCC unroll 8
       for (int m = 0; m < kGemmMR; ++m) {
         acc[m][0] = _mm512_add_ps(acc[m][0], _mm512_loadu_ps(residual + m * epilogue->residual_ld));
         acc[m][1] = _mm512_add_ps(acc[m][1], _mm512_loadu_ps(residual + m * epilogue->residual_ld + 16));
       }
     }
   }
+#pragma GCC unroll 8
   for (int m = 0; m < kGemmMR; ++m) {
     _mm512_storeu_ps(c + m * ldc, acc[m][0]);
     _mm512_storeu_ps(c + m * ldc + 16, acc[m][1]);

@@ -9,7 +9,9 @@ namespace ddpm::kernels::neon {
 
 void gemm_8x12(int64_t kc, const float* a_panel, const float* b_panel, float* c, int64_t ldc, bool accumulate) {
   float32x4_t acc[kGemmMR][3];
+#pragma GCC unroll 8
   for (int m = 0; m < kGemmMR; ++m) {
+#pragma GCC unroll 8
     for (int j = 0; j < 3; ++j) acc[m][j] = accumulate ? vld1q_f32(c + m * ldc + 4 * j) : vdupq_n_f32(0.0f);
   }
   for (int64_t k = 0; k < kc; ++k) {
@@ -32,7 +34,9 @@ void gemm_8x12(int64_t kc, const float* a_panel, const float* b_panel, float* c,
     DDPM_NEON_ROW(7, a_hi, 3)
 #undef DDPM_NEON_ROW
   }
+#pragma GCC unroll 8
   for (int m = 0; m < kGemmMR; ++m) {
+#pragma GCC unroll 8
     for (int j = 0; j < 3; ++j) vst1q_f32(c + m * ldc + 4 * j, acc[m][j]);
   }
 }
@@ -44,9 +48,12 @@ namespace {
 void gemm_8x12_rows(int64_t kc, const float* const* a_rows, const float* b_panel, float* c, int64_t ldc,
                     bool accumulate, const GemmEpilogue* epilogue) {
   const float* a[kGemmMR];
+#pragma GCC unroll 8
   for (int m = 0; m < kGemmMR; ++m) a[m] = a_rows[m];
   float32x4_t acc[kGemmMR][3];
+#pragma GCC unroll 8
   for (int m = 0; m < kGemmMR; ++m) {
+#pragma GCC unroll 8
     for (int j = 0; j < 3; ++j) acc[m][j] = accumulate ? vld1q_f32(c + m * ldc + 4 * j) : vdupq_n_f32(0.0f);
   }
   for (int64_t k = 0; k < kc; ++k) {
@@ -62,21 +69,27 @@ void gemm_8x12_rows(int64_t kc, const float* const* a_rows, const float* b_panel
     }
   }
   if (epilogue) {
+#pragma GCC unroll 8
     for (int m = 0; m < kGemmMR; ++m) {
       if (epilogue->row_bias) {
         const float32x4_t bias = vdupq_n_f32(epilogue->row_bias[m]);
+#pragma GCC unroll 8
         for (int j = 0; j < 3; ++j) acc[m][j] = vaddq_f32(acc[m][j], bias);
       }
       if (epilogue->col_bias) {
+#pragma GCC unroll 8
         for (int j = 0; j < 3; ++j) acc[m][j] = vaddq_f32(acc[m][j], vld1q_f32(epilogue->col_bias + 4 * j));
       }
       if (epilogue->residual) {
         const float* residual = epilogue->residual + m * epilogue->residual_ld;
+#pragma GCC unroll 8
         for (int j = 0; j < 3; ++j) acc[m][j] = vaddq_f32(acc[m][j], vld1q_f32(residual + 4 * j));
       }
     }
   }
+#pragma GCC unroll 8
   for (int m = 0; m < kGemmMR; ++m) {
+#pragma GCC unroll 8
     for (int j = 0; j < 3; ++j) vst1q_f32(c + m * ldc + 4 * j, acc[m][j]);
   }
 }
