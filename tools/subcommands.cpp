@@ -10,6 +10,7 @@ const std::vector<Subcommand>& subcommands() {
       {"schedule", "timesteps and alpha_bar of a sampling run", run_schedule},
       {"forward", "one U-Net forward on raw float32 input", run_forward},
       {"bench", "benchmarks: `bench ops`", run_bench},
+      {"train", "train a model (IDX or PNG-folder data) -> .ddpm", run_train},
   };
   return table;
 }

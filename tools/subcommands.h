@@ -20,5 +20,6 @@ int run_generate(int argc, char** argv);
 int run_info(int argc, char** argv);
 int run_schedule(int argc, char** argv);
 int run_forward(int argc, char** argv);
+int run_train(int argc, char** argv);
 
 }  // namespace ddpm::tools

@@ -220,8 +220,10 @@ Canvas plot_losses(const std::vector<float>& losses, const std::vector<std::pair
   // Titles and legend.
   c.text(left, 10, "loss (log scale)", kAxis, 2);
   c.text((left + right) / 2 - Canvas::text_width("step") / 2, height - 14, "step", kAxis);
-  int x = right - Canvas::text_width("train  smoothed  validation (ema)") - 3 * 18;
-  const std::pair<const char*, uint32_t> legend[] = {{"train", kRaw}, {"smoothed", kSmooth}, {"validation (ema)", kValidation}};
+  std::vector<std::pair<std::string, uint32_t>> legend = {{"train", kRaw}, {"smoothed", kSmooth}};
+  if (!validation.empty()) legend.push_back({"validation (ema)", kValidation});
+  int x = right;
+  for (const auto& entry : legend) x -= 30 + Canvas::text_width(entry.first);
   for (const auto& [name, colour] : legend) {
     c.fill_rect(x, 14, 12, 3, colour);
     x += 16;

@@ -197,6 +197,7 @@ Status Trainer::create(const NetSpec& net, const SchedulerConfig& scheduler, con
   DDPM_TRY(split_dataset(data.count, options.validation, &t->split_));
   t->net_ = net;
   t->options_ = options;
+  t->class_names_ = data.class_names;
   std::vector<ParamSpec> specs;
   DDPM_TRY(net.parameter_specs(&specs));
   t->layout_ = ParamLayout(std::move(specs));
@@ -237,6 +238,14 @@ Status Trainer::create(const NetSpec& net, const SchedulerConfig& scheduler, con
   t->noise_.resize(n);
   t->timesteps_.resize(static_cast<size_t>(b));
   *out = std::move(t);
+  return Status();
+}
+
+Status Trainer::set_class_names(std::vector<std::string> names) {
+  if (names.size() != class_names_.size()) {
+    return errorf("%zu class names given for %zu classes", names.size(), class_names_.size());
+  }
+  class_names_ = std::move(names);
   return Status();
 }
 
@@ -402,6 +411,7 @@ Status Trainer::save_checkpoint(const std::string& path) const {
   DDPM_TRY(w.set_metadata("train.step", MetadataValue::i64(step_)));
   DDPM_TRY(w.set_metadata("train.data_fingerprint", MetadataValue::u32(data_.fingerprint())));
   DDPM_TRY(w.set_metadata("train.data_count", MetadataValue::i64(data_.count)));
+  DDPM_TRY(w.set_metadata("train.class_names", MetadataValue::string_array(class_names_)));
   DDPM_TRY(w.set_metadata("train.wall_seconds", MetadataValue::f64(wall_seconds_)));
   DDPM_TRY(w.set_metadata("train.losses", MetadataValue::f32_array(losses_)));
   DDPM_TRY(w.set_metadata("train.validation_steps", MetadataValue::i64_array(val_steps)));
@@ -503,7 +513,12 @@ Status Trainer::load_checkpoint(const std::string& path) {
   DDPM_TRY(m.get_i64("train.step", &step));
   std::vector<float> losses, val_losses;
   std::vector<int64_t> val_steps;
+  std::vector<std::string> class_names;
   double wall = 0;
+  DDPM_TRY(m.get_string_array("train.class_names", &class_names));
+  if (class_names.size() != class_names_.size()) {
+    return errorf("%s: %zu class names for %zu classes", path.c_str(), class_names.size(), class_names_.size());
+  }
   DDPM_TRY(m.get_f32_array("train.losses", &losses));
   DDPM_TRY(m.get_i64_array("train.validation_steps", &val_steps));
   DDPM_TRY(m.get_f32_array("train.validation_losses", &val_losses));
@@ -528,6 +543,7 @@ Status Trainer::load_checkpoint(const std::string& path) {
   validation_.clear();
   for (size_t i = 0; i < val_steps.size(); ++i) validation_.push_back({val_steps[i], val_losses[i]});
   wall_seconds_ = wall;
+  class_names_ = std::move(class_names);
   return Status();
 }
 
@@ -547,7 +563,7 @@ Status Trainer::export_model(const std::string& path, const ExportOptions& expor
     info.height = net_.height;
     info.width = net_.width;
     info.channels = net_.channels;
-    if (net_.class_embeds() > 0) info.class_names = data_.class_names;
+    if (net_.class_embeds() > 0) info.class_names = class_names_;
     info.null_class = null_class();
     if (info.null_class) info.default_guidance_scale = export_options.default_guidance_scale;
     info.default_sampler = "ddim";

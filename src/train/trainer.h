@@ -98,7 +98,6 @@ class Trainer {
   const NetSpec& net() const { return net_; }
   const Schedule& schedule() const { return schedule_; }
   const TrainOptions& options() const { return options_; }
-  void set_total_steps(int64_t steps) { options_.steps = steps; }
   const Dataset& data() const { return data_; }
   const DataSplit& split() const { return split_; }
   const ParamLayout& layout() const { return layout_; }
@@ -108,6 +107,9 @@ class Trainer {
   const std::vector<float>& adam_v() const { return v_; }
   const std::vector<float>& losses() const { return losses_; }  // one per step
   const std::vector<std::pair<int64_t, float>>& validation_history() const { return validation_; }
+  // Names of the data's classes (exported with the model); a checkpoint restores those of its run.
+  const std::vector<std::string>& class_names() const { return class_names_; }
+  Status set_class_names(std::vector<std::string> names);
   // The null class index, when the class table has one.
   std::optional<int32_t> null_class() const;
   double wall_seconds() const { return wall_seconds_; }
@@ -124,6 +126,7 @@ class Trainer {
   Schedule schedule_;
   TrainOptions options_;
   DataSplit split_;
+  std::vector<std::string> class_names_;
   ParamLayout layout_;
   std::vector<float> weights_, ema_, m_, v_;
 
