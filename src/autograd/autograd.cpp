@@ -16,6 +16,7 @@
 // backward pass has used them.
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "autograd/ops_backward.h"
@@ -207,34 +208,56 @@ class Backward {
   // A shared operand's gradient sums over C's batch, which is one GEMM over the batch-flattened matrices:
   //   shared A: dA [M, K] = Σ_b dC_b·B_bᵀ = dC as [M, nb·N] · B as [nb·N, K]
   //   shared B: dB [K, N] = Σ_b A_bᵀ·dC_b = (A as [nb·M, K])ᵀ · dC as [nb·M, N]
+  // An operand that is a transposed view of a row-major tensor R (a linear layer's Wᵀ, attention's Pᵀ) gets its
+  // gradient in R's layout directly, dR = dBᵀ = dCᵀ·A (or dAᵀ = B·dCᵀ), instead of a result scattered back
+  // through the view, when the strided dCᵀ it reads is smaller than the other way's strided operand + scatter.
   void matmul_rule(Tensor* t, Tensor* dc) {
     Tensor* a = t->src[0];
     Tensor* b = t->src[1];
     Tensor* bias = t->src[2];
     const int64_t m = a->shape[a->rank - 2], k = a->shape[a->rank - 1], n = b->shape[b->rank - 1];
     const int64_t nb = batch_count(*t);
+    const bool a_shared = batch_count(*a) != nb, b_shared = batch_count(*b) != nb;
     dc = contiguous(g_, dc);  // [.., M, N]
     if (needed(a)) {
-      Tensor* da;
-      if (batch_count(*a) == nb) {
-        da = matmul(g_, dc, transpose_last2(g_, b));  // [.., M, K]
+      Tensor* root = transposed_root(a);
+      if (root && !a_shared && n * m <= n * k + m * k) {
+        contribute(root, view_as(g_, matmul(g_, b, transpose_last2(g_, dc)), *root));  // dAᵀ = B·dCᵀ [.., K, M]
+      } else if (!a_shared) {
+        contribute(a, view_as(g_, matmul(g_, dc, transpose_last2(g_, b)), *a));  // [.., M, K]
       } else {
         Tensor* dc_rows = view_as(g_, permute(g_, view_as(g_, dc, {nb, m, n}), {1, 0, 2}), {m, nb * n});
         Tensor* b_rows = view_as(g_, permute(g_, view_as(g_, b, {nb, k, n}), {0, 2, 1}), {nb * n, k});
-        da = matmul(g_, dc_rows, b_rows);  // [M, K]
+        contribute(a, view_as(g_, matmul(g_, dc_rows, b_rows), *a));  // [M, K]
       }
-      contribute(a, view_as(g_, da, *a));
     }
     if (needed(b)) {
-      Tensor* db;
-      if (batch_count(*b) == nb) {
-        db = matmul(g_, transpose_last2(g_, a), dc);  // [.., K, N]
+      Tensor* root = transposed_root(b);
+      if (root && !b_shared && n * m <= k * m + k * n) {
+        contribute(root, view_as(g_, matmul(g_, transpose_last2(g_, dc), a), *root));  // dBᵀ = dCᵀ·A [.., N, K]
+      } else if (root && b_shared && n * nb * m <= k * nb * m + k * n) {
+        Tensor* dc_rows = view_as(g_, dc, {nb * m, n});
+        contribute(root, view_as(g_, matmul(g_, permute(g_, dc_rows, {1, 0}), view_as(g_, a, {nb * m, k})), *root));
+      } else if (!b_shared) {
+        contribute(b, view_as(g_, matmul(g_, transpose_last2(g_, a), dc), *b));  // [.., K, N]
       } else {
-        db = matmul(g_, permute(g_, view_as(g_, a, {nb * m, k}), {1, 0}), view_as(g_, dc, {nb * m, n}));  // [K, N]
+        Tensor* a_rows = view_as(g_, a, {nb * m, k});
+        contribute(b, view_as(g_, matmul(g_, permute(g_, a_rows, {1, 0}), view_as(g_, dc, {nb * m, n})), *b));
       }
-      contribute(b, view_as(g_, db, *b));
     }
     if (needed(bias)) contribute(bias, sum_to(g_, dc, bias->rank, bias->shape));
+  }
+
+  // The row-major tensor that `v` is a transpose (last two dims swapped) of, or null: v is a view whose
+  // transpose reads its whole root in row-major order.
+  Tensor* transposed_root(Tensor* v) const {
+    if (v->op != OpKind::View || v->rank < 2) return nullptr;
+    Tensor* root = v->view_source;
+    if (v->view_offset != 0 || v->numel() != root->numel() || !needed(root)) return nullptr;
+    Tensor swapped = *v;
+    std::swap(swapped.shape[v->rank - 1], swapped.shape[v->rank - 2]);
+    std::swap(swapped.stride[v->rank - 1], swapped.stride[v->rank - 2]);
+    return swapped.is_contiguous() ? root : nullptr;
   }
 
   void group_norm_rule(Tensor* t, Tensor* dy) {

@@ -15,7 +15,7 @@ namespace ddpm {
 
 // Σ of x over the dims where `shape` has a 1 and x does not: the gradient of a broadcast operand. `shape` is
 // right-aligned against x like numpy broadcasting (rank ≤ x's; every dim equals x's or is 1). Accumulated in
-// double, each output element summing its inputs in row-major order. The result always has exactly `shape`
+// double in a fixed order (row-major over the reduced dims). The result always has exactly `shape`
 // (x itself, or a view of it, when nothing is reduced).
 Tensor* sum_to(Graph& g, Tensor* x, int rank, const int64_t* shape);
 

@@ -1,5 +1,5 @@
 // Softmax backward. With y = softmax(x) along a row: dx_i = y_i·(dy_i − Σ_j dy_j·y_j). The row's dot product is
-// accumulated in double; each row is computed by one task.
+// accumulated in double (four interleaved partial sums, always combined the same way); each row is one task.
 #include <algorithm>
 
 #include "autograd/ops_backward.h"
@@ -25,9 +25,14 @@ Status compute_softmax_grad(const Tensor& node, ExecContext& ctx) {
       const float* d = dy.f32() + r * cols;
       const float* p = y.f32() + r * cols;
       float* out = node.f32() + r * cols;
-      double dot = 0.0;
-      for (int64_t i = 0; i < cols; ++i) dot += static_cast<double>(d[i]) * p[i];
-      const float shift = static_cast<float>(dot);
+      // Four interleaved partial sums (a fixed order) keep the f64 adds from serialising on their latency.
+      double part[4] = {0.0, 0.0, 0.0, 0.0};
+      int64_t i = 0;
+      for (; i + 4 <= cols; i += 4) {
+        for (int j = 0; j < 4; ++j) part[j] += static_cast<double>(d[i + j]) * p[i + j];
+      }
+      for (; i < cols; ++i) part[0] += static_cast<double>(d[i]) * p[i];
+      const float shift = static_cast<float>((part[0] + part[1]) + (part[2] + part[3]));
       for (int64_t i = 0; i < cols; ++i) out[i] = p[i] * (d[i] - shift);
     }
   });

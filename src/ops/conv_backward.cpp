@@ -94,35 +94,54 @@ struct Im2colT {
 };
 
 // B element (k = (image, oy, ox), n = (ci, u, v)) = x[image, ci, oy·s + u − pad_top, ox·s + v − pad_left] or 0.
+// Along a run of k on one output row, a fixed n reads x with stride s, so the panel is filled one run (at most
+// kMaxRun rows of it, a few KiB that stay in L1) at a time, lane by lane: one bounds computation per lane and run,
+// then a strided copy. Those scalar transposing stores are most of dw's cost when Co is small (the tiny U-Net);
+// a SIMD transpose kernel would remove it.
 void pack_im2col_t(const void* context, int64_t batch, int64_t k0, int64_t kc, int64_t n0, int64_t nc, int nr,
                    float* dst) {
   const Im2colT& g = *static_cast<const Im2colT*>(context);
-  const int64_t taps = g.kernel_h * g.kernel_w, plane = g.height * g.width;
-  int64_t channel_offset[64], dy_tap[64], dx_tap[64];  // per lane of a panel; nr <= 64 (gemm.cpp's kMaxNr)
+  constexpr int64_t kMaxRun = 32;
   DDPM_ASSERT(nr <= 64);
+  int64_t channel_offset[64], row_tap[64], col_tap[64];  // per lane of a panel
+  const int64_t taps = g.kernel_h * g.kernel_w, plane = g.height * g.width, s = g.stride;
   for (int64_t j = 0; j * nr < nc; ++j) {
     const int64_t width = std::min<int64_t>(nr, nc - j * nr);
-    for (int64_t i = 0; i < width; ++i) {
-      const int64_t n = n0 + j * nr + i;
+    for (int64_t lane = 0; lane < width; ++lane) {
+      const int64_t n = n0 + j * nr + lane;
       const int64_t tap = n % taps;
-      channel_offset[i] = (n / taps) * plane;
-      dy_tap[i] = tap / g.kernel_w - g.pad_top;
-      dx_tap[i] = tap % g.kernel_w - g.pad_left;
+      channel_offset[lane] = (n / taps) * plane;
+      row_tap[lane] = tap / g.kernel_w - g.pad_top;
+      col_tap[lane] = tap % g.kernel_w - g.pad_left;
     }
     float* panel = dst + j * kc * nr;
-    for (int64_t k = 0; k < kc; ++k) {
+    int64_t k = 0;
+    while (k < kc) {
       const int64_t kk = k0 + k;
       const int64_t image = batch * g.images_per_batch + kk / g.pixels, pixel = kk % g.pixels;
-      const int64_t iy0 = (pixel / g.out_width) * g.stride, ix0 = (pixel % g.out_width) * g.stride;
+      const int64_t oy = pixel / g.out_width, ox = pixel % g.out_width;
+      const int64_t run = std::min({g.out_width - ox, kc - k, kMaxRun});
       const float* source = g.x + image * g.channels * plane;
-      float* out = panel + k * nr;
-      for (int64_t i = 0; i < width; ++i) {
-        const int64_t iy = iy0 + dy_tap[i], ix = ix0 + dx_tap[i];
-        const bool inside = static_cast<uint64_t>(iy) < static_cast<uint64_t>(g.height) &&
-                            static_cast<uint64_t>(ix) < static_cast<uint64_t>(g.width);
-        out[i] = inside ? source[channel_offset[i] + iy * g.width + ix] : 0.0f;
+      float* block = panel + k * nr;  // rows k .. k+run of the panel: run × nr floats, a few KiB
+      for (int64_t lane = 0; lane < width; ++lane) {
+        float* o = block + lane;  // element t at o[t * nr]
+        const int64_t iy = oy * s + row_tap[lane];
+        if (iy < 0 || iy >= g.height) {
+          for (int64_t t = 0; t < run; ++t) o[t * nr] = 0.0f;
+          continue;
+        }
+        const float* row = source + channel_offset[lane] + iy * g.width;
+        const int64_t ix0 = ox * s + col_tap[lane];  // input column of the run's first element; then + t·s
+        const int64_t first = std::min(run, ix0 >= 0 ? int64_t(0) : (-ix0 + s - 1) / s);
+        const int64_t last = std::clamp<int64_t>(g.width - ix0 <= 0 ? 0 : (g.width - ix0 + s - 1) / s, first, run);
+        for (int64_t t = 0; t < first; ++t) o[t * nr] = 0.0f;
+        for (int64_t t = first; t < last; ++t) o[t * nr] = row[ix0 + t * s];
+        for (int64_t t = last; t < run; ++t) o[t * nr] = 0.0f;
       }
-      for (int64_t i = width; i < nr; ++i) out[i] = 0.0f;
+      for (int64_t t = 0; t < run; ++t) {
+        for (int64_t lane = width; lane < nr; ++lane) block[t * nr + lane] = 0.0f;
+      }
+      k += run;
     }
   }
 }

@@ -60,21 +60,26 @@ Status compute_sum_to(const Tensor& node, ExecContext& ctx) {
     in_stride[i] = s;
     s *= in[i];
   }
-  // Offsets of every reduced combination, in row-major order: the order in which each output element adds.
-  std::vector<int64_t> reduced_offsets(1, 0);
-  for (int d = 0; d < kMaxRank; ++d) {
+  // Trailing reduced dims form contiguous runs of `run` elements; the other reduced dims are enumerated as
+  // offsets in row-major order. Each output element adds its runs in that order, each run through four
+  // interleaved partial sums (a fixed order: the result does not depend on how outputs are split into tasks).
+  int first_trailing = kMaxRank;
+  while (first_trailing > 0 && out[first_trailing - 1] != in[first_trailing - 1]) --first_trailing;
+  int64_t run = 1;
+  for (int d = first_trailing; d < kMaxRank; ++d) run *= in[d];
+  std::vector<int64_t> outer_offsets(1, 0);
+  for (int d = 0; d < first_trailing; ++d) {
     if (out[d] == in[d]) continue;
     std::vector<int64_t> next;
-    next.reserve(reduced_offsets.size() * static_cast<size_t>(in[d]));
-    for (int64_t base : reduced_offsets) {
+    next.reserve(outer_offsets.size() * static_cast<size_t>(in[d]));
+    for (int64_t base : outer_offsets) {
       for (int64_t i = 0; i < in[d]; ++i) next.push_back(base + i * in_stride[d]);
     }
-    reduced_offsets.swap(next);
+    outer_offsets.swap(next);
   }
-  const int64_t reduce_count = static_cast<int64_t>(reduced_offsets.size());
+  const int64_t reduce_count = static_cast<int64_t>(outer_offsets.size()) * run;
   const int64_t outputs = node.numel();
   const int64_t per_task = std::max<int64_t>(1, (kElementsPerTask + reduce_count - 1) / reduce_count);
-  const bool innermost_reduced = out[3] != in[3];
   ctx.pool.run((outputs + per_task - 1) / per_task, [&](int64_t task, int) {
     const int64_t begin = task * per_task, end = std::min(outputs, begin + per_task);
     std::vector<int64_t> base(static_cast<size_t>(end - begin));
@@ -88,18 +93,24 @@ Status compute_sum_to(const Tensor& node, ExecContext& ctx) {
     }
     const float* src = x.f32();
     float* dst = node.f32();
-    // Both loop orders add each output's terms in reduced_offsets order; pick the one that walks memory forward.
-    if (innermost_reduced) {
+    if (run > 1) {
       for (int64_t o = begin; o < end; ++o) {
-        const float* p = src + base[o - begin];
-        double sum = 0.0;
-        for (int64_t r = 0; r < reduce_count; ++r) sum += p[reduced_offsets[r]];
-        dst[o] = static_cast<float>(sum);
+        double part[4] = {0.0, 0.0, 0.0, 0.0};
+        for (int64_t offset : outer_offsets) {
+          const float* p = src + base[o - begin] + offset;
+          int64_t i = 0;
+          for (; i + 4 <= run; i += 4) {
+            for (int j = 0; j < 4; ++j) part[j] += p[i + j];
+          }
+          for (; i < run; ++i) part[0] += p[i];
+        }
+        dst[o] = static_cast<float>((part[0] + part[1]) + (part[2] + part[3]));
       }
     } else {
+      // The innermost dim is kept: walk the reduced offsets outside and consecutive outputs inside.
       std::vector<double> sum(static_cast<size_t>(end - begin), 0.0);
-      for (int64_t r = 0; r < reduce_count; ++r) {
-        const float* p = src + reduced_offsets[r];
+      for (int64_t offset : outer_offsets) {
+        const float* p = src + offset;
         for (int64_t o = 0; o < end - begin; ++o) sum[o] += p[base[o]];
       }
       for (int64_t o = begin; o < end; ++o) dst[o] = static_cast<float>(sum[o - begin]);

@@ -6,9 +6,11 @@
 //   dx = r·(g − mean(g) − x̂·mean(g·x̂))
 //   dγ_c = Σ_{b, pixels} dz·x̂,   dβ_c = Σ_{b, pixels} dz
 //
-// μ and σ² are recomputed with the forward's own f64 reductions (same kernel table entries, same order), so x̂
-// matches the forward's; the sums above are accumulated in double. Each (sample, group) of dx is one task; each
-// group of dγ/dβ is one task that walks the samples in order.
+// μ and σ² are recomputed with the forward's own f64 reductions (same kernel table entries, same order) and z
+// with the forward's f32 scale/shift; elementwise work runs in f32 through the kernel table's vector rows, the
+// sums above are accumulated in double. Each (sample, group) of dx is one task; each group of dγ/dβ is one task
+// that walks the samples in order.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -33,23 +35,67 @@ Tensor* norm_grad_node(Graph& g, OpKind op, Tensor* dy, const Tensor& y, int ran
   return node;
 }
 
-struct GroupStats {
-  double mean, inv_std;
+// One channel of one sample: the forward's statistics and its per-channel affine, as the forward rounds them.
+struct ChannelAffine {
+  double inv_std;    // r
+  float scale;       // γ·r, the forward's f32 scale
+  float shift;       // β − μ·γ·r, the forward's f32 shift
+  float xhat_scale;  // r
+  float xhat_shift;  // −μ·r
 };
 
 // The forward's statistics for one (sample, group): contiguous `count` values.
-GroupStats group_stats(const kernels::KernelTable& k, const float* in, int64_t count, double eps) {
-  const double mean = k.sum_f64(count, in) / static_cast<double>(count);
-  const double variance = k.sum_squared_deviation_f64(count, in, mean) / static_cast<double>(count);
-  return {mean, 1.0 / std::sqrt(variance + eps)};
+void group_stats(const kernels::KernelTable& k, const float* in, int64_t count, double eps, double* mean,
+                 double* inv_std) {
+  *mean = k.sum_f64(count, in) / static_cast<double>(count);
+  const double variance = k.sum_squared_deviation_f64(count, in, *mean) / static_cast<double>(count);
+  *inv_std = 1.0 / std::sqrt(variance + eps);
 }
 
-// dz for one value: dy, through SiLU's derivative when the forward fused it.
-inline double pre_activation_grad(double dy, double x_hat, double gamma, double beta, bool silu) {
-  if (!silu) return dy;
-  const double z = gamma * x_hat + beta;
-  const double sigmoid = 1.0 / (1.0 + std::exp(-z));
-  return dy * sigmoid * (1.0 + z * (1.0 - sigmoid));
+ChannelAffine channel_affine(double mean, double inv_std, double gamma, double beta) {
+  const double scale = inv_std * gamma;
+  return {inv_std, static_cast<float>(scale), static_cast<float>(beta - mean * scale), static_cast<float>(inv_std),
+          static_cast<float>(-mean * inv_std)};
+}
+
+// Channel values are processed in chunks of kChunk through the kernel table's vector rows (affine, exp), with
+// plain loops the compiler vectorises in between.
+constexpr int64_t kChunk = 256;
+
+// For n <= kChunk values of one channel: x̂ and dz = dy (or dy·silu'(z), z = γ·x̂ + β as the forward rounds it).
+void chunk_grads(const kernels::KernelTable& k, int64_t n, const float* x, const float* dy, const ChannelAffine& a,
+                 bool silu, float* dz, float* x_hat) {
+  k.affine(n, x, a.xhat_scale, a.xhat_shift, x_hat);
+  if (!silu) {
+    for (int64_t i = 0; i < n; ++i) dz[i] = dy[i];
+    return;
+  }
+  float neg_z[kChunk], e[kChunk];
+  k.affine(n, x, -a.scale, -a.shift, neg_z);
+  k.exp_shifted_sum(n, neg_z, 0.0f, e);  // e^−z; overflow to inf gives σ = 0, as it should
+  for (int64_t i = 0; i < n; ++i) {
+    // silu'(z) = σ(z)·(1 + z·(1 − σ(z))).
+    const float sigmoid = 1.0f / (1.0f + e[i]);
+    dz[i] = dy[i] * (sigmoid * (1.0f - neg_z[i] * (1.0f - sigmoid)));
+  }
+}
+
+// Σ a_i·b_i and Σ a_i in double, four interleaved partial sums (a fixed order, for speed) added at the end.
+void dot_and_sum(int64_t n, const float* a, const float* b, double* dot, double* sum) {
+  double d[4] = {0, 0, 0, 0}, s[4] = {0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    for (int j = 0; j < 4; ++j) {
+      d[j] += static_cast<double>(a[i + j]) * b[i + j];
+      s[j] += a[i + j];
+    }
+  }
+  for (; i < n; ++i) {
+    d[0] += static_cast<double>(a[i]) * b[i];
+    s[0] += a[i];
+  }
+  *dot += (d[0] + d[1]) + (d[2] + d[3]);
+  *sum += (s[0] + s[1]) + (s[2] + s[3]);
 }
 
 }  // namespace
@@ -74,31 +120,39 @@ Status compute_group_norm_grad_input(const Tensor& node, ExecContext& ctx) {
   const int64_t groups = node.iparams[0], per_group = channels / groups;
   const bool silu = node.iparams[1] != 0;
   const double eps = node.fparams[0];
+  const kernels::KernelTable& k = ctx.kernels;
   ctx.pool.run(batch * groups, [&](int64_t task, int) {
     const int64_t c0 = (task % groups) * per_group;
     const int64_t begin = ((task / groups) * channels + c0) * spatial;
     const float* in = x.f32() + begin;
     const float* grad = dy.f32() + begin;
     float* out = node.f32() + begin;
-    const int64_t count = per_group * spatial;
-    const GroupStats s = group_stats(ctx.kernels, in, count, eps);
-    // Pass 1: g = dz·γ into the output, and its two sums.
+    double mean, inv_std;
+    group_stats(k, in, per_group * spatial, eps, &mean, &inv_std);
+    float dz[kChunk], x_hat[kChunk];
+    // Pass 1: g = dz·γ into the output, and the group's sums Σ g and Σ g·x̂.
     double sum_g = 0.0, sum_g_xhat = 0.0;
     for (int64_t c = 0; c < per_group; ++c) {
-      const double gm = load_param(gamma, c0 + c), bt = load_param(beta, c0 + c);
-      for (int64_t i = c * spatial; i < (c + 1) * spatial; ++i) {
-        const double x_hat = (in[i] - s.mean) * s.inv_std;
-        const double gx = pre_activation_grad(grad[i], x_hat, gm, bt, silu) * gm;
-        out[i] = static_cast<float>(gx);
-        sum_g += gx;
-        sum_g_xhat += gx * x_hat;
+      const double gm = load_param(gamma, c0 + c);
+      const ChannelAffine a = channel_affine(mean, inv_std, gm, load_param(beta, c0 + c));
+      const float gmf = static_cast<float>(gm);
+      for (int64_t i0 = c * spatial; i0 < (c + 1) * spatial; i0 += kChunk) {
+        const int64_t n = std::min(kChunk, (c + 1) * spatial - i0);
+        chunk_grads(k, n, in + i0, grad + i0, a, silu, dz, x_hat);
+        for (int64_t i = 0; i < n; ++i) out[i0 + i] = dz[i] * gmf;
+        dot_and_sum(n, out + i0, x_hat, &sum_g_xhat, &sum_g);
       }
     }
     // Pass 2: dx = r·(g − mean(g) − x̂·mean(g·x̂)).
-    const double mean_g = sum_g / static_cast<double>(count), mean_g_xhat = sum_g_xhat / static_cast<double>(count);
-    for (int64_t i = 0; i < count; ++i) {
-      const double x_hat = (in[i] - s.mean) * s.inv_std;
-      out[i] = static_cast<float>(s.inv_std * (out[i] - mean_g - x_hat * mean_g_xhat));
+    const double count = static_cast<double>(per_group * spatial);
+    const float r = static_cast<float>(inv_std);
+    const float b = static_cast<float>(-inv_std * sum_g_xhat / count);
+    const float c = static_cast<float>(-inv_std * sum_g / count);
+    const float xhat_scale = static_cast<float>(inv_std), xhat_shift = static_cast<float>(-mean * inv_std);
+    for (int64_t i0 = 0; i0 < per_group * spatial; i0 += kChunk) {
+      const int64_t n = std::min(kChunk, per_group * spatial - i0);
+      k.affine(n, in + i0, xhat_scale, xhat_shift, x_hat);
+      for (int64_t i = 0; i < n; ++i) out[i0 + i] = r * out[i0 + i] + b * x_hat[i] + c;
     }
   });
   return Status();
@@ -114,27 +168,26 @@ Status compute_group_norm_grad_params(const Tensor& node, ExecContext& ctx) {
   const int64_t groups = node.iparams[0], per_group = channels / groups;
   const bool silu = node.iparams[1] != 0;
   const double eps = node.fparams[0];
+  const kernels::KernelTable& k = ctx.kernels;
   float* dgamma = node.f32();            // [C]
   float* dbeta = node.f32() + channels;  // [C]
   ctx.pool.run(groups, [&](int64_t group, int) {
     const int64_t c0 = group * per_group;
-    // Per-channel sums of this group; every channel adds samples in order b = 0, 1, … and pixels in order.
+    // Per-channel sums of this group; every channel adds samples in order b = 0, 1, … and chunks in order.
     std::vector<double> sum_dz_xhat(static_cast<size_t>(per_group), 0.0), sum_dz(static_cast<size_t>(per_group), 0.0);
+    float dz[kChunk], x_hat[kChunk];
     for (int64_t b = 0; b < batch; ++b) {
-      const GroupStats s = group_stats(ctx.kernels, x.f32() + (b * channels + c0) * spatial, per_group * spatial, eps);
+      double mean, inv_std;
+      group_stats(k, x.f32() + (b * channels + c0) * spatial, per_group * spatial, eps, &mean, &inv_std);
       for (int64_t c = 0; c < per_group; ++c) {
-        const double gm = load_param(gamma, c0 + c), bt = load_param(beta, c0 + c);
+        const ChannelAffine a = channel_affine(mean, inv_std, load_param(gamma, c0 + c), load_param(beta, c0 + c));
         const float* in = x.f32() + (b * channels + c0 + c) * spatial;
         const float* grad = dy.f32() + (b * channels + c0 + c) * spatial;
-        double a = 0.0, d = 0.0;
-        for (int64_t i = 0; i < spatial; ++i) {
-          const double x_hat = (in[i] - s.mean) * s.inv_std;
-          const double dz = pre_activation_grad(grad[i], x_hat, gm, bt, silu);
-          a += dz * x_hat;
-          d += dz;
+        for (int64_t i0 = 0; i0 < spatial; i0 += kChunk) {
+          const int64_t n = std::min(kChunk, spatial - i0);
+          chunk_grads(k, n, in + i0, grad + i0, a, silu, dz, x_hat);
+          dot_and_sum(n, dz, x_hat, &sum_dz_xhat[c], &sum_dz[c]);
         }
-        sum_dz_xhat[c] += a;
-        sum_dz[c] += d;
       }
     }
     for (int64_t c = 0; c < per_group; ++c) {
