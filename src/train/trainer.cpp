@@ -171,7 +171,9 @@ Status Trainer::create(const NetSpec& net, const SchedulerConfig& scheduler, con
   DDPM_TRY(net.validate());
   DDPM_TRY(options.validate());
   std::unique_ptr<Trainer> t(new Trainer(data));
-  DDPM_TRY(Schedule::create(scheduler, &t->schedule_));
+  SchedulerConfig trained = scheduler;
+  trained.prediction_type = options.prediction;  // what the network learns is what samplers must read
+  DDPM_TRY(Schedule::create(trained, &t->schedule_));
   if (data.channels != net.channels || data.height != net.height || data.width != net.width) {
     return errorf("%s: samples are [%lld, %lld, %lld] but the network takes [%lld, %lld, %lld]", data.source.c_str(),
                   (long long)data.channels, (long long)data.height, (long long)data.width, (long long)net.channels,
@@ -552,8 +554,7 @@ Status Trainer::load_checkpoint(const std::string& path) {
 
 Status Trainer::export_model(const std::string& path, const ExportOptions& export_options) const {
   DdpmMetadata m;
-  SchedulerConfig scheduler = schedule_.config;
-  scheduler.prediction_type = options_.prediction;
+  const SchedulerConfig& scheduler = schedule_.config;
   if (net_.kind == NetKind::UNet2D) {
     ModelInfo info;
     info.unet = net_.unet;
