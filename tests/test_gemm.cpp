@@ -183,14 +183,15 @@ namespace {
 struct GemmCase {
   int64_t batch, M, N, K;
   bool f16_a = false, transposed_a = false, bias_row = false, bias_col = false, residual = false;
+  bool transposed_b = false;  // B stored [N, K], as linear's Wᵀ
 };
 
 // Runs `c` on the driver under `level` with 1..4 threads; checks the values against double loops and that every
 // thread count gives the bits of one thread.
 void check_driver(const GemmCase& c, const kernels::KernelTable& level) {
   INFO("level " << level.isa_name << " batch " << c.batch << " M " << c.M << " N " << c.N << " K " << c.K
-                << " f16 " << c.f16_a << " At " << c.transposed_a << " bias " << c.bias_row << c.bias_col
-                << " residual " << c.residual);
+                << " f16 " << c.f16_a << " At " << c.transposed_a << " Bt " << c.transposed_b << " bias "
+                << c.bias_row << c.bias_col << " residual " << c.residual);
   const std::vector<float> a = random_vector(static_cast<size_t>(c.batch * c.M * c.K), 11);
   const std::vector<float> b = random_vector(static_cast<size_t>(c.batch * c.K * c.N), 12);
   const std::vector<float> bias_row = random_vector(static_cast<size_t>(c.M), 13);
@@ -208,18 +209,24 @@ void check_driver(const GemmCase& c, const kernels::KernelTable& level) {
   auto a_index = [&](int64_t bi, int64_t m, int64_t k) {
     return bi * c.M * c.K + (c.transposed_a ? k * c.M + m : m * c.K + k);
   };
+  auto b_index = [&](int64_t bi, int64_t k, int64_t n) {
+    return bi * c.K * c.N + (c.transposed_b ? n * c.K + k : k * c.N + n);
+  };
   std::vector<double> expected(static_cast<size_t>(c.batch * c.M * c.N));
   for (int64_t bi = 0; bi < c.batch; ++bi)
     for (int64_t m = 0; m < c.M; ++m)
       for (int64_t n = 0; n < c.N; ++n) {
         double sum = 0.0;
-        for (int64_t k = 0; k < c.K; ++k) sum += double(a_used[a_index(bi, m, k)]) * b[(bi * c.K + k) * c.N + n];
+        for (int64_t k = 0; k < c.K; ++k) sum += double(a_used[a_index(bi, m, k)]) * b[b_index(bi, k, n)];
         if (c.bias_row) sum += bias_row[m];
         if (c.bias_col) sum += bias_col[n];
         if (c.residual) sum += residual[(bi * c.M + m) * c.N + n];
         expected[(bi * c.M + m) * c.N + n] = sum;
       }
-  StridedB packer{b.data(), DType::F32, c.K * c.N, c.N, 1};
+  // B packed through the level's gather_rows, except for one thread count that takes the scalar path: both must
+  // give the same bits.
+  StridedB packer{b.data(), DType::F32, c.K * c.N, c.transposed_b ? 1 : c.N, c.transposed_b ? c.K : 1,
+                  level.gemm.gather_rows};
   GemmProblem p;
   p.batch = c.batch;
   p.M = c.M;
@@ -246,6 +253,7 @@ void check_driver(const GemmCase& c, const kernels::KernelTable& level) {
     INFO("threads " << threads);
     std::vector<float> out(expected.size(), 12345.0f);
     p.c = out.data();
+    packer.gather_rows = threads == 3 ? nullptr : level.gemm.gather_rows;
     Context ctx(threads);
     ctx.run(p, level);
     if (threads == 1) {
@@ -279,6 +287,9 @@ TEST_CASE("the driver handles M, N and K tails with every epilogue and A layout,
       check_driver({2, 11, 45, 26, false, true, false, true, true}, *level);  // transposed A: packed path
       check_driver({1, 5, 7, 0, false, false, true, true, true}, *level);     // K = 0: the epilogue alone
       check_driver({1, 64, 784, 288}, *level);                               // 32→32 conv-sized
+      GemmCase linear{2, 13, 70, 45, false, false, false, true, false};
+      linear.transposed_b = true;                                            // B = Wᵀ, gathered
+      check_driver(linear, *level);
     }
   }
 }

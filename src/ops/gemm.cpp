@@ -296,6 +296,25 @@ void run_gemm(const GemmProblem& p, ExecContext& ctx) {
 void pack_b_strided(const void* context, int64_t batch, int64_t k0, int64_t kc, int64_t n0, int64_t nc, int nr,
                     float* dst) {
   const StridedB& b = *static_cast<const StridedB*>(context);
+  if (b.dtype == DType::F32 && b.gather_rows) {
+    // One run per panel, all kc rows at once; columns past nc are the runs' zero trails.
+    const float* src = static_cast<const float*>(b.base) + batch * b.batch_stride + k0 * b.k_stride + n0 * b.n_stride;
+    constexpr int kRunsPerCall = 16;
+    kernels::GatherRun runs[kRunsPerCall];
+    for (int64_t first = 0; first * nr < nc; first += kRunsPerCall) {
+      int count = 0;
+      for (int64_t j = first; j < first + kRunsPerCall && j * nr < nc; ++j) {
+        kernels::GatherRun& run = runs[count++];
+        run.dst_offset = j * kc * nr;
+        run.src_offset = j * nr * b.n_stride;
+        run.length = nr;
+        run.lead = 0;
+        run.trail = static_cast<int32_t>(nr - std::min<int64_t>(nr, nc - j * nr));
+      }
+      b.gather_rows(runs, count, b.n_stride, src, b.k_stride, dst, nr, kc);
+    }
+    return;
+  }
   for (int64_t j = 0; j * nr < nc; ++j) {
     const int64_t width = std::min<int64_t>(nr, nc - j * nr);
     float* panel = dst + j * kc * nr;

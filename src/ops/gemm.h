@@ -63,6 +63,8 @@ struct StridedB {
   const void* base;
   DType dtype;  // f32 or f16
   int64_t batch_stride, k_stride, n_stride;
+  // The level's gather_rows, which packs f32 panels with vector loads (or gathers, for a transposed B); null: scalar.
+  decltype(kernels::GemmMicroKernel::gather_rows) gather_rows = nullptr;
 };
 void pack_b_strided(const void* context, int64_t batch, int64_t k0, int64_t kc, int64_t n0, int64_t nc, int nr,
                     float* dst);

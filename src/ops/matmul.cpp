@@ -92,7 +92,8 @@ Status compute_matmul(const Tensor& node, ExecContext& ctx) {
   const Tensor& b = *node.src[1];
   const Tensor* bias = node.src[2];
   const int r = node.rank;
-  StridedB packer{b.data, b.dtype, node.iparams[1], b.stride[b.rank - 2], b.stride[b.rank - 1]};
+  StridedB packer{b.data, b.dtype, node.iparams[1], b.stride[b.rank - 2], b.stride[b.rank - 1],
+                  ctx.kernels.gemm.gather_rows};
   GemmProblem p;
   p.batch = 1;
   for (int i = 0; i < r - 2; ++i) p.batch *= node.shape[i];

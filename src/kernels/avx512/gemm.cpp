@@ -118,6 +118,9 @@ inline const float* lane_address(const float* first, int64_t lane_offset) {
                                         static_cast<uintptr_t>(lane_offset * static_cast<int64_t>(sizeof(float))));
 }
 
+// Gather offsets are 32-bit element indices: 15 * step must fit.
+constexpr int64_t kMaxGatherStep = (int64_t{1} << 31) / 16 - 1;
+
 // Masked loads give each run's zero padding for free: lanes outside [lead, length - trail) are neither read nor
 // kept. Step 2 (stride-2 convolutions) loads the 32-float span and keeps the even elements.
 void gather_rows(const GatherRun* runs, int64_t count, int64_t step, const float* src, int64_t src_stride, float* dst,
@@ -143,16 +146,25 @@ void gather_rows(const GatherRun* runs, int64_t count, int64_t step, const float
         }
       } else if (step == 2) {
         // Valid lane l reads float 2l of the span: spread the lane mask onto the even bits of two 16-float masks.
-        uint32_t spread = 0;
-        for (int lane = 0; lane < 16; ++lane) {
-          if (valid & (1u << lane)) spread |= 1u << (2 * lane);
-        }
+        uint32_t spread = valid;
+        spread = (spread | (spread << 8)) & 0x00ff00ffu;
+        spread = (spread | (spread << 4)) & 0x0f0f0f0fu;
+        spread = (spread | (spread << 2)) & 0x33333333u;
+        spread = (spread | (spread << 1)) & 0x55555555u;
         const __mmask16 low = static_cast<__mmask16>(spread), high = static_cast<__mmask16>(spread >> 16);
         for (int64_t r = 0; r < rows; ++r) {
           const float* row = lane_address(in, r * src_stride);
           const __m512 lo = _mm512_maskz_loadu_ps(low, row);
           const __m512 hi = _mm512_maskz_loadu_ps(high, lane_address(row, 16));
           _mm512_mask_storeu_ps(out + r * dst_stride, store_mask, _mm512_permutex2var_ps(lo, even, hi));
+        }
+      } else if (step <= kMaxGatherStep) {
+        // Larger steps (a transposed matrix operand): a hardware gather of the 16 lanes.
+        const __m512i offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                   _mm512_set1_epi32(static_cast<int32_t>(step)));
+        for (int64_t r = 0; r < rows; ++r) {
+          const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, offsets, lane_address(in, r * src_stride), 4);
+          _mm512_mask_storeu_ps(out + r * dst_stride, store_mask, v);
         }
       } else {
         for (int64_t r = 0; r < rows; ++r) {
