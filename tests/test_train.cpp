@@ -3,14 +3,19 @@
 // must give samples (DDPM-1000 and DDIM-50) that recover both modes.
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <memory>
+#include <thread>
 
 #include "io/png.h"
 #include "model/ddpm_file.h"
@@ -594,4 +599,160 @@ TEST_CASE("loss curve: axes, ticks, curves on a log scale, written as PNG", "[tr
   REQUIRE(read_png(path, &image).ok());
   CHECK(image.width == 800);
   CHECK(image.channels == 3);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The `ddpm train` command (needs DDPM_BIN, as test_cli.cpp)
+
+namespace {
+
+struct CliResult {
+  int exit_code = -1;
+  std::string output;
+};
+
+CliResult run_cli(const std::string& args) {
+  const std::string command = std::string(std::getenv("DDPM_BIN")) + " " + args + " 2>&1";
+  CliResult r;
+  FILE* pipe = popen(command.c_str(), "r");
+  REQUIRE(pipe);
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) r.output.append(buffer, n);
+  const int status = pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+void check_cli_error(const CliResult& r, int code, const std::string& needle) {
+  INFO(r.output);
+  CHECK(r.exit_code == code);
+  CHECK(contains(r.output, needle));
+  CHECK(std::count(r.output.begin(), r.output.end(), '\n') == 1);
+}
+
+bool file_exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
+
+// The optimiser state of a checkpoint: every tensor's bytes and the step.
+std::string checkpoint_state(const std::string& path) {
+  DdpmFile file;
+  Status s = DdpmFile::open(path, &file);
+  INFO(s.message());
+  REQUIRE(s.ok());
+  int64_t step = -1;
+  REQUIRE(file.metadata().get_i64("train.step", &step).ok());
+  std::string state = "step " + std::to_string(step) + "\n";
+  for (const DdpmTensorInfo& t : file.tensors()) {
+    state += t.name + ":";
+    state.append(static_cast<const char*>(t.data), t.bytes);
+  }
+  return state;
+}
+
+const char* kTinyConfig = R"({"sample_size": 8, "in_channels": 1, "out_channels": 1, "block_out_channels": [8, 16],
+  "layers_per_block": 1, "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+  "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "attention_head_dim": 8, "norm_num_groups": GROUPS,
+  "num_class_embeds": 3})";
+
+std::string write_config(const std::string& path, int groups) {
+  std::string text = kTinyConfig;
+  text.replace(text.find("GROUPS"), 6, std::to_string(groups));
+  std::ofstream(path) << text;
+  return path;
+}
+
+}  // namespace
+
+TEST_CASE("ddpm train: killed at any moment and resumed, the run ends with the uninterrupted run's state",
+          "[train][cli]") {
+  if (!std::getenv("DDPM_BIN")) {
+    WARN("DDPM_BIN is not set: skipped");
+    return;
+  }
+  const std::string dir = temp_dir();
+  const std::string common = "--preset toy-mlp --steps 1000 --batch 32 --lr 2e-3 --warmup 20 -t 1 --checkpoint-every 25";
+  CliResult straight = run_cli("train " + common + " -o " + dir + "/a.ddpm");
+  INFO(straight.output);
+  REQUIRE(straight.exit_code == 0);
+
+  // The same run, killed (SIGKILL: no chance to clean up) some time after its first checkpoint, then resumed.
+  const std::string killed_out = dir + "/b.ddpm", checkpoint = dir + "/b.ckpt";
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const int null = open("/dev/null", O_WRONLY);
+    dup2(null, 1);
+    dup2(null, 2);
+    const std::string command = std::string("exec ") + std::getenv("DDPM_BIN") + " train " + common + " -o " + killed_out;
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  for (int i = 0; i < 20000 && !file_exists(checkpoint); ++i) std::this_thread::sleep_for(std::chrono::microseconds(500));
+  std::this_thread::sleep_for(std::chrono::milliseconds(40));
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  const bool was_killed = WIFSIGNALED(status);
+  std::printf("ddpm train killed by SIGKILL: %s; checkpoint %s\n", was_killed ? "yes" : "no (it had finished)",
+              file_exists(checkpoint) ? "present" : "absent");
+  REQUIRE(file_exists(checkpoint));
+  CHECK(!file_exists(killed_out));  // the model is written at the end only
+  CliResult resumed = run_cli("train --resume " + checkpoint + " --steps 1000 -t 1 --checkpoint-every 25 -o " + killed_out);
+  INFO(resumed.output);
+  REQUIRE(resumed.exit_code == 0);
+  CHECK(contains(resumed.output, "resumed"));
+  CHECK(checkpoint_state(checkpoint) == checkpoint_state(dir + "/a.ckpt"));
+  DdpmFile a, b;
+  REQUIRE(DdpmFile::open(dir + "/a.ddpm", &a).ok());
+  REQUIRE(DdpmFile::open(killed_out, &b).ok());
+  REQUIRE(a.tensors().size() == b.tensors().size());
+  for (size_t i = 0; i < a.tensors().size(); ++i) {
+    CHECK(std::memcmp(a.tensors()[i].data, b.tensors()[i].data, a.tensors()[i].bytes) == 0);
+  }
+  CHECK(file_exists(dir + "/a-loss.png"));
+}
+
+TEST_CASE("ddpm train: bad flags, bad data and a checkpoint of another architecture give one-line errors",
+          "[train][cli]") {
+  if (!std::getenv("DDPM_BIN")) {
+    WARN("DDPM_BIN is not set: skipped");
+    return;
+  }
+  const std::string dir = temp_dir();
+  check_cli_error(run_cli("train --preset toy-mlp"), 2, "missing -o/--out");
+  check_cli_error(run_cli("train --preset nope -o " + dir + "/x.ddpm"), 2, "unknown preset 'nope'");
+  check_cli_error(run_cli("train --preset toy-mlp --steps 0 -o " + dir + "/x.ddpm"), 2, "--steps: 0 is outside");
+  check_cli_error(run_cli("train --config " + write_config(dir + "/bad.json", 3) + " --data data/train/png -o " + dir +
+                          "/x.ddpm"),
+                  2, "does not divide into norm_num_groups 3");
+  check_cli_error(run_cli("train --preset fashion-mnist --data data/train/images.idx --labels data/train/labels4.idx -o " +
+                          dir + "/x.ddpm"),
+                  1, "holds 4 labels but data/train/images.idx holds 5 images");
+  check_cli_error(run_cli("train --preset fashion-mnist --data data/train/nothing-here -o " + dir + "/x.ddpm"), 1,
+                  "nothing-here");
+
+  const std::string tiny = write_config(dir + "/tiny.json", 4);
+  CliResult trained = run_cli("train --config " + tiny + " --data data/train/png --steps 2 --batch 2 --val 1 --val-every 1 "
+                              "--sample-every 2 --samples-per-class 1 -t 1 -o " + dir + "/tiny.ddpm");
+  INFO(trained.output);
+  REQUIRE(trained.exit_code == 0);
+  CHECK(contains(trained.output, "validation loss"));
+  Image grid;
+  REQUIRE(read_png(dir + "/tiny-samples-000002.png", &grid).ok());
+  CHECK(grid.width == 2 * 8 * 8 + 2);  // one column per class, 8x8 images shown 8x
+  std::unique_ptr<Model> model;
+  REQUIRE(Model::load(dir + "/tiny.ddpm", &model).ok());
+  CHECK(model->info().class_names == std::vector<std::string>{"boot", "shirt"});
+
+  std::string other = kTinyConfig;
+  other.replace(other.find("[8, 16]"), 7, "[8, 32]");
+  other.replace(other.find("GROUPS"), 6, "4");
+  std::ofstream(dir + "/other.json") << other;
+  check_cli_error(run_cli("train --resume " + dir + "/tiny.ckpt --config " + dir + "/other.json --data data/train/png -o " +
+                          dir + "/y.ddpm"),
+                  1, "holds a different architecture (block_out_channels is [8,16] there, [8,32] here)");
+  check_cli_error(run_cli("train --resume " + dir + "/tiny.ddpm --data data/train/png -o " + dir + "/y.ddpm"), 1,
+                  "is not a training checkpoint");
+  check_cli_error(run_cli("train --resume " + dir + "/tiny.ckpt --lr 0.5 --data data/train/png -o " + dir + "/y.ddpm"), 1,
+                  "lr is 2e-04 there, 0.5 here");
 }

@@ -313,10 +313,6 @@ int run_train(int argc, char** argv) {
   if (st.resume.empty()) {
     o.validation = st.val >= 0 ? st.val : (net.kind == NetKind::Mlp1D ? 0 : std::min<int64_t>(1000, data.count / 10));
   }
-  std::fprintf(stderr, "data: %s, %lld samples [%lld, %lld, %lld]%s (%.1f s)\n", data.source.c_str(),
-               (long long)data.count, (long long)data.channels, (long long)data.height, (long long)data.width,
-               data.labelled() ? (", " + std::to_string(data.class_names.size()) + " classes").c_str() : ", unlabelled",
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count());
 
   std::unique_ptr<Trainer> trainer;
   s = Trainer::create(net, scheduler, o, data, &trainer);
@@ -330,6 +326,11 @@ int run_train(int argc, char** argv) {
     s = trainer->set_class_names(split_list(st.class_names));
     if (!s.ok()) return usage_error(s.with_context("--class-names"));
   }
+
+  std::fprintf(stderr, "data: %s, %lld samples [%lld, %lld, %lld]%s (setup %.1f s)\n", data.source.c_str(),
+               (long long)data.count, (long long)data.channels, (long long)data.height, (long long)data.width,
+               data.labelled() ? (", " + std::to_string(data.class_names.size()) + " classes").c_str() : ", unlabelled",
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count());
 
   // Outputs are checked before training, which may take hours.
   const std::string base = stem(st.out);
