@@ -327,13 +327,17 @@ TEST_CASE("the split keeps B packed once when columns allow and balances the thr
     CHECK(odd.k_blocks == 2);
     CHECK(odd.kc == 193);
   }
-  SECTION("two threads on 8x8 and 16x16 images split columns, not rows") {
-    for (int64_t N : {64, 256}) {
+  SECTION("two threads on 8x8, 16x16 and 32x32 images: a few tasks per thread, B packed at most three times") {
+    for (int64_t N : {64, 256, 1024}) {
+      INFO("N " << N);
       const GemmPlan plan = plan_for(1, 256, N, 2304, 2);
-      CHECK(plan.m_chunks == 1);
-      CHECK(plan.tasks % 2 == 0);
       CHECK(plan.threads == 2);
+      CHECK(plan.tasks >= 4);
+      CHECK(plan.tasks % 2 == 0);
+      CHECK(plan.m_chunks <= 3);
     }
+    const GemmPlan wide = plan_for(1, 128, 1024, 1152, 2);  // enough column panels: no row split at all
+    CHECK(wide.m_chunks == 1);
   }
   SECTION("a single column panel splits rows evenly") {
     const GemmPlan plan = plan_for(1, 256, 16, 2304, 2);

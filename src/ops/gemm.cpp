@@ -18,9 +18,12 @@ constexpr int64_t kNcTarget = 256;
 constexpr int kMaxMr = 32, kMaxNr = 64;
 
 // Cost model for choosing the split, in units of one multiply-add of one output element (1/16 of a cycle with
-// AVX-512). Packing one B element costs about as much as 4 of them, packing one A element (a scalar transposition)
-// about 8; waking a task, walking its panels and the pool's bookkeeping about 20000 (~1 µs).
-constexpr double kPackBCost = 4.0, kPackACost = 8.0, kTaskCost = 20000.0;
+// AVX-512). Packing one B element costs about as much as 6 of them, packing one A element (a scalar transposition)
+// about 8, bringing an A element read in place back from L2 for another column chunk about 2; waking a task,
+// walking its panels and the pool's bookkeeping about 20000 (~1 µs). With several threads, a task that starts late
+// (its thread was descheduled, or woke slowly) stretches the end by a fraction of a task: kStraggler of the
+// largest, which favours a few tasks per thread over exactly one.
+constexpr double kPackBCost = 6.0, kPackACost = 8.0, kRereadACost = 2.0, kTaskCost = 20000.0, kStraggler = 0.15;
 // Below this many multiply-adds (~2 µs of work on one core) a second thread costs more than it saves.
 constexpr double kMinParallelWork = 64.0 * 1024.0;
 
@@ -106,16 +109,16 @@ double split_cost(const GemmProblem& p, const kernels::GemmMicroKernel& kernel, 
   const double k = static_cast<double>(p.K);
   const double rows = static_cast<double>(m_panels * kernel.mr), cols = static_cast<double>(n_panels * kernel.nr);
   const double tasks = static_cast<double>(p.batch * n_chunks * m_chunks);
-  const double pack_a = a_in_place ? 0.0 : kPackACost;
+  const double a_cost = a_in_place ? kRereadACost : kPackACost;
   const double total = static_cast<double>(p.batch) * k *
                            (rows * cols + kPackBCost * cols * static_cast<double>(m_chunks) +
-                            pack_a * rows * static_cast<double>(n_chunks)) +
+                            a_cost * rows * static_cast<double>(n_chunks)) +
                        tasks * kTaskCost;
   const double max_rows = static_cast<double>(ceil_div(m_panels, m_chunks) * kernel.mr);
   const double max_cols = static_cast<double>(ceil_div(n_panels, n_chunks) * kernel.nr);
-  const double largest = k * (max_rows * max_cols + kPackBCost * max_cols + pack_a * max_rows) + kTaskCost;
+  const double largest = k * (max_rows * max_cols + kPackBCost * max_cols + a_cost * max_rows) + kTaskCost;
   const double rounds = std::ceil(tasks / threads);
-  return std::max(rounds * total / tasks, largest);
+  return std::max(rounds * total / tasks, largest) + (threads > 1 ? kStraggler * largest : 0.0);
 }
 
 struct TaskRange {
