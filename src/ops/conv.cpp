@@ -5,7 +5,7 @@
 // Row k = (channel, tap) of the block gathers the same input positions for every channel of a tap, only from another
 // input plane. So the packer describes the columns once per tap as runs (contiguous lanes of one output row within
 // one panel, with their padding lanes) and hands every channel of that tap to the micro-kernel set's gather_rows,
-// which copies each run with vector loads and stores.
+// which copies each run with vector loads and stores. The walk over the columns is shared by the taps.
 #include <algorithm>
 #include <cstring>
 
@@ -27,8 +27,12 @@ struct Im2col {
   GatherRows gather_rows;
 };
 
-// Runs described per gather_rows call; a tap whose columns need more runs takes several calls.
-constexpr int kMaxRuns = 64;
+// Columns are walked in pieces that stay within one output row and one panel; the pieces are the same for every
+// tap, so they are found once per group of kMaxPieces and turned into each tap's runs from there.
+struct Piece {
+  int64_t dst_offset, oy, ox, length;
+};
+constexpr int kMaxPieces = 64;
 
 // Lanes i of a run starting at input column ix0 that land inside the row: [lead, valid_end) of [0, length).
 // Division-free for strides 1 and 2, which is every convolution of a U-Net: this runs once per run and tap.
@@ -85,38 +89,39 @@ void pack_im2col(const void* context, int64_t batch, int64_t k0, int64_t kc, int
   const int64_t plane = g.height * g.width;
   const float* image = g.x + batch * g.channels * plane;
   const int64_t taps = g.kernel_h * g.kernel_w;
-  const int64_t first_oy = n0 / g.out_width, first_ox = n0 % g.out_width;
-  kernels::GatherRun runs[kMaxRuns];
-  for (int64_t tap = 0; tap < taps; ++tap) {
-    const int64_t k_first = k0 + ((tap - k0 % taps) % taps + taps) % taps;
-    if (k_first >= k0 + kc) continue;
-    const int64_t rows = (k0 + kc - 1 - k_first) / taps + 1;
-    const float* src = image + (k_first / taps) * plane;
-    float* dst_rows = dst + (k_first - k0) * nr;
-    const int64_t u = tap / g.kernel_w, v = tap % g.kernel_w;
-    // Walk the columns in runs that share an output row and a panel, tracking everything incrementally.
-    int64_t column = 0, lane = 0, panel_offset = 0, ox = first_ox;
-    int64_t iy = first_oy * g.stride + u - g.pad_top, ix0 = first_ox * g.stride + v - g.pad_left;
-    while (column < nc) {
-      int count = 0;
-      while (count < kMaxRuns && column < nc) {
-        const int64_t length = std::min({g.out_width - ox, nr - lane, nc - column});
-        add_run(g, iy, ix0, length, panel_offset + lane, runs, &count);
-        column += length;
-        lane += length;
-        ox += length;
-        ix0 += length * g.stride;
-        if (lane == nr) {
-          lane = 0;
-          panel_offset += kc * nr;
-        }
-        if (ox == g.out_width) {
-          ox = 0;
-          iy += g.stride;
-          ix0 = v - g.pad_left;
-        }
+  Piece pieces[kMaxPieces];
+  kernels::GatherRun runs[kMaxPieces];
+  int64_t column = 0, lane = 0, panel_offset = 0, oy = n0 / g.out_width, ox = n0 % g.out_width;
+  while (column < nc) {
+    int count = 0;
+    while (count < kMaxPieces && column < nc) {
+      const int64_t length = std::min({g.out_width - ox, nr - lane, nc - column});
+      pieces[count++] = {panel_offset + lane, oy, ox, length};
+      column += length;
+      lane += length;
+      ox += length;
+      if (lane == nr) {
+        lane = 0;
+        panel_offset += kc * nr;
       }
-      g.gather_rows(runs, count, g.stride, src, plane, dst_rows, taps * nr, rows);
+      if (ox == g.out_width) {
+        ox = 0;
+        ++oy;
+      }
+    }
+    for (int64_t tap = 0; tap < taps; ++tap) {
+      const int64_t k_first = k0 + ((tap - k0 % taps) % taps + taps) % taps;
+      if (k_first >= k0 + kc) continue;
+      const int64_t rows = (k0 + kc - 1 - k_first) / taps + 1;
+      const int64_t row_offset = tap / g.kernel_w - g.pad_top, column_offset = tap % g.kernel_w - g.pad_left;
+      int run_count = 0;
+      for (int i = 0; i < count; ++i) {
+        const Piece& piece = pieces[i];
+        add_run(g, piece.oy * g.stride + row_offset, piece.ox * g.stride + column_offset, piece.length,
+                piece.dst_offset, runs, &run_count);
+      }
+      g.gather_rows(runs, run_count, g.stride, image + (k_first / taps) * plane, plane, dst + (k_first - k0) * nr,
+                    taps * nr, rows);
     }
   }
   // Zero the padding columns of the last panel.
