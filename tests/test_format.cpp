@@ -951,3 +951,72 @@ TEST_CASE("checksum verification speed on a 143 MB model", "[.][format-perf]") {
     CHECK(seconds < 0.2);
   }
 }
+
+TEST_CASE("streamed tensors: same bytes as borrowed ones, one reused buffer, producer errors stop the write",
+          "[format][writer]") {
+  const int64_t small[2] = {3, 5}, big[3] = {4, 8, 16}, row[1] = {64};
+  const std::vector<uint8_t> a = random_bytes(3 * 5 * 4, 11), b = random_bytes(4 * 8 * 16 * 2, 12),
+                             c = random_bytes(64 * 4, 13);
+  auto writer_with = [&](DdpmWriter* w, bool stream, std::vector<const void*>* buffers, int* calls) {
+    REQUIRE(w->set_metadata("ddpm.architecture", MetadataValue::string("test")).ok());
+    auto producer = [buffers, calls](const std::vector<uint8_t>& src) {
+      return [&src, buffers, calls](void* dst, uint64_t bytes) {
+        REQUIRE(bytes == src.size());
+        std::memcpy(dst, src.data(), src.size());
+        buffers->push_back(dst);
+        ++*calls;
+        return Status();
+      };
+    };
+    if (stream) {
+      REQUIRE(w->add_tensor("a", DType::F32, 2, small, producer(a)).ok());
+      REQUIRE(w->add_tensor("b", DType::F16, 3, big, producer(b)).ok());
+    } else {
+      REQUIRE(w->add_tensor("a", DType::F32, 2, small, a.data()).ok());
+      REQUIRE(w->add_tensor("b", DType::F16, 3, big, b.data()).ok());
+    }
+    REQUIRE(w->add_tensor("c", DType::F32, 1, row, c.data()).ok());  // borrowed and streamed mix
+  };
+  std::vector<const void*> buffers;
+  int calls = 0;
+  DdpmWriter borrowed, streamed;
+  writer_with(&borrowed, false, &buffers, &calls);
+  writer_with(&streamed, true, &buffers, &calls);
+  std::vector<uint8_t> expected, got;
+  REQUIRE(borrowed.finish_to_bytes(&expected).ok());
+  REQUIRE(streamed.finish_to_bytes(&got).ok());
+  CHECK(got == expected);
+  CHECK(calls == 4);  // twice per streamed tensor: checksum, then write
+  REQUIRE(buffers.size() == 4);
+  CHECK((buffers[0] == buffers[1] && buffers[1] == buffers[2] && buffers[2] == buffers[3]));
+
+  TempDir dir;
+  const std::string path = dir.file("model.ddpm");
+  REQUIRE(streamed.finish(path).ok());
+  CHECK(read_bytes(path) == expected);
+
+  SECTION("a producer's error fails finish() as it is and leaves no file") {
+    DdpmWriter w;
+    REQUIRE(w.set_metadata("ddpm.architecture", MetadataValue::string("test")).ok());
+    REQUIRE(w.add_tensor("a", DType::F32, 2, small, [](void*, uint64_t) { return errorf("source.bin: bad tensor"); })
+                .ok());
+    CHECK(w.finish(dir.file("failed.ddpm")).message() == "source.bin: bad tensor");
+    CHECK(dir.list() == std::vector<std::string>{"model.ddpm"});
+  }
+  SECTION("a producer that changes its bytes between the two calls is caught") {
+    DdpmWriter w;
+    REQUIRE(w.set_metadata("ddpm.architecture", MetadataValue::string("test")).ok());
+    int n = 0;
+    REQUIRE(w.add_tensor("a", DType::F32, 2, small, [&n](void* dst, uint64_t bytes) {
+                 std::memset(dst, n++, static_cast<size_t>(bytes));
+                 return Status();
+               }).ok());
+    CHECK(w.finish(dir.file("changed.ddpm")).message() ==
+          "cannot write " + dir.file("changed.ddpm") + ": tensor 'a' changed between its checksum and its write");
+    CHECK(dir.list() == std::vector<std::string>{"model.ddpm"});
+  }
+  SECTION("an empty producer is no data") {
+    DdpmWriter w;
+    CHECK(w.add_tensor("a", DType::F32, 2, small, DdpmTensorProducer()).message() == "tensor 'a': no data given");
+  }
+}

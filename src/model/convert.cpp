@@ -1,15 +1,19 @@
 #include "model/convert.h"
 
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
-#include <deque>
 #include <fstream>
 #include <set>
 
+#include "ddpm/graph.h"
 #include "io/json.h"
 #include "io/sha256.h"
+#include "io/tensor_loader.h"
 #include "model/ddpm_file.h"
 #include "model/model.h"
 #include "model/scheduler_json.h"
@@ -97,6 +101,58 @@ std::string join_limited(const std::vector<std::string>& items, size_t limit) {
   return s;
 }
 
+// Conversion reads every byte of the checkpoint once, in no useful order, through a mapping; pages of a mapped file
+// count towards the resident set while mapped, so without help a 143 MB checkpoint would keep 143 MB resident to
+// the end. Dropping a range once it has been read keeps the peak near one tensor (the file stays in the page cache,
+// so a second read of the same pages costs a minor fault, not I/O). Advisory: failures are ignored, and files read
+// into memory (not mapped) are left alone.
+void release_pages(const MappedFile& file, uint64_t offset, uint64_t bytes) {
+  if (!file.is_mapped() || bytes == 0 || offset >= file.size()) return;
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE) > 0 ? sysconf(_SC_PAGESIZE) : 4096);
+  const uintptr_t base = reinterpret_cast<uintptr_t>(file.data());
+  const uintptr_t begin = (base + offset) & ~(page - 1);
+  const uintptr_t end = base + std::min<uint64_t>(file.size(), offset + std::min(bytes, file.size() - offset));
+  // Whole pages only, rounded outwards: neighbours' pages are dropped too, which is harmless for a read-only
+  // private mapping (they fault back in from the page cache). The mapping itself starts page-aligned.
+  const uintptr_t last = (end + page - 1) & ~(page - 1);
+  madvise(reinterpret_cast<void*>(begin), last - begin, MADV_DONTNEED);
+}
+
+// The SHA-256 of the whole checkpoint for the provenance metadata, in chunks whose pages are released as we go.
+std::string file_sha256(const MappedFile& file) {
+  constexpr uint64_t kChunk = 8 << 20;
+  Sha256 hash;
+  for (uint64_t at = 0; at < file.size(); at += kChunk) {
+    const uint64_t n = std::min(kChunk, file.size() - at);
+    hash.update(file.data() + at, static_cast<size_t>(n));
+    release_pages(file, at, n);
+  }
+  return hash.hex_digest();
+}
+
+// The parameters the U-Net of `config` needs, in build order. unet_parameter_specs answers the same question but
+// backs every weight with a zero-filled buffer, which for a 143 MB model costs 143 MB of resident memory and the
+// time to clear it; here the weights are never read (the graph is built but never planned or run), so they get no
+// storage at all.
+Status parameter_specs(const UNetConfig& config, std::vector<ParamSpec>* out) {
+  std::vector<ParamSpec> specs;
+  WeightLookup recording = [&](const std::string& name, const std::vector<int64_t>& expected, WeightRef* ref) {
+    specs.push_back({name, expected});
+    ref->dtype = DType::F32;
+    ref->rank = static_cast<int>(expected.size());
+    for (int i = 0; i < ref->rank; ++i) ref->shape[i] = expected[i];
+    ref->data = nullptr;
+    return Status();
+  };
+  Graph graph;
+  UNetGraphParts parts;
+  const int64_t size = config.spatial_multiple();
+  DDPM_TRY(build_unet_graph(graph, config, recording, 1, size, size, &parts));
+  DDPM_TRY(graph.status());
+  *out = std::move(specs);
+  return Status();
+}
+
 }  // namespace
 
 Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) {
@@ -169,7 +225,7 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
   }
 
   std::vector<ParamSpec> specs;
-  DDPM_TRY(unet_parameter_specs(info.unet, &specs));
+  DDPM_TRY(parameter_specs(info.unet, &specs));
   std::vector<std::string> missing, misshaped, unexpected;
   std::set<std::string> wanted;
   for (const ParamSpec& spec : specs) {
@@ -203,20 +259,27 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
   DDPM_TRY(metadata.set("provenance.tool", MetadataValue::string(std::string("ddpm.cpp ") + DDPM_VERSION)));
   DDPM_TRY(metadata.set("provenance.source_file", MetadataValue::string(base_name(weights))));
   DDPM_TRY(metadata.set("provenance.source_sha256",
-                        MetadataValue::string(sha256_hex(reader.file().data(), reader.file().size()))));
+                        MetadataValue::string(file_sha256(reader.file()))));
   DDPM_TRY(metadata.set("provenance.dtype_recipe",
                         MetadataValue::string(o.type == DType::F16 ? "f16 (norms and biases f32)" : "f32")));
   DDPM_TRY(metadata.set("provenance.created", MetadataValue::string(utc_now())));
   writer.set_metadata(std::move(metadata));
 
-  std::deque<std::vector<uint8_t>> buffers;  // kept until finish(): the writer borrows tensor data
+  // Tensors are streamed: the writer converts each into its own reused buffer while it writes (twice, see
+  // DdpmWriter::add_tensor), so memory holds one tensor at a time, never the whole converted model.
+  const MappedFile& file = reader.file();
   for (const ParamSpec& spec : specs) {
     const SourceTensor* t = reader.find(spec.name);
     const DType dtype = spec.shape.size() >= 2 ? o.type : DType::F32;
-    buffers.emplace_back();
-    DDPM_TRY(reader.load(*t, dtype, &buffers.back()));
+    // A rank-4 [C, C, 1, 1] source read as [C, C] has the same element order, so loading by element count is right.
+    DdpmTensorProducer produce = [&file, t, dtype](void* dst, uint64_t) -> Status {
+      Status loaded = dtype == DType::F16 ? load_tensor_raw_f16(file, *t, static_cast<uint16_t*>(dst))
+                                          : load_tensor_f32(file, *t, static_cast<float*>(dst));
+      release_pages(file, t->storage_offset, t->storage_bytes);
+      return loaded;
+    };
     DDPM_TRY(writer.add_tensor(spec.name, dtype, static_cast<int>(spec.shape.size()), spec.shape.data(),
-                               buffers.back().data()));
+                               std::move(produce)));
     int64_t n = 1;
     for (int64_t d : spec.shape) n *= d;
     report->parameters += n;

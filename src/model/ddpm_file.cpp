@@ -1141,11 +1141,10 @@ Status DdpmWriter::set_metadata(const std::string& key, MetadataValue value) {
   return status;
 }
 
-Status DdpmWriter::add_tensor(const std::string& name, DType dtype, int rank, const int64_t* shape,
-                              const void* data, uint64_t data_bytes) {
+Status DdpmWriter::check_new_tensor(const std::string& name, DType dtype, int rank, const int64_t* shape,
+                                    bool has_data, uint64_t data_bytes, DdpmTensorInfo* info) {
   if (!error_.ok()) return error_;
   const std::string tensor = shown(name);
-  DdpmTensorInfo info;
   std::string problem;
   if (!is_valid_tensor_name(name.data(), name.size())) {
     error_ = errorf("invalid tensor name '%s' (%s)", tensor.c_str(), kNameRule);
@@ -1153,22 +1152,38 @@ Status DdpmWriter::add_tensor(const std::string& name, DType dtype, int rank, co
     error_ = errorf("duplicate tensor name '%s'", tensor.c_str());
   } else if (dtype >= DType::kCount) {
     error_ = errorf("tensor '%s': invalid dtype %d", tensor.c_str(), static_cast<int>(dtype));
-  } else if (shape == nullptr || data == nullptr) {
+  } else if (shape == nullptr || !has_data) {
     error_ = errorf("tensor '%s': no %s given", tensor.c_str(), shape == nullptr ? "shape" : "data");
-  } else if (!shape_bytes(dtype, rank, shape, &info.bytes, &problem)) {
+  } else if (!shape_bytes(dtype, rank, shape, &info->bytes, &problem)) {
     error_ = errorf("tensor '%s' %s", tensor.c_str(), problem.c_str());
-  } else if (data_bytes != kBytesFromShape && data_bytes != info.bytes) {
+  } else if (data_bytes != kBytesFromShape && data_bytes != info->bytes) {
     error_ = errorf("tensor '%s': %llu bytes of data given, but dtype %s and shape %s need %llu", tensor.c_str(),
                     static_cast<ull>(data_bytes), dtype_name(dtype), dims_text(rank, shape).c_str(),
-                    static_cast<ull>(info.bytes));
+                    static_cast<ull>(info->bytes));
   }
   if (!error_.ok()) return error_;
-  info.name = name;
-  info.dtype = dtype;
-  info.rank = rank;
-  for (int i = 0; i < rank; ++i) info.shape[i] = shape[i];
+  info->name = name;
+  info->dtype = dtype;
+  info->rank = rank;
+  for (int i = 0; i < rank; ++i) info->shape[i] = shape[i];
+  return Status();
+}
+
+Status DdpmWriter::add_tensor(const std::string& name, DType dtype, int rank, const int64_t* shape,
+                              const void* data, uint64_t data_bytes) {
+  DdpmTensorInfo info;
+  DDPM_TRY(check_new_tensor(name, dtype, rank, shape, data != nullptr, data_bytes, &info));
   index_.emplace(name, tensors_.size());
-  tensors_.push_back(Pending{std::move(info), data});
+  tensors_.push_back(Pending{std::move(info), data, nullptr});
+  return Status();
+}
+
+Status DdpmWriter::add_tensor(const std::string& name, DType dtype, int rank, const int64_t* shape,
+                              DdpmTensorProducer producer) {
+  DdpmTensorInfo info;
+  DDPM_TRY(check_new_tensor(name, dtype, rank, shape, static_cast<bool>(producer), kBytesFromShape, &info));
+  index_.emplace(name, tensors_.size());
+  tensors_.push_back(Pending{std::move(info), nullptr, std::move(producer)});
   return Status();
 }
 
@@ -1200,6 +1215,22 @@ Status DdpmWriter::write_all(Sink& sink, const std::string& name) {
   }
   const uint64_t metadata_bytes = header.size() - kDdpmFileHeaderBytes;
 
+  // One buffer, reused, for the streamed tensors (see add_tensor): the largest of them.
+  uint64_t stream_bytes = 0;
+  for (const Pending& p : tensors_) {
+    if (p.producer) stream_bytes = std::max(stream_bytes, p.info.bytes);
+  }
+  std::unique_ptr<uint8_t[]> stream;
+  if (stream_bytes > 0) {
+    if (stream_bytes <= std::numeric_limits<size_t>::max()) {
+      stream.reset(new (std::nothrow) uint8_t[static_cast<size_t>(stream_bytes)]);
+    }
+    if (!stream) {
+      return errorf("cannot write %s: out of memory for a tensor of %llu bytes", name.c_str(),
+                    static_cast<ull>(stream_bytes));
+    }
+  }
+
   uint64_t data_end = 0;
   for (Pending& p : tensors_) {
     DdpmTensorInfo& t = p.info;
@@ -1209,7 +1240,12 @@ Status DdpmWriter::write_all(Sink& sink, const std::string& name) {
     }
     t.offset = align_up(data_end);
     data_end = t.offset + t.bytes;
-    t.checksum = crc32c(p.data, t.bytes);
+    if (p.producer) {
+      DDPM_TRY(p.producer(stream.get(), t.bytes));
+      t.checksum = crc32c(stream.get(), t.bytes);
+    } else {
+      t.checksum = crc32c(p.data, t.bytes);
+    }
     const size_t at = header.size();
     header.resize(at + kTensorEntryFixedBytes, 0);
     uint8_t* fixed = header.data() + at;
@@ -1243,7 +1279,16 @@ Status DdpmWriter::write_all(Sink& sink, const std::string& name) {
   uint64_t written = 0;
   for (const Pending& p : tensors_) {
     DDPM_TRY(sink.write(kZeros, p.info.offset - written));
-    DDPM_TRY(sink.write(p.data, p.info.bytes));
+    if (p.producer) {
+      DDPM_TRY(p.producer(stream.get(), p.info.bytes));
+      if (crc32c(stream.get(), p.info.bytes) != p.info.checksum) {
+        return errorf("cannot write %s: tensor '%s' changed between its checksum and its write", name.c_str(),
+                      shown(p.info.name).c_str());
+      }
+      DDPM_TRY(sink.write(stream.get(), p.info.bytes));
+    } else {
+      DDPM_TRY(sink.write(p.data, p.info.bytes));
+    }
     written = p.info.offset + p.info.bytes;
   }
   return Status();

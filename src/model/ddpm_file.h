@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -178,7 +179,10 @@ Status parse_ddpm(const uint8_t* data, uint64_t size, const std::string& name, D
 // "looks like a zip archive (a PyTorch .pt/.pth/.ckpt checkpoint?); convert it with `ddpm convert`", etc.
 std::string sniff_file_kind(const uint8_t* data, uint64_t size);
 
-// Collects metadata and borrowed tensors, then writes the file in one go:
+// Fills `bytes` bytes at `dst` with one tensor's data as it is stored (little-endian). See DdpmWriter::add_tensor.
+using DdpmTensorProducer = std::function<Status(void* dst, uint64_t bytes)>;
+
+// Collects metadata and borrowed (or streamed) tensors, then writes the file in one go:
 //   DdpmWriter w;
 //   w.set_metadata("ddpm.architecture", MetadataValue::string("unet2d"));
 //   w.add_tensor("conv_in.weight", DType::F32, 4, shape, weights);   // weights stay valid until finish()
@@ -199,6 +203,14 @@ class DdpmWriter {
   // of the wrong length). Names: 1–512 printable ASCII bytes without spaces, unique.
   Status add_tensor(const std::string& name, DType dtype, int rank, const int64_t* shape, const void* data,
                     uint64_t data_bytes = kBytesFromShape);
+  // Streaming form, for data that does not exist yet (a converter's output): instead of borrowing a buffer, the
+  // writer calls `producer` during finish() to fill one tensor-sized buffer it owns and reuses, so writing a model
+  // holds at most its largest tensor in memory rather than all of them. Because the header, written first, carries
+  // every tensor's checksum, each producer is called twice, in tensor order: once for the checksums, once for the
+  // bytes written. Both calls must produce the same bytes (a mismatch fails finish()); an error a producer returns
+  // fails finish() as it is, and no file is left behind.
+  Status add_tensor(const std::string& name, DType dtype, int rank, const int64_t* shape,
+                    DdpmTensorProducer producer);
   size_t tensor_count() const { return tensors_.size(); }
 
   Status finish(const std::string& path);
@@ -208,8 +220,11 @@ class DdpmWriter {
  private:
   struct Pending {
     DdpmTensorInfo info;
-    const void* data;
+    const void* data;              // borrowed, or null when streamed
+    DdpmTensorProducer producer;  // streamed
   };
+  Status check_new_tensor(const std::string& name, DType dtype, int rank, const int64_t* shape, bool has_data,
+                          uint64_t data_bytes, DdpmTensorInfo* info);
   template <typename Sink>
   Status write_all(Sink& sink, const std::string& name);
 
