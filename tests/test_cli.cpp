@@ -132,3 +132,49 @@ TEST_CASE("ddpm CLI: bad input gets a one-line error and a non-zero exit", "[cli
   CHECK(help.exit_code == 0);
   CHECK(help.output.find("--steps") != std::string::npos);
 }
+
+TEST_CASE("ddpm info describes checkpoints without converting them", "[cli]") {
+  if (!std::getenv("DDPM_BIN")) {
+    WARN("DDPM_BIN not set: CLI tests skipped");
+    return;
+  }
+  auto has = [](const Result& r, const std::string& needle) {
+    INFO(r.output);
+    CHECK(r.exit_code == 0);
+    CHECK(r.output.find(needle) != std::string::npos);
+  };
+  // A diffusers folder: safetensors weights, its config.json, and the match against the U-Net it describes.
+  const Result folder = run("info data/unet/micro");
+  has(folder, "safetensors checkpoint");
+  has(folder, "144 tensors, 45259 parameters");
+  has(folder, "config: data/unet/micro/config.json");
+  has(folder, "block_out_channels       [8,16]");
+  has(folder, "down_blocks.1                              22 tensors");
+  has(folder, "match: every tensor the U-Net needs is present");
+  // torch zip with pre-refactor attention names, every tensor listed under its current name.
+  const Result legacy = run("info data/unet/micro_legacy/diffusion_pytorch_model.bin --tensors");
+  has(legacy, "torch zip checkpoint");
+  has(legacy, "32 names normalised to diffusers keys");
+  has(legacy, "down_blocks.1.attentions.0.to_q.weight");
+  has(legacy, "F32  [16, 16]");
+  has(legacy, "match: every tensor");
+  // A Lightning checkpoint: the container around the state dict, the prefix stripped; no config beside it.
+  const Result lightning = run("info data/pickle/lightning.ckpt");
+  has(lightning, "state_dict, loops");
+  has(lightning, "state dicts:   state_dict");
+  has(lightning, "model.conv.weight -> conv.weight");
+  has(lightning, "F16: 1 tensors");
+  has(lightning, "needs --config");
+  // A config that does not fit is reported, not an error: info describes, convert refuses.
+  const Result mismatch = run("info data/pickle/micro.bin --config data/unet/tiny/config.json");
+  has(mismatch, "match: NO");
+  has(mismatch, "wrong shape");
+  // Files that are neither models nor checkpoints: one line and exit 1.
+  const Result png = run("info data/image/rgb8.png");
+  CHECK(png.exit_code == 1);
+  CHECK(png.output.find("not a safetensors or PyTorch checkpoint") != std::string::npos);
+  CHECK(std::count(png.output.begin(), png.output.end(), '\n') == 1);
+  const Result missing = run("info data/no-such-file.bin");
+  CHECK(missing.exit_code == 1);
+  CHECK(missing.output == "ddpm info: data/no-such-file.bin: no such file or folder\n");
+}
