@@ -164,16 +164,23 @@ TEST_CASE("every level's gather_rows copies runs like the reference", "[gemm]") 
           }
         }
       }
-      const int64_t rows = 3, dst_stride = dst_offset + 2, src_stride = 1000;
-      REQUIRE(src_stride * (rows - 1) + 60 + 13 + 70 * step < static_cast<int64_t>(src.size()));
-      std::vector<float> expected(static_cast<size_t>(rows * dst_stride), -1.0f), actual = expected;
-      reference.gather_rows(runs.data(), static_cast<int64_t>(runs.size()), step, src.data(), src_stride,
-                            expected.data(), dst_stride, rows);
-      level->gemm.gather_rows(runs.data(), static_cast<int64_t>(runs.size()), step, src.data(), src_stride,
-                              actual.data(), dst_stride, rows);
-      CHECK(std::memcmp(expected.data(), actual.data(), expected.size() * sizeof(float)) == 0);
-      CHECK(actual[0] == -1.0f);  // lanes outside every run are left alone
-      CHECK(actual[dst_offset] == -1.0f);
+      // Row strides of 1024 floats (4 KiB: 32×32 planes) take the row-by-row walk on x86; a few runs keep within
+      // its chunk budget, all of them exceed it.
+      for (int64_t src_stride : {1000, 1024}) {
+        for (size_t run_count : {size_t{5}, runs.size()}) {
+          INFO("src_stride " << src_stride << " runs " << run_count);
+          const int64_t rows = 3, dst_stride = dst_offset + 2;
+          REQUIRE(src_stride * (rows - 1) + 60 + 13 + 70 * step < static_cast<int64_t>(src.size()));
+          std::vector<float> expected(static_cast<size_t>(rows * dst_stride), -1.0f), actual = expected;
+          reference.gather_rows(runs.data(), static_cast<int64_t>(run_count), step, src.data(), src_stride,
+                                expected.data(), dst_stride, rows);
+          level->gemm.gather_rows(runs.data(), static_cast<int64_t>(run_count), step, src.data(), src_stride,
+                                  actual.data(), dst_stride, rows);
+          CHECK(std::memcmp(expected.data(), actual.data(), expected.size() * sizeof(float)) == 0);
+          CHECK(actual[0] == -1.0f);  // lanes outside every run are left alone
+          CHECK(actual[dst_offset] == -1.0f);
+        }
+      }
     }
   }
 }

@@ -121,10 +121,53 @@ inline const float* lane_address(const float* first, int64_t lane_offset) {
 // Gather offsets are 32-bit element indices: 15 * step must fit.
 constexpr int64_t kMaxGatherStep = (int64_t{1} << 31) / 16 - 1;
 
+// One 16-lane piece of a run, for the row-major walk below.
+struct GatherChunk {
+  int64_t dst_offset, src_offset;  // src_offset is lane 0's, possibly before the row (integer arithmetic only)
+  __mmask16 store, valid;
+};
+constexpr int kMaxChunks = 256;
+
+// Step-1 runs copied row by row. Source rows a multiple of 4 KiB apart (32×32 and 64×64 planes) share their low 12
+// address bits, so walking a run down the rows makes every load look like it may alias the stores in flight
+// (4K aliasing) and the copy crawls; along a row the loads move on instead. Returns false when the runs have more
+// chunks than fit, leaving the work to the caller.
+bool gather_rows_by_row(const GatherRun* runs, int64_t count, const float* src, int64_t src_stride, float* dst,
+                        int64_t dst_stride, int64_t rows) {
+  GatherChunk chunks[kMaxChunks];
+  int n = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const GatherRun& run = runs[i];
+    for (int lane = 0; lane < run.length; lane += 16) {
+      if (n == kMaxChunks) return false;
+      const int width = run.length - lane < 16 ? run.length - lane : 16;
+      GatherChunk& chunk = chunks[n++];
+      chunk.store = lane_range(0, width);
+      chunk.valid = lane_range(run.lead - lane, run.length - run.trail - lane) & chunk.store;
+      chunk.dst_offset = run.dst_offset + lane;
+      chunk.src_offset = run.src_offset + lane - run.lead;
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* in = lane_address(src, r * src_stride);
+    float* out = dst + r * dst_stride;
+    for (int i = 0; i < n; ++i) {
+      const GatherChunk& chunk = chunks[i];
+      _mm512_mask_storeu_ps(out + chunk.dst_offset, chunk.store,
+                            _mm512_maskz_loadu_ps(chunk.valid, lane_address(in, chunk.src_offset)));
+    }
+  }
+  return true;
+}
+
 // Masked loads give each run's zero padding for free: lanes outside [lead, length - trail) are neither read nor
 // kept. Step 2 (stride-2 convolutions) loads the 32-float span and keeps the even elements.
 void gather_rows(const GatherRun* runs, int64_t count, int64_t step, const float* src, int64_t src_stride, float* dst,
                  int64_t dst_stride, int64_t rows) {
+  if (step == 1 && rows > 1 && src_stride % 1024 == 0 &&
+      gather_rows_by_row(runs, count, src, src_stride, dst, dst_stride, rows)) {
+    return;
+  }
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   for (int64_t i = 0; i < count; ++i) {
     const GatherRun& run = runs[i];
