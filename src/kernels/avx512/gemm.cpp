@@ -121,19 +121,30 @@ inline const float* lane_address(const float* first, int64_t lane_offset) {
 // Gather offsets are 32-bit element indices: 15 * step must fit.
 constexpr int64_t kMaxGatherStep = (int64_t{1} << 31) / 16 - 1;
 
+// Valid lane l of a step-2 run reads float 2l of its 32-float span: the lane mask spread onto the even bits of the
+// span's two 16-float load masks.
+inline uint32_t spread_to_even_bits(__mmask16 lanes) {
+  uint32_t spread = lanes;
+  spread = (spread | (spread << 8)) & 0x00ff00ffu;
+  spread = (spread | (spread << 4)) & 0x0f0f0f0fu;
+  spread = (spread | (spread << 2)) & 0x33333333u;
+  spread = (spread | (spread << 1)) & 0x55555555u;
+  return spread;
+}
+
 // One 16-lane piece of a run, for the row-major walk below.
 struct GatherChunk {
   int64_t dst_offset, src_offset;  // src_offset is lane 0's, possibly before the row (integer arithmetic only)
-  __mmask16 store, valid;
+  __mmask16 store, valid, high;    // step 2: valid and high are the low and high halves' load masks
 };
 constexpr int kMaxChunks = 256;
 
-// Step-1 runs copied row by row. Source rows a multiple of 4 KiB apart (32×32 and 64×64 planes) share their low 12
-// address bits, so walking a run down the rows makes every load look like it may alias the stores in flight
+// Runs of step 1 or 2 copied row by row. Source rows a multiple of 4 KiB apart (32×32 and 64×64 planes) share their
+// low 12 address bits, so walking a run down the rows makes every load look like it may alias the stores in flight
 // (4K aliasing) and the copy crawls; along a row the loads move on instead. Returns false when the runs have more
 // chunks than fit, leaving the work to the caller.
-bool gather_rows_by_row(const GatherRun* runs, int64_t count, const float* src, int64_t src_stride, float* dst,
-                        int64_t dst_stride, int64_t rows) {
+bool gather_rows_by_row(const GatherRun* runs, int64_t count, int64_t step, const float* src, int64_t src_stride,
+                        float* dst, int64_t dst_stride, int64_t rows) {
   GatherChunk chunks[kMaxChunks];
   int n = 0;
   for (int64_t i = 0; i < count; ++i) {
@@ -145,16 +156,36 @@ bool gather_rows_by_row(const GatherRun* runs, int64_t count, const float* src, 
       chunk.store = lane_range(0, width);
       chunk.valid = lane_range(run.lead - lane, run.length - run.trail - lane) & chunk.store;
       chunk.dst_offset = run.dst_offset + lane;
-      chunk.src_offset = run.src_offset + lane - run.lead;
+      chunk.src_offset = run.src_offset + (lane - run.lead) * step;
+      if (step == 2) {
+        const uint32_t spread = spread_to_even_bits(chunk.valid);
+        chunk.valid = static_cast<__mmask16>(spread);
+        chunk.high = static_cast<__mmask16>(spread >> 16);
+      }
     }
   }
+  if (step == 1) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* in = lane_address(src, r * src_stride);
+      float* out = dst + r * dst_stride;
+      for (int i = 0; i < n; ++i) {
+        const GatherChunk& chunk = chunks[i];
+        _mm512_mask_storeu_ps(out + chunk.dst_offset, chunk.store,
+                              _mm512_maskz_loadu_ps(chunk.valid, lane_address(in, chunk.src_offset)));
+      }
+    }
+    return true;
+  }
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   for (int64_t r = 0; r < rows; ++r) {
     const float* in = lane_address(src, r * src_stride);
     float* out = dst + r * dst_stride;
     for (int i = 0; i < n; ++i) {
       const GatherChunk& chunk = chunks[i];
-      _mm512_mask_storeu_ps(out + chunk.dst_offset, chunk.store,
-                            _mm512_maskz_loadu_ps(chunk.valid, lane_address(in, chunk.src_offset)));
+      const float* span = lane_address(in, chunk.src_offset);
+      const __m512 lo = _mm512_maskz_loadu_ps(chunk.valid, span);
+      const __m512 hi = _mm512_maskz_loadu_ps(chunk.high, lane_address(span, 16));
+      _mm512_mask_storeu_ps(out + chunk.dst_offset, chunk.store, _mm512_permutex2var_ps(lo, even, hi));
     }
   }
   return true;
@@ -164,8 +195,8 @@ bool gather_rows_by_row(const GatherRun* runs, int64_t count, const float* src, 
 // kept. Step 2 (stride-2 convolutions) loads the 32-float span and keeps the even elements.
 void gather_rows(const GatherRun* runs, int64_t count, int64_t step, const float* src, int64_t src_stride, float* dst,
                  int64_t dst_stride, int64_t rows) {
-  if (step == 1 && rows > 1 && src_stride % 1024 == 0 &&
-      gather_rows_by_row(runs, count, src, src_stride, dst, dst_stride, rows)) {
+  if ((step == 1 || step == 2) && rows > 1 && src_stride % 1024 == 0 &&
+      gather_rows_by_row(runs, count, step, src, src_stride, dst, dst_stride, rows)) {
     return;
   }
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -188,12 +219,7 @@ void gather_rows(const GatherRun* runs, int64_t count, int64_t step, const float
                                 _mm512_maskz_loadu_ps(valid, lane_address(in, r * src_stride)));
         }
       } else if (step == 2) {
-        // Valid lane l reads float 2l of the span: spread the lane mask onto the even bits of two 16-float masks.
-        uint32_t spread = valid;
-        spread = (spread | (spread << 8)) & 0x00ff00ffu;
-        spread = (spread | (spread << 4)) & 0x0f0f0f0fu;
-        spread = (spread | (spread << 2)) & 0x33333333u;
-        spread = (spread | (spread << 1)) & 0x55555555u;
+        const uint32_t spread = spread_to_even_bits(valid);
         const __mmask16 low = static_cast<__mmask16>(spread), high = static_cast<__mmask16>(spread >> 16);
         for (int64_t r = 0; r < rows; ++r) {
           const float* row = lane_address(in, r * src_stride);
