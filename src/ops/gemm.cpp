@@ -14,7 +14,9 @@ namespace {
 // while a task's B block (kc × its columns) stays in L2. The values do not depend on it (see gemm.h), only speed.
 constexpr int64_t kKcMax = 384;
 // Widest column chunk of one task: its B block, kKcMax × 256 floats = 384 KiB, leaves half of a 1 MiB L2 for C and A.
+// When K is short the same block holds more columns (up to kWideChunk times as many), which saves per-task work.
 constexpr int64_t kNcTarget = 256;
+constexpr int64_t kWideChunk = 4;
 constexpr int kMaxMr = 32, kMaxNr = 64;
 
 // Cost model for choosing the split, in units of one multiply-add of one output element (1/16 of a cycle with
@@ -43,14 +45,14 @@ struct Scratch {
   float* b_block;   // kKcMax × column_block(nr)
   float* a_panel;   // kKcMax × mr (packed A only)
   float* tile;      // mr × nr, for partial tiles
-  float* col_bias;  // column_block(nr), the task's column bias as f32
+  float* col_bias;  // kWideChunk × column_block(nr), the task's column bias as f32
   float* row_bias;  // mr, the panel's row bias as f32
 };
 
 size_t scratch_floats(int mr, int nr) {
   const int64_t nc = column_block(nr);
-  return floats_aligned(kKcMax * nc) + floats_aligned(kKcMax * mr) + floats_aligned(mr * nr) + floats_aligned(nc) +
-         floats_aligned(mr);
+  return floats_aligned(kKcMax * nc) + floats_aligned(kKcMax * mr) + floats_aligned(mr * nr) +
+         floats_aligned(kWideChunk * nc) + floats_aligned(mr);
 }
 
 Scratch carve_scratch(uint8_t* base, int mr, int nr) {
@@ -64,7 +66,7 @@ Scratch carve_scratch(uint8_t* base, int mr, int nr) {
   s.tile = f;
   f += floats_aligned(mr * nr);
   s.col_bias = f;
-  f += floats_aligned(nc);
+  f += floats_aligned(kWideChunk * nc);
   s.row_bias = f;
   return s;
 }
@@ -239,7 +241,9 @@ GemmPlan plan_gemm(const GemmProblem& p, const kernels::GemmMicroKernel& kernel,
                       static_cast<double>(p.K);
   plan.threads = work < kMinParallelWork ? 1 : std::max(1, threads);
   // Column chunks no wider than a B block; then the split with the smallest estimated makespan, fewer tasks first.
-  const int64_t max_chunk_panels = column_block(kernel.nr) / kernel.nr;
+  const int64_t block_floats = kKcMax * column_block(kernel.nr);
+  const int64_t max_chunk_panels =
+      std::clamp<int64_t>(block_floats / (plan.kc * kernel.nr), 1, kWideChunk * column_block(kernel.nr) / kernel.nr);
   const int64_t max_m_chunks = plan.threads == 1 ? 1 : std::min<int64_t>({plan.m_panels, 2 * plan.threads, 64});
   double best = std::numeric_limits<double>::infinity();
   int64_t previous_n_chunks = 0;
