@@ -163,6 +163,22 @@ void gather_rows(const GatherRun* runs, int64_t count, int64_t step, const float
           _mm256_maskstore_ps(out + r * dst_stride, store_mask,
                               _mm256_maskload_ps(lane_address(in, r * src_stride), valid));
         }
+      } else if (step == 2) {
+        // Valid lane l reads float 2l of the 16-float span. The load masks cover floats [2·begin, 2·end − 1): the
+        // odd ones in between are inside the row and dropped by the shuffle, which keeps the even floats of each
+        // 128-bit half; the cross-lane permute puts them in order.
+        const int end = valid_end < width ? valid_end : width;
+        const int first_float = 2 * (valid_begin > 0 ? valid_begin : 0), end_float = end > 0 ? 2 * end - 1 : 0;
+        const __m256i store_mask = lane_mask(0, width);
+        const __m256i low = lane_mask(first_float, end_float), high = lane_mask(first_float - 8, end_float - 8);
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* span = lane_address(in, r * src_stride);
+          const __m256 lo = _mm256_maskload_ps(span, low);
+          const __m256 hi = _mm256_maskload_ps(lane_address(span, 8), high);
+          const __m256 evens = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+          _mm256_maskstore_ps(out + r * dst_stride, store_mask,
+                              _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(evens), _MM_SHUFFLE(3, 1, 2, 0))));
+        }
       } else {
         for (int64_t r = 0; r < rows; ++r) {
           float* o = out + r * dst_stride;
