@@ -266,13 +266,8 @@ int run_train(int argc, char** argv) {
       s.with_context("--config " + st.config);
     }
     if (!s.ok()) return usage_error(s);
-    if (!st.resume.empty()) {
-      // Compared with the checkpoint's by the resume, which names the first difference.
-      net = chosen;
-    } else {
-      net = chosen;
-      scheduler = chosen_scheduler;
-    }
+    net = chosen;  // when resuming, the checkpoint's network is compared with it (the first difference is named)
+    if (st.resume.empty()) scheduler = chosen_scheduler;
   }
   if (!st.scheduler_config.empty()) {
     JsonValue json;
