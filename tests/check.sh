@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 have() { dpkg -s "$1" >/dev/null 2>&1; }
-for pkg in catch2 g++ make g++-aarch64-linux-gnu qemu-user; do have "$pkg" || need+=("$pkg"); done
+for pkg in catch2 g++ make g++-aarch64-linux-gnu qemu-user clang libclang-rt-14-dev; do have "$pkg" || need+=("$pkg"); done
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   if [ "$(id -u)" -ne 0 ]; then echo "check: need root to install ${need[*]}"; exit 1; fi
@@ -54,6 +54,7 @@ run "no-simd"       build_and_test build-nosimd NO_SIMD=1
 run "arm64-qemu"    bash -c "make -s -j$jobs BUILD=build-arm64 CXX=aarch64-linux-gnu-g++ LDFLAGS=-static build-arm64/ddpm_tests \
                       && cd tests && qemu-aarch64 ../build-arm64/ddpm_tests"
 run "asan-ubsan"    build_and_test build-asan SANITIZE=1 OPT=-O1
+run "fuzz"          bash tests/fuzz/run.sh 20
 
 passed=$(awk '{p += $2} END {print p + 0}' "$log")
 failed=$(awk '{f += $4} END {print f + 0}' "$log")
