@@ -144,4 +144,4 @@ for name in ("tiny.ddpm",):
     if os.path.exists(path):
         copy("ddpm", path)
 # The .ddpm seeds converted from the micro model (f16, about 100 KB, and f32 is too big) come from the CLI:
-#   build/ddpm convert tests/data/unet/micro -o tests/fuzz/corpus/ddpm/micro_f16.ddpm --dtype f16
+#   build/ddpm convert tests/data/unet/micro -o tests/fuzz/corpus/ddpm/micro_f16.ddpm --type f16
