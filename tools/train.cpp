@@ -76,7 +76,7 @@ Status write_sample_grid(Trainer& trainer, ThreadPool& pool, const Settings& st,
   r.null_class = trainer.null_class();
   r.guidance_scale = static_cast<float>(st.guidance);
   r.max_batch = 32;
-  const int64_t classes = net.class_embeds() > 0 ? static_cast<int64_t>(trainer.data().class_names.size()) : 0;
+  const int64_t classes = net.class_embeds() > 0 ? static_cast<int64_t>(trainer.class_names().size()) : 0;
   int columns = 0;
   if (classes > 0) {
     for (long long row = 0; row < st.per_class; ++row) {
