@@ -2,22 +2,30 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 
 namespace ddpm::kernels {
 namespace {
 
+// Each level's table is built only when the CPU can run that level: a table is assembled by code compiled with
+// the level's flags, and the compiler may use the level's instructions even for plain field stores.
 struct Registry {
   KernelTable reference = make_reference_table();
-#if !defined(DDPM_NO_SIMD) && defined(__x86_64__)
-  KernelTable avx2 = make_avx2_table();
-  KernelTable avx512 = make_avx512_table();
-#endif
-#if !defined(DDPM_NO_SIMD) && defined(__aarch64__)
-  KernelTable neon = make_neon_table();
-#endif
+  std::optional<KernelTable> avx2, avx512, neon;
   const KernelTable* active = nullptr;
 
-  Registry() { active = best(); }
+  Registry() {
+    const CpuFeatures& cpu = cpu_features();
+#if !defined(DDPM_NO_SIMD) && defined(__x86_64__)
+    if (cpu.avx2_fma_f16c) avx2 = make_avx2_table();
+    if (cpu.avx512) avx512 = make_avx512_table();
+#endif
+#if !defined(DDPM_NO_SIMD) && defined(__aarch64__)
+    if (cpu.neon) neon = make_neon_table();
+#endif
+    (void)cpu;
+    active = best();
+  }
 
   const KernelTable* best() const {
     for (Isa isa : {Isa::Avx512, Isa::Avx2, Isa::Neon}) {
@@ -27,24 +35,13 @@ struct Registry {
   }
 
   const KernelTable* find(Isa isa) const {
-    const CpuFeatures& cpu = cpu_features();
     switch (isa) {
-      case Isa::Scalar:
-        return &reference;
-#if !defined(DDPM_NO_SIMD) && defined(__x86_64__)
-      case Isa::Avx2:
-        return cpu.avx2_fma_f16c ? &avx2 : nullptr;
-      case Isa::Avx512:
-        return cpu.avx512 ? &avx512 : nullptr;
-#endif
-#if !defined(DDPM_NO_SIMD) && defined(__aarch64__)
-      case Isa::Neon:
-        return cpu.neon ? &neon : nullptr;
-#endif
-      default:
-        (void)cpu;
-        return nullptr;
+      case Isa::Scalar: return &reference;
+      case Isa::Avx2: return avx2 ? &*avx2 : nullptr;
+      case Isa::Avx512: return avx512 ? &*avx512 : nullptr;
+      case Isa::Neon: return neon ? &*neon : nullptr;
     }
+    return nullptr;
   }
 };
 
