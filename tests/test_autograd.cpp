@@ -865,12 +865,27 @@ TEST_CASE("tiny U-Net variant: scale_shift time embedding, downsample padding 0,
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Cost of a training step: `ddpm_tests "[.autograd-bench]"`.
+// Cost of a training step: `ddpm_tests "[.autograd-bench]"` (tiny U-Net; DDPM_AUTOGRAD_BENCH_FASHION=1 for the
+// fashion-mnist preset's shape, DDPM_AUTOGRAD_NODES=1 to list the slowest nodes).
 
 TEST_CASE("training step cost: forward + backward vs forward", "[.autograd-bench]") {
   UNetConfig config = tiny_config();
+  int64_t batch = 8, size = 32;
+  const char* name = "tiny U-Net";
+  if (std::getenv("DDPM_AUTOGRAD_BENCH_FASHION")) {
+    // The shape of `ddpm train --preset fashion-mnist` (src/train/net.cpp).
+    name = "fashion-mnist U-Net";
+    config.in_channels = config.out_channels = 1;
+    config.block_out_channels = {32, 64, 128};
+    config.layers_per_block = 2;
+    config.down_block_types = {"DownBlock2D", "DownBlock2D", "AttnDownBlock2D"};
+    config.up_block_types = {"AttnUpBlock2D", "UpBlock2D", "UpBlock2D"};
+    config.attention_head_dim = 32;
+    config.norm_num_groups = 8;
+    config.num_class_embeds = 11;
+    size = 28;
+  }
   TinyWeights weights(config);
-  const int64_t batch = 8, size = 32;
   std::unique_ptr<UNet> forward_net, train_net;
   REQUIRE(UNet::build(config, weights.lookup(), batch, size, size, &forward_net).ok());
   REQUIRE(UNet::build(config, weights.lookup(), batch, size, size, &train_net).ok());
@@ -881,7 +896,7 @@ TEST_CASE("training step cost: forward + backward vs forward", "[.autograd-bench
   std::vector<Tensor*> grads;
   REQUIRE(build_backward(g, loss, trainable(g), &grads).ok());
   REQUIRE(g.plan().ok());
-  std::vector<float> x = random_vector(static_cast<size_t>(batch * 3 * size * size), 1);
+  std::vector<float> x = random_vector(static_cast<size_t>(batch * config.in_channels * size * size), 1);
   std::vector<float> t(batch, 500.0f), out(x.size());
   std::vector<int32_t> labels(batch, 1);
   std::memcpy(target->data, x.data(), x.size() * sizeof(float));
@@ -906,9 +921,9 @@ TEST_CASE("training step cost: forward + backward vs forward", "[.autograd-bench
     };
     const double forward_ms = best_of([&] { REQUIRE(forward_net->forward(pool, x.data(), t.data(), labels.data(), out.data()).ok()); });
     const double train_ms = best_of([&] { REQUIRE(train_net->forward(pool, x.data(), t.data(), labels.data(), out.data()).ok()); });
-    std::printf("tiny U-Net batch %lld %lldx%lld, %d thread(s), %s: forward %.2f ms, forward+backward %.2f ms (%.2fx); "
+    std::printf("%s batch %lld %lldx%lld, %d thread(s), %s: forward %.2f ms, forward+backward %.2f ms (%.2fx); "
                 "arena %.1f MB vs %.1f MB\n",
-                (long long)batch, (long long)size, (long long)size, threads, kernels::active().isa_name, forward_ms,
+                name, (long long)batch, (long long)size, (long long)size, threads, kernels::active().isa_name, forward_ms,
                 train_ms, train_ms / forward_ms, forward_net->activation_bytes() / 1e6, g.planned_arena_bytes() / 1e6);
   }
   // Per-op time of the training graph, node by node (single thread).

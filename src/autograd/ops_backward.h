@@ -23,6 +23,11 @@ Tensor* sum_to(Graph& g, Tensor* x, int rank, const int64_t* shape);
 // dview's elements where `view` reads the root and zeros elsewhere (views are injective: reshape, permute,
 // slice). A full-coverage row-major view (a reshape) becomes a free reshape of dview.
 Tensor* view_grad(Graph& g, Tensor* dview, const Tensor& view);
+// The kernel behind view_grad: a new f32 tensor of `shape` with out[offset + Σ_d i_d·stride_d] = src[i] for every
+// index i of src (contiguous f32, src_rank dims; strides may be negative, the map must be injective), zeros
+// elsewhere unless `full` says every element is written.
+Tensor* scatter(Graph& g, Tensor* src, int rank, const int64_t* shape, int src_rank, const int64_t* stride,
+                int64_t offset, bool full);
 
 // conv2d backward. dy [B, Co, Ho, Wo]; weight [Co, Ci, kh, kw] f32|f16; x [B, Ci, H, W]; p as in the forward.
 // dx [B, Ci, H, W] = col2im(Wᵀ · dy) computed per input pixel as a gather GEMM (no scatter, so deterministic).
@@ -36,6 +41,9 @@ Tensor* group_norm_grad_input(Graph& g, Tensor* dy, const Tensor& y);   // dx [B
 Tensor* group_norm_grad_params(Graph& g, Tensor* dy, const Tensor& y);  // [2, C]: row 0 dγ, row 1 dβ
 
 Tensor* silu_grad(Graph& g, Tensor* dy, Tensor* x);     // dy·σ(x)·(1 + x·(1 − σ(x)))
+// The row kernel shared by silu_grad and group_norm's fused SiLU: dz = dy·silu'(z) from neg_z = −z and e = e^−z.
+void silu_backward_rows(int64_t n, const float* __restrict__ dy, const float* __restrict__ neg_z,
+                        const float* __restrict__ e, float* __restrict__ dz);
 Tensor* softmax_grad(Graph& g, Tensor* dy, Tensor* y);  // y·(dy − Σ dy·y) per row; y is the softmax output
 
 Tensor* upsample2x_grad(Graph& g, Tensor* dy);                   // [B,C,2H,2W] → [B,C,H,W]: sum of each 2×2 block

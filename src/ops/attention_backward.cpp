@@ -1,11 +1,16 @@
-// Softmax backward. With y = softmax(x) along a row: dx_i = y_i·(dy_i − Σ_j dy_j·y_j). The row's dot product is
-// accumulated in double (four interleaved partial sums, always combined the same way); each row is one task.
+// Softmax backward. With y = softmax(x) along a row: dx_i = y_i·(dy_i − Σ_j dy_j·y_j), through the kernel table's
+// vector rows; the row's dot product is accumulated in double. Each row is one task.
 #include <algorithm>
 
 #include "autograd/ops_backward.h"
 #include "ops/op_exec.h"
 
 namespace ddpm {
+namespace {
+
+constexpr int64_t kChunk = 1024;
+
+}  // namespace
 
 Tensor* softmax_grad(Graph& g, Tensor* dy, Tensor* y) {
   if (!dy || !y) return nullptr;
@@ -19,21 +24,24 @@ Status compute_softmax_grad(const Tensor& node, ExecContext& ctx) {
   const int64_t cols = node.shape[node.rank - 1];
   const int64_t rows = node.numel() / cols;
   const int64_t rows_per_task = std::max<int64_t>(1, 16384 / cols);
+  const kernels::KernelTable& k = ctx.kernels;
   ctx.pool.run((rows + rows_per_task - 1) / rows_per_task, [&](int64_t task, int) {
     const int64_t end = std::min(rows, (task + 1) * rows_per_task);
     for (int64_t r = task * rows_per_task; r < end; ++r) {
       const float* d = dy.f32() + r * cols;
       const float* p = y.f32() + r * cols;
       float* out = node.f32() + r * cols;
-      // Four interleaved partial sums (a fixed order) keep the f64 adds from serialising on their latency.
-      double part[4] = {0.0, 0.0, 0.0, 0.0};
-      int64_t i = 0;
-      for (; i + 4 <= cols; i += 4) {
-        for (int j = 0; j < 4; ++j) part[j] += static_cast<double>(d[i + j]) * p[i + j];
+      // Σ dy·y: products rounded to f32, summed in double by the kernel table's reduction (a fixed order per
+      // level), in chunks that fit a stack buffer.
+      double dot = 0.0;
+      float products[kChunk];
+      for (int64_t i = 0; i < cols; i += kChunk) {
+        const int64_t n = std::min(kChunk, cols - i);
+        k.mul(n, d + i, p + i, products);
+        dot += k.sum_f64(n, products);
       }
-      for (; i < cols; ++i) part[0] += static_cast<double>(d[i]) * p[i];
-      const float shift = static_cast<float>((part[0] + part[1]) + (part[2] + part[3]));
-      for (int64_t i = 0; i < cols; ++i) out[i] = p[i] * (d[i] - shift);
+      k.add_scalar(cols, d, static_cast<float>(-dot), out);  // dy − Σ dy·y
+      k.mul(cols, out, p, out);                               // · y
     }
   });
   return Status();

@@ -4,7 +4,8 @@
 //   dx[b] [Ci × H·W]     = Wᵀ [Ci × Co·T] · gather(dy[b]) [Co·T × H·W]
 //   dw    [Co × Ci·T]    = dy [Co × B·Ho·Wo] · im2col(x)ᵀ [B·Ho·Wo × Ci·T]
 //
-// dx is the transposed convolution. Instead of scattering Wᵀ·dy columns back into the image (col2im, whose
+// dx is the transposed convolution. With stride 1 it is an ordinary convolution with rotated weights and runs as
+// one (see conv2d_grad_input). Otherwise, instead of scattering Wᵀ·dy columns back into the image (col2im, whose
 // overlapping adds would need a fixed order across tasks), each input pixel gathers the dy values of the outputs
 // that read it: B element (co, u, v; y, x) is dy[co, (y + pad_top − u)/s, (x + pad_left − v)/s] when both
 // divisions are exact and in range, else 0. Every dx element is then one GEMM dot product, computed by one task.
@@ -158,7 +159,31 @@ void set_conv_params(Tensor* t, const Conv2dParams& p, int64_t kh, int64_t kw) {
 
 Tensor* conv2d_grad_input(Graph& g, Tensor* dy, Tensor* weight, const Tensor& x, const Conv2dParams& p) {
   if (!dy || !weight) return nullptr;
-  dy = contiguous(g, dy);                                            // [B, Co, Ho, Wo]
+  dy = contiguous(g, dy);  // [B, Co, Ho, Wo]
+  const int64_t kh = weight->shape[2], kw = weight->shape[3];
+  if (p.stride == 1 && p.pad_top < kh && p.pad_left < kw && p.pad_bottom < kh && p.pad_right < kw) {
+    // Stride 1: the transposed convolution is a plain convolution of dy with the weights transposed (Ci ↔ Co)
+    // and rotated by 180°, padded by k − 1 − pad, so it runs on the forward's tuned path. The rotated copy is
+    // weight-sized; an f32 weight is scattered into place (w[co, ci, t] → r[ci, co, T−1−t]), others (f16) are
+    // copied through a view with negative strides.
+    const int64_t co = weight->shape[0], ci = weight->shape[1], taps = kh * kw;
+    const int64_t shape[4] = {ci, co, kh, kw};
+    Tensor* rotated;
+    if (weight->dtype == DType::F32 && weight->is_contiguous()) {
+      const int64_t flat[3] = {co, ci, taps}, flat_stride[3] = {ci * taps, taps, 1};
+      const int64_t to_rotated[3] = {taps, co * taps, -1};  // where w[co, ci, t] lands in r
+      rotated = scatter(g, g.new_view(weight, 3, flat, flat_stride, 0), 4, shape, 3, to_rotated, taps - 1, true);
+    } else {
+      const int64_t stride[4] = {weight->stride[1], weight->stride[0], -weight->stride[2], -weight->stride[3]};
+      rotated = contiguous(g, g.new_view(weight, 4, shape, stride,
+                                         (kh - 1) * weight->stride[2] + (kw - 1) * weight->stride[3]));
+    }
+    const Conv2dParams q{1, static_cast<int>(kh - 1 - p.pad_top), static_cast<int>(kw - 1 - p.pad_left),
+                         static_cast<int>(kh - 1 - p.pad_bottom), static_cast<int>(kw - 1 - p.pad_right)};
+    Tensor* dx = conv2d(g, dy, rotated, nullptr, q);  // [B, Ci, H, W]
+    DDPM_ASSERT(!dx || (dx->shape[2] == x.shape[2] && dx->shape[3] == x.shape[3]));
+    return dx;
+  }
   Tensor* weight_t = contiguous(g, permute(g, weight, {1, 0, 2, 3}));  // Wᵀ [Ci, Co, kh, kw], small
   if (!weight_t) return nullptr;
   Tensor* dx = g.new_node(OpKind::Conv2dGradInput, DType::F32, 4, x.shape, {dy, weight_t});  // [B, Ci, H, W]

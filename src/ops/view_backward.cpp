@@ -56,14 +56,21 @@ Tensor* view_grad(Graph& g, Tensor* dview, const Tensor& view) {
   if (!is_injective(view)) {
     return g.fail(errorf("backward: view %s with strides that overlap has no gradient", view.shape_string().c_str()));
   }
-  Tensor* droot = g.new_node(OpKind::ViewGrad, DType::F32, root.rank, root.shape, {dview});
+  return scatter(g, dview, root.rank, root.shape, view.rank, view.stride, view.view_offset, full);
+}
+
+Tensor* scatter(Graph& g, Tensor* src, int rank, const int64_t* shape, int src_rank, const int64_t* stride,
+                int64_t offset, bool full) {
+  if (!src) return nullptr;
+  DDPM_ASSERT(src->dtype == DType::F32 && src->is_contiguous() && src->rank == src_rank);
+  Tensor* out = g.new_node(OpKind::ViewGrad, DType::F32, rank, shape, {src});
   for (int i = 0; i < kMaxRank; ++i) {
-    const int d = i - (kMaxRank - view.rank);
-    droot->iparams[i] = d >= 0 ? view.stride[d] : 0;
+    const int d = i - (kMaxRank - src_rank);
+    out->iparams[i] = d >= 0 ? stride[d] : 0;
   }
-  droot->iparams[kOffset] = view.view_offset;
-  droot->iparams[kFullCoverage] = full ? 1 : 0;
-  return droot;
+  out->iparams[kOffset] = offset;
+  out->iparams[kFullCoverage] = full ? 1 : 0;
+  return out;
 }
 
 Status compute_view_grad(const Tensor& node, ExecContext& ctx) {
