@@ -451,6 +451,9 @@ TEST_CASE("conv2d gradients: x, weight, bias, residual; strides, paddings, 1x1, 
       {2, 2, 17, 19, 32, 3, {1, 1, 1, 1, 1}, false},  // K of dw per image = 323 > one 256 block, K of dx = 288
       {1, 2, 3, 37, 3, 3, {1, 1, 1, 1, 1}, false},    // output rows wider than dw's 32-element packing runs
       {2, 2, 4, 70, 3, 3, {2, 1, 1, 1, 1}, false},    // the same with stride 2
+      {2, 16, 5, 6, 3, 3, {1, 1, 1, 1, 1}, true},     // Ci >= 16: dw reads x channels-last
+      {3, 17, 7, 6, 5, 3, {2, 0, 0, 1, 1}, false},    // ... with stride 2, bottom/right padding, batch 3
+      {2, 20, 3, 5, 4, 1, {1, 0, 0, 0, 0}, false},    // ... and a 1×1 kernel
   };
   for (const Shape& s : shapes) {
     INFO("x [" << s.batch << "," << s.ci << "," << s.h << "," << s.w << "] -> " << s.co << " k" << s.k << " stride "
@@ -866,7 +869,7 @@ TEST_CASE("tiny U-Net variant: scale_shift time embedding, downsample padding 0,
 
 // ---------------------------------------------------------------------------------------------------------------
 // Cost of a training step: `ddpm_tests "[.autograd-bench]"` (tiny U-Net; DDPM_AUTOGRAD_BENCH_FASHION=1 for the
-// fashion-mnist preset's shape, DDPM_AUTOGRAD_NODES=1 to list the slowest nodes).
+// fashion-mnist preset's shape, DDPM_AUTOGRAD_NODES=N to list the N slowest nodes, 30 at least).
 
 TEST_CASE("training step cost: forward + backward vs forward", "[.autograd-bench]") {
   UNetConfig config = tiny_config();
@@ -960,7 +963,9 @@ TEST_CASE("training step cost: forward + backward vs forward", "[.autograd-bench
   sorted.clear();
   for (auto& [name, ms] : per_node) sorted.push_back({ms, name});
   std::sort(sorted.rbegin(), sorted.rend());
-  for (size_t i = 0; i < std::min<size_t>(sorted.size(), 30); ++i) {
+  const char* listed = std::getenv("DDPM_AUTOGRAD_NODES");
+  const size_t count = listed ? static_cast<size_t>(std::max(30, std::atoi(listed))) : 0;
+  for (size_t i = 0; i < std::min(sorted.size(), count); ++i) {
     std::printf("  %8.2f ms  %s\n", sorted[i].first, sorted[i].second.c_str());
   }
 }

@@ -12,10 +12,12 @@
 // With stride 2, three quarters of those B entries are zeros: wasted multiplies, but only in the few
 // downsampling convs.
 //
-// dw sums over batch and pixels. K = B·Ho·Wo is long and M·N (the weight) small, so for small weights the batch
-// becomes the GEMM batch (one partial dw per image, tasks run in parallel) and the partials are summed afterwards
-// in image order; large weights already have enough column blocks and use one GEMM over dy permuted to
-// [Co, B, Ho·Wo] (an extra copy of dy, small next to the GEMM).
+// dw sums over batch and pixels: one GEMM with K = B·Ho·Wo over dy permuted to [Co, B, Ho·Wo] (an extra copy of
+// dy, small next to the GEMM). A weight too small to give the GEMM's tasks to several threads is split into image
+// groups instead (the GEMM batch, one partial dw each, summed afterwards in group order); with one image per
+// group dy is read in place. im2col(x)ᵀ puts x's channels along the packed panel's rows, a transposition: with
+// 16 or more input channels x is first copied channels-last ([B, H, W, Ci], one pass) so that every tap packs Ci
+// consecutive floats with plain copies, and dw comes out as [Co, kh, kw, Ci], reordered at the end (weight-sized).
 #include <algorithm>
 #include <cstring>
 
@@ -25,11 +27,15 @@
 namespace ddpm {
 namespace {
 
-// iparams of Conv2dGradInput and Conv2dGradWeight nodes.
-enum ConvGradParam { kStride = 0, kPadTop, kPadLeft, kKernelH, kKernelW, kGroups };
+// iparams of Conv2dGradInput and Conv2dGradWeight nodes. kPermuted: dy is given as [Co, B, Ho, Wo].
+// kChannelsLast: x is given as [B, H, W, Ci] and dw's columns are ordered (kh, kw, Ci).
+enum ConvGradParam { kStride = 0, kPadTop, kPadLeft, kKernelH, kKernelW, kGroups, kPermuted, kChannelsLast };
 
-// Largest weight (Co·Ci·T floats) for which dw gets one partial per image.
-constexpr int64_t kPerImageWeightLimit = 65536;
+// Input channels from which dw reads x channels-last (Ci contiguous floats per tap, copied as runs).
+constexpr int64_t kChannelsLastMin = 16;
+
+// dw's GEMM is split into image groups (one partial dw each) until it has this many nominal 8×32 output tiles.
+constexpr int64_t kMinTiles = 8;
 
 struct DyGather {
   const float* dy;  // [B, Co, Ho, Wo]
@@ -147,6 +153,52 @@ void pack_im2col_t(const void* context, int64_t batch, int64_t k0, int64_t kc, i
   }
 }
 
+// Channels-last: B element (k = (image, oy, ox), n = (u, v, ci)) = xc[image, oy·s + u − pad_top, ox·s + v −
+// pad_left, ci] or 0. For one k, every tap reads Ci consecutive floats: copied into the panel as contiguous
+// pieces (split where a panel ends), with no transposing stores.
+void pack_im2col_t_channels_last(const void* context, int64_t batch, int64_t k0, int64_t kc, int64_t n0, int64_t nc,
+                                 int nr, float* dst) {
+  const Im2colT& g = *static_cast<const Im2colT*>(context);
+  const int64_t channels = g.channels;
+  for (int64_t k = 0; k < kc; ++k) {
+    const int64_t kk = k0 + k;
+    const int64_t image = batch * g.images_per_batch + kk / g.pixels, pixel = kk % g.pixels;
+    const int64_t iy0 = (pixel / g.out_width) * g.stride - g.pad_top;
+    const int64_t ix0 = (pixel % g.out_width) * g.stride - g.pad_left;
+    const float* source = g.x + image * g.height * g.width * channels;  // [H, W, Ci]
+    int64_t n = n0;
+    while (n < n0 + nc) {
+      const int64_t tap = n / channels, channel = n % channels;
+      const int64_t offset = n - n0, lane = offset % nr;
+      const int64_t length = std::min({channels - channel, n0 + nc - n, static_cast<int64_t>(nr) - lane});
+      float* out = dst + (offset / nr) * kc * nr + k * nr + lane;
+      const int64_t iy = iy0 + tap / g.kernel_w, ix = ix0 + tap % g.kernel_w;
+      if (iy >= 0 && iy < g.height && ix >= 0 && ix < g.width) {
+        std::memcpy(out, source + (iy * g.width + ix) * channels + channel, static_cast<size_t>(length) * sizeof(float));
+      } else {
+        std::memset(out, 0, static_cast<size_t>(length) * sizeof(float));
+      }
+      n += length;
+    }
+    const int64_t tail = nc % nr;  // zero the padding columns of the last panel
+    if (tail) {
+      float* out = dst + (nc / nr) * kc * nr + k * nr;
+      for (int64_t i = tail; i < nr; ++i) out[i] = 0.0f;
+    }
+  }
+}
+
+// A contiguous tensor's elements viewed with another row-major shape.
+Tensor* view_as_rows(Graph& g, Tensor* t, int rank, const int64_t* shape) {
+  int64_t stride[kMaxRank];
+  int64_t step = 1;
+  for (int i = rank - 1; i >= 0; --i) {
+    stride[i] = step;
+    step *= shape[i];
+  }
+  return g.new_view(contiguous(g, t), rank, shape, stride, 0);
+}
+
 void set_conv_params(Tensor* t, const Conv2dParams& p, int64_t kh, int64_t kw) {
   t->iparams[kStride] = p.stride;
   t->iparams[kPadTop] = p.pad_top;
@@ -195,17 +247,39 @@ Tensor* conv2d_grad_weight(Graph& g, Tensor* dy, Tensor* x, const Tensor& weight
   if (!dy || !x) return nullptr;
   const int64_t batch = dy->shape[0], co = weight.shape[0];
   const int64_t row = weight.shape[1] * weight.shape[2] * weight.shape[3];  // Ci·T
-  const int64_t groups = (batch > 1 && co * row <= kPerImageWeightLimit) ? batch : 1;
+  // Image groups: as few as give the GEMM enough tiles to share among threads (a function of the shape only,
+  // so the summation order never depends on the thread count); a divisor of the batch.
+  const int64_t tiles = ((co + 7) / 8) * ((row + 31) / 32);
+  int64_t groups = 1;
+  while (groups < batch && (groups * tiles < kMinTiles || batch % groups != 0)) ++groups;
+  const bool permuted = groups < batch;
   dy = contiguous(g, dy);
-  if (groups == 1) dy = contiguous(g, permute(g, dy, {1, 0, 2, 3}));  // [Co, B, Ho, Wo] (free when B = 1)
+  if (permuted) dy = contiguous(g, permute(g, dy, {1, 0, 2, 3}));  // [Co, B, Ho, Wo] (free when B = 1)
   x = contiguous(g, x);
+  const int64_t ci = weight.shape[1], taps = weight.shape[2] * weight.shape[3];
+  const bool channels_last = ci >= kChannelsLastMin;
+  if (channels_last && x) {
+    // x [B, Ci, H·W] scattered to [B, H, W, Ci]: one transposing pass instead of one per tap inside the packer.
+    const int64_t hw = x->shape[2] * x->shape[3];
+    const int64_t flat[3] = {batch, ci, hw}, flat_stride[3] = {ci * hw, hw, 1}, to_last[3] = {hw * ci, 1, ci};
+    const int64_t last_shape[4] = {batch, x->shape[2], x->shape[3], ci};
+    x = scatter(g, g.new_view(x, 3, flat, flat_stride, 0), 4, last_shape, 3, to_last, 0, true);
+  }
+  if (!x) return nullptr;
   const int64_t shape[3] = {groups, co, row};
   Tensor* partial = g.new_node(OpKind::Conv2dGradWeight, DType::F32, 3, shape, {dy, x});  // [G, Co, Ci·T]
   set_conv_params(partial, p, weight.shape[2], weight.shape[3]);
   partial->iparams[kGroups] = groups;
+  partial->iparams[kPermuted] = permuted ? 1 : 0;
+  partial->iparams[kChannelsLast] = channels_last ? 1 : 0;
   const int64_t summed_shape[2] = {co, row};
-  Tensor* summed = sum_to(g, partial, 2, summed_shape);  // Σ over images, in image order
+  Tensor* summed = sum_to(g, partial, 2, summed_shape);  // Σ over image groups, in group order
   if (!summed) return nullptr;
+  if (channels_last) {
+    // Columns ordered (kh, kw, Ci) → the weight's [Co, Ci, kh, kw].
+    const int64_t flat[3] = {co, taps, ci}, to_weight[3] = {ci * taps, 1, taps};
+    return scatter(g, view_as_rows(g, summed, 3, flat), 4, weight.shape, 3, to_weight, 0, true);
+  }
   const int64_t stride[4] = {row, weight.shape[2] * weight.shape[3], weight.shape[3], 1};
   return g.new_view(summed, 4, weight.shape, stride, 0);  // [Co, Ci, kh, kw]
 }
@@ -236,11 +310,14 @@ Status compute_conv2d_grad_input(const Tensor& node, ExecContext& ctx) {
 }
 
 Status compute_conv2d_grad_weight(const Tensor& node, ExecContext& ctx) {
-  const Tensor& dy = *node.src[0];  // [B, Co, Ho, Wo] per image, or [Co, B, Ho, Wo] when there is one group
-  const Tensor& x = *node.src[1];   // [B, Ci, H, W]
+  const Tensor& dy = *node.src[0];  // [Co, B, Ho, Wo], or [B, Co, Ho, Wo] with one group per image
+  const Tensor& x = *node.src[1];   // [B, Ci, H, W], or [B, H, W, Ci] channels-last
   const int64_t groups = node.iparams[kGroups];
   const int64_t batch = x.shape[0], pixels = dy.shape[2] * dy.shape[3];
-  Im2colT im2col{x.f32(), x.shape[1], x.shape[2], x.shape[3], node.iparams[kKernelH], node.iparams[kKernelW],
+  const bool channels_last = node.iparams[kChannelsLast] != 0;
+  const int64_t channels = channels_last ? x.shape[3] : x.shape[1];
+  const int64_t height = channels_last ? x.shape[1] : x.shape[2], width = channels_last ? x.shape[2] : x.shape[3];
+  Im2colT im2col{x.f32(), channels, height, width, node.iparams[kKernelH], node.iparams[kKernelW],
                  dy.shape[3], pixels, node.iparams[kStride], node.iparams[kPadTop], node.iparams[kPadLeft],
                  batch / groups};
   GemmProblem p;
@@ -250,9 +327,10 @@ Status compute_conv2d_grad_weight(const Tensor& node, ExecContext& ctx) {
   p.K = (batch / groups) * pixels;
   p.a = dy.data;
   p.a_dtype = DType::F32;
-  p.a_batch_stride = groups == 1 ? 0 : p.M * pixels;
-  p.a_row_stride = groups == 1 ? batch * pixels : pixels;
-  p.pack_b = pack_im2col_t;
+  const bool permuted = node.iparams[kPermuted] != 0;
+  p.a_batch_stride = permuted ? p.K : p.M * pixels;
+  p.a_row_stride = permuted ? batch * pixels : pixels;
+  p.pack_b = channels_last ? pack_im2col_t_channels_last : pack_im2col_t;
   p.pack_b_context = &im2col;
   p.c = node.f32();
   p.ldc = p.N;

@@ -63,6 +63,26 @@ Tensor* scatter(Graph& g, Tensor* src, int rank, const int64_t* shape, int src_r
                 int64_t offset, bool full) {
   if (!src) return nullptr;
   DDPM_ASSERT(src->dtype == DType::F32 && src->is_contiguous() && src->rank == src_rank);
+  // Size-1 dims move nothing: drop them, so the copy's rows are as long as possible (a 1×1 conv weight
+  // [Co, Ci, 1] is copied as Co rows of Ci, not Co·Ci rows of one element).
+  int64_t kept_shape[kMaxRank], kept_stride[kMaxRank], row_major[kMaxRank];
+  int kept = 0;
+  for (int d = 0; d < src_rank; ++d) {
+    if (src->shape[d] == 1) continue;
+    kept_shape[kept] = src->shape[d];
+    kept_stride[kept++] = stride[d];
+  }
+  if (kept == 0) kept_shape[kept] = 1, kept_stride[kept++] = 0;
+  if (kept != src_rank) {
+    int64_t step = 1;
+    for (int d = kept - 1; d >= 0; --d) {
+      row_major[d] = step;
+      step *= kept_shape[d];
+    }
+    src = g.new_view(src, kept, kept_shape, row_major, 0);
+    src_rank = kept;
+    stride = kept_stride;
+  }
   Tensor* out = g.new_node(OpKind::ViewGrad, DType::F32, rank, shape, {src});
   for (int i = 0; i < kMaxRank; ++i) {
     const int d = i - (kMaxRank - src_rank);
@@ -88,6 +108,43 @@ Status compute_view_grad(const Tensor& node, ExecContext& ctx) {
       const int64_t begin = task * chunk;
       std::memset(node.f32() + begin, 0, static_cast<size_t>(std::min(chunk, n - begin)) * sizeof(float));
     });
+  }
+  // A transposing copy (the innermost source dim is strided in the output while another source dim is
+  // contiguous there: channels-last copies, weight reorders, attention's permuted heads) goes tile by tile, so
+  // that both the reads and the writes of a 16×16 tile stay within a few cache lines.
+  int transposed_dim = -1;
+  for (int d = kMaxRank - 2; d >= 0; --d) {
+    if (stride[3] != 1 && stride[d] == 1 && shape[d] > 1) transposed_dim = d;
+  }
+  int64_t src_stride[kMaxRank];
+  int64_t step = 1;
+  for (int d = kMaxRank - 1; d >= 0; --d) {
+    src_stride[d] = step;
+    step *= shape[d];
+  }
+  if (transposed_dim >= 0 && shape[3] > 1) {
+    constexpr int64_t kTile = 16;
+    const int j = transposed_dim;
+    int other[2], n_other = 0;  // the two dims besides j and 3
+    for (int d = 0; d < kMaxRank - 1; ++d) {
+      if (d != j) other[n_other++] = d;
+    }
+    const int64_t outer = shape[other[0]] * shape[other[1]];
+    const int64_t a_tiles = (shape[j] + kTile - 1) / kTile;
+    ctx.pool.run(outer * a_tiles, [&](int64_t task, int) {
+      const int64_t o = task / a_tiles, a0 = (task % a_tiles) * kTile;
+      const int64_t i0 = o / shape[other[1]], i1 = o % shape[other[1]];
+      const float* src = dview.f32() + i0 * src_stride[other[0]] + i1 * src_stride[other[1]];
+      float* dst = out + i0 * stride[other[0]] + i1 * stride[other[1]];
+      const int64_t a_end = std::min(shape[j], a0 + kTile);
+      for (int64_t b0 = 0; b0 < shape[3]; b0 += kTile) {
+        const int64_t b_end = std::min(shape[3], b0 + kTile);
+        for (int64_t b = b0; b < b_end; ++b) {
+          for (int64_t a = a0; a < a_end; ++a) dst[a + b * stride[3]] = src[a * src_stride[j] + b];
+        }
+      }
+    });
+    return Status();
   }
   const int64_t rows = shape[0] * shape[1] * shape[2], cols = shape[3];
   const int64_t rows_per_task = std::max<int64_t>(1, 16384 / cols);
