@@ -190,10 +190,9 @@ Status compute_conv2d(const Tensor& node, ExecContext& ctx) {
   const Tensor& w = *node.src[1];
   const Tensor* bias = node.src[2];
   const Tensor* residual = node.src[3];
-  Im2col im2col{x.f32(),        x.shape[1],           x.shape[2],           x.shape[3],
-                w.shape[2],     w.shape[3],           node.shape[3],        node.iparams[kStride],
-                node.iparams[kPadTop], node.iparams[kPadLeft], ctx.kernels.gemm.gather_rows};
-  if (!im2col.gather_rows) im2col.gather_rows = kernels::reference().gemm.gather_rows;
+  Im2col im2col{x.f32(), x.shape[1], x.shape[2], x.shape[3], w.shape[2], w.shape[3], node.shape[3],
+                node.iparams[kStride], node.iparams[kPadTop], node.iparams[kPadLeft], ctx.kernels.gemm.gather_rows};
+  if (!im2col.gather_rows) im2col.gather_rows = kernels::reference().gemm.gather_rows;  // a level without one
   GemmProblem p;
   p.batch = x.shape[0];
   p.M = w.shape[0];

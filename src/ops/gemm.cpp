@@ -13,7 +13,7 @@ namespace {
 // K is summed in nearly equal blocks of at most kKcMax, so that A's rows for one micro-panel (MR × kc) stay in L1
 // while a task's B block (kc × its columns) stays in L2. The values do not depend on it (see gemm.h), only speed.
 constexpr int64_t kKcMax = 384;
-// Widest column chunk of one task: its B block, kKcMax × 256 floats = 384 KiB, leaves half of a 1 MiB L2 for C and A.
+// Widest column chunk of one task: its B block, kKcMax × 256 floats = 384 KiB, leaves most of a 1 MiB L2 to C and A.
 // When K is short the same block holds more columns (up to kWideChunk times as many), which saves per-task work.
 constexpr int64_t kNcTarget = 256;
 constexpr int64_t kWideChunk = 4;
