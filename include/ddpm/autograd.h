@@ -43,8 +43,9 @@ Tensor* mse_loss(Graph& g, Tensor* prediction, Tensor* target);
 //         compute(); nullptr when the loss does not depend on wrt[i] (the gradient is zero).
 // Only nodes that lie on a path from some wrt[i] to the loss get backward work. Where a tensor feeds several
 // consumers its gradient is the sum of their contributions, added in a fixed order (reverse creation order of the
-// consumers). Errors (an op without a backward rule on the path, a gradient through timestep_embedding, a
-// wrt tensor of another graph or of integer type) come back as a Status and leave `g` unusable for compute.
+// consumers). Bad arguments (a loss that is not one f32 value, a wrt tensor of another graph or of integer type)
+// return an error and leave `g` untouched; an op on the path without a backward rule (timestep_embedding, or a
+// backward op: no second derivatives) returns an error that is also recorded in g.status(), so plan() fails.
 // May be called more than once on the same graph (each call appends its own nodes).
 Status build_backward(Graph& g, Tensor* loss, const std::vector<Tensor*>& wrt, std::vector<Tensor*>* grads);
 
