@@ -93,7 +93,7 @@ Status write_sample_grid(Trainer& trainer, ThreadPool& pool, const Settings& st,
   std::vector<uint8_t> pixels, grid;
   images_to_u8(images.data(), r.count, c, h, w, -1.0f, 1.0f, &pixels);
   int gw = 0, gh = 0;
-  make_grid(pixels.data(), r.count, c, h, w, columns, 2, 0, std::max(1, 64 / std::max(h, w)), &grid, &gw, &gh);
+  make_grid(pixels.data(), r.count, c, h, w, columns, 2, 255, std::max(1, 64 / std::max(h, w)), &grid, &gw, &gh);
   std::ostringstream text;
   text << "ddpm.cpp train: step " << trainer.step_count() << ", EMA weights, DDIM 50 steps, seed " << r.seed;
   if (classes > 0) text << ", columns = classes 0.." << classes - 1 << ", cfg " << (r.null_class ? st.guidance : 1.0);

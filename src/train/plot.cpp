@@ -158,7 +158,9 @@ Canvas plot_losses(const std::vector<float>& losses, const std::vector<std::pair
                    int width, int height) {
   Canvas c(width, height, kWhite);
   const int left = 64, right = width - 16, top = 36, bottom = height - 40;  // plot area
-  const std::vector<double> smooth = smooth_losses(losses, 0.98);
+  // Smoothing over about 2% of the run (5 to 500 steps): enough to read a trend without lagging behind it.
+  const double window = std::min(500.0, std::max(5.0, losses.size() / 50.0));
+  const std::vector<double> smooth = smooth_losses(losses, 1.0 - 1.0 / window);
   // Loss range over every positive value shown.
   double lo = INFINITY, hi = 0;
   auto include = [&](double v) {

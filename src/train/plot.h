@@ -36,8 +36,8 @@ class Canvas {
   std::vector<uint8_t> pixels_;
 };
 
-// Renders the curve: raw per-step losses (light), their smoothed version (dark) and validation losses (points),
-// with step ticks on x and decade (and 2×, 5×) ticks on the log loss axis.
+// Renders the curve: raw per-step losses (light), their smoothed version (dark; a window of ~2% of the run) and
+// validation losses (points), with step ticks on x and decade (and 2×, 5×) ticks on the log loss axis.
 Canvas plot_losses(const std::vector<float>& losses, const std::vector<std::pair<int64_t, float>>& validation,
                    int width = 800, int height = 480);
 Status write_loss_curve(const std::string& path, const std::vector<float>& losses,
