@@ -266,6 +266,16 @@ void check_driver(const GemmCase& c, const kernels::KernelTable& level) {
     if (threads == 1) {
       CHECK(relative_l2(out.data(), expected.data(), out.size()) <= kF32RelativeL2);
       first = out;
+      if (c.f16_a) {
+        // f16 widens exactly: the same A given as f32 must give the same bits, whichever path each takes.
+        GemmProblem widened = p;
+        widened.a = a_used.data();
+        widened.a_dtype = DType::F32;
+        std::vector<float> again(out.size());
+        widened.c = again.data();
+        ctx.run(widened, level);
+        CHECK(std::memcmp(first.data(), again.data(), again.size() * sizeof(float)) == 0);
+      }
     } else {
       CHECK(std::memcmp(first.data(), out.data(), out.size() * sizeof(float)) == 0);
     }
@@ -290,7 +300,8 @@ TEST_CASE("the driver handles M, N and K tails with every epilogue and A layout,
     SECTION(std::string("epilogues and layouts ") + level->isa_name) {
       check_driver({2, 17, 70, 40, false, false, true, false, true}, *level);
       check_driver({1, 16, 64, 33, false, false, false, true, false}, *level);
-      check_driver({3, 9, 33, 20, true, false, true, true, true}, *level);  // f16 A: packed path
+      check_driver({3, 9, 33, 20, true, false, true, true, true}, *level);  // f16 A: rows converted per panel
+      check_driver({1, 12, 40, 30, true, true, true, false, false}, *level);  // f16 transposed A: packed path
       check_driver({2, 11, 45, 26, false, true, false, true, true}, *level);  // transposed A: packed path
       check_driver({1, 5, 7, 0, false, false, true, true, true}, *level);     // K = 0: the epilogue alone
       check_driver({1, 64, 784, 288}, *level);                               // 32→32 conv-sized
@@ -307,6 +318,15 @@ TEST_CASE("the split keeps B packed once when columns allow and balances the thr
   kernel.nr = 32;
   kernel.run = kernels::reference().gemm.run;  // only the shape and the presence of run_rows matter to the plan
   kernel.run_rows = [](int64_t, const float* const*, const float*, float*, int64_t, bool, const kernels::GemmEpilogue*) {};
+  auto p_for_f16 = [](int64_t batch, int64_t M, int64_t N, int64_t K) {
+    GemmProblem p;
+    p.batch = batch;
+    p.M = M;
+    p.N = N;
+    p.K = K;
+    p.a_dtype = DType::F16;
+    return p;
+  };
   auto plan_for = [&](int64_t batch, int64_t M, int64_t N, int64_t K, int threads) {
     GemmProblem p;
     p.batch = batch;
@@ -321,6 +341,10 @@ TEST_CASE("the split keeps B packed once when columns allow and balances the thr
     CHECK(plan.m_chunks == 1);
     CHECK(plan.n_chunks == 4);  // 32 panels in chunks of 8 (256 columns)
     CHECK(plan.a_in_place);
+    GemmProblem f16 = p_for_f16(1, 256, 1024, 2304);
+    const GemmPlan converted = plan_gemm(f16, kernel, 1);
+    CHECK(!converted.a_in_place);
+    CHECK(converted.a_f16_rows);
     CHECK(plan.k_blocks == 6);
     CHECK(plan.kc == 384);
   }

@@ -25,7 +25,7 @@ struct GemmEpilogue {
   int64_t residual_ld = 0;
 };
 
-// One run of a packed im2col row (see GemmMicroKernel::gather_rows): lanes [0, length) at dst + dst_offset, of which
+// One run of a packed B row (see GemmMicroKernel::gather_rows): lanes [0, length) at dst + dst_offset, of which
 // [lead, length - trail) come from src + src_offset + (lane - lead) * step and the others are zero (padding).
 struct GatherRun {
   int64_t dst_offset = 0;
@@ -42,8 +42,9 @@ struct GatherRun {
 //   in k order, so how the driver blocks K or splits the work never changes a bit.
 // The driver (src/ops/gemm.cpp) packs panels, handles tails through a temporary tile and threads the work; a
 // micro-kernel only ever sees full tiles.
-//   gather_rows: the im2col packer's inner loop: for r < rows and every run, fills the run's lanes of
-//   dst + r*dst_stride from src + r*src_stride (zero lanes included). Runs are at most 64 lanes long.
+//   gather_rows: the B packers' inner loop (im2col, strided and transposed matrices): for r < rows and every run,
+//   fills the run's lanes of dst + r*dst_stride from src + r*src_stride, zero lanes included. Lanes outside the
+//   runs are left alone. Step 1 and 2 (stride-2 convolutions) are the fast cases.
 struct GemmMicroKernel {
   int mr = 0;
   int nr = 0;

@@ -21,11 +21,12 @@ constexpr int kMaxMr = 32, kMaxNr = 64;
 
 // Cost model for choosing the split, in units of one multiply-add of one output element (1/16 of a cycle with
 // AVX-512). Packing one B element costs about as much as 6 of them, packing one A element (a scalar transposition)
-// about 8, bringing an A element read in place back from L2 for another column chunk about 2; waking a task,
-// walking its panels and the pool's bookkeeping about 20000 (~1 µs). With several threads, a task that starts late
-// (its thread was descheduled, or woke slowly) stretches the end by a fraction of a task: kStraggler of the
-// largest, which favours a few tasks per thread over exactly one.
-constexpr double kPackBCost = 6.0, kPackACost = 8.0, kRereadACost = 2.0, kTaskCost = 20000.0, kStraggler = 0.15;
+// about 8, converting one from f16 or bringing one read in place back from L2 for another column chunk about 2;
+// waking a task, walking its panels and the pool's bookkeeping about 20000 (~1 µs). With several threads, a task
+// that starts late (its thread was descheduled, or woke slowly) stretches the end by a fraction of a task:
+// kStraggler of the largest, which favours a few tasks per thread over exactly one.
+constexpr double kPackBCost = 6.0, kPackACost = 8.0, kRereadACost = 2.0, kConvertACost = 2.0, kTaskCost = 20000.0,
+                 kStraggler = 0.15;
 // Below this many multiply-adds (~2 µs of work on one core) a second thread costs more than it saves.
 constexpr double kMinParallelWork = 64.0 * 1024.0;
 
@@ -43,7 +44,7 @@ bool has_epilogue(const GemmProblem& p) { return p.bias_row || p.bias_col || p.r
 // Per-thread scratch, carved in this order; every part starts on a 64-byte boundary.
 struct Scratch {
   float* b_block;   // kKcMax × column_block(nr)
-  float* a_panel;   // kKcMax × mr (packed A only)
+  float* a_panel;   // kKcMax × mr: packed A, or A's rows converted from f16
   float* tile;      // mr × nr, for partial tiles
   float* col_bias;  // kWideChunk × column_block(nr), the task's column bias as f32
   float* row_bias;  // mr, the panel's row bias as f32
@@ -106,12 +107,11 @@ void apply_epilogue(const GemmProblem& p, const kernels::KernelTable& kern, int6
 
 // Makespan estimate of a split: with tasks handed out dynamically, about ceil(tasks / threads) rounds of the mean
 // task, and never less than the largest task. Closed form, so planning costs nanoseconds whatever the size.
-double split_cost(const GemmProblem& p, const kernels::GemmMicroKernel& kernel, bool a_in_place, int64_t m_panels,
+double split_cost(const GemmProblem& p, const kernels::GemmMicroKernel& kernel, double a_cost, int64_t m_panels,
                   int64_t n_panels, int64_t m_chunks, int64_t n_chunks, int threads) {
   const double k = static_cast<double>(p.K);
   const double rows = static_cast<double>(m_panels * kernel.mr), cols = static_cast<double>(n_panels * kernel.nr);
   const double tasks = static_cast<double>(p.batch * n_chunks * m_chunks);
-  const double a_cost = a_in_place ? kRereadACost : kPackACost;
   const double total = static_cast<double>(p.batch) * k *
                            (rows * cols + kPackBCost * cols * static_cast<double>(m_chunks) +
                             a_cost * rows * static_cast<double>(n_chunks)) +
@@ -147,6 +147,7 @@ void run_task(const GemmProblem& p, const GemmPlan& plan, const kernels::KernelT
   const int64_t nc = r.n_end - r.n_begin;
   float* c = p.c + r.batch * p.c_batch_stride;
   const bool epilogue = has_epilogue(p);
+  const bool rows_kernel = plan.a_in_place || plan.a_f16_rows;
   if (p.bias_col) {
     for (int64_t n = 0; n < nc; ++n) s.col_bias[n] = load_element(p.bias_col, p.bias_dtype, r.n_begin + n);
     for (int64_t n = nc; n < ceil_div(nc, nr) * nr; ++n) s.col_bias[n] = 0.0f;
@@ -159,10 +160,17 @@ void run_task(const GemmProblem& p, const GemmPlan& plan, const kernels::KernelT
     for (int64_t panel = r.panel_begin; panel < r.panel_end; ++panel) {
       const int64_t m0 = panel * mr;
       const int mr_valid = static_cast<int>(std::min<int64_t>(mr, p.M - m0));
+      // Rows past M repeat the last row: they only feed tile rows that are never copied out.
       if (plan.a_in_place) {
-        // Rows past M repeat the last row: they only feed tile rows that are never copied out.
         const float* a = static_cast<const float*>(p.a) + r.batch * p.a_batch_stride + k0;
         for (int m = 0; m < mr; ++m) a_rows[m] = a + std::min<int64_t>(m0 + m, p.M - 1) * p.a_row_stride;
+      } else if (plan.a_f16_rows) {
+        const uint16_t* a = static_cast<const uint16_t*>(p.a) + r.batch * p.a_batch_stride + k0;
+        for (int m = 0; m < mr; ++m) {
+          float* row = s.a_panel + m * kc;
+          kern.f16_to_f32(kc, a + std::min<int64_t>(m0 + m, p.M - 1) * p.a_row_stride, row);
+          a_rows[m] = row;
+        }
       } else {
         pack_a(p, r.batch, m0, mr_valid, mr, k0, kc, s.a_panel);
       }
@@ -175,7 +183,7 @@ void run_task(const GemmProblem& p, const GemmPlan& plan, const kernels::KernelT
         float* c_tile = c + m0 * p.ldc + n0;
         const float* b_panel = s.b_block + j * kc * nr;
         if (mr_valid == mr && nr_valid == nr) {
-          if (plan.a_in_place) {
+          if (rows_kernel) {
             kernels::GemmEpilogue fused;
             if (last && epilogue) {
               fused.row_bias = p.bias_row ? s.row_bias : nullptr;
@@ -196,7 +204,7 @@ void run_task(const GemmProblem& p, const GemmPlan& plan, const kernels::KernelT
         if (accumulate) {
           for (int m = 0; m < mr_valid; ++m) std::memcpy(s.tile + m * nr, c_tile + m * p.ldc, nr_valid * sizeof(float));
         }
-        if (plan.a_in_place) {
+        if (rows_kernel) {
           kernel.run_rows(kc, a_rows, b_panel, s.tile, nr, accumulate, nullptr);
         } else {
           kernel.run(kc, s.a_panel, b_panel, s.tile, nr, accumulate);
@@ -237,6 +245,8 @@ GemmPlan plan_gemm(const GemmProblem& p, const kernels::GemmMicroKernel& kernel,
   plan.m_panels = ceil_div(p.M, kernel.mr);
   plan.n_panels = ceil_div(p.N, kernel.nr);
   plan.a_in_place = kernel.run_rows && p.a_dtype == DType::F32 && p.a_col_stride == 1;
+  plan.a_f16_rows = kernel.run_rows && p.a_dtype == DType::F16 && p.a_col_stride == 1;
+  const double a_cost = plan.a_in_place ? kRereadACost : plan.a_f16_rows ? kConvertACost : kPackACost;
   const double work = static_cast<double>(p.batch) * static_cast<double>(p.M) * static_cast<double>(p.N) *
                       static_cast<double>(p.K);
   plan.threads = work < kMinParallelWork ? 1 : std::max(1, threads);
@@ -252,8 +262,8 @@ GemmPlan plan_gemm(const GemmProblem& p, const kernels::GemmMicroKernel& kernel,
     if (n_chunks == previous_n_chunks) continue;
     previous_n_chunks = n_chunks;
     for (int64_t m_chunks = 1; m_chunks <= max_m_chunks; ++m_chunks) {
-      const double cost = split_cost(p, kernel, plan.a_in_place, plan.m_panels, plan.n_panels, m_chunks, n_chunks,
-                                     plan.threads);
+      const double cost =
+          split_cost(p, kernel, a_cost, plan.m_panels, plan.n_panels, m_chunks, n_chunks, plan.threads);
       if (cost < best * (1.0 - 1e-9)) {
         best = cost;
         plan.n_chunks = n_chunks;

@@ -49,7 +49,9 @@ struct GemmPlan {
   int64_t m_chunks = 1, n_chunks = 1;
   int64_t tasks = 0;
   int threads = 1;        // threads worth waking for this problem
-  bool a_in_place = false;  // micro-kernel reads A rows directly (f32, unit stride along K)
+  // How the micro-kernel sees A: its rows read in place (f32 with unit stride along K), its rows converted from f16
+  // into scratch per panel and k block (f16 with unit stride along K), or else packed panels.
+  bool a_in_place = false, a_f16_rows = false;
 };
 GemmPlan plan_gemm(const GemmProblem& problem, const kernels::GemmMicroKernel& kernel, int threads);
 
