@@ -15,6 +15,8 @@
 #include "io/mapped_file.h"
 #include "io/tensor_loader.h"
 #include "io/tensor_source.h"
+#include "model/layouts.h"
+#include "model/unet_config.h"
 
 namespace ddpm::fuzz {
 
@@ -45,6 +47,22 @@ inline void load_all(const MappedFile& file, const std::vector<SourceTensor>& te
     if (!s.ok()) violated("load_tensor_f32 failed on a tensor the reader accepted", s.message());
     s = load_tensor_raw_f16(file, t, f16.data());
     if (!s.ok()) violated("load_tensor_raw_f16 failed on a tensor the reader accepted", s.message());
+  }
+}
+
+// What the converter does with a checkpoint's names before it reads any data: layout detection, the original-DDPM
+// renaming and the config inferred from shapes, whose result must pass the config's own validation or fail cleanly.
+inline void exercise_layouts(std::vector<SourceTensor> tensors) {
+  if (detect_key_layout(tensors) != KeyLayout::OriginalDdpm) return;
+  Status s = rename_original_ddpm(&tensors);
+  check_status(s);
+  if (!s.ok()) return;
+  for (int image_size : {0, 32}) {
+    UNetConfig config;
+    std::vector<std::string> notes;
+    s = infer_original_ddpm_config(tensors, image_size, &config, &notes);
+    check_status(s);
+    if (s.ok()) check_status(config.validate());
   }
 }
 

@@ -40,7 +40,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::vector<std::string> candidates;
     s = collect_tensors(*checkpoint.root, path, &tensors, &candidates);
     fuzz::check_status(s);
-    if (s.ok()) fuzz::load_all(file, tensors);
+    if (s.ok()) {
+      fuzz::load_all(file, tensors);
+      fuzz::exercise_layouts(tensors);
+    }
   }
   return 0;
 }

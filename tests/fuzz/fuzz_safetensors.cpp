@@ -1,5 +1,6 @@
 // libFuzzer target: the safetensors header reader (length prefix, JSON header, dtype/shape/offset validation) with
-// every accepted tensor loaded, and the JSON parser directly on the same bytes with a write/re-read round trip.
+// every accepted tensor loaded and its names put through the layout detection, and the JSON parser directly on the
+// same bytes with a write/re-read round trip and a read as a U-Net config.json.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -22,6 +23,15 @@ void json_round_trip(const uint8_t* data, size_t size) {
   Status s = parse_json(std::string_view(reinterpret_cast<const char*>(data), size), &value);
   fuzz::check_status(s);
   if (!s.ok()) return;
+  // The same tree as a U-Net config.json (user input to `ddpm convert`): read, validated, written back.
+  UNetConfig config;
+  s = UNetConfig::from_json(value, &config);
+  fuzz::check_status(s);
+  if (s.ok()) {
+    fuzz::check_status(config.validate());
+    UNetConfig again;
+    if (!UNetConfig::from_json(config.to_json(), &again).ok()) fuzz::violated("UNetConfig::to_json does not read back", "");
+  }
   for (bool pretty : {false, true}) {
     const std::string text = to_json(value, pretty);
     JsonValue again;
@@ -42,6 +52,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::vector<std::pair<std::string, std::string>> metadata;
   Status s = read_safetensors("fuzz.safetensors", file, &tensors, &metadata);
   fuzz::check_status(s);
-  if (s.ok()) fuzz::load_all(file, tensors);
+  if (s.ok()) {
+    fuzz::load_all(file, tensors);
+    fuzz::exercise_layouts(tensors);
+  }
   return 0;
 }

@@ -145,3 +145,8 @@ for name in ("tiny.ddpm",):
         copy("ddpm", path)
 # The .ddpm seeds converted from the micro model (f16, about 100 KB, and f32 is too big) come from the CLI:
 #   build/ddpm convert tests/data/unet/micro -o tests/fuzz/corpus/ddpm/micro_f16.ddpm --type f16
+# corpus/pickle/original_ddpm_views.pt (kept, not generated here: it needs torch) holds the 144 tensor names of an
+# original-DDPM (pesser) checkpoint with "model." prefix, each a zero-stride view of one 1-element storage, so the
+# layout detection, renaming and config inference get exercised from a 15 KB file. Made with /usr/bin/python3:
+#   state = {name: torch.zeros(1).expand(shape) for name, shape in <names and shapes of tests/test_convert.cpp's
+#            write_original_layout("data/unet/tiny/...")>}; torch.save(OrderedDict(state), path)

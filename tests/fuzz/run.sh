@@ -34,13 +34,15 @@ if ! command -v "$cxx" >/dev/null; then
   exit 1
 fi
 
-# Only what the parsers need: I/O, the .ddpm reader, core (status, dtype) and the kernel registry dtype.cpp uses.
+# Only what the targets need: I/O, the .ddpm reader, key layouts and U-Net config, core (status, dtype) and the
+# kernel registry dtype.cpp uses.
 case "$(uname -m)" in
   x86_64) isa_dirs="src/kernels/avx2 src/kernels/avx512" ;;
   aarch64) isa_dirs="src/kernels/neon" ;;
   *) isa_dirs="" ;;
 esac
 srcs=$(ls src/io/*.cpp src/core/*.cpp src/kernels/*.cpp src/kernels/ref/*.cpp src/model/ddpm_file.cpp \
+          src/model/layouts.cpp src/model/unet_config.cpp \
           $(for d in $isa_dirs; do ls "$d"/*.cpp; done))
 objs=$(for s in $srcs; do echo "$out/lib/${s%.cpp}.o"; done)
 echo "== fuzz: building library objects with $cxx"
