@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <thread>
@@ -66,11 +67,20 @@ void check_modes(const char* what, const std::vector<float>& x) {
   }
 }
 
-std::string temp_dir() {
-  char pattern[] = "/tmp/ddpm_train_XXXXXX";
-  REQUIRE(mkdtemp(pattern));
-  return pattern;
-}
+// A fresh directory under /tmp, removed with its contents when the test ends.
+struct TempDir {
+  std::string path;
+  TempDir() {
+    char pattern[] = "/tmp/ddpm_train_XXXXXX";
+    REQUIRE(mkdtemp(pattern));
+    path = pattern;
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path, ignored);
+  }
+  operator const std::string&() const { return path; }
+};
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
@@ -435,7 +445,8 @@ TEST_CASE("training is bit-identical for 1 and 3 threads", "[train]") {
 }
 
 TEST_CASE("a run resumed from a checkpoint ends with exactly the weights of an uninterrupted run", "[train]") {
-  const std::string dir = temp_dir();
+  const TempDir temp;
+  const std::string& dir = temp;
   const std::string checkpoint = dir + "/run.ckpt";
   const TrainOptions o = tiny_options();
   ThreadPool pool(2);
@@ -504,7 +515,8 @@ TEST_CASE("a run resumed from a checkpoint ends with exactly the weights of an u
 
 TEST_CASE("export: a .ddpm that the sampling pipeline runs, with classes, guidance, schedule and training provenance",
           "[train]") {
-  const std::string dir = temp_dir();
+  const TempDir temp;
+  const std::string& dir = temp;
   const Dataset data = tiny_images();
   const TrainOptions o = tiny_options();
   ThreadPool pool(2);
@@ -593,7 +605,8 @@ TEST_CASE("loss curve: axes, ticks, curves on a log scale, written as PNG", "[tr
   CHECK(curve > 300);  // the smoothed curve crosses the plot
   CHECK(text > 50);    // step tick labels
   CHECK(Canvas::text_width("0.5") == 17);
-  const std::string path = temp_dir() + "/loss.png";
+  const TempDir temp;
+  const std::string path = temp.path + "/loss.png";
   REQUIRE(write_loss_curve(path, losses, validation).ok());
   Image image;
   REQUIRE(read_png(path, &image).ok());
@@ -669,7 +682,8 @@ TEST_CASE("ddpm train: killed at any moment and resumed, the run ends with the u
     WARN("DDPM_BIN is not set: skipped");
     return;
   }
-  const std::string dir = temp_dir();
+  const TempDir temp;
+  const std::string& dir = temp;
   const std::string common = "--preset toy-mlp --steps 1000 --batch 32 --lr 2e-3 --warmup 20 -t 1 --checkpoint-every 25";
   CliResult straight = run_cli("train " + common + " -o " + dir + "/a.ddpm");
   INFO(straight.output);
@@ -718,7 +732,8 @@ TEST_CASE("ddpm train: bad flags, bad data and a checkpoint of another architect
     WARN("DDPM_BIN is not set: skipped");
     return;
   }
-  const std::string dir = temp_dir();
+  const TempDir temp;
+  const std::string& dir = temp;
   check_cli_error(run_cli("train --preset toy-mlp"), 2, "missing -o/--out");
   check_cli_error(run_cli("train --preset nope -o " + dir + "/x.ddpm"), 2, "unknown preset 'nope'");
   check_cli_error(run_cli("train --preset toy-mlp --steps 0 -o " + dir + "/x.ddpm"), 2, "--steps: 0 is outside");
