@@ -330,17 +330,14 @@ Status unet_parameter_specs(const UNetConfig& config, std::vector<ParamSpec>* ou
   // Build once, at the smallest valid size, against a lookup that answers every request with zeros of the
   // expected shape and records it.
   std::vector<ParamSpec> specs;
-  std::vector<std::vector<float>> storage;
-  storage.reserve(4096);
+  // Building and planning never read parameter data, so the recorded weights get none (no zero-filled copy of
+  // the whole model, which would double a loader's peak memory).
   WeightLookup recording = [&](const std::string& name, const std::vector<int64_t>& expected, WeightRef* ref) {
     specs.push_back({name, expected});
-    int64_t n = 1;
-    for (int64_t d : expected) n *= d;
-    storage.emplace_back(static_cast<size_t>(n));
     ref->dtype = DType::F32;
     ref->rank = static_cast<int>(expected.size());
     for (int i = 0; i < ref->rank; ++i) ref->shape[i] = expected[i];
-    ref->data = storage.back().data();
+    ref->data = nullptr;
     return Status();
   };
   std::unique_ptr<UNet> net;
