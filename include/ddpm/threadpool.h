@@ -6,7 +6,10 @@
 // bit-identical for any thread count. `thread` indexes per-thread scratch memory.
 //
 // run() waits for the tasks, not for the workers: a worker that is descheduled (an oversubscribed machine) and wakes
-// after the caller has taken every task simply finds none, instead of holding the caller up.
+// after the caller has taken every task simply finds none, instead of holding the caller up. The caller takes tasks
+// from the front and the workers from the back, so with two threads a repeated job splits the same way every time
+// and each thread finds the output it wrote last time, and the inputs written by its part of the previous op, in
+// its own cache.
 #pragma once
 
 #include <atomic>
@@ -37,9 +40,8 @@ class ThreadPool {
   void work(uint32_t generation, int thread);
 
   std::vector<std::thread> workers_;
-  // The current job: generation in the high 32 bits, next unclaimed task in the low 32. A task is claimed by a
-  // compare-exchange on the whole word, so a worker still holding an older generation can never claim a task of a
-  // newer job with the older job's function.
+  // The current job: its generation and the range of tasks not yet claimed. A task is claimed by a compare-exchange
+  // on the whole word, so a worker still holding an older generation cannot claim a task of a newer job by mistake.
   std::atomic<uint64_t> state_{0};
   std::atomic<const std::function<void(int64_t, int)>*> job_{nullptr};
   std::atomic<int64_t> job_tasks_{0};

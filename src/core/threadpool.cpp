@@ -44,7 +44,19 @@ inline bool wait_step(int spin) {
   return false;
 }
 
-constexpr uint32_t generation_of(uint64_t state) { return static_cast<uint32_t>(state >> 32); }
+// The job word: generation in the top 24 bits, then the front and back ends of the unclaimed task range [front, back)
+// in 20 bits each.
+constexpr int kEndBits = 20;
+constexpr uint64_t kEndMask = (uint64_t{1} << kEndBits) - 1;
+constexpr int64_t kMaxTasksPerJob = int64_t{1} << kEndBits;
+constexpr uint32_t kGenerationMask = (1u << (64 - 2 * kEndBits)) - 1;
+
+constexpr uint32_t generation_of(uint64_t state) { return static_cast<uint32_t>(state >> (2 * kEndBits)); }
+constexpr int64_t front_of(uint64_t state) { return static_cast<int64_t>((state >> kEndBits) & kEndMask); }
+constexpr int64_t back_of(uint64_t state) { return static_cast<int64_t>(state & kEndMask); }
+constexpr uint64_t job_state(uint32_t generation, int64_t tasks) {
+  return (static_cast<uint64_t>(generation) << (2 * kEndBits)) | static_cast<uint64_t>(tasks);
+}
 
 }  // namespace
 
@@ -63,16 +75,18 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::work(uint32_t generation, int thread) {
+  const bool front = thread == 0;
   for (;;) {
     uint64_t state = state_.load(std::memory_order_acquire);
     if (generation_of(state) != generation) return;
-    // Read before the claim; if the job changed meanwhile, state_ changed too and the claim below fails.
+    const int64_t first = front_of(state), end = back_of(state);
+    if (first >= end) return;
+    const uint64_t claimed = front ? state + (uint64_t{1} << kEndBits) : state - 1;
+    if (!state_.compare_exchange_weak(state, claimed, std::memory_order_acq_rel)) continue;
+    // Read after the claim, which succeeded on the current job's word: these are that job's.
     const std::function<void(int64_t, int)>* job = job_.load(std::memory_order_relaxed);
     const int64_t tasks = job_tasks_.load(std::memory_order_relaxed);
-    const int64_t task = static_cast<int64_t>(state & 0xffffffffu);
-    if (task >= tasks) return;
-    if (!state_.compare_exchange_weak(state, state + 1, std::memory_order_acq_rel)) continue;
-    (*job)(task, thread);
+    (*job)(front ? first : end - 1, thread);
     if (done_.fetch_add(1) + 1 == tasks && caller_sleeping_.load()) {
       { std::lock_guard<std::mutex> lock(mutex_); }
       finished_.notify_one();
@@ -86,12 +100,19 @@ void ThreadPool::run(int64_t tasks, const std::function<void(int64_t, int)>& fn)
     for (int64_t task = 0; task < tasks; ++task) fn(task, 0);
     return;
   }
-  DDPM_ASSERT(tasks <= 0xffffffffLL);
+  if (tasks >= kMaxTasksPerJob) {  // more than the job word counts: successive jobs of consecutive tasks
+    constexpr int64_t kBatch = kMaxTasksPerJob - 1;
+    for (int64_t first = 0; first < tasks; first += kBatch) {
+      run(std::min(kBatch, tasks - first), [&](int64_t task, int thread) { fn(first + task, thread); });
+    }
+    return;
+  }
   job_.store(&fn, std::memory_order_relaxed);
   job_tasks_.store(tasks, std::memory_order_relaxed);
   done_.store(0, std::memory_order_relaxed);
-  ++generation_;
-  state_.store(static_cast<uint64_t>(generation_) << 32);
+  generation_ = (generation_ + 1) & kGenerationMask;
+  if (generation_ == 0) generation_ = 1;  // 0 is the idle pool's word
+  state_.store(job_state(generation_, tasks));
   if (sleeping_workers_.load() > 0) {
     { std::lock_guard<std::mutex> lock(mutex_); }
     wake_.notify_all();

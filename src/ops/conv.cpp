@@ -85,7 +85,8 @@ inline void add_run(const Im2col& g, int64_t iy, int64_t ix0, int64_t length, in
 
 void pack_im2col(const void* context, int64_t batch, int64_t k0, int64_t kc, int64_t n0, int64_t nc, int nr,
                  float* dst) {
-  const Im2col& g = *static_cast<const Im2col*>(context);
+  // A copy: the original sits on the calling thread's stack, in lines that thread keeps writing.
+  const Im2col g = *static_cast<const Im2col*>(context);
   const int64_t plane = g.height * g.width;
   const float* image = g.x + batch * g.channels * plane;
   const int64_t taps = g.kernel_h * g.kernel_w;

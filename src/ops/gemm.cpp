@@ -140,9 +140,13 @@ TaskRange task_range(const GemmProblem& p, const GemmPlan& plan, int nr, int64_t
   return r;
 }
 
-void run_task(const GemmProblem& p, const GemmPlan& plan, const kernels::KernelTable& kern, const TaskRange& r,
-              const Scratch& s) {
-  const kernels::GemmMicroKernel& kernel = kern.gemm;
+// The problem and the plan are copied: they live on the calling thread's stack, next to lines that thread keeps
+// writing, and every other thread reading them per tile would keep losing those lines to it (false sharing).
+void run_task(const GemmProblem& problem, const GemmPlan& shared_plan, const kernels::KernelTable& kern,
+              const TaskRange& r, const Scratch& s) {
+  const GemmProblem p = problem;
+  const GemmPlan plan = shared_plan;
+  const kernels::GemmMicroKernel kernel = kern.gemm;
   const int mr = kernel.mr, nr = kernel.nr;
   const int64_t nc = r.n_end - r.n_begin;
   float* c = p.c + r.batch * p.c_batch_stride;
