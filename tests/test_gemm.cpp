@@ -1,8 +1,10 @@
 // The GEMM driver and its micro-kernels: every level's kernels against plain loops and against each other (the
 // in-place-A kernel and fused epilogue must give the packed kernel's bits), the im2col gather against the reference
-// gather, the driver on M/N/K tails with every epilogue and A layout, and the split it chooses for a thread count.
+// gather, the driver on M/N/K tails with every epilogue and A layout, the split it chooses for a thread count, and
+// the thread pool handing out every task exactly once.
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -383,5 +385,29 @@ TEST_CASE("the split keeps B packed once when columns allow and balances the thr
     const GemmPlan plan = plan_for(4, 128, 256, 1152, 2);
     CHECK(plan.m_chunks == 1);
     CHECK(plan.tasks % 2 == 0);
+  }
+}
+
+TEST_CASE("the thread pool runs every task exactly once, whatever the thread and task counts", "[gemm][pool]") {
+  for (int threads : {1, 2, 3, 5}) {
+    ThreadPool pool(threads);
+    INFO("threads " << threads);
+    // Task counts around the job word's limit (2^20) take several successive jobs.
+    for (int64_t tasks : {int64_t{1}, int64_t{2}, int64_t{7}, int64_t{1000}, (int64_t{1} << 20) + 3}) {
+      INFO("tasks " << tasks);
+      std::vector<std::atomic<uint8_t>> hits(static_cast<size_t>(tasks));
+      std::atomic<bool> bad_thread{false};
+      for (int repeat = 0; repeat < (tasks > 1000 ? 1 : 50); ++repeat) {
+        for (auto& h : hits) h.store(0, std::memory_order_relaxed);
+        pool.run(tasks, [&](int64_t task, int thread) {
+          hits[static_cast<size_t>(task)].fetch_add(1, std::memory_order_relaxed);
+          if (thread < 0 || thread >= pool.size()) bad_thread = true;
+        });
+        bool once = true;
+        for (auto& h : hits) once = once && h.load(std::memory_order_relaxed) == 1;
+        REQUIRE(once);
+      }
+      CHECK(!bad_thread);
+    }
   }
 }
