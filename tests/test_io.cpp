@@ -300,6 +300,16 @@ TEST_CASE("JSON integers are exact to 64 bits", "[io][json]") {
   CHECK(i == 0);
   REQUIRE(parse_json("1.0", &v).ok());
   CHECK_FALSE(v.as_int64(&i));
+  CHECK(v.as_integral(&i));
+  CHECK(i == 1);
+  // Float-written integers: only integral values a double holds exactly; huge ones are refused, never cast (UB).
+  for (const char* refused : {"1.5", "1e300", "-1e300", "9007199254740994.0", "1e19"}) {
+    REQUIRE(parse_json(refused, &v).ok());
+    CHECK_FALSE(v.as_integral(&i));
+  }
+  REQUIRE(parse_json("-3e2", &v).ok());
+  CHECK(v.as_integral(&i));
+  CHECK(i == -300);
   // The literal survives a round trip, so 2^63+1 is not rounded to 2^63.
   REQUIRE(parse_json("[9223372036854775809]", &v).ok());
   CHECK(to_json(v, false) == "[9223372036854775809]");

@@ -98,6 +98,16 @@ bool JsonValue::as_int64(int64_t* out) const {
   return true;
 }
 
+bool JsonValue::as_integral(int64_t* out) const {
+  if (as_int64(out)) return true;
+  double d = 0;
+  if (!as_double(&d)) return false;
+  constexpr double kExactLimit = 9007199254740992.0;  // 2^53
+  if (!(d >= -kExactLimit && d <= kExactLimit) || d != std::floor(d)) return false;
+  *out = static_cast<int64_t>(d);
+  return true;
+}
+
 bool JsonValue::as_uint64(uint64_t* out) const {
   if (type_ != Type::Number || !is_integer_literal(text_)) return false;
   if (text_ == "-0") {

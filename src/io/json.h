@@ -48,6 +48,9 @@ class JsonValue {
   // Only numbers written as integers ("42", "-7"; not "42.0" or "4.2e1") count as integers, read exactly.
   bool as_int64(int64_t* out) const;
   bool as_uint64(uint64_t* out) const;
+  // Like as_int64, but also accepts integral values written as floats ("1.0", "3e2"), as some exporters
+  // write them; values outside ±2^53 are refused since a double no longer holds every integer there.
+  bool as_integral(int64_t* out) const;
   bool as_string(std::string* out) const;
 
   // Unchecked accessors: asserting on the type is for the caller's own logic, not for input validation.

@@ -22,14 +22,8 @@ Status read_number(const JsonValue& json, const char* key, double* out) {
 Status read_int(const JsonValue& json, const char* key, int* out) {
   const JsonValue* v = json.find(key);
   if (!v || v->is_null()) return Status();
-  int64_t n;
-  double d;
-  if (!v->as_int64(&n)) {
-    if (!v->as_double(&d) || d != static_cast<double>(static_cast<int64_t>(d))) {
-      return errorf("scheduler config key '%s' must be an integer", key);
-    }
-    n = static_cast<int64_t>(d);
-  }
+  int64_t n = 0;
+  if (!v->as_integral(&n)) return errorf("scheduler config key '%s' must be an integer", key);
   if (n < -1000000000 || n > 1000000000) return errorf("scheduler config key '%s' is out of range", key);
   *out = static_cast<int>(n);
   return Status();

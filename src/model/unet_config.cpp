@@ -7,13 +7,7 @@ namespace {
 Status read_int(const JsonValue& json, const char* key, int64_t* out) {
   const JsonValue* v = json.find(key);
   if (!v) return Status();
-  double d;
-  if (v->as_int64(out)) return Status();
-  // Some exported configs write integral values as 1.0.
-  if (v->as_double(&d) && d == static_cast<double>(static_cast<int64_t>(d))) {
-    *out = static_cast<int64_t>(d);
-    return Status();
-  }
+  if (v->as_integral(out)) return Status();
   return errorf("config key '%s' must be an integer", key);
 }
 
