@@ -834,16 +834,19 @@ TEST_CASE("the writer validates its input and never leaves a file behind on fail
     CHECK(w.add_tensor(std::string(512, 'n'), DType::F32, 2, shape, v).ok());
     CHECK(w.finish(dir.file("long.ddpm")).ok());
   }
-  SECTION("block types need whole blocks in the last dim") {
-    // Runs once quantised DTypes exist; plain types have block size 1 and accept any last dim.
-    for (int d = 0; d < static_cast<int>(DType::kCount); ++d) {
-      const DType dtype = static_cast<DType>(d);
+  SECTION("block types store rows padded to whole blocks") {
+    // A conv weight [3, 2, 3, 3] is 3 rows of 18 values, each padded to one block of 32.
+    for (DType dtype : {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0}) {
       const int64_t block = dtype_traits(dtype).block_size;
-      if (block == 1) continue;
-      std::vector<uint8_t> data(dtype_row_bytes(dtype, 2 * block));
-      const int64_t partial[2] = {2 * block, block + 1};
+      const int64_t conv[4] = {3, 2, 3, 3};
+      CHECK(dtype_tensor_bytes(dtype, 4, conv) == 3 * dtype_traits(dtype).block_bytes);
+      const int64_t rows[2] = {2, block + 1};
+      CHECK(dtype_tensor_bytes(dtype, 2, rows) == 2 * 2 * dtype_traits(dtype).block_bytes);
+      const int64_t vector[1] = {block * 3};
+      CHECK(dtype_tensor_bytes(dtype, 1, vector) == 3 * dtype_traits(dtype).block_bytes);
+      std::vector<uint8_t> data(dtype_tensor_bytes(dtype, 4, conv));
       DdpmWriter w;
-      CHECK(contains(w.add_tensor("q", dtype, 2, partial, data.data()).message(), "must be a multiple"));
+      CHECK(w.add_tensor("q", dtype, 4, conv, data.data()).ok());
     }
   }
   SECTION("ddpm.architecture is required") {

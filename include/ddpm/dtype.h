@@ -14,6 +14,11 @@ enum class DType : uint8_t {
   F32 = 0,
   F16 = 1,
   I32 = 2,  // labels, timesteps as integers
+  // Block-quantised weights (src/quant/blocks.h, docs/FORMAT.md): 32 values per block, f16 scale.
+  Q8_0 = 3,  // int8 · d
+  Q4_0 = 4,  // (nibble − 8) · d
+  Q4_1 = 5,  // nibble · d + m
+  Q5_0 = 6,  // (5-bit − 16) · d
   kCount
 };
 
@@ -33,5 +38,11 @@ inline const char* dtype_name(DType type) { return dtype_traits(type).name; }
 bool dtype_from_name(const char* name, DType* out);
 // Bytes for n values of `type` (n must be a multiple of the block size).
 size_t dtype_row_bytes(DType type, int64_t n);
+
+// Tensors of a block type are rows: shape[0] rows of all the other dimensions' product (a conv weight
+// [Co, Ci, kh, kw] is Co rows of Ci·kh·kw; a rank-1 tensor is one row), each padded with zeros to a whole number of
+// blocks. For plain types the padding is none and this is dtype_row_bytes(type, numel).
+int64_t dtype_padded_row(DType type, int64_t row_values);
+size_t dtype_tensor_bytes(DType type, int rank, const int64_t* shape);
 
 }  // namespace ddpm

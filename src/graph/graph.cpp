@@ -22,7 +22,7 @@ uint8_t* alloc_aligned(size_t bytes) {
   return static_cast<uint8_t*>(std::aligned_alloc(kAlignment, align_up(bytes)));
 }
 
-size_t tensor_bytes(const Tensor& t) { return dtype_row_bytes(t.dtype, t.numel()); }
+size_t tensor_bytes(const Tensor& t) { return dtype_tensor_bytes(t.dtype, t.rank, t.shape); }
 
 // Best-fit placement of blocks inside one growing arena. Free blocks are kept sorted by offset and merged with
 // their neighbours, so a freed region can be reused by any later tensor that fits.

@@ -21,7 +21,9 @@ namespace ddpm {
 // The file stores DType values as dtype codes, so the enum's numbering is part of the format. Pinning it here
 // turns an accidental renumbering into a build error instead of silently misread files.
 static_assert(static_cast<int>(DType::F32) == 0 && static_cast<int>(DType::F16) == 1 &&
-                  static_cast<int>(DType::I32) == 2,
+                  static_cast<int>(DType::I32) == 2 && static_cast<int>(DType::Q8_0) == 3 &&
+                  static_cast<int>(DType::Q4_0) == 4 && static_cast<int>(DType::Q4_1) == 5 &&
+                  static_cast<int>(DType::Q5_0) == 6,
               "DType values are .ddpm dtype codes (docs/FORMAT.md §6): append new types, never renumber");
 
 namespace {
@@ -188,13 +190,12 @@ bool shape_bytes(DType dtype, int rank, const int64_t* dims, uint64_t* bytes, st
     }
     numel *= dims[i];
   }
+  // Block types store rows (dims[0] of them, or one for rank 1) padded with zeros to whole blocks; see dtype.h.
   const DTypeTraits& traits = dtype_traits(dtype);
-  if (dims[rank - 1] % traits.block_size != 0) {
-    *problem = "has shape " + dims_text(rank, dims) + " but dtype " + traits.name + " stores blocks of " +
-               std::to_string(traits.block_size) + " values, so the last dim must be a multiple of that";
-    return false;
-  }
-  const uint64_t blocks = static_cast<uint64_t>(numel / traits.block_size);
+  const int64_t rows = rank >= 2 ? dims[0] : 1;
+  const uint64_t row_values = static_cast<uint64_t>(numel / rows);
+  const uint64_t block_size = static_cast<uint64_t>(traits.block_size);
+  const uint64_t blocks = static_cast<uint64_t>(rows) * ((row_values + block_size - 1) / block_size);
   if (blocks > std::numeric_limits<uint64_t>::max() / traits.block_bytes) {
     *problem = "has shape " + dims_text(rank, dims) + ", too many bytes";
     return false;

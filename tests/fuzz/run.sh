@@ -41,7 +41,7 @@ case "$(uname -m)" in
   aarch64) isa_dirs="src/kernels/neon" ;;
   *) isa_dirs="" ;;
 esac
-srcs=$(ls src/io/*.cpp src/core/*.cpp src/kernels/*.cpp src/kernels/ref/*.cpp src/model/ddpm_file.cpp \
+srcs=$(ls src/io/*.cpp src/core/*.cpp src/quant/*.cpp src/kernels/*.cpp src/kernels/ref/*.cpp src/model/ddpm_file.cpp \
           src/model/layouts.cpp src/model/unet_config.cpp \
           $(for d in $isa_dirs; do ls "$d"/*.cpp; done))
 objs=$(for s in $srcs; do echo "$out/lib/${s%.cpp}.o"; done)
