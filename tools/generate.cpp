@@ -66,7 +66,7 @@ std::string numbered_path(const std::string& path, int index) {
 int run_generate(int argc, char** argv) {
   CommonSettings common;
   std::string model_path, output = "output.png", sampler = "", spacing, rng = "philox", class_text, raw_path;
-  long long count = 1, batch = 0, steps = 0, scale = 1, uncond_class = -1;
+  long long count = 1, batch = 0, steps = 0, scale = 1, uncond_class = -1, grid_columns = 0;
   double eta = 0, cfg = std::nan("");
   bool seed_given = false, no_grid = false;
   uint64_t seed = 0;
@@ -111,6 +111,8 @@ int run_generate(int argc, char** argv) {
                        no_grid = true;
                        return Status();
                      }});
+  options.push_back({"grid-cols", 0, "N", "grid columns (default: one per class when cycling all classes, else about square)",
+                     [&](const std::string& v) { return parse_int("--grid-cols", v, 1, 100000, &grid_columns); }});
   options.push_back({"scale", 0, "K", "nearest-neighbour upscaling of the output (default 1)", [&](const std::string& v) {
                        return parse_int("--scale", v, 1, 64, &scale);
                      }});
@@ -250,7 +252,13 @@ int run_generate(int argc, char** argv) {
   } else {
     std::vector<uint8_t> grid;
     int gw, gh;
-    make_grid(pixels.data(), o.count, c, h, w, 0, o.count > 1 ? 2 : 0, 0, static_cast<int>(scale), &grid, &gw, &gh);
+    // Cycling every class, a run of whole cycles reads best with one class per column.
+    const int64_t cycle = static_cast<int64_t>(info.sampled_classes().size());
+    int columns = static_cast<int>(grid_columns);
+    if (columns == 0 && info.unet.has_class_table() && class_text.empty() && o.count >= cycle && o.count % cycle == 0) {
+      columns = static_cast<int>(cycle);
+    }
+    make_grid(pixels.data(), o.count, c, h, w, columns, o.count > 1 ? 2 : 0, 0, static_cast<int>(scale), &grid, &gw, &gh);
     s = write_png(output, gw, gh, c, grid.data(), text_chunks);
     if (s.ok()) std::printf("wrote %s (%d image%s, %dx%d)\n", output.c_str(), o.count, o.count > 1 ? "s" : "", gw, gh);
   }

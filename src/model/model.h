@@ -26,6 +26,16 @@ struct ModelInfo {
   int default_steps = 0;                 // 0 = sampler default
 
   int64_t class_count() const { return unet.num_class_embeds.value_or(0); }
+  // The class ids an unconditioned request cycles through: every class but the null one (the "unconditional" row
+  // that guidance uses), so image k of a run gets sampled_classes()[k mod K].
+  std::vector<int32_t> sampled_classes() const {
+    std::vector<int32_t> ids;
+    for (int64_t id = 0; id < class_count(); ++id) {
+      if (!null_class || id != *null_class) ids.push_back(static_cast<int32_t>(id));
+    }
+    if (ids.empty() && null_class) ids.push_back(*null_class);  // a model whose only class is the null one
+    return ids;
+  }
 };
 
 // Decodes / encodes the metadata keys documented in docs/FORMAT.md.

@@ -27,9 +27,10 @@ Status sample_batch(const Model& model, const GenerateOptions& o, ThreadPool& po
 
   std::vector<int32_t> labels;
   if (conditional) {
+    const std::vector<int32_t> cycle = info.sampled_classes();
     for (int k = 0; k < n; ++k) {
       const int image = first + k;
-      labels.push_back(o.classes.empty() ? static_cast<int32_t>(image % info.class_count()) : o.classes[image]);
+      labels.push_back(o.classes.empty() ? cycle[static_cast<size_t>(image) % cycle.size()] : o.classes[image]);
     }
     if (guided) labels.insert(labels.end(), static_cast<size_t>(n), *info.null_class);
   }
