@@ -85,6 +85,21 @@ int available_tables(const KernelTable** out, int capacity) {
   return count;
 }
 
+int available_qgemm_kernels(QGemmMicroKernel* out, int capacity) {
+  int count = 0;
+  auto add = [&](const QGemmMicroKernel& kernel) {
+    for (int i = 0; i < count; ++i) {
+      if (out[i].run == kernel.run) return;  // a level that inherits another level's kernel
+    }
+    if (count < capacity) out[count++] = kernel;
+  };
+  add(reference().qgemm);
+  for (Isa isa : {Isa::Avx2, Isa::Avx512, Isa::Neon}) {
+    if (const KernelTable* table = table_for(isa)) add(table->qgemm);
+  }
+  return count;
+}
+
 Status select(const char* name) {
   if (std::strcmp(name, "auto") == 0) {
     registry().active = registry().best();

@@ -33,6 +33,32 @@ struct GatherRun {
   int32_t length = 0, lead = 0, trail = 0;
 };
 
+// Direct convolution over few input channels (src/ops/conv_direct.cpp picks it; the GEMM's packing dominates when
+// K = Ci·kh·kw is small). Output element (c, r, j), for c < out_channels, r < rows, j < out_width:
+//   acc = 0; for ci, u, v in increasing order: acc += w[c·K + (ci·kh + u)·kw + v] · x(ci, r·stride + u, v)
+//   then acc += bias[c]; then acc += residual(c, r, j)
+// with x(ci, row, v) = x[ci·x_channel_stride + row·x_row_stride + (v % stride)·x_phase_stride + j + v / stride]:
+// the caller stages the zero-padded input with each row split into `stride` phases (phase p holds padded columns
+// p, p + stride, …), so every tap reads consecutive floats. One chain per element, FMA at SIMD levels and mul+add
+// in the reference, exactly as the GEMM micro-kernels and their epilogue compute it: the two paths agree bit for
+// bit on one level. Each staged phase row must be readable (any values) up to lane
+// round_up(out_width, kDirectConvLanes) + (kw − 1) / stride, so kernels may read whole vectors past out_width;
+// they never write past it.
+constexpr int64_t kDirectConvLanes = 16;
+struct DirectConv {
+  const float* x = nullptr;
+  int64_t x_channel_stride = 0, x_row_stride = 0, x_phase_stride = 0;
+  const float* w = nullptr;        // [out_channels][K], f32
+  const float* bias = nullptr;     // out_channels values, or null
+  // Element (c, r, j) at residual[c·residual_channel_stride + r·residual_row_stride + j], or null.
+  const float* residual = nullptr;
+  int64_t residual_channel_stride = 0, residual_row_stride = 0;
+  float* y = nullptr;               // element (c, r, j) at y[c·y_channel_stride + r·y_row_stride + j]
+  int64_t y_channel_stride = 0, y_row_stride = 0;
+  int64_t in_channels = 0, kernel_h = 0, kernel_w = 0, stride = 1;
+  int64_t out_channels = 0, rows = 0, out_width = 0;
+};
+
 // GEMM micro-kernels of one level: C[MR×NR] (+)= A_panel · B_panel over kc steps.
 //   run:      a_panel: kc × MR floats, k-major (a_panel[k*MR + m]).
 //   run_rows: A read in place, a_rows[m][k] (unit stride along k; rows anywhere) — saves packing A. Optional.
@@ -55,8 +81,43 @@ struct GemmMicroKernel {
                       float* dst, int64_t dst_stride, int64_t rows) = nullptr;
 };
 
+// Quantised GEMM (src/ops/qgemm.cpp): C[M×N] (+)= A·B where A holds block-quantised weight rows (q8_0, q4_0, q4_1,
+// q5_0: 32 values per block, K padded to a multiple of 32 with zeros) and B is f32, quantised on the fly per column
+// and per block of 32 k values:
+//   amax = max_i |x_i|; d = amax / 127.0f; id = (d != 0) ? 1.0f / d : 0.0f; q_i = clamp(nearbyint(x_i * id), -127, 127);
+//   s = d * (float)(Σ_i q_i)            (nearbyint: round to nearest even, as cvtps2dq / fcvtns do)
+// Every kernel's quantize_b gives these q, d and s bit for bit. Output element (m, n): acc = accumulate ? C[m][n] : 0;
+// then per block b in increasing order
+//   acc = acc + (float)(Σ_i wq[m][32b+i]·aq[n][32b+i]) * (wd[b][m] * ad[b][n]);
+//   acc = acc + wmin[b][m] * as[b][n];                     (types with minima, q4_1, only)
+// and after the last k block the epilogue's three separately rounded adds (GemmEpilogue). The integer sums are exact
+// (int32); SIMD kernels may fuse the mul+add pairs into FMAs, which is the only difference from the reference. Since
+// each element is the same chain of per-block adds, blocking K (in multiples of 32) or splitting M and N changes
+// no bit.
+struct QGemmPanelA {     // MR weight rows × kc values (kc a multiple of 32), filled by the driver from unpack_blocks
+  const int8_t* q;       // [kc/4][MR][4]: values k..k+3 of row m at q + (k/4)*MR*4 + m*4
+  const float* d;        // [kc/32][MR] block scales
+  const float* min;      // [kc/32][MR] block minima (q4_1), nullptr for types without
+  const int32_t* qsum;   // [kc/32][MR] Σ of the 32 q of each block (kernels that bias activations to unsigned use it)
+};
+struct QGemmMicroKernel {
+  const char* name = nullptr;  // added to the agreed interface: tells variants of one level apart in tests/benches
+  int mr = 0, nr = 0;
+  bool b_biased = false;  // quantize_b stores activation values as q + 128 (uint8), for u8×s8 instructions
+  // kc×NR f32 panel (b_panel[k*NR + n], as PackB writes it) -> this kernel's B panel of qgemm_b_panel_bytes(kc, NR)
+  // bytes: [kc/4][NR][4] int8 (or biased uint8) values, then [kc/32][NR] f32 scales d, then [kc/32][NR] f32 sums s.
+  void (*quantize_b)(int64_t kc, const float* b_panel, uint8_t* q_panel) = nullptr;
+  // C[MR×NR] (+)= A·B over kc as defined above; c has row stride ldc; epilogue non-null only on the last k block.
+  void (*run)(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int64_t ldc, bool accumulate,
+              const GemmEpilogue* epilogue) = nullptr;
+};
+inline size_t qgemm_b_panel_bytes(int64_t kc, int nr) {
+  return static_cast<size_t>(kc * nr + 2 * (kc / 32) * nr * static_cast<int64_t>(sizeof(float)));
+}
+
 // Each level's micro-kernel set, defined in <isa>/gemm.cpp.
 GemmMicroKernel reference_gemm();
+QGemmMicroKernel reference_qgemm();  // src/kernels/ref/qgemm.cpp
 #if !defined(DDPM_NO_SIMD) && defined(__x86_64__)
 GemmMicroKernel avx2_gemm();
 GemmMicroKernel avx512_gemm();
@@ -70,6 +131,7 @@ struct KernelTable {
   const char* isa_name = "scalar";
 
   GemmMicroKernel gemm;
+  QGemmMicroKernel qgemm;  // block-quantised weights (see QGemmMicroKernel)
 
   // Elementwise rows. In-place (y == x) is allowed for all of them.
   void (*silu)(int64_t n, const float* x, float* y) = nullptr;
@@ -91,6 +153,9 @@ struct KernelTable {
   // Weight conversion.
   void (*f16_to_f32)(int64_t n, const uint16_t* x, float* y) = nullptr;
   void (*f32_to_f16)(int64_t n, const float* x, uint16_t* y) = nullptr;
+
+  // Direct convolution (see DirectConv).
+  void (*conv_direct)(const DirectConv& conv) = nullptr;
 };
 
 const char* isa_name(Isa isa);
@@ -103,6 +168,10 @@ const KernelTable* table_for(Isa isa);
 const KernelTable& reference();
 // Every level this binary can run on this CPU, reference first.
 int available_tables(const KernelTable** out, int capacity);
+
+// Every quantised-GEMM kernel this binary can run on this CPU, reference first (a level may hold one of several,
+// e.g. AVX-512 with or without VNNI): tests compare each against the reference.
+int available_qgemm_kernels(QGemmMicroKernel* out, int capacity);
 
 // Chooses the level by name ("scalar", "avx2", "avx512", "neon", or "auto"); error if unknown or unsupported.
 Status select(const char* name);

@@ -8,6 +8,7 @@ KernelTable make_reference_table() {
   t.isa = Isa::Scalar;
   t.isa_name = "scalar";
   t.gemm = reference_gemm();
+  t.qgemm = reference_qgemm();
   t.silu = ref::silu;
   t.add = ref::add;
   t.mul = ref::mul;
@@ -21,6 +22,7 @@ KernelTable make_reference_table() {
   t.exp_shifted_sum = ref::exp_shifted_sum;
   t.f16_to_f32 = ref::f16_to_f32;
   t.f32_to_f16 = ref::f32_to_f16;
+  t.conv_direct = ref::conv_direct;
   return t;
 }
 
