@@ -37,7 +37,8 @@ class Builder {
 
   Status error() const { return error_.ok() ? g_.status() : error_; }
 
-  Tensor* weight(const std::string& name, std::initializer_list<int64_t> shape) {
+  // Block-quantised types (q8_0, …) only where the op multiplies with them as a weight matrix: conv and linear.
+  Tensor* weight(const std::string& name, std::initializer_list<int64_t> shape, bool block_types_allowed = false) {
     if (!error_.ok()) return nullptr;
     WeightRef ref;
     Status found = lookup_(name, std::vector<int64_t>(shape), &ref);
@@ -53,8 +54,10 @@ class Builder {
                       shape_text(static_cast<int>(shape.size()), shape.begin()).c_str());
       return nullptr;
     }
-    if (ref.dtype != DType::F32 && ref.dtype != DType::F16) {
-      error_ = errorf("tensor '%s' has type %s, which the U-Net cannot use", name.c_str(), dtype_name(ref.dtype));
+    const bool block_type = dtype_traits(ref.dtype).is_quantized;
+    if (ref.dtype != DType::F32 && ref.dtype != DType::F16 && !(block_type && block_types_allowed)) {
+      error_ = errorf("tensor '%s' has type %s, which the U-Net cannot use%s", name.c_str(), dtype_name(ref.dtype),
+                      block_type ? " (block types only for conv and linear weights)" : "");
       return nullptr;
     }
     return g_.param(name, ref.dtype, ref.rank, ref.shape, ref.data);
@@ -71,13 +74,13 @@ class Builder {
 
   Tensor* conv(const std::string& prefix, Tensor* x, int64_t c_in, int64_t c_out, int64_t k, const Conv2dParams& p,
                Tensor* residual = nullptr) {
-    Tensor* w = weight(prefix + ".weight", {c_out, c_in, k, k});
+    Tensor* w = weight(prefix + ".weight", {c_out, c_in, k, k}, true);
     Tensor* b = weight(prefix + ".bias", {c_out});
     return conv2d(g_, x, w, b, p, residual);
   }
 
   Tensor* linear(const std::string& prefix, Tensor* x, int64_t in, int64_t out) {
-    Tensor* w = weight(prefix + ".weight", {out, in});
+    Tensor* w = weight(prefix + ".weight", {out, in}, true);
     Tensor* b = weight(prefix + ".bias", {out});
     return ddpm::linear(g_, x, w, b);
   }
@@ -132,7 +135,7 @@ class Builder {
     const int64_t h = x->shape[2], w = x->shape[3], n = h * w;
     Tensor* xn = has_norm ? group_norm(p + ".group_norm", x, channels, norm_groups, false) : x;  // [B, C, H, W]
     auto projection = [&](const char* name, Tensor* input, int64_t in, int64_t out, Tensor* residual) {
-      Tensor* wt = weight(p + "." + name + ".weight", {out, in});
+      Tensor* wt = weight(p + "." + name + ".weight", {out, in}, true);
       Tensor* b = weight(p + "." + name + ".bias", {out});
       return conv2d(g_, input, reshape(g_, wt, {out, in, 1, 1}), b, Conv2dParams{}, residual);
     };

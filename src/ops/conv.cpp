@@ -11,6 +11,8 @@
 
 #include "ddpm/ops.h"
 #include "ops/gemm.h"
+#include "ops/qgemm.h"
+#include "quant/blocks.h"
 
 namespace ddpm {
 namespace {
@@ -142,8 +144,13 @@ Tensor* conv2d(Graph& g, Tensor* x, Tensor* weight, Tensor* bias, const Conv2dPa
     return g.fail(errorf("conv2d: expected x [B,Ci,H,W] f32 and weight [Co,Ci,kh,kw], got x %s and weight %s",
                          x->shape_string().c_str(), weight->shape_string().c_str()));
   }
-  if (weight->dtype != DType::F32 && weight->dtype != DType::F16) {
+  if (weight->dtype != DType::F32 && weight->dtype != DType::F16 && !quant::is_block_type(weight->dtype)) {
     return g.fail(errorf("conv2d: weight type %s is not supported", dtype_name(weight->dtype)));
+  }
+  if (quant::is_block_type(weight->dtype) && !weight->is_contiguous()) {
+    // Block weights are read as whole rows of Ci·kh·kw values; a strided view has no such rows.
+    return g.fail(errorf("conv2d: a %s weight must be contiguous, got a strided view %s", dtype_name(weight->dtype),
+                         weight->shape_string().c_str()));
   }
   if (x->shape[1] != weight->shape[1]) {
     return g.fail(errorf("conv2d: input has %lld channels but weight %s expects %lld", (long long)x->shape[1],
@@ -184,9 +191,51 @@ Tensor* conv2d(Graph& g, Tensor* x, Tensor* weight, Tensor* bias, const Conv2dPa
   return y;
 }
 
-size_t scratch_conv2d(const Tensor&) { return gemm_scratch_bytes_max(); }
+static size_t scratch_conv2d_quantized(const Tensor& node) {
+  return quant::is_block_type(node.src[1]->dtype) ? qgemm_scratch_bytes_max() : 0;
+}
+
+size_t scratch_conv2d(const Tensor& node) {
+  return std::max(gemm_scratch_bytes_max(), scratch_conv2d_quantized(node));
+}
+
+// conv2d with a block-quantised weight: the same im2col packer feeds the quantised GEMM.
+static Status compute_conv2d_quantized(const Tensor& node, ExecContext& ctx) {
+  const Tensor& x = *node.src[0];
+  const Tensor& w = *node.src[1];
+  const Tensor* bias = node.src[2];
+  const Tensor* residual = node.src[3];
+  Im2col im2col{x.f32(), x.shape[1], x.shape[2], x.shape[3], w.shape[2], w.shape[3], node.shape[3],
+                node.iparams[kStride], node.iparams[kPadTop], node.iparams[kPadLeft], ctx.kernels.gemm.gather_rows};
+  if (!im2col.gather_rows) im2col.gather_rows = kernels::reference().gemm.gather_rows;
+  QGemmProblem p;
+  p.batch = x.shape[0];
+  p.M = w.shape[0];
+  p.N = node.shape[2] * node.shape[3];
+  p.K = w.shape[1] * w.shape[2] * w.shape[3];
+  p.a = w.data;
+  p.a_dtype = w.dtype;
+  p.pack_b = pack_im2col;
+  p.pack_b_context = &im2col;
+  p.c = node.f32();
+  p.ldc = p.N;
+  p.c_batch_stride = p.M * p.N;
+  if (bias) {
+    p.bias_row = bias->data;
+    p.bias_dtype = bias->dtype;
+  }
+  if (residual) {
+    p.residual = residual->f32();
+    p.residual_ld = p.N;
+    p.residual_batch_stride = p.M * p.N;
+  }
+  run_qgemm(p, ctx);
+  return Status();
+}
+
 
 Status compute_conv2d(const Tensor& node, ExecContext& ctx) {
+  if (quant::is_block_type(node.src[1]->dtype)) return compute_conv2d_quantized(node, ctx);
   const Tensor& x = *node.src[0];
   const Tensor& w = *node.src[1];
   const Tensor* bias = node.src[2];

@@ -2,6 +2,8 @@
 // views (attention's Kᵀ, a linear layer's Wᵀ) cost no copy.
 #include "ddpm/ops.h"
 #include "ops/gemm.h"
+#include "ops/qgemm.h"
+#include "quant/blocks.h"
 
 namespace ddpm {
 namespace {
@@ -30,6 +32,15 @@ bool batch_layout(const Tensor& t, int64_t* count, int64_t* stride) {
 }
 
 Tensor* build_matmul(Graph& g, const char* op, Tensor* a, Tensor* b, Tensor* bias_col) {
+  // A block-quantised operand is a weight matrix read as whole rows: only as the first operand, 2-D, unstrided.
+  if (quant::is_block_type(b->dtype)) {
+    return g.fail(errorf("%s: a %s operand must be the first one (the weight), got it second: %s", op,
+                         dtype_name(b->dtype), b->shape_string().c_str()));
+  }
+  if (quant::is_block_type(a->dtype) && (a->rank != 2 || !a->is_contiguous())) {
+    return g.fail(errorf("%s: a %s weight must be a contiguous 2-D matrix, got %s", op, dtype_name(a->dtype),
+                         a->shape_string().c_str()));
+  }
   if (a->rank < 2 || b->rank < 2 || a->dtype == DType::I32 || b->dtype == DType::I32) {
     return g.fail(errorf("%s: operands must be at least 2-D float tensors, got %s and %s", op,
                          a->shape_string().c_str(), b->shape_string().c_str()));
@@ -81,16 +92,66 @@ Tensor* linear(Graph& g, Tensor* x, Tensor* weight, Tensor* bias) {
     return g.fail(errorf("linear: input %s does not match weight %s [out, in]", x->shape_string().c_str(),
                          weight->shape_string().c_str()));
   }
+  if (quant::is_block_type(weight->dtype)) {
+    // y = x·Wᵀ computed as yᵀ = W·xᵀ, so that the quantised weight is the GEMM's A (see compute_matmul).
+    if (!weight->is_contiguous() || x->dtype != DType::F32 || (bias && bias->dtype == DType::I32)) {
+      return g.fail(errorf("linear: a %s weight must be contiguous and the input f32, got weight %s and input %s",
+                           dtype_name(weight->dtype), weight->shape_string().c_str(), x->shape_string().c_str()));
+    }
+    const int64_t out = weight->shape[0];
+    if (bias && (bias->rank != 1 || bias->shape[0] != out)) {
+      return g.fail(errorf("linear: bias %s does not match %lld outputs", bias->shape_string().c_str(), (long long)out));
+    }
+    x = contiguous(g, x);
+    int64_t shape[kMaxRank];
+    for (int i = 0; i < x->rank; ++i) shape[i] = x->shape[i];
+    shape[x->rank - 1] = out;
+    return g.new_node(OpKind::Matmul, DType::F32, x->rank, shape, {x, weight, bias});
+  }
   Tensor* weight_t = permute(g, weight, {1, 0});  // [in, out] view, no copy
   return build_matmul(g, "linear", x, weight_t, bias);
 }
 
-size_t scratch_matmul(const Tensor&) { return gemm_scratch_bytes_max(); }
+size_t scratch_matmul(const Tensor& node) {
+  const bool quantized = quant::is_block_type(node.src[0]->dtype) || quant::is_block_type(node.src[1]->dtype);
+  return quantized ? qgemm_scratch_bytes_max() : gemm_scratch_bytes_max();
+}
+
+namespace {
+
+// linear with a block-quantised weight W [out, in]: yᵀ[out × rows] = W · xᵀ, C written transposed into y [rows, out].
+Status compute_linear_quantized(const Tensor& node, ExecContext& ctx) {
+  const Tensor& x = *node.src[0];
+  const Tensor& w = *node.src[1];
+  const Tensor* bias = node.src[2];
+  const int64_t in = w.shape[1], out = w.shape[0];
+  StridedB packer{x.data, DType::F32, 0, 1, in, ctx.kernels.gemm.gather_rows};
+  QGemmProblem p;
+  p.M = out;
+  p.N = x.numel() / in;
+  p.K = in;
+  p.a = w.data;
+  p.a_dtype = w.dtype;
+  p.pack_b = pack_b_strided;
+  p.pack_b_context = &packer;
+  p.c = node.f32();
+  p.ldc = 1;
+  p.c_col_stride = out;
+  if (bias) {
+    p.bias_row = bias->data;
+    p.bias_dtype = bias->dtype;
+  }
+  run_qgemm(p, ctx);
+  return Status();
+}
+
+}  // namespace
 
 Status compute_matmul(const Tensor& node, ExecContext& ctx) {
   const Tensor& a = *node.src[0];
   const Tensor& b = *node.src[1];
   const Tensor* bias = node.src[2];
+  if (quant::is_block_type(b.dtype)) return compute_linear_quantized(node, ctx);
   const int r = node.rank;
   StridedB packer{b.data, b.dtype, node.iparams[1], b.stride[b.rank - 2], b.stride[b.rank - 1],
                   ctx.kernels.gemm.gather_rows};
@@ -113,6 +174,25 @@ Status compute_matmul(const Tensor& node, ExecContext& ctx) {
   if (bias) {
     p.bias_col = bias->data;
     p.bias_dtype = bias->dtype;
+  }
+  if (quant::is_block_type(a.dtype)) {
+    // The weight is shared by every batch item (build_matmul keeps block operands 2-D).
+    QGemmProblem q;
+    q.batch = p.batch;
+    q.M = p.M;
+    q.N = p.N;
+    q.K = p.K;
+    q.a = a.data;
+    q.a_dtype = a.dtype;
+    q.pack_b = p.pack_b;
+    q.pack_b_context = p.pack_b_context;
+    q.c = p.c;
+    q.ldc = p.ldc;
+    q.c_batch_stride = p.c_batch_stride;
+    q.bias_col = p.bias_col;
+    q.bias_dtype = p.bias_dtype;
+    run_qgemm(q, ctx);
+    return Status();
   }
   run_gemm(p, ctx);
   return Status();

@@ -16,6 +16,12 @@ Tensor* reshape(Graph& g, Tensor* x, std::initializer_list<int64_t> shape) {
     return g.fail(errorf("reshape: cannot view %s as a tensor of %d dims and %lld elements", x->shape_string().c_str(),
                          rank, (long long)count));
   }
+  const int64_t rows = rank >= 2 ? shape.begin()[0] : 1;
+  if (dtype_traits(x->dtype).is_quantized && rows != (x->rank >= 2 ? x->shape[0] : 1)) {
+    // Block tensors are rows padded to whole blocks (dtype.h): a view must keep the rows.
+    return g.fail(errorf("reshape: a %s tensor %s keeps its rows (first dimension) in any view", dtype_name(x->dtype),
+                         x->shape_string().c_str()));
+  }
   x = contiguous(g, x);
   int64_t stride[kMaxRank];
   int64_t s = 1;

@@ -1,0 +1,363 @@
+#include "ops/qgemm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "core/half.h"
+#include "quant/blocks.h"
+
+namespace ddpm {
+namespace {
+
+constexpr int64_t kBlock = quant::kQuantBlock;
+// K is summed in nearly equal blocks of at most kKcMax values (whole 32-value blocks). A task's quantised B block
+// (kc × its columns, one byte each plus two floats per column and block) is kept within kBBlockBytes so it stays
+// in L2 while every row panel of A streams over it; a short K lets the same bytes hold more columns, up to
+// kMaxChunkCols. Each A panel is unpacked once per task and k block, so wide chunks also mean few unpacks.
+constexpr int64_t kKcMax = 512;
+constexpr int64_t kBBlockBytes = 384 * 1024;
+constexpr int64_t kMaxChunkCols = 1024;
+// B is packed as f32 (by the PackB callbacks) this many columns at a time, then quantised panel by panel.
+constexpr int64_t kStageCols = 64;
+constexpr int kMaxMr = 32, kMaxNr = 64;
+
+// Cost model, in units of one int8 multiply-add of the micro-kernel (~1/64 cycle with VNNI). Packing one B element
+// as f32 and quantising it costs about 40 of them, unpacking one A element from its blocks into a panel about 30,
+// a task (waking, bookkeeping, ~1 µs) about 150000. kStraggler as in run_gemm: a late task stretches the end.
+constexpr double kQuantizeBCost = 40.0, kUnpackACost = 30.0, kTaskCost = 150000.0, kStraggler = 0.15;
+// Below this many multiply-adds a second thread costs more than it saves.
+constexpr double kMinParallelWork = 256.0 * 1024.0;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+size_t aligned64(size_t bytes) { return (bytes + 63) / 64 * 64; }
+
+inline float load_element(const void* base, DType dtype, int64_t index) {
+  if (dtype == DType::F16) return f16_to_f32(static_cast<const uint16_t*>(base)[index]);
+  return static_cast<const float*>(base)[index];
+}
+
+int64_t stage_cols(int nr) { return std::max<int64_t>(nr, kStageCols / nr * nr); }
+
+// Column panels one task may hold for a k block of kc values.
+int64_t max_chunk_panels(int64_t kc, int nr) {
+  const int64_t fit = kBBlockBytes / static_cast<int64_t>(kernels::qgemm_b_panel_bytes(kc, nr));
+  return std::clamp<int64_t>(fit, 1, kMaxChunkCols / nr);
+}
+
+// Per-thread scratch, carved in this order; every part starts on a 64-byte boundary.
+struct Scratch {
+  float* b_stage;     // kKcMax × stage_cols(nr) f32, PackB's output for a few panels
+  uint8_t* b_block;   // the task's quantised B panels for one k block
+  int8_t* a_q;        // [kc/4][mr][4]
+  float* a_d;         // [kc/32][mr]
+  float* a_min;       // [kc/32][mr]
+  int32_t* a_qsum;    // [kc/32][mr]
+  int8_t* row_q;      // one weight row's kc values, as unpack_blocks writes them
+  float* row_d;       // its kc/32 scales
+  float* row_min;     // and minima
+  float* tile;        // mr × nr, partial tiles and transposed C
+  float* residual;    // mr × nr, the residual of a partial tile
+  float* row_bias;    // mr
+  float* col_bias;    // kMaxChunkCols, zero past the chunk
+};
+
+struct ScratchLayout {
+  size_t offsets[13];
+  size_t total;
+};
+
+ScratchLayout scratch_layout(int mr, int nr) {
+  const int64_t blocks = kKcMax / kBlock;
+  const size_t sizes[13] = {
+      static_cast<size_t>(kKcMax * stage_cols(nr)) * sizeof(float),
+      static_cast<size_t>(kBBlockBytes) + kernels::qgemm_b_panel_bytes(kKcMax, nr),
+      static_cast<size_t>(kKcMax * mr),
+      static_cast<size_t>(blocks * mr) * sizeof(float),
+      static_cast<size_t>(blocks * mr) * sizeof(float),
+      static_cast<size_t>(blocks * mr) * sizeof(int32_t),
+      static_cast<size_t>(kKcMax),
+      static_cast<size_t>(blocks) * sizeof(float),
+      static_cast<size_t>(blocks) * sizeof(float),
+      static_cast<size_t>(mr * nr) * sizeof(float),
+      static_cast<size_t>(mr * nr) * sizeof(float),
+      static_cast<size_t>(mr) * sizeof(float),
+      static_cast<size_t>(kMaxChunkCols + nr) * sizeof(float),
+  };
+  ScratchLayout layout;
+  size_t offset = 0;
+  for (int i = 0; i < 13; ++i) {
+    layout.offsets[i] = offset;
+    offset += aligned64(sizes[i]);
+  }
+  layout.total = offset;
+  return layout;
+}
+
+Scratch carve_scratch(uint8_t* base, int mr, int nr) {
+  const ScratchLayout l = scratch_layout(mr, nr);
+  Scratch s;
+  s.b_stage = reinterpret_cast<float*>(base + l.offsets[0]);
+  s.b_block = base + l.offsets[1];
+  s.a_q = reinterpret_cast<int8_t*>(base + l.offsets[2]);
+  s.a_d = reinterpret_cast<float*>(base + l.offsets[3]);
+  s.a_min = reinterpret_cast<float*>(base + l.offsets[4]);
+  s.a_qsum = reinterpret_cast<int32_t*>(base + l.offsets[5]);
+  s.row_q = reinterpret_cast<int8_t*>(base + l.offsets[6]);
+  s.row_d = reinterpret_cast<float*>(base + l.offsets[7]);
+  s.row_min = reinterpret_cast<float*>(base + l.offsets[8]);
+  s.tile = reinterpret_cast<float*>(base + l.offsets[9]);
+  s.residual = reinterpret_cast<float*>(base + l.offsets[10]);
+  s.row_bias = reinterpret_cast<float*>(base + l.offsets[11]);
+  s.col_bias = reinterpret_cast<float*>(base + l.offsets[12]);
+  return s;
+}
+
+bool has_epilogue(const QGemmProblem& p) { return p.bias_row || p.bias_col || p.residual; }
+
+double split_cost(const QGemmProblem& p, const QGemmPlan& plan, int mr, int nr, int64_t m_chunks, int64_t n_chunks,
+                  int threads) {
+  const double k = static_cast<double>(plan.kc * plan.k_blocks);
+  const double rows = static_cast<double>(plan.m_panels * mr), cols = static_cast<double>(plan.n_panels * nr);
+  const double tasks = static_cast<double>(p.batch * m_chunks * n_chunks);
+  const double total = static_cast<double>(p.batch) * k *
+                           (rows * cols + kQuantizeBCost * cols * static_cast<double>(m_chunks) +
+                            kUnpackACost * rows * static_cast<double>(n_chunks)) +
+                       tasks * kTaskCost;
+  const double max_rows = static_cast<double>(ceil_div(plan.m_panels, m_chunks) * mr);
+  const double max_cols = static_cast<double>(ceil_div(plan.n_panels, n_chunks) * nr);
+  const double largest = k * (max_rows * max_cols + kQuantizeBCost * max_cols + kUnpackACost * max_rows) + kTaskCost;
+  const double rounds = std::ceil(tasks / threads);
+  return std::max(rounds * total / tasks, largest) + (threads > 1 ? kStraggler * largest : 0.0);
+}
+
+struct TaskRange {
+  int64_t batch, n_begin, n_end, panel_begin, panel_end;
+};
+
+TaskRange task_range(const QGemmProblem& p, const QGemmPlan& plan, int nr, int64_t task) {
+  TaskRange r;
+  const int64_t m_chunk = task % plan.m_chunks;
+  const int64_t n_chunk = (task / plan.m_chunks) % plan.n_chunks;
+  r.batch = task / (plan.m_chunks * plan.n_chunks);
+  split_range(plan.m_panels, plan.m_chunks, m_chunk, &r.panel_begin, &r.panel_end);
+  int64_t first_panel, end_panel;
+  split_range(plan.n_panels, plan.n_chunks, n_chunk, &first_panel, &end_panel);
+  r.n_begin = first_panel * nr;
+  r.n_end = std::min(p.N, end_panel * nr);
+  return r;
+}
+
+// B[k0 : k0+kc, n_begin : n_end] of one batch item, quantised into consecutive panels of the kernel's layout. Rows
+// k >= K (the padding of the last block) are zero, as the weights' padding is.
+void quantize_b_block(const QGemmProblem& p, const kernels::QGemmMicroKernel& kernel, int64_t batch, int64_t k0,
+                      int64_t kc, int64_t n_begin, int64_t n_end, const Scratch& s) {
+  const int nr = kernel.nr;
+  const int64_t k_valid = std::min(kc, p.K - k0);
+  const int64_t width = stage_cols(nr);
+  const size_t panel_bytes = kernels::qgemm_b_panel_bytes(kc, nr);
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += width) {
+    const int64_t nc = std::min(width, n_end - n0);
+    const int64_t panels = ceil_div(nc, nr);
+    p.pack_b(p.pack_b_context, batch, k0, k_valid, n0, nc, nr, s.b_stage);
+    if (k_valid < kc) {
+      // Spread the k_valid-row panels to kc rows, last panel first so nothing is overwritten before it moves.
+      for (int64_t j = panels - 1; j >= 0; --j) {
+        float* panel = s.b_stage + j * kc * nr;
+        std::memmove(panel, s.b_stage + j * k_valid * nr, static_cast<size_t>(k_valid * nr) * sizeof(float));
+        std::memset(panel + k_valid * nr, 0, static_cast<size_t>((kc - k_valid) * nr) * sizeof(float));
+      }
+    }
+    const int64_t first = (n0 - n_begin) / nr;
+    for (int64_t j = 0; j < panels; ++j) kernel.quantize_b(kc, s.b_stage + j * kc * nr, s.b_block + (first + j) * panel_bytes);
+  }
+}
+
+// Rows m0 .. m0+mr of A, blocks [k0/32, (k0+kc)/32), into the kernel's panel layout. Rows past M repeat the last
+// row: they only feed tile rows that are never copied out.
+void unpack_a_panel(const QGemmProblem& p, const kernels::QGemmMicroKernel& kernel, size_t row_bytes, int64_t m0,
+                    int64_t k0, int64_t kc, const Scratch& s) {
+  const int mr = kernel.mr;
+  const int64_t blocks = kc / kBlock;
+  const size_t block_bytes = dtype_traits(p.a_dtype).block_bytes;
+  for (int m = 0; m < mr; ++m) {
+    const int64_t row = std::min<int64_t>(m0 + m, p.M - 1);
+    const uint8_t* src = static_cast<const uint8_t*>(p.a) + row * row_bytes + (k0 / kBlock) * block_bytes;
+    quant::unpack_blocks(p.a_dtype, src, blocks, s.row_q, s.row_d, s.row_min);
+    for (int64_t quad = 0; quad < kc / 4; ++quad) std::memcpy(s.a_q + (quad * mr + m) * 4, s.row_q + quad * 4, 4);
+    for (int64_t b = 0; b < blocks; ++b) {
+      s.a_d[b * mr + m] = s.row_d[b];
+      s.a_min[b * mr + m] = s.row_min[b];
+    }
+    if (kernel.b_biased) {
+      for (int64_t b = 0; b < blocks; ++b) {
+        int32_t sum = 0;
+        for (int64_t i = 0; i < kBlock; ++i) sum += s.row_q[b * kBlock + i];
+        s.a_qsum[b * mr + m] = sum;
+      }
+    }
+  }
+}
+
+// The problem and the plan are copied so that tasks on other threads do not keep reading lines of the caller's
+// stack (see run_gemm).
+void run_task(const QGemmProblem& problem, const QGemmPlan& shared_plan, const kernels::QGemmMicroKernel& shared_kernel,
+              const TaskRange& r, const Scratch& s) {
+  const QGemmProblem p = problem;
+  const QGemmPlan plan = shared_plan;
+  const kernels::QGemmMicroKernel kernel = shared_kernel;
+  const int mr = kernel.mr, nr = kernel.nr;
+  const int64_t nc = r.n_end - r.n_begin;
+  const int64_t padded_k = dtype_padded_row(p.a_dtype, p.K);
+  const size_t row_bytes = dtype_row_bytes(p.a_dtype, padded_k);
+  const bool has_min = p.a_dtype == DType::Q4_1;
+  const bool epilogue = has_epilogue(p);
+  float* c = p.c + r.batch * p.c_batch_stride;
+  const float* residual = p.residual ? p.residual + r.batch * p.residual_batch_stride : nullptr;
+  if (p.bias_col) {
+    for (int64_t n = 0; n < nc; ++n) s.col_bias[n] = load_element(p.bias_col, p.bias_dtype, r.n_begin + n);
+    for (int64_t n = nc; n < ceil_div(nc, nr) * nr; ++n) s.col_bias[n] = 0.0f;
+  }
+  for (int64_t block = 0; block < plan.k_blocks; ++block) {
+    const int64_t k0 = block * plan.kc, kc = std::min(plan.kc, padded_k - k0);
+    const bool accumulate = block > 0, last = block + 1 == plan.k_blocks;
+    const size_t panel_bytes = kernels::qgemm_b_panel_bytes(kc, nr);
+    quantize_b_block(p, kernel, r.batch, k0, kc, r.n_begin, r.n_end, s);
+    kernels::QGemmPanelA a;
+    a.q = s.a_q;
+    a.d = s.a_d;
+    a.min = has_min ? s.a_min : nullptr;
+    a.qsum = s.a_qsum;
+    for (int64_t panel = r.panel_begin; panel < r.panel_end; ++panel) {
+      const int64_t m0 = panel * mr;
+      const int mr_valid = static_cast<int>(std::min<int64_t>(mr, p.M - m0));
+      unpack_a_panel(p, kernel, row_bytes, m0, k0, kc, s);
+      if (last && p.bias_row) {
+        for (int m = 0; m < mr; ++m) s.row_bias[m] = m < mr_valid ? load_element(p.bias_row, p.bias_dtype, m0 + m) : 0.0f;
+      }
+      for (int64_t j = 0; j * nr < nc; ++j) {
+        const int64_t n0 = r.n_begin + j * nr;
+        const int nr_valid = static_cast<int>(std::min<int64_t>(nr, r.n_end - n0));
+        const uint8_t* b_panel = s.b_block + j * panel_bytes;
+        kernels::GemmEpilogue fused;
+        if (last && epilogue) {
+          fused.row_bias = p.bias_row ? s.row_bias : nullptr;
+          fused.col_bias = p.bias_col ? s.col_bias + j * nr : nullptr;
+          if (residual) {
+            fused.residual = residual + m0 * p.residual_ld + n0;
+            fused.residual_ld = p.residual_ld;
+          }
+        }
+        const kernels::GemmEpilogue* fused_ptr = last && epilogue ? &fused : nullptr;
+        float* c_tile = c + m0 * p.ldc + n0 * p.c_col_stride;
+        if (mr_valid == mr && nr_valid == nr && p.c_col_stride == 1) {
+          kernel.run(kc, a, b_panel, c_tile, p.ldc, accumulate, fused_ptr);
+          continue;
+        }
+        // Partial tile or transposed C: the same kernel call on a full tile in scratch, then the valid part out.
+        if (accumulate) {
+          for (int m = 0; m < mr_valid; ++m) {
+            for (int n = 0; n < nr_valid; ++n) s.tile[m * nr + n] = c_tile[m * p.ldc + n * p.c_col_stride];
+          }
+        }
+        if (fused.residual) {
+          for (int m = 0; m < mr; ++m) {
+            for (int n = 0; n < nr; ++n) {
+              s.residual[m * nr + n] = m < mr_valid && n < nr_valid ? fused.residual[m * p.residual_ld + n] : 0.0f;
+            }
+          }
+          fused.residual = s.residual;
+          fused.residual_ld = nr;
+        }
+        kernel.run(kc, a, b_panel, s.tile, nr, accumulate, fused_ptr);
+        for (int m = 0; m < mr_valid; ++m) {
+          for (int n = 0; n < nr_valid; ++n) c_tile[m * p.ldc + n * p.c_col_stride] = s.tile[m * nr + n];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+QGemmPlan plan_qgemm(const QGemmProblem& p, const kernels::QGemmMicroKernel& kernel, int threads) {
+  QGemmPlan plan;
+  const int64_t blocks = ceil_div(p.K, kBlock);
+  plan.k_blocks = std::max<int64_t>(1, ceil_div(blocks * kBlock, kKcMax));
+  plan.kc = ceil_div(blocks, plan.k_blocks) * kBlock;
+  plan.m_panels = ceil_div(p.M, kernel.mr);
+  plan.n_panels = ceil_div(p.N, kernel.nr);
+  const double work = static_cast<double>(p.batch) * static_cast<double>(p.M) * static_cast<double>(p.N) *
+                      static_cast<double>(p.K);
+  plan.threads = work < kMinParallelWork ? 1 : std::max(1, threads);
+  const int64_t widest = std::min(max_chunk_panels(plan.kc, kernel.nr), plan.n_panels);
+  const int64_t max_m_chunks = plan.threads == 1 ? 1 : std::min<int64_t>({plan.m_panels, 2 * plan.threads, 64});
+  double best = std::numeric_limits<double>::infinity();
+  int64_t previous_n_chunks = 0;
+  for (int64_t chunk_panels = widest; chunk_panels >= 1; --chunk_panels) {
+    const int64_t n_chunks = ceil_div(plan.n_panels, chunk_panels);
+    if (n_chunks == previous_n_chunks) continue;
+    previous_n_chunks = n_chunks;
+    for (int64_t m_chunks = 1; m_chunks <= max_m_chunks; ++m_chunks) {
+      const double cost = split_cost(p, plan, kernel.mr, kernel.nr, m_chunks, n_chunks, plan.threads);
+      if (cost < best * (1.0 - 1e-9)) {
+        best = cost;
+        plan.n_chunks = n_chunks;
+        plan.m_chunks = m_chunks;
+      }
+    }
+    if (plan.threads == 1) break;  // one thread: the widest chunks are best
+  }
+  plan.tasks = p.batch * plan.n_chunks * plan.m_chunks;
+  if (plan.tasks < plan.threads) plan.threads = static_cast<int>(std::max<int64_t>(1, plan.tasks));
+  return plan;
+}
+
+size_t qgemm_scratch_bytes(const kernels::KernelTable& kernels) {
+  return scratch_layout(kernels.qgemm.mr, kernels.qgemm.nr).total;
+}
+
+size_t qgemm_scratch_bytes_max() {
+  const kernels::KernelTable* tables[8];
+  const int count = kernels::available_tables(tables, 8);
+  size_t bytes = 0;
+  for (int i = 0; i < count; ++i) bytes = std::max(bytes, qgemm_scratch_bytes(*tables[i]));
+  return bytes;
+}
+
+void run_qgemm(const QGemmProblem& p, ExecContext& ctx) {
+  const kernels::QGemmMicroKernel& kernel = ctx.kernels.qgemm;
+  const int mr = kernel.mr, nr = kernel.nr;
+  DDPM_ASSERT(mr <= kMaxMr && nr <= kMaxNr && kernel.run && kernel.quantize_b);
+  DDPM_ASSERT(quant::is_block_type(p.a_dtype));
+  DDPM_ASSERT(!p.residual || p.c_col_stride == 1);
+  DDPM_ASSERT(ctx.scratch_bytes >= qgemm_scratch_bytes(ctx.kernels));
+  if (p.batch <= 0 || p.M <= 0 || p.N <= 0) return;
+  if (p.K <= 0) {
+    // No weights to multiply: C is the epilogue alone.
+    for (int64_t b = 0; b < p.batch; ++b) {
+      for (int64_t m = 0; m < p.M; ++m) {
+        for (int64_t n = 0; n < p.N; ++n) {
+          float v = 0.0f;
+          if (p.bias_row) v = v + load_element(p.bias_row, p.bias_dtype, m);
+          if (p.bias_col) v = v + load_element(p.bias_col, p.bias_dtype, n);
+          if (p.residual) v = v + p.residual[b * p.residual_batch_stride + m * p.residual_ld + n];
+          p.c[b * p.c_batch_stride + m * p.ldc + n * p.c_col_stride] = v;
+        }
+      }
+    }
+    return;
+  }
+  const QGemmPlan plan = plan_qgemm(p, kernel, ctx.pool.size());
+  if (plan.threads == 1) {
+    const Scratch s = carve_scratch(ctx.scratch[0], mr, nr);
+    for (int64_t task = 0; task < plan.tasks; ++task) run_task(p, plan, kernel, task_range(p, plan, nr, task), s);
+    return;
+  }
+  ctx.pool.run(plan.tasks, [&](int64_t task, int thread) {
+    run_task(p, plan, kernel, task_range(p, plan, nr, task), carve_scratch(ctx.scratch[thread], mr, nr));
+  });
+}
+
+}  // namespace ddpm

@@ -1,0 +1,57 @@
+// The quantised GEMM driver: C[M×N] = A[M×K] · B[K×N] (+ bias) (+ residual), where A is a block-quantised weight
+// (q8_0, q4_0, q4_1, q5_0: rows of K values padded with zeros to a whole number of 32-value blocks) and B comes
+// from the same PackB callbacks as run_gemm (src/ops/gemm.h), as f32 panels that the driver quantises to 8 bits per
+// column and block of 32 k values (kernels/registry.h, QGemmMicroKernel, has the exact arithmetic).
+//
+// Work is cut into tasks of (batch item, chunk of columns, chunk of rows). A task quantises its columns' B block
+// once per k block and unpacks each MR-row panel of A from the weight rows (quant::unpack_blocks) right before it
+// multiplies it with every column panel of the block, so weights are never dequantised into memory. K blocks are
+// whole 32-value blocks and every output element is the same chain of per-block adds whatever the blocking, so the
+// result does not depend on the thread count or the split.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "ops/gemm.h"
+
+namespace ddpm {
+
+struct QGemmProblem {
+  int64_t batch = 1, M = 0, N = 0, K = 0;
+  // A row m: the bytes at a + m * dtype_row_bytes(a_dtype, dtype_padded_row(a_dtype, K)); shared by all batch items.
+  const void* a = nullptr;
+  DType a_dtype = DType::Q8_0;
+  PackB pack_b = nullptr;
+  const void* pack_b_context = nullptr;
+  // C element (m, n) of batch item b: c + b*c_batch_stride + m*ldc + n*c_col_stride.
+  float* c = nullptr;
+  int64_t c_batch_stride = 0, ldc = 0, c_col_stride = 1;
+  // Epilogue, applied once all of K is summed: C += bias_row[m] or bias_col[n] (f32|f16), C += residual.
+  const void* bias_row = nullptr;
+  const void* bias_col = nullptr;
+  DType bias_dtype = DType::F32;
+  const float* residual = nullptr;  // element (m, n) at residual + b*residual_batch_stride + m*residual_ld + n
+  int64_t residual_batch_stride = 0, residual_ld = 0;
+};
+
+// How run_qgemm cuts the work: K (padded to 32) in k_blocks blocks of kc (multiples of 32, the last may be
+// shorter); per batch item n_chunks chunks of the n_panels column panels and m_chunks of the m_panels row panels;
+// one task per (batch item, column chunk, row chunk), row chunk fastest. Every row chunk quantises its columns again,
+// so the plan prefers splitting columns.
+struct QGemmPlan {
+  int64_t kc = 0, k_blocks = 0;
+  int64_t m_panels = 0, n_panels = 0;
+  int64_t m_chunks = 1, n_chunks = 1;
+  int64_t tasks = 0;
+  int threads = 1;
+};
+QGemmPlan plan_qgemm(const QGemmProblem& problem, const kernels::QGemmMicroKernel& kernel, int threads);
+
+// Per-thread scratch bytes run_qgemm needs with this table's qgemm kernel, and the most any compiled level needs.
+size_t qgemm_scratch_bytes(const kernels::KernelTable& kernels);
+size_t qgemm_scratch_bytes_max();
+// Runs with ctx.kernels.qgemm; ctx.scratch_bytes must be at least qgemm_scratch_bytes(ctx.kernels).
+void run_qgemm(const QGemmProblem& problem, ExecContext& ctx);
+
+}  // namespace ddpm
