@@ -97,6 +97,10 @@ int available_qgemm_kernels(QGemmMicroKernel* out, int capacity) {
   for (Isa isa : {Isa::Avx2, Isa::Avx512, Isa::Neon}) {
     if (const KernelTable* table = table_for(isa)) add(table->qgemm);
   }
+#if !defined(DDPM_NO_SIMD) && defined(__x86_64__)
+  // The AVX-512 table holds the VNNI kernel where the CPU has it; the AVX-512BW one must stay tested there too.
+  if (table_for(Isa::Avx512)) add(avx512_qgemm());
+#endif
   return count;
 }
 

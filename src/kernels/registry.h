@@ -121,6 +121,9 @@ QGemmMicroKernel reference_qgemm();  // src/kernels/ref/qgemm.cpp
 #if !defined(DDPM_NO_SIMD) && defined(__x86_64__)
 GemmMicroKernel avx2_gemm();
 GemmMicroKernel avx512_gemm();
+QGemmMicroKernel avx2_qgemm();        // src/kernels/avx2/qgemm.cpp
+QGemmMicroKernel avx512_qgemm();      // src/kernels/avx512/qgemm.cpp: AVX-512BW, for CPUs without VNNI
+QGemmMicroKernel avx512vnni_qgemm();  // src/kernels/avx512vnni/: call only if cpu_features().avx512_vnni
 #endif
 #if !defined(DDPM_NO_SIMD) && defined(__aarch64__)
 GemmMicroKernel neon_gemm();

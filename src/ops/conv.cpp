@@ -136,6 +136,44 @@ void pack_im2col(const void* context, int64_t batch, int64_t k0, int64_t kc, int
   }
 }
 
+Im2col make_im2col(const Tensor& node, const ExecContext& ctx) {
+  const Tensor& x = *node.src[0];
+  const Tensor& w = *node.src[1];
+  Im2col im2col{x.f32(), x.shape[1], x.shape[2], x.shape[3], w.shape[2], w.shape[3], node.shape[3],
+                node.iparams[kStride], node.iparams[kPadTop], node.iparams[kPadLeft], ctx.kernels.gemm.gather_rows};
+  if (!im2col.gather_rows) im2col.gather_rows = kernels::reference().gemm.gather_rows;  // a level without one
+  return im2col;
+}
+
+// What GemmProblem and QGemmProblem share: C[Co × Ho·Wo] = W · im2col(x) per image, + bias per row, + residual.
+template <class Problem>
+void set_conv_problem(const Tensor& node, const Im2col* im2col, Problem* p) {
+  const Tensor& x = *node.src[0];
+  const Tensor& w = *node.src[1];
+  const Tensor* bias = node.src[2];
+  const Tensor* residual = node.src[3];
+  p->batch = x.shape[0];
+  p->M = w.shape[0];
+  p->N = node.shape[2] * node.shape[3];
+  p->K = w.shape[1] * w.shape[2] * w.shape[3];
+  p->a = w.data;
+  p->a_dtype = w.dtype;
+  p->pack_b = pack_im2col;
+  p->pack_b_context = im2col;
+  p->c = node.f32();
+  p->ldc = p->N;
+  p->c_batch_stride = p->M * p->N;
+  if (bias) {
+    p->bias_row = bias->data;
+    p->bias_dtype = bias->dtype;
+  }
+  if (residual) {
+    p->residual = residual->f32();
+    p->residual_ld = p->N;
+    p->residual_batch_stride = p->M * p->N;
+  }
+}
+
 }  // namespace
 
 Tensor* conv2d(Graph& g, Tensor* x, Tensor* weight, Tensor* bias, const Conv2dParams& p, Tensor* residual) {
@@ -201,71 +239,20 @@ size_t scratch_conv2d(const Tensor& node) {
 
 // conv2d with a block-quantised weight: the same im2col packer feeds the quantised GEMM.
 static Status compute_conv2d_quantized(const Tensor& node, ExecContext& ctx) {
-  const Tensor& x = *node.src[0];
-  const Tensor& w = *node.src[1];
-  const Tensor* bias = node.src[2];
-  const Tensor* residual = node.src[3];
-  Im2col im2col{x.f32(), x.shape[1], x.shape[2], x.shape[3], w.shape[2], w.shape[3], node.shape[3],
-                node.iparams[kStride], node.iparams[kPadTop], node.iparams[kPadLeft], ctx.kernels.gemm.gather_rows};
-  if (!im2col.gather_rows) im2col.gather_rows = kernels::reference().gemm.gather_rows;
+  const Im2col im2col = make_im2col(node, ctx);
   QGemmProblem p;
-  p.batch = x.shape[0];
-  p.M = w.shape[0];
-  p.N = node.shape[2] * node.shape[3];
-  p.K = w.shape[1] * w.shape[2] * w.shape[3];
-  p.a = w.data;
-  p.a_dtype = w.dtype;
-  p.pack_b = pack_im2col;
-  p.pack_b_context = &im2col;
-  p.c = node.f32();
-  p.ldc = p.N;
-  p.c_batch_stride = p.M * p.N;
-  if (bias) {
-    p.bias_row = bias->data;
-    p.bias_dtype = bias->dtype;
-  }
-  if (residual) {
-    p.residual = residual->f32();
-    p.residual_ld = p.N;
-    p.residual_batch_stride = p.M * p.N;
-  }
+  set_conv_problem(node, &im2col, &p);
   run_qgemm(p, ctx);
   return Status();
 }
 
-
 Status compute_conv2d(const Tensor& node, ExecContext& ctx) {
   if (quant::is_block_type(node.src[1]->dtype)) return compute_conv2d_quantized(node, ctx);
-  const Tensor& x = *node.src[0];
-  const Tensor& w = *node.src[1];
-  const Tensor* bias = node.src[2];
-  const Tensor* residual = node.src[3];
-  Im2col im2col{x.f32(), x.shape[1], x.shape[2], x.shape[3], w.shape[2], w.shape[3], node.shape[3],
-                node.iparams[kStride], node.iparams[kPadTop], node.iparams[kPadLeft], ctx.kernels.gemm.gather_rows};
-  if (!im2col.gather_rows) im2col.gather_rows = kernels::reference().gemm.gather_rows;  // a level without one
+  const Im2col im2col = make_im2col(node, ctx);
   GemmProblem p;
-  p.batch = x.shape[0];
-  p.M = w.shape[0];
-  p.N = node.shape[2] * node.shape[3];
-  p.K = w.shape[1] * w.shape[2] * w.shape[3];
-  p.a = w.data;
-  p.a_dtype = w.dtype;
+  set_conv_problem(node, &im2col, &p);
   p.a_row_stride = p.K;
   p.a_col_stride = 1;
-  p.pack_b = pack_im2col;
-  p.pack_b_context = &im2col;
-  p.c = node.f32();
-  p.ldc = p.N;
-  p.c_batch_stride = p.M * p.N;
-  if (bias) {
-    p.bias_row = bias->data;
-    p.bias_dtype = bias->dtype;
-  }
-  if (residual) {
-    p.residual = residual->f32();
-    p.residual_ld = p.N;
-    p.residual_batch_stride = p.M * p.N;
-  }
   run_gemm(p, ctx);
   return Status();
 }

@@ -11,6 +11,7 @@ __attribute__((target("no-sse3"))) KernelTable make_avx512_table() {
   t.isa = Isa::Avx512;
   t.isa_name = "avx512";
   t.gemm = avx512_gemm();
+  t.qgemm = cpu_features().avx512_vnni ? avx512vnni_qgemm() : avx512_qgemm();
   t.silu = avx512::silu;
   t.add = avx512::add;
   t.mul = avx512::mul;

@@ -1,0 +1,113 @@
+// AVX2 quantised GEMM (4×8 tile): each block's int8 dot products with vpmaddubsw (unsigned × signed bytes, pairs
+// summed to int16) and vpmaddwd by ones (to int32). The sign trick keeps B signed: |b| is the unsigned operand and
+// vpsignb moves b's sign (or zero) onto the broadcast weight; |b|, |w| ≤ 127 keep each pair sum within int16.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "kernels/registry.h"
+
+namespace ddpm::kernels {
+namespace {
+
+constexpr int kMR = 4, kNR = 8;
+
+// 8 columns of one block per step: four consecutive k packed into one 32-byte vector, byte j of lane n =
+// q[k + j][n] (the [kc/4][NR][4] layout).
+void quantize_b8(int64_t kc, const float* b_panel, uint8_t* q_panel) {
+  const int64_t blocks = kc / 32;
+  float* scales = reinterpret_cast<float*>(q_panel + kc * kNR);
+  float* sums = scales + blocks * kNR;
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127), byte = _mm256_set1_epi32(0xff);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float* x = b_panel + b * 32 * kNR;
+    __m256 amax = zero;
+    // max_ps returns its second operand when one is NaN: a NaN value is skipped, as fmax does in the reference.
+    for (int i = 0; i < 32; ++i) amax = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + i * kNR), abs_mask), amax);
+    const __m256 d = _mm256_div_ps(amax, _mm256_set1_ps(127.0f));
+    const __m256 nonzero = _mm256_cmp_ps(d, zero, _CMP_NEQ_UQ);
+    const __m256 id = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), d), nonzero);
+    __m256i sum = _mm256_setzero_si256();
+    for (int quad = 0; quad < 8; ++quad) {
+      __m256i packed = _mm256_setzero_si256();
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        // cvtps2dq rounds to nearest even; NaN becomes INT_MIN, which the clamp sends to -127 like the reference.
+        __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + (quad * 4 + j) * kNR), id));
+        q = _mm256_max_epi32(_mm256_min_epi32(q, hi), lo);
+        sum = _mm256_add_epi32(sum, q);
+        packed = _mm256_or_si256(packed, _mm256_slli_epi32(_mm256_and_si256(q, byte), 8 * j));
+      }
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q_panel + (b * 8 + quad) * 4 * kNR), packed);
+    }
+    _mm256_storeu_ps(scales + b * kNR, d);
+    _mm256_storeu_ps(sums + b * kNR, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sum)));
+  }
+}
+
+void run(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int64_t ldc, bool accumulate,
+         const GemmEpilogue* epilogue) {
+  const int64_t blocks = kc / 32;
+  const float* b_scale = reinterpret_cast<const float*>(q_panel + kc * kNR);
+  const float* b_sum = b_scale + blocks * kNR;
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 f[kMR];
+#pragma GCC unroll 4
+  for (int m = 0; m < kMR; ++m) f[m] = accumulate ? _mm256_loadu_ps(c + m * ldc) : _mm256_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    __m256i acc[kMR];
+#pragma GCC unroll 4
+    for (int m = 0; m < kMR; ++m) acc[m] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int quad = 0; quad < 8; ++quad) {
+      const __m256i bv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q_panel + (b * 8 + quad) * 4 * kNR));
+      const __m256i b_abs = _mm256_abs_epi8(bv);
+      const int8_t* w = a.q + (b * 8 + quad) * kMR * 4;
+#pragma GCC unroll 4
+      for (int m = 0; m < kMR; ++m) {
+        int32_t quad_bytes;
+        std::memcpy(&quad_bytes, w + m * 4, sizeof quad_bytes);
+        const __m256i signed_w = _mm256_sign_epi8(_mm256_set1_epi32(quad_bytes), bv);
+        acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(_mm256_maddubs_epi16(b_abs, signed_w), ones));
+      }
+    }
+    const __m256 ad = _mm256_loadu_ps(b_scale + b * kNR);
+#pragma GCC unroll 4
+    for (int m = 0; m < kMR; ++m) {
+      const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(a.d[b * kMR + m]), ad);
+      f[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[m]), scale, f[m]);
+    }
+    if (a.min) {
+      const __m256 as = _mm256_loadu_ps(b_sum + b * kNR);
+#pragma GCC unroll 4
+      for (int m = 0; m < kMR; ++m) f[m] = _mm256_fmadd_ps(_mm256_set1_ps(a.min[b * kMR + m]), as, f[m]);
+    }
+  }
+  if (epilogue) {
+#pragma GCC unroll 4
+    for (int m = 0; m < kMR; ++m) {
+      if (epilogue->row_bias) f[m] = _mm256_add_ps(f[m], _mm256_set1_ps(epilogue->row_bias[m]));
+      if (epilogue->col_bias) f[m] = _mm256_add_ps(f[m], _mm256_loadu_ps(epilogue->col_bias));
+      if (epilogue->residual) f[m] = _mm256_add_ps(f[m], _mm256_loadu_ps(epilogue->residual + m * epilogue->residual_ld));
+    }
+  }
+#pragma GCC unroll 4
+  for (int m = 0; m < kMR; ++m) _mm256_storeu_ps(c + m * ldc, f[m]);
+}
+
+}  // namespace
+
+__attribute__((target("no-sse3"))) QGemmMicroKernel avx2_qgemm() {
+  QGemmMicroKernel k;
+  k.name = "avx2";
+  k.mr = kMR;
+  k.nr = kNR;
+  k.b_biased = false;
+  k.quantize_b = quantize_b8;
+  k.run = run;
+  return k;
+}
+
+}  // namespace ddpm::kernels

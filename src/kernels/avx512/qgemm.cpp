@@ -1,0 +1,93 @@
+// AVX-512BW quantised GEMM (8×16 tile) for CPUs without VNNI (Skylake-X, Cascade Lake without it): each block's
+// int8 dot products with vpmaddubsw, which multiplies unsigned by signed bytes. B stays signed int8; its absolute
+// value goes in as the unsigned operand and its sign moves onto the weight (negated under the sign-bit mask, as
+// AVX-512 has no vpsignb). |b| ≤ 127 and |w| ≤ 127 keep each pair sum within int16. Also the 16-column B
+// quantiser that the VNNI kernel shares.
+#include "kernels/avx512/qgemm_tile.h"
+#include "kernels/registry.h"
+
+namespace ddpm::kernels::avx512 {
+namespace {
+
+// 16 columns of one block per step: the int32 values of four consecutive k are packed into one 64-byte vector,
+// byte j of lane n = q[k + j][n], which is the [kc/4][NR][4] layout.
+template <bool kBiased>
+void quantize_b16(int64_t kc, const float* b_panel, uint8_t* q_panel) {
+  constexpr int NR = kQGemmNR;
+  const int64_t blocks = kc / 32;
+  float* scales = reinterpret_cast<float*>(q_panel + kc * NR);
+  float* sums = scales + blocks * NR;
+  const __m512 zero = _mm512_setzero_ps();
+  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127), byte = _mm512_set1_epi32(0xff);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float* x = b_panel + b * 32 * NR;
+    __m512 amax = zero;
+    // max_ps returns its second operand when one is NaN, so a NaN value is skipped, as fmax does in the reference.
+    for (int i = 0; i < 32; ++i) amax = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i * NR)), amax);
+    const __m512 d = _mm512_div_ps(amax, _mm512_set1_ps(127.0f));
+    const __mmask16 nonzero = _mm512_cmp_ps_mask(d, zero, _CMP_NEQ_UQ);
+    const __m512 id = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0f), d);
+    __m512i sum = _mm512_setzero_si512();
+    for (int quad = 0; quad < 8; ++quad) {
+      __m512i packed = _mm512_setzero_si512();
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        // cvtps2dq rounds to nearest even; NaN becomes INT_MIN, which the clamp sends to -127 like the reference.
+        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + (quad * 4 + j) * NR), id));
+        q = _mm512_max_epi32(_mm512_min_epi32(q, hi), lo);
+        sum = _mm512_add_epi32(sum, q);
+        packed = _mm512_or_si512(packed, _mm512_slli_epi32(_mm512_and_si512(q, byte), 8 * j));
+      }
+      if (kBiased) packed = _mm512_xor_si512(packed, _mm512_set1_epi32(static_cast<int32_t>(0x80808080u)));
+      _mm512_storeu_si512(q_panel + (b * 8 + quad) * 4 * NR, packed);
+    }
+    _mm512_storeu_ps(scales + b * NR, d);
+    _mm512_storeu_ps(sums + b * NR, _mm512_mul_ps(d, _mm512_cvtepi32_ps(sum)));
+  }
+}
+
+void run_bw(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int64_t ldc, bool accumulate,
+            const GemmEpilogue* epilogue) {
+  constexpr int MR = kQGemmMR, NR = kQGemmNR;
+  const __m512i ones = _mm512_set1_epi16(1), zero = _mm512_setzero_si512();
+  qgemm_tile(kc, a, q_panel, c, ldc, accumulate, epilogue, [&](int64_t b, __m512i* acc) {
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) acc[m] = zero;
+    for (int quad = 0; quad < 8; ++quad) {
+      const __m512i bv = _mm512_loadu_si512(q_panel + (b * 8 + quad) * 4 * NR);
+      const __m512i b_abs = _mm512_abs_epi8(bv);
+      const __mmask64 negative = _mm512_movepi8_mask(bv);
+      const int8_t* w = a.q + (b * 8 + quad) * MR * 4;
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) {
+        const __m512i wv = _mm512_set1_epi32(load_weight_quad(w + m * 4));
+        const __m512i signed_w = _mm512_mask_sub_epi8(wv, negative, zero, wv);
+        acc[m] = _mm512_add_epi32(acc[m], _mm512_madd_epi16(_mm512_maddubs_epi16(b_abs, signed_w), ones));
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void qgemm_quantize_b16(int64_t kc, const float* b_panel, uint8_t* q_panel) { quantize_b16<false>(kc, b_panel, q_panel); }
+void qgemm_quantize_b16_biased(int64_t kc, const float* b_panel, uint8_t* q_panel) {
+  quantize_b16<true>(kc, b_panel, q_panel);
+}
+
+}  // namespace ddpm::kernels::avx512
+
+namespace ddpm::kernels {
+
+__attribute__((target("no-sse3"))) QGemmMicroKernel avx512_qgemm() {
+  QGemmMicroKernel k;
+  k.name = "avx512bw";
+  k.mr = avx512::kQGemmMR;
+  k.nr = avx512::kQGemmNR;
+  k.b_biased = false;
+  k.quantize_b = avx512::qgemm_quantize_b16;
+  k.run = avx512::run_bw;
+  return k;
+}
+
+}  // namespace ddpm::kernels
