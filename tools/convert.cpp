@@ -1,7 +1,8 @@
-// `ddpm convert INPUT -o OUT.ddpm [--type f32|f16] [--config config.json] [--scheduler-config …]`
+// `ddpm convert INPUT -o OUT.ddpm [--type f32|f16|q8_0|q5_0|q4_1|q4_0] [--config config.json] [--scheduler-config …]`
 #include <cstdio>
 
 #include "model/convert.h"
+#include "quant/policy.h"
 #include "tools/options.h"
 #include "tools/subcommands.h"
 
@@ -11,14 +12,35 @@ int run_convert(int argc, char** argv) {
   ConvertOptions o;
   CommonSettings common;
   std::string type = "f32";
+  bool quiet = false;
   std::vector<Option> options;
   options.push_back({"output", 'o', "OUT.ddpm", "output model file (required)", [&](const std::string& v) {
                        o.output = v;
                        return Status();
                      }});
-  options.push_back({"type", 0, "T", "weight type: f32 or f16 (norms and biases stay f32; default f32)",
+  options.push_back({"type", 0, "T",
+                     "weight type: " + quant::weight_type_list() +
+                         " (default f32). f16: every matrix, norms and biases stay f32; block types: conv and linear "
+                         "weights, not conv_in/conv_out/embeddings",
                      [&](const std::string& v) {
                        type = v;
+                       return quant::parse_weight_type("--type", v, &o.type);
+                     }});
+  options.push_back({"keep", 0, "REGEX", "keep matching tensors f32 (repeatable)", [&](const std::string& v) {
+                       quant::TypePolicy check;
+                       DDPM_TRY(check.add_keep(v));
+                       o.keep.push_back(v);
+                       return Status();
+                     }});
+  options.push_back({"tensor-type", 0, "REGEX=TYPE", "give matching tensors TYPE (repeatable; first match wins)",
+                     [&](const std::string& v) {
+                       quant::TypePolicy check;
+                       DDPM_TRY(check.add_override(v));
+                       o.tensor_types.push_back(v);
+                       return Status();
+                     }});
+  options.push_back({"quiet", 'q', "", "no per-tensor table for quantised types", [&](const std::string&) {
+                       quiet = true;
                        return Status();
                      }});
   options.push_back({"config", 0, "FILE", "config.json of a bare checkpoint", [&](const std::string& v) {
@@ -57,7 +79,7 @@ int run_convert(int argc, char** argv) {
   std::vector<std::string> positional;
   bool help = false;
   Status s = parse_options(argc, argv, 2, options, &positional, &help);
-  const char* synopsis = "ddpm convert INPUT -o OUT.ddpm [--type f32|f16] [--config config.json]\n"
+  const char* synopsis = "ddpm convert INPUT -o OUT.ddpm [--type f32|f16|q8_0|q5_0|q4_1|q4_0] [--config config.json]\n"
                          "  INPUT: a diffusers folder (config.json + diffusion_pytorch_model.safetensors|bin, or unet/ +\n"
                          "         scheduler/), or a .safetensors/.bin/.pt/.ckpt file with --config";
   if (help) {
@@ -66,7 +88,6 @@ int run_convert(int argc, char** argv) {
   }
   if (s.ok() && positional.size() != 1) s = errorf("expected one INPUT (see --help)");
   if (s.ok() && o.output.empty()) s = errorf("missing -o OUT.ddpm");
-  if (s.ok() && !dtype_from_name(type.c_str(), &o.type)) s = errorf("--type: unknown type '%s'", type.c_str());
   if (!s.ok()) {
     std::fprintf(stderr, "ddpm convert: %s\n", s.message().c_str());
     return 2;
@@ -79,11 +100,17 @@ int run_convert(int argc, char** argv) {
     return 1;
   }
   for (const std::string& note : report.notes) std::fprintf(stderr, "note: %s\n", note.c_str());
+  for (const std::string& w : report.retype.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
   std::printf("converted %s (%s) -> %s\n", report.weights_path.c_str(), report.format.c_str(), o.output.c_str());
   std::printf("  config %s%s%s\n", report.config_path.c_str(), report.scheduler_path.empty() ? "" : ", scheduler ",
               report.scheduler_path.c_str());
   std::printf("  %zu tensors, %lld parameters, %.1f MB (%s), %.2f s\n", report.tensors, (long long)report.parameters,
               report.output_bytes / 1e6, type.c_str(), report.seconds);
+  bool quantised = false;
+  for (const quant::TensorRetype& t : report.retype.tensors) quantised |= dtype_traits(t.to).is_quantized;
+  if (quantised) {
+    std::printf("  recipe: %s\n%s", report.recipe.c_str(), quant::format_retype_report(report.retype, !quiet).c_str());
+  }
   return 0;
 }
 

@@ -73,21 +73,32 @@ int info_ddpm(const std::string& path, const InfoSettings& settings) {
     std::printf("  %-32s %s\n", key.c_str(), value.describe(key.find("config") != std::string::npos ? 2000 : 120).c_str());
   }
   int64_t parameters = 0;
-  std::map<std::string, std::pair<int, int64_t>> by_type;
+  struct TypeTotals {
+    int tensors = 0;
+    int64_t parameters = 0;
+    uint64_t bytes = 0;
+  };
+  std::map<DType, TypeTotals> by_type;  // in dtype-code order: f32, f16, i32, then the block types
   for (const DdpmTensorInfo& t : file.tensors()) {
     parameters += t.numel();
-    by_type[dtype_name(t.dtype)].first++;
-    by_type[dtype_name(t.dtype)].second += static_cast<int64_t>(t.bytes);
+    TypeTotals& totals = by_type[t.dtype];
+    totals.tensors++;
+    totals.parameters += t.numel();
+    totals.bytes += t.bytes;
   }
   std::printf("tensors: %zu, parameters: %lld\n", file.tensors().size(), (long long)parameters);
-  for (const auto& [type, count_bytes] : by_type) {
-    std::printf("  %-5s %5d tensors, %.2f MB\n", type.c_str(), count_bytes.first, count_bytes.second / 1e6);
+  for (const auto& [type, totals] : by_type) {
+    // Bits per weight include block scales and row padding, so they say what the type costs in this model.
+    std::printf("  %-5s %5d tensors, %10lld parameters, %8.2f MB, %5.2f bits/weight%s\n", dtype_name(type),
+                totals.tensors, (long long)totals.parameters, totals.bytes / 1e6,
+                totals.parameters ? 8.0 * static_cast<double>(totals.bytes) / static_cast<double>(totals.parameters) : 0.0,
+                dtype_traits(type).is_quantized ? " (block-quantised)" : "");
   }
   if (settings.all_tensors) {
     for (const DdpmTensorInfo& t : file.tensors()) {
       std::string shape;
       for (int i = 0; i < t.rank; ++i) shape += (i ? " x " : "") + std::to_string(t.shape[i]);
-      std::printf("  %-60s %-4s %s\n", t.name.c_str(), dtype_name(t.dtype), shape.c_str());
+      std::printf("  %-60s %-5s %s\n", t.name.c_str(), dtype_name(t.dtype), shape.c_str());
     }
   }
   ModelInfo info;

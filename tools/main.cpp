@@ -20,6 +20,7 @@ void print_help() {
       "commands:\n"
       "  generate       sample images from a model:  ddpm generate -m model.ddpm -n 8 -o out.png\n"
       "  convert        diffusers folder / safetensors / PyTorch checkpoint -> .ddpm\n"
+      "  quantize       re-type a model's weights:  ddpm quantize in.ddpm out.ddpm --type q8_0\n"
       "  train          train a U-Net on IDX files or PNG folders (AdamW, EMA, checkpoints, resume)\n"
       "  info           describe a .ddpm model (metadata, tensors, size)\n"
       "  schedule       the timesteps and alpha_bar_t a sampling run visits\n"

@@ -18,8 +18,10 @@ int run_bench(int argc, char** argv);
 int run_convert(int argc, char** argv);
 int run_generate(int argc, char** argv);
 int run_info(int argc, char** argv);
+int run_quantize(int argc, char** argv);
 int run_schedule(int argc, char** argv);
 int run_forward(int argc, char** argv);
 int run_train(int argc, char** argv);
+int run_eval(int argc, char** argv);
 
 }  // namespace ddpm::tools

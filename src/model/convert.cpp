@@ -159,9 +159,14 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
   const auto start = std::chrono::steady_clock::now();
   ConvertOptions o = options;
   *report = ConvertReport();
-  if (o.type != DType::F32 && o.type != DType::F16) {
-    return errorf("--type %s is not supported for conversion (f32 or f16)", dtype_name(o.type));
+  quant::TypePolicy policy;
+  {
+    DType checked;
+    DDPM_TRY(quant::parse_weight_type("--type", dtype_name(o.type), &checked));
+    policy.set_default_type(checked);
   }
+  for (const std::string& k : o.keep) DDPM_TRY(policy.add_keep(k));
+  for (const std::string& t : o.tensor_types) DDPM_TRY(policy.add_override(t));
   std::string weights;
   if (is_directory(o.input)) {
     DDPM_TRY(resolve_folder(o.input, &o, &weights));
@@ -260,45 +265,83 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
   DDPM_TRY(metadata.set("provenance.source_file", MetadataValue::string(base_name(weights))));
   DDPM_TRY(metadata.set("provenance.source_sha256",
                         MetadataValue::string(file_sha256(reader.file()))));
-  DDPM_TRY(metadata.set("provenance.dtype_recipe",
-                        MetadataValue::string(o.type == DType::F16 ? "f16 (norms and biases f32)" : "f32")));
+  report->recipe = policy.recipe();
+  DDPM_TRY(metadata.set("provenance.dtype_recipe", MetadataValue::string(report->recipe)));
   DDPM_TRY(metadata.set("provenance.created", MetadataValue::string(utc_now())));
   writer.set_metadata(std::move(metadata));
 
   // Tensors are streamed: the writer converts each into its own reused buffer while it writes (twice, see
   // DdpmWriter::add_tensor), so memory holds one tensor at a time, never the whole converted model.
   const MappedFile& file = reader.file();
-  std::vector<float> scratch;  // f32 → f16 staging, the size of the largest such tensor
-  for (const ParamSpec& spec : specs) {
+  std::vector<float> scratch, check;  // f32 staging and the decoded result, the size of the largest such tensor
+  quant::RetypeReport& retype = report->retype;
+  retype.input_bytes = file.size();
+  retype.tensors.resize(specs.size());
+  std::vector<bool> measured(specs.size(), false);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const ParamSpec& spec = specs[i];
     const SourceTensor* t = reader.find(spec.name);
-    const DType dtype = spec.shape.size() >= 2 ? o.type : DType::F32;
+    const int rank = static_cast<int>(spec.shape.size());
+    // The policy sees every tensor as f32, the type it keeps tensors in.
+    const quant::TypePolicy::Decision decision = policy.decide(spec.name, rank, spec.shape.data(), DType::F32);
+    const DType dtype = decision.type;
+    quant::TensorRetype& entry = retype.tensors[i];
+    entry.name = spec.name;
+    entry.rank = rank;
+    std::copy(spec.shape.begin(), spec.shape.end(), entry.shape);
+    entry.from = t->dtype == SourceDType::F16 ? DType::F16 : DType::F32;
+    entry.to = dtype;
+    entry.reason = decision.reason;
+    entry.bytes_from = dtype_tensor_bytes(entry.from, rank, spec.shape.data());
+    entry.bytes_to = dtype_tensor_bytes(dtype, rank, spec.shape.data());
+    Status shape_ok = quant::check_encodable(spec.name, dtype, rank, spec.shape.data(), nullptr);
+    if (!shape_ok.ok()) return shape_ok.with_context(weights);
     // A rank-4 [C, C, 1, 1] source read as [C, C] has the same element order, so loading by element count is right.
-    DdpmTensorProducer produce = [&file, &scratch, t, dtype](void* dst, uint64_t) -> Status {
+    // Lossy conversions get their relative error measured (once: the writer calls each producer twice).
+    const bool lossy = dtype != DType::F32 && !(dtype == DType::F16 && t->dtype == SourceDType::F16);
+    DdpmTensorProducer produce = [&, t, dtype, rank, lossy, i](void* dst, uint64_t) -> Status {
+      const std::vector<int64_t>& shape = specs[i].shape;
+      const size_t n = static_cast<size_t>(t->numel());
       Status loaded;
       if (dtype == DType::F32) {
         loaded = load_tensor_f32(file, *t, static_cast<float*>(dst));
-      } else if (t->dtype == SourceDType::F32) {
-        // The common f32 → f16 case through the kernel table's row converter (F16C/NEON), which rounds exactly
-        // like the loader's portable per-element conversion (core/half.h) at a fraction of its cost.
-        scratch.resize(static_cast<size_t>(t->numel()));
-        loaded = load_tensor_f32(file, *t, scratch.data());
-        if (loaded.ok()) dtype_traits(DType::F16).from_f32(scratch.data(), dst, t->numel());
-      } else {
+      } else if (dtype == DType::F16 && t->dtype != SourceDType::F32) {
         loaded = load_tensor_raw_f16(file, *t, static_cast<uint16_t*>(dst));
+        if (loaded.ok() && lossy && !measured[i]) {
+          scratch.resize(n);
+          loaded = load_tensor_f32(file, *t, scratch.data());
+        }
+      } else {
+        // f32 → f16 through the kernel table's row converter (F16C/NEON), which rounds exactly like the loader's
+        // portable per-element conversion (core/half.h) at a fraction of its cost; block types row by row.
+        scratch.resize(n);
+        loaded = load_tensor_f32(file, *t, scratch.data());
+        if (loaded.ok()) {
+          loaded = quant::encode_tensor(specs[i].name, dtype, rank, shape.data(), scratch.data(), dst);
+          loaded.with_context(weights);
+        }
+      }
+      if (loaded.ok() && lossy && !measured[i]) {
+        check.resize(n);
+        quant::decode_tensor(dtype, rank, shape.data(), dst, check.data());
+        retype.tensors[i].relative_error = quant::relative_l2(scratch.data(), check.data(), t->numel());
+        measured[i] = true;
       }
       release_pages(file, t->storage_offset, t->storage_bytes);
       return loaded;
     };
-    DDPM_TRY(writer.add_tensor(spec.name, dtype, static_cast<int>(spec.shape.size()), spec.shape.data(),
-                               std::move(produce)));
+    DDPM_TRY(writer.add_tensor(spec.name, dtype, rank, spec.shape.data(), std::move(produce)));
     int64_t n = 1;
     for (int64_t d : spec.shape) n *= d;
     report->parameters += n;
   }
+  retype.warnings = policy.unmatched_patterns();
+  for (std::string& w : retype.warnings) w += " matches no tensor of " + weights;
   DDPM_TRY(writer.finish(o.output));
   report->tensors = specs.size();
   struct stat st;
   if (stat(o.output.c_str(), &st) == 0) report->output_bytes = static_cast<uint64_t>(st.st_size);
+  retype.output_bytes = report->output_bytes;
   report->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return Status();
 }

@@ -8,6 +8,7 @@
 
 #include "ddpm/dtype.h"
 #include "model/checkpoint.h"
+#include "quant/retype.h"
 
 namespace ddpm {
 
@@ -16,7 +17,11 @@ struct ConvertOptions {
   std::string output;            // .ddpm path
   std::string config;            // config.json; required for a bare checkpoint file
   std::string scheduler_config;  // scheduler_config.json; default: found next to the model, else DDPM defaults
-  DType type = DType::F32;       // f32 or f16 (matrices; norms and biases stay f32)
+  // f32 or f16: every matrix, norms and biases stay f32. A block type (q8_0, q5_0, q4_1, q4_0): conv and linear
+  // weights only, as quant/policy.h decides; the other tensors stay f32.
+  DType type = DType::F32;
+  std::vector<std::string> keep;          // --keep REGEX: these tensors stay f32
+  std::vector<std::string> tensor_types;  // --tensor-type REGEX=TYPE, first match wins
   CheckpointOptions checkpoint;
   std::vector<std::string> class_names;  // optional
   int null_class = -1;                   // optional unconditional class for guidance (-1: none)
@@ -31,6 +36,8 @@ struct ConvertReport {
   uint64_t output_bytes = 0;
   double seconds = 0;
   std::vector<std::string> notes;  // renamed keys, defaults applied, …
+  std::string recipe;              // provenance.dtype_recipe as written
+  quant::RetypeReport retype;      // per tensor: type chosen and relative error; warnings; sizes
 };
 
 Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report);

@@ -1,0 +1,141 @@
+#include "quant/policy.h"
+
+namespace ddpm::quant {
+namespace {
+
+// std::regex reports syntax errors by exception; this is the one place they are caught and turned into a Status.
+Status compile_regex(const std::string& what, const std::string& pattern, std::regex* out) {
+  if (pattern.empty()) return errorf("%s: empty regular expression", what.c_str());
+  try {
+    *out = std::regex(pattern, std::regex::ECMAScript);
+  } catch (const std::regex_error& e) {
+    return errorf("%s '%s': not a valid regular expression (%s)", what.c_str(), pattern.c_str(), e.what());
+  }
+  return Status();
+}
+
+bool ends_with(const std::string& s, const char* suffix) {
+  const std::string tail(suffix);
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// An nn.Embedding table: the module's own name ends in "embedding(s)" ("class_embedding.weight"). The linear
+// layers inside an embedding MLP ("time_embedding.linear_1.weight") are ordinary linear weights.
+bool is_embedding_table(const std::string& name) {
+  if (!ends_with(name, ".weight")) return false;
+  const std::string module = name.substr(0, name.size() - 7);
+  return ends_with(module, "embedding") || ends_with(module, "embeddings");
+}
+
+std::string quoted(const std::string& s) { return "'" + s + "'"; }
+
+}  // namespace
+
+const std::vector<DType>& weight_types() {
+  static const std::vector<DType> types = {DType::F32, DType::F16, DType::Q8_0, DType::Q5_0, DType::Q4_1, DType::Q4_0};
+  return types;
+}
+
+std::string weight_type_list(const char* separator) {
+  std::string s;
+  for (DType t : weight_types()) s += (s.empty() ? "" : separator) + std::string(dtype_name(t));
+  return s;
+}
+
+Status parse_weight_type(const std::string& what, const std::string& name, DType* out) {
+  for (DType t : weight_types()) {
+    if (name == dtype_name(t)) {
+      *out = t;
+      return Status();
+    }
+  }
+  return errorf("%s: unknown type '%s' (valid: %s)", what.c_str(), name.c_str(), weight_type_list(", ").c_str());
+}
+
+Status TypePolicy::add_keep(const std::string& pattern) {
+  std::regex regex;
+  DDPM_TRY(compile_regex("--keep", pattern, &regex));
+  keep_patterns_.push_back(pattern);
+  keep_.push_back(std::move(regex));
+  keep_used_.push_back(false);
+  return Status();
+}
+
+Status TypePolicy::add_override(const std::string& spec) {
+  const size_t eq = spec.rfind('=');
+  if (eq == std::string::npos) {
+    return errorf("--tensor-type '%s': expected REGEX=TYPE (TYPE one of %s)", spec.c_str(), weight_type_list(", ").c_str());
+  }
+  TypeOverride o;
+  o.pattern = spec.substr(0, eq);
+  DDPM_TRY(parse_weight_type("--tensor-type " + quoted(spec), spec.substr(eq + 1), &o.type));
+  DDPM_TRY(compile_regex("--tensor-type", o.pattern, &o.regex));
+  overrides_.push_back(std::move(o));
+  override_used_.push_back(false);
+  return Status();
+}
+
+TypePolicy::Decision TypePolicy::decide(const std::string& name, int rank, const int64_t* shape, DType stored) {
+  if (stored == DType::I32) return {stored, "integer tensor"};
+  for (size_t i = 0; i < overrides_.size(); ++i) {
+    // Norms and biases are added and scaled in f32, never multiplied by the integer GEMM: a block-type override
+    // that matches one ("conv_in=q8_0" also matches conv_in.bias) passes it by.
+    if (rank < 2 && dtype_traits(overrides_[i].type).is_quantized) continue;
+    if (std::regex_search(name, overrides_[i].regex)) {
+      override_used_[i] = true;
+      return {overrides_[i].type, "--tensor-type " + quoted(overrides_[i].pattern + "=" + dtype_name(overrides_[i].type))};
+    }
+  }
+  for (size_t i = 0; i < keep_.size(); ++i) {
+    if (std::regex_search(name, keep_[i])) {
+      keep_used_[i] = true;
+      return {stored, "--keep " + quoted(keep_patterns_[i])};
+    }
+  }
+  const bool block_target = dtype_traits(default_type_).is_quantized;
+  if (rank < 2) {
+    // Plain targets also bring back a bias an earlier --tensor-type had quantised.
+    if (!block_target && dtype_traits(stored).is_quantized) return {default_type_, "dequantised"};
+    return {stored, "norm or bias (rank 1)"};
+  }
+  // f32/f16 apply to every matrix, as the converter always did: only the block types need the exceptions below.
+  if (!block_target) return {default_type_, "weight (rank >= 2)"};
+  if (name == "conv_in.weight") return {stored, "first conv"};
+  if (name == "conv_out.weight") return {stored, "last conv"};
+  if (is_embedding_table(name)) return {stored, "embedding table"};
+  if (!ends_with(name, ".weight")) return {stored, "not a conv/linear weight"};
+  if (dtype_tensor_bytes(default_type_, rank, shape) >= dtype_tensor_bytes(stored, rank, shape)) {
+    int64_t row = 1;
+    for (int i = 1; i < rank; ++i) row *= shape[i];
+    return {stored, std::string(dtype_name(default_type_)) + " would not be smaller (rows of " + std::to_string(row) +
+                        " values)"};
+  }
+  return {default_type_, rank == 2 ? "linear weight" : "conv weight"};
+}
+
+std::vector<std::string> TypePolicy::unmatched_patterns() const {
+  std::vector<std::string> unmatched;
+  for (size_t i = 0; i < overrides_.size(); ++i) {
+    if (!override_used_[i]) {
+      unmatched.push_back("--tensor-type " + quoted(overrides_[i].pattern + "=" + dtype_name(overrides_[i].type)));
+    }
+  }
+  for (size_t i = 0; i < keep_.size(); ++i) {
+    if (!keep_used_[i]) unmatched.push_back("--keep " + quoted(keep_patterns_[i]));
+  }
+  return unmatched;
+}
+
+std::string TypePolicy::recipe() const {
+  std::string r = dtype_name(default_type_);
+  if (dtype_traits(default_type_).is_quantized) {
+    r += " (conv and linear weights; norms, biases, embeddings, conv_in and conv_out keep their type)";
+  } else if (default_type_ == DType::F16) {
+    r += " (norms and biases f32)";
+  }
+  for (const TypeOverride& o : overrides_) r += "; --tensor-type " + quoted(o.pattern + "=" + dtype_name(o.type));
+  for (const std::string& k : keep_patterns_) r += "; --keep " + quoted(k);
+  return r;
+}
+
+}  // namespace ddpm::quant

@@ -1,0 +1,74 @@
+// Which type each tensor of a model gets when it is converted or re-quantised.
+//
+// Quantisation pays off only for the weights the integer GEMM multiplies: conv and linear weights (rank ≥ 2). The
+// default policy therefore leaves alone what is small or sensitive: norms and biases (rank 1), embedding tables
+// (class_embedding.weight, read row by row, never multiplied), and the first and last conv (conv_in and conv_out:
+// a few thousand weights that touch the pixels directly, where 3-channel rows would also be mostly padding).
+// A tensor a block type would not make smaller (short rows padded to a whole block) keeps its type too.
+// Users adjust the default with --keep REGEX (keep the type) and --tensor-type REGEX=TYPE (force a type; the first
+// matching override wins, and overrides are consulted before --keep). A block-type override never applies to a
+// rank-1 tensor (norm or bias): "conv_in=q8_0" quantises conv_in.weight and leaves conv_in.bias alone. Regexes are
+// ECMAScript, searched anywhere in the tensor name (anchor with ^ and $).
+#pragma once
+
+#include <cstdint>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "ddpm/dtype.h"
+#include "ddpm/status.h"
+
+namespace ddpm::quant {
+
+// The weight types a model can be converted to, in the order --help lists them: "f32|f16|q8_0|q5_0|q4_1|q4_0".
+const std::vector<DType>& weight_types();
+std::string weight_type_list(const char* separator = "|");
+// Parses a weight type name; the error names `what` (e.g. "--type") and lists the valid names.
+Status parse_weight_type(const std::string& what, const std::string& name, DType* out);
+
+struct TypeOverride {
+  std::string pattern;
+  std::regex regex;
+  DType type = DType::F32;
+};
+
+class TypePolicy {
+ public:
+  TypePolicy() = default;
+  explicit TypePolicy(DType default_type) : default_type_(default_type) {}
+
+  void set_default_type(DType type) { default_type_ = type; }
+  DType default_type() const { return default_type_; }
+  // --keep REGEX: fails when the regex does not compile.
+  Status add_keep(const std::string& pattern);
+  // --tensor-type REGEX=TYPE: fails on a missing '=', a bad regex or an unknown TYPE. The last '=' splits, so a
+  // regex may itself contain '='.
+  Status add_override(const std::string& spec);
+
+  struct Decision {
+    DType type;
+    std::string reason;  // "conv/linear weight", "norm or bias (rank 1)", "--keep 'attn'", …
+  };
+  // The type for tensor `name` of `shape` currently stored as `stored`. Records which patterns matched, for
+  // unmatched_patterns(). Integer tensors (i32) always keep their type.
+  Decision decide(const std::string& name, int rank, const int64_t* shape, DType stored);
+
+  // Patterns that matched no tensor in any decide() call so far, as "--keep 'x'" / "--tensor-type 'x=q4_0'".
+  std::vector<std::string> unmatched_patterns() const;
+  // For provenance.dtype_recipe: the default type and what it applies to, then every --keep and --tensor-type in
+  // order, e.g. "q8_0 (conv and linear weights; norms, biases, embeddings, conv_in and conv_out keep their type);
+  // --keep 'attentions'; --tensor-type 'up_blocks\.3=q4_0'". Plain types read as the converter always wrote them:
+  // "f32", "f16 (norms and biases f32)".
+  std::string recipe() const;
+
+ private:
+  DType default_type_ = DType::F32;
+  std::vector<std::string> keep_patterns_;
+  std::vector<std::regex> keep_;
+  std::vector<bool> keep_used_;
+  std::vector<TypeOverride> overrides_;
+  std::vector<bool> override_used_;
+};
+
+}  // namespace ddpm::quant

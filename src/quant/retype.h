@@ -1,0 +1,60 @@
+// Re-typing tensors and whole models: f32 values to any weight type and back (block types as padded rows, see
+// dtype.h), the error each conversion costs, and `ddpm quantize`'s whole-model pass.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "ddpm/dtype.h"
+#include "ddpm/status.h"
+#include "quant/policy.h"
+
+namespace ddpm::quant {
+
+// Checks that a tensor of `shape` can be stored as `type`: block types need at least one row of at least one value
+// (a row count of zero has nothing to quantise) and every value finite and within the range the f16 scale can
+// reach (|x| ≤ 127·65504 for q8_0, 8·65504 for q4_0, 16·65504 for q5_0, 65504 for q4_1, whose minimum is an f16).
+// Plain types take any shape and value. `values` may be null to check the shape only. Errors name the tensor:
+// "tensor 'x': value 17 (row 0) is nan: quantised types need finite weights".
+Status check_encodable(const std::string& name, DType type, int rank, const int64_t* shape, const float* values);
+
+// Writes the numel(shape) row-major `values` as `type` into `dst` (dtype_tensor_bytes(type, rank, shape) bytes),
+// zero-padding each row of a block type to whole blocks. Runs check_encodable first.
+Status encode_tensor(const std::string& name, DType type, int rank, const int64_t* shape, const float* values,
+                     void* dst);
+// The inverse: numel(shape) f32 values (row padding dropped). `type` is f32, f16 or a block type.
+void decode_tensor(DType type, int rank, const int64_t* shape, const void* src, float* values);
+
+// ‖approx − ref‖₂ / ‖ref‖₂ in double precision; the absolute norm ‖approx‖₂ when ref is all zeros.
+double relative_l2(const float* ref, const float* approx, int64_t n);
+
+struct TensorRetype {
+  std::string name;
+  int rank = 0;
+  int64_t shape[4] = {0, 0, 0, 0};
+  DType from = DType::F32, to = DType::F32;
+  std::string reason;         // the policy's reason
+  double relative_error = 0;  // of the stored result against the source values (0 when copied)
+  uint64_t bytes_from = 0, bytes_to = 0;
+};
+
+struct RetypeReport {
+  std::vector<TensorRetype> tensors;
+  std::vector<std::string> warnings;  // patterns that matched nothing
+  uint64_t input_bytes = 0, output_bytes = 0;  // file sizes
+};
+
+// `ddpm quantize`: reads the .ddpm at `input`, gives each tensor the type `policy` decides, and writes `output`
+// atomically. Everything else is kept as it was (metadata, tensor order, names, shapes); provenance.dtype_recipe
+// becomes the policy's recipe and provenance.tool this writer, so the same input and options always give the same
+// bytes. Tensors whose type does not change are copied bit for bit; the others go through f32.
+// Errors name the file: "in.ddpm: tensor 'x': value 3 (row 0) is inf: quantised types need finite weights".
+Status retype_model(const std::string& input, const std::string& output, TypePolicy& policy, RetypeReport* report);
+
+// The per-tensor table and the totals, as `ddpm quantize` and `ddpm convert --type` print them:
+//   name  shape  from -> to  rel.error  (reason)
+// then a line per output type (tensors, MB) and the size before/after. per_tensor = false: the totals only.
+std::string format_retype_report(const RetypeReport& report, bool per_tensor = true);
+
+}  // namespace ddpm::quant
