@@ -1,6 +1,8 @@
 // `ddpm bench ops`: times each op on the shapes of real DDPM U-Nets, at 1 thread and at N threads, and (when
 // libopenblas is installed) the OpenBLAS sgemm of the equivalent im2col GEMM side by side. OpenBLAS is loaded with
-// dlopen only here, for comparison; the library never links it.
+// dlopen only here, for comparison; the library never links it. Convolutions also run with q8_0 / q4_0 weights.
+// `ddpm bench unet`: the cifar10-32 U-Net forward at batch 1 and 8, 1 and N threads, for each --type of its conv
+// and linear weights side by side, with the speed-up over f32 measured in the same run.
 #include <dlfcn.h>
 
 #include <algorithm>
@@ -32,7 +34,25 @@ struct BenchSettings {
   long long repetitions = 0;  // 0: enough for ~0.3 s per case
   std::string filter;
   bool openblas = true;
+  std::vector<DType> types = {DType::F32};  // bench unet: weight types, side by side
 };
+
+// A weight [rows, ...] as `type`: rows padded to whole blocks for block types (dtype.h), f16 or f32 as is.
+std::vector<uint8_t> convert_weight(DType type, const std::vector<int64_t>& shape, const float* data) {
+  const int rank = static_cast<int>(shape.size());
+  std::vector<uint8_t> out(dtype_tensor_bytes(type, rank, shape.data()));
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  const int64_t rows = rank >= 2 && dtype_traits(type).is_quantized ? shape[0] : 1;
+  const int64_t row = n / rows, padded = dtype_padded_row(type, row);
+  const size_t row_bytes = dtype_row_bytes(type, padded);
+  std::vector<float> buffer(static_cast<size_t>(padded), 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy(data + r * row, data + (r + 1) * row, buffer.begin());
+    dtype_traits(type).from_f32(buffer.data(), out.data() + r * row_bytes, padded);
+  }
+  return out;
+}
 
 double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -71,11 +91,12 @@ std::vector<float>& random_buffer(std::vector<std::vector<float>>& storage, int6
   return storage.back();
 }
 
-Case conv_case(int64_t ci, int64_t co, int64_t hw, int stride, int k) {
+Case conv_case(int64_t ci, int64_t co, int64_t hw, int stride, int k, DType type = DType::F32) {
   Case c;
   const int pad = k == 3 ? 1 : 0;
   const int64_t out = (hw + 2 * pad - k) / stride + 1;
   c.op = k == 3 ? (stride == 1 ? "conv3x3" : "conv3x3/s2") : "conv1x1";
+  if (type != DType::F32) c.op = c.op + " " + dtype_name(type);
   c.shape = std::to_string(ci) + "->" + std::to_string(co) + " @" + std::to_string(hw) + "x" + std::to_string(hw);
   c.flops = 2.0 * co * ci * k * k * out * out;
   c.M = co;
@@ -83,7 +104,15 @@ Case conv_case(int64_t ci, int64_t co, int64_t hw, int stride, int k) {
   c.K = ci * k * k;
   c.build = [=](Graph& g, std::vector<std::vector<float>>& s) {
     Tensor* x = g.input("x", DType::F32, {1, ci, hw, hw});
-    Tensor* w = g.param("w", DType::F32, {co, ci, k, k}, random_buffer(s, co * ci * k * k, 2).data());
+    const float* weights = random_buffer(s, co * ci * k * k, 2).data();
+    if (type != DType::F32) {
+      // The converted bytes live in `storage` too, as floats' worth of bytes.
+      const std::vector<uint8_t> bytes = convert_weight(type, {co, ci, k, k}, weights);
+      s.emplace_back((bytes.size() + 3) / 4);
+      std::memcpy(s.back().data(), bytes.data(), bytes.size());
+      weights = s.back().data();
+    }
+    Tensor* w = g.param("w", type, {co, ci, k, k}, weights);
     Tensor* b = g.param("b", DType::F32, {co}, random_buffer(s, co, 3).data());
     return conv2d(g, x, w, b, {stride, pad, pad, pad, pad});
   };
@@ -99,6 +128,14 @@ std::vector<Case> all_cases() {
   }
   cases.push_back(conv_case(128, 128, 32, 2, 3));
   cases.push_back(conv_case(384, 128, 32, 1, 1));
+  // The same convolutions with block-quantised weights (integer dot products, activations quantised on the fly).
+  for (DType type : {DType::Q8_0, DType::Q4_0}) {
+    for (auto [ci, co, hw] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{128, 128, 32}, {256, 256, 16}, {256, 256, 8}}) {
+      cases.push_back(conv_case(ci, co, hw, 1, 3, type));
+    }
+    cases.push_back(conv_case(128, 128, 32, 2, 3, type));
+    cases.push_back(conv_case(384, 128, 32, 1, 1, type));
+  }
   {
     Case c;
     c.op = "linear";
@@ -292,36 +329,72 @@ int bench_unet(const BenchSettings& settings) {
     w.resize(static_cast<size_t>(n));
     for (float& v : w) v = dist(rng);
   }
-  WeightLookup lookup = [&](const std::string& name, const std::vector<int64_t>& expected, WeightRef* out) {
-    out->dtype = DType::F32;
-    out->rank = static_cast<int>(expected.size());
-    for (int i = 0; i < out->rank; ++i) out->shape[i] = expected[i];
-    out->data = weights.at(name).data();
-    return Status();
+  // Conv and linear weights (rank >= 2) in each benchmarked type; norms and biases stay f32.
+  std::map<std::string, std::vector<uint8_t>> converted;
+  auto lookup_for = [&](DType type) -> WeightLookup {
+    return [&, type](const std::string& name, const std::vector<int64_t>& expected, WeightRef* out) {
+      const bool matrix = expected.size() >= 2 && type != DType::F32;
+      out->dtype = matrix ? type : DType::F32;
+      out->rank = static_cast<int>(expected.size());
+      for (int i = 0; i < out->rank; ++i) out->shape[i] = expected[i];
+      if (!matrix) {
+        out->data = weights.at(name).data();
+        return Status();
+      }
+      const std::string key = std::string(dtype_name(type)) + ":" + name;
+      auto it = converted.find(key);
+      if (it == converted.end()) it = converted.emplace(key, convert_weight(type, expected, weights.at(name).data())).first;
+      out->data = it->second.data();
+      return Status();
+    };
   };
   const int max_threads = settings.common.threads > 0 ? settings.common.threads : ThreadPool::physical_cores();
   const double gflop_per_image = 12.44;
   std::printf("ddpm bench unet — google/ddpm-cifar10-32 architecture (random weights, %lld parameters), kernels: %s\n",
               (long long)parameters, kernels::active().isa_name);
-  std::printf("%5s %3s %12s %12s %10s %14s\n", "batch", "thr", "ms/forward", "images/s", "GFLOP/s", "activations MB");
+  std::printf("%5s %3s %6s %12s %12s %10s %8s %14s\n", "batch", "thr", "type", "ms/forward", "images/s", "GFLOP/s",
+              "vs f32", "activations MB");
+  std::vector<int> thread_counts = {1};
+  if (max_threads > 1) thread_counts.push_back(max_threads);
   for (int batch : {1, 8}) {
-    std::unique_ptr<UNet> net;
-    s = UNet::build(config, lookup, batch, 32, 32, &net);
-    if (!s.ok()) {
-      std::fprintf(stderr, "ddpm bench: %s\n", s.message().c_str());
-      return 1;
-    }
     std::vector<float> x(static_cast<size_t>(batch) * 3 * 32 * 32), out(x.size()), t(static_cast<size_t>(batch), 500.0f);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (float& v : x) v = normal(rng);
-    std::vector<int> thread_counts = {1};
-    if (max_threads > 1) thread_counts.push_back(max_threads);
+    // One network per type; the types take turns in each round so that background load hits them alike; the
+    // fastest round of each counts (the least disturbed by other processes).
+    std::vector<std::unique_ptr<UNet>> nets(settings.types.size());
+    for (size_t i = 0; i < settings.types.size(); ++i) {
+      s = UNet::build(config, lookup_for(settings.types[i]), batch, 32, 32, &nets[i]);
+      if (!s.ok()) {
+        std::fprintf(stderr, "ddpm bench: %s: %s\n", dtype_name(settings.types[i]), s.message().c_str());
+        return 1;
+      }
+    }
     for (int threads : thread_counts) {
       ThreadPool pool(threads);
-      const double seconds = time_it([&] { (void)net->forward(pool, x.data(), t.data(), nullptr, out.data()); },
-                                     settings.repetitions ? settings.repetitions : 5);
-      std::printf("%5d %3d %12.2f %12.1f %10.1f %14.1f\n", batch, threads, seconds * 1e3, batch / seconds,
-                  gflop_per_image * batch / seconds, net->activation_bytes() / 1e6);
+      const long long reps = settings.repetitions ? settings.repetitions : 5;
+      std::vector<double> best(settings.types.size(), 1e30);
+      for (long long round = 0; round < reps; ++round) {
+        for (size_t i = 0; i < nets.size(); ++i) {
+          UNet& net = *nets[i];
+          if (round == 0) (void)net.forward(pool, x.data(), t.data(), nullptr, out.data());  // warm-up
+          const double start = now_seconds();
+          (void)net.forward(pool, x.data(), t.data(), nullptr, out.data());
+          best[i] = std::min(best[i], now_seconds() - start);
+        }
+      }
+      double f32_seconds = 0.0;
+      for (size_t i = 0; i < nets.size(); ++i) {
+        if (settings.types[i] == DType::F32) f32_seconds = best[i];
+      }
+      for (size_t i = 0; i < nets.size(); ++i) {
+        const double seconds = best[i];
+        std::printf("%5d %3d %6s %12.2f %12.1f %10.1f", batch, threads, dtype_name(settings.types[i]), seconds * 1e3,
+                    batch / seconds, gflop_per_image * batch / seconds);
+        if (f32_seconds > 0) std::printf(" %7.2fx", f32_seconds / seconds);
+        else std::printf(" %8s", "-");
+        std::printf(" %14.1f\n", nets[i]->activation_bytes() / 1e6);
+      }
       std::fflush(stdout);
     }
   }
@@ -342,6 +415,22 @@ int run_bench(int argc, char** argv) {
                      }});
   options.push_back({"filter", 0, "TEXT", "only cases whose op name contains TEXT", [&](const std::string& v) {
                        settings.filter = v;
+                       return Status();
+                     }});
+  options.push_back({"type", 0, "T,T…", "bench unet: weight types side by side (f32,f16,q8_0,q5_0,q4_1,q4_0; default f32)",
+                     [&](const std::string& v) {
+                       settings.types.clear();
+                       size_t start = 0;
+                       while (start <= v.size()) {
+                         const size_t comma = std::min(v.find(',', start), v.size());
+                         const std::string name = v.substr(start, comma - start);
+                         DType type;
+                         if (!dtype_from_name(name.c_str(), &type) || type == DType::I32) {
+                           return errorf("--type: unknown weight type '%s' (f32, f16, q8_0, q5_0, q4_1, q4_0)", name.c_str());
+                         }
+                         settings.types.push_back(type);
+                         start = comma + 1;
+                       }
                        return Status();
                      }});
   options.push_back({"no-blas", 0, "", "do not compare with OpenBLAS", [&](const std::string&) {

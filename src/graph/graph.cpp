@@ -124,10 +124,7 @@ Tensor* Graph::param(const std::string& name, DType dtype, int rank, const int64
   t->rank = rank;
   std::copy(shape, shape + rank, t->shape);
   set_row_major(t);
-  if (t->shape[rank - 1] % dtype_traits(dtype).block_size != 0) {
-    return fail(errorf("param %s: last dimension %lld is not a multiple of the %s block size", name.c_str(),
-                       (long long)t->shape[rank - 1], dtype_name(dtype)));
-  }
+  // Any shape is valid for a block type: its rows are padded to whole blocks (dtype_tensor_bytes).
   t->data = const_cast<void*>(data);
   t->flags = kFlagParam;
   t->name = name;

@@ -48,38 +48,32 @@ int64_t max_chunk_panels(int64_t kc, int nr) {
 
 // Per-thread scratch, carved in this order; every part starts on a 64-byte boundary.
 struct Scratch {
-  float* b_stage;     // kKcMax × stage_cols(nr) f32, PackB's output for a few panels
-  uint8_t* b_block;   // the task's quantised B panels for one k block
-  int8_t* a_q;        // [kc/4][mr][4]
-  float* a_d;         // [kc/32][mr]
-  float* a_min;       // [kc/32][mr]
-  int32_t* a_qsum;    // [kc/32][mr]
-  int8_t* row_q;      // one weight row's kc values, as unpack_blocks writes them
-  float* row_d;       // its kc/32 scales
-  float* row_min;     // and minima
-  float* tile;        // mr × nr, partial tiles and transposed C
-  float* residual;    // mr × nr, the residual of a partial tile
-  float* row_bias;    // mr
-  float* col_bias;    // kMaxChunkCols, zero past the chunk
+  float* b_stage;    // kKcMax × stage_cols(nr) f32, PackB's output for a few panels
+  uint8_t* b_block;  // the task's quantised B panels for one k block
+  int8_t* a_q;       // [kc/4][mr][4]
+  float* a_d;        // [kc/32][mr]
+  float* a_min;      // [kc/32][mr]
+  int32_t* a_qsum;   // [kc/32][mr]
+  float* tile;       // mr × nr, partial tiles and transposed C
+  float* residual;   // mr × nr, the residual of a partial tile
+  float* row_bias;   // mr
+  float* col_bias;   // kMaxChunkCols, zero past the chunk
 };
 
 struct ScratchLayout {
-  size_t offsets[13];
+  size_t offsets[10];
   size_t total;
 };
 
 ScratchLayout scratch_layout(int mr, int nr) {
   const int64_t blocks = kKcMax / kBlock;
-  const size_t sizes[13] = {
+  const size_t sizes[10] = {
       static_cast<size_t>(kKcMax * stage_cols(nr)) * sizeof(float),
       static_cast<size_t>(kBBlockBytes) + kernels::qgemm_b_panel_bytes(kKcMax, nr),
       static_cast<size_t>(kKcMax * mr),
       static_cast<size_t>(blocks * mr) * sizeof(float),
       static_cast<size_t>(blocks * mr) * sizeof(float),
       static_cast<size_t>(blocks * mr) * sizeof(int32_t),
-      static_cast<size_t>(kKcMax),
-      static_cast<size_t>(blocks) * sizeof(float),
-      static_cast<size_t>(blocks) * sizeof(float),
       static_cast<size_t>(mr * nr) * sizeof(float),
       static_cast<size_t>(mr * nr) * sizeof(float),
       static_cast<size_t>(mr) * sizeof(float),
@@ -87,7 +81,7 @@ ScratchLayout scratch_layout(int mr, int nr) {
   };
   ScratchLayout layout;
   size_t offset = 0;
-  for (int i = 0; i < 13; ++i) {
+  for (int i = 0; i < 10; ++i) {
     layout.offsets[i] = offset;
     offset += aligned64(sizes[i]);
   }
@@ -104,13 +98,10 @@ Scratch carve_scratch(uint8_t* base, int mr, int nr) {
   s.a_d = reinterpret_cast<float*>(base + l.offsets[3]);
   s.a_min = reinterpret_cast<float*>(base + l.offsets[4]);
   s.a_qsum = reinterpret_cast<int32_t*>(base + l.offsets[5]);
-  s.row_q = reinterpret_cast<int8_t*>(base + l.offsets[6]);
-  s.row_d = reinterpret_cast<float*>(base + l.offsets[7]);
-  s.row_min = reinterpret_cast<float*>(base + l.offsets[8]);
-  s.tile = reinterpret_cast<float*>(base + l.offsets[9]);
-  s.residual = reinterpret_cast<float*>(base + l.offsets[10]);
-  s.row_bias = reinterpret_cast<float*>(base + l.offsets[11]);
-  s.col_bias = reinterpret_cast<float*>(base + l.offsets[12]);
+  s.tile = reinterpret_cast<float*>(base + l.offsets[6]);
+  s.residual = reinterpret_cast<float*>(base + l.offsets[7]);
+  s.row_bias = reinterpret_cast<float*>(base + l.offsets[8]);
+  s.col_bias = reinterpret_cast<float*>(base + l.offsets[9]);
   return s;
 }
 
@@ -170,8 +161,85 @@ void quantize_b_block(const QGemmProblem& p, const kernels::QGemmMicroKernel& ke
       }
     }
     const int64_t first = (n0 - n_begin) / nr;
-    for (int64_t j = 0; j < panels; ++j) kernel.quantize_b(kc, s.b_stage + j * kc * nr, s.b_block + (first + j) * panel_bytes);
+    for (int64_t j = 0; j < panels; ++j)
+      kernel.quantize_b(kc, s.b_stage + j * kc * nr, s.b_block + (first + j) * panel_bytes);
   }
+}
+
+// One block of a weight row decoded straight into the panel: quad j (values 4j..4j+3) at q + j*quad_stride. The
+// nibble formats are decoded four values per 32-bit word (SWAR); `(x | 0x80…) - c…) ^ 0x80…` subtracts c from
+// every byte without borrows crossing bytes, giving x - c as int8. Returns Σ of the 32 values. The values are the
+// ones quant::unpack_blocks gives (tests/test_qgemm.cpp checks the driver against it).
+inline uint32_t load_u32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+inline void store_u32(int8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
+inline uint32_t sub_bytes(uint32_t x, uint32_t c) { return ((x | 0x80808080u) - c) ^ 0x80808080u; }
+inline int32_t byte_sum(uint32_t v) {
+  return static_cast<int8_t>(v) + static_cast<int8_t>(v >> 8) + static_cast<int8_t>(v >> 16) +
+         static_cast<int8_t>(v >> 24);
+}
+
+// Bit i of a 4-bit index -> bit 4 of byte i (q5_0's fifth bits, four values at a time).
+constexpr uint32_t spread_fifth_bit(uint32_t bits) {
+  return ((bits & 1u) << 4) | ((bits & 2u) << 11) | ((bits & 4u) << 18) | ((bits & 8u) << 25);
+}
+constexpr uint32_t kFifthBits[16] = {
+    spread_fifth_bit(0),  spread_fifth_bit(1),  spread_fifth_bit(2),  spread_fifth_bit(3),
+    spread_fifth_bit(4),  spread_fifth_bit(5),  spread_fifth_bit(6),  spread_fifth_bit(7),
+    spread_fifth_bit(8),  spread_fifth_bit(9),  spread_fifth_bit(10), spread_fifth_bit(11),
+    spread_fifth_bit(12), spread_fifth_bit(13), spread_fifth_bit(14), spread_fifth_bit(15)};
+
+int32_t decode_block(DType type, const uint8_t* block, int8_t* q, int64_t quad_stride, float* d, float* min) {
+  int32_t sum = 0;
+  *d = f16_to_f32(static_cast<uint16_t>(block[0] | block[1] << 8));
+  *min = 0.0f;
+  switch (type) {
+    case DType::Q8_0:
+      for (int j = 0; j < 8; ++j) {
+        const uint32_t v = load_u32(block + 2 + 4 * j);
+        store_u32(q + j * quad_stride, v);
+        sum += byte_sum(v);
+      }
+      break;
+    case DType::Q4_0:
+    case DType::Q4_1: {
+      const bool offset = type == DType::Q4_0;
+      const uint8_t* qs = block + (offset ? 2 : 4);
+      if (!offset) *min = f16_to_f32(static_cast<uint16_t>(block[2] | block[3] << 8));
+      for (int j = 0; j < 4; ++j) {
+        const uint32_t packed = load_u32(qs + 4 * j);
+        uint32_t lo = packed & 0x0f0f0f0fu, hi = (packed >> 4) & 0x0f0f0f0fu;
+        if (offset) {
+          lo = sub_bytes(lo, 0x08080808u);
+          hi = sub_bytes(hi, 0x08080808u);
+        }
+        store_u32(q + j * quad_stride, lo);        // values 4j..4j+3: low nibbles
+        store_u32(q + (j + 4) * quad_stride, hi);  // values 16+4j..: high nibbles
+        sum += byte_sum(lo) + byte_sum(hi);
+      }
+      break;
+    }
+    case DType::Q5_0: {
+      const uint32_t high_bits = load_u32(block + 2);
+      const uint8_t* qs = block + 6;
+      for (int j = 0; j < 4; ++j) {
+        const uint32_t packed = load_u32(qs + 4 * j);
+        const uint32_t lo = sub_bytes((packed & 0x0f0f0f0fu) | kFifthBits[(high_bits >> (4 * j)) & 15], 0x10101010u);
+        const uint32_t hi =
+            sub_bytes(((packed >> 4) & 0x0f0f0f0fu) | kFifthBits[(high_bits >> (16 + 4 * j)) & 15], 0x10101010u);
+        store_u32(q + j * quad_stride, lo);
+        store_u32(q + (j + 4) * quad_stride, hi);
+        sum += byte_sum(lo) + byte_sum(hi);
+      }
+      break;
+    }
+    default:
+      DDPM_ASSERT(false && "qgemm: not a block type");
+  }
+  return sum;
 }
 
 // Rows m0 .. m0+mr of A, blocks [k0/32, (k0+kc)/32), into the kernel's panel layout. Rows past M repeat the last
@@ -181,21 +249,13 @@ void unpack_a_panel(const QGemmProblem& p, const kernels::QGemmMicroKernel& kern
   const int mr = kernel.mr;
   const int64_t blocks = kc / kBlock;
   const size_t block_bytes = dtype_traits(p.a_dtype).block_bytes;
+  const int64_t quad_stride = 4 * mr, block_stride = 8 * quad_stride;
   for (int m = 0; m < mr; ++m) {
     const int64_t row = std::min<int64_t>(m0 + m, p.M - 1);
     const uint8_t* src = static_cast<const uint8_t*>(p.a) + row * row_bytes + (k0 / kBlock) * block_bytes;
-    quant::unpack_blocks(p.a_dtype, src, blocks, s.row_q, s.row_d, s.row_min);
-    for (int64_t quad = 0; quad < kc / 4; ++quad) std::memcpy(s.a_q + (quad * mr + m) * 4, s.row_q + quad * 4, 4);
     for (int64_t b = 0; b < blocks; ++b) {
-      s.a_d[b * mr + m] = s.row_d[b];
-      s.a_min[b * mr + m] = s.row_min[b];
-    }
-    if (kernel.b_biased) {
-      for (int64_t b = 0; b < blocks; ++b) {
-        int32_t sum = 0;
-        for (int64_t i = 0; i < kBlock; ++i) sum += s.row_q[b * kBlock + i];
-        s.a_qsum[b * mr + m] = sum;
-      }
+      s.a_qsum[b * mr + m] = decode_block(p.a_dtype, src + b * block_bytes, s.a_q + b * block_stride + m * 4,
+                                          quad_stride, &s.a_d[b * mr + m], &s.a_min[b * mr + m]);
     }
   }
 }
@@ -234,7 +294,8 @@ void run_task(const QGemmProblem& problem, const QGemmPlan& shared_plan, const k
       const int mr_valid = static_cast<int>(std::min<int64_t>(mr, p.M - m0));
       unpack_a_panel(p, kernel, row_bytes, m0, k0, kc, s);
       if (last && p.bias_row) {
-        for (int m = 0; m < mr; ++m) s.row_bias[m] = m < mr_valid ? load_element(p.bias_row, p.bias_dtype, m0 + m) : 0.0f;
+        for (int m = 0; m < mr; ++m)
+          s.row_bias[m] = m < mr_valid ? load_element(p.bias_row, p.bias_dtype, m0 + m) : 0.0f;
       }
       for (int64_t j = 0; j * nr < nc; ++j) {
         const int64_t n0 = r.n_begin + j * nr;
@@ -288,8 +349,8 @@ QGemmPlan plan_qgemm(const QGemmProblem& p, const kernels::QGemmMicroKernel& ker
   plan.kc = ceil_div(blocks, plan.k_blocks) * kBlock;
   plan.m_panels = ceil_div(p.M, kernel.mr);
   plan.n_panels = ceil_div(p.N, kernel.nr);
-  const double work = static_cast<double>(p.batch) * static_cast<double>(p.M) * static_cast<double>(p.N) *
-                      static_cast<double>(p.K);
+  const double work =
+      static_cast<double>(p.batch) * static_cast<double>(p.M) * static_cast<double>(p.N) * static_cast<double>(p.K);
   plan.threads = work < kMinParallelWork ? 1 : std::max(1, threads);
   const int64_t widest = std::min(max_chunk_panels(plan.kc, kernel.nr), plan.n_panels);
   const int64_t max_m_chunks = plan.threads == 1 ? 1 : std::min<int64_t>({plan.m_panels, 2 * plan.threads, 64});

@@ -4,10 +4,10 @@
 // column and block of 32 k values (kernels/registry.h, QGemmMicroKernel, has the exact arithmetic).
 //
 // Work is cut into tasks of (batch item, chunk of columns, chunk of rows). A task quantises its columns' B block
-// once per k block and unpacks each MR-row panel of A from the weight rows (quant::unpack_blocks) right before it
-// multiplies it with every column panel of the block, so weights are never dequantised into memory. K blocks are
-// whole 32-value blocks and every output element is the same chain of per-block adds whatever the blocking, so the
-// result does not depend on the thread count or the split.
+// once per k block and decodes each MR-row panel of A from the weight rows (to the values quant::unpack_blocks
+// gives) right before it multiplies it with every column panel of the block, so weights are never dequantised
+// into memory. K blocks are whole 32-value blocks and every output element is the same chain of per-block adds
+// whatever the blocking, so the result does not depend on the thread count or the split.
 #pragma once
 
 #include <cstddef>

@@ -90,7 +90,8 @@ void run(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int
     for (int m = 0; m < kMR; ++m) {
       if (epilogue->row_bias) f[m] = _mm256_add_ps(f[m], _mm256_set1_ps(epilogue->row_bias[m]));
       if (epilogue->col_bias) f[m] = _mm256_add_ps(f[m], _mm256_loadu_ps(epilogue->col_bias));
-      if (epilogue->residual) f[m] = _mm256_add_ps(f[m], _mm256_loadu_ps(epilogue->residual + m * epilogue->residual_ld));
+      if (epilogue->residual)
+        f[m] = _mm256_add_ps(f[m], _mm256_loadu_ps(epilogue->residual + m * epilogue->residual_ld));
     }
   }
 #pragma GCC unroll 4

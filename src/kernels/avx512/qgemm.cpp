@@ -70,7 +70,9 @@ void run_bw(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, 
 
 }  // namespace
 
-void qgemm_quantize_b16(int64_t kc, const float* b_panel, uint8_t* q_panel) { quantize_b16<false>(kc, b_panel, q_panel); }
+void qgemm_quantize_b16(int64_t kc, const float* b_panel, uint8_t* q_panel) {
+  quantize_b16<false>(kc, b_panel, q_panel);
+}
 void qgemm_quantize_b16_biased(int64_t kc, const float* b_panel, uint8_t* q_panel) {
   quantize_b16<true>(kc, b_panel, q_panel);
 }

@@ -29,8 +29,8 @@ inline int32_t load_weight_quad(const int8_t* p) {
 // C[8×16] (+)= A·B: block_dot(b, acc) sets acc[m] to Σ_i wq·aq over block b of row m (16 columns per vector); the
 // scales turn it into floats in block order, as the contract in kernels/registry.h says, the mul+add fused.
 template <class BlockDot>
-inline void qgemm_tile(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int64_t ldc,
-                       bool accumulate, const GemmEpilogue* epilogue, BlockDot block_dot) {
+inline void qgemm_tile(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int64_t ldc, bool accumulate,
+                       const GemmEpilogue* epilogue, BlockDot block_dot) {
   constexpr int MR = kQGemmMR, NR = kQGemmNR;
   const int64_t blocks = kc / 32;
   const float* b_scale = reinterpret_cast<const float*>(q_panel + kc * NR);
@@ -58,7 +58,8 @@ inline void qgemm_tile(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel,
     for (int m = 0; m < MR; ++m) {
       if (epilogue->row_bias) f[m] = _mm512_add_ps(f[m], _mm512_set1_ps(epilogue->row_bias[m]));
       if (epilogue->col_bias) f[m] = _mm512_add_ps(f[m], _mm512_loadu_ps(epilogue->col_bias));
-      if (epilogue->residual) f[m] = _mm512_add_ps(f[m], _mm512_loadu_ps(epilogue->residual + m * epilogue->residual_ld));
+      if (epilogue->residual)
+        f[m] = _mm512_add_ps(f[m], _mm512_loadu_ps(epilogue->residual + m * epilogue->residual_ld));
     }
   }
 #pragma GCC unroll 8

@@ -20,7 +20,8 @@ void run_vnni(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c
       const __m512i bv = _mm512_loadu_si512(q_panel + (b * 8 + quad) * 4 * NR);
       const int8_t* w = a.q + (b * 8 + quad) * MR * 4;
 #pragma GCC unroll 8
-      for (int m = 0; m < MR; ++m) acc[m] = _mm512_dpbusd_epi32(acc[m], bv, _mm512_set1_epi32(load_weight_quad(w + m * 4)));
+      for (int m = 0; m < MR; ++m)
+        acc[m] = _mm512_dpbusd_epi32(acc[m], bv, _mm512_set1_epi32(load_weight_quad(w + m * 4)));
     }
   });
 }
