@@ -178,3 +178,54 @@ TEST_CASE("ddpm info describes checkpoints without converting them", "[cli]") {
   CHECK(missing.exit_code == 1);
   CHECK(missing.output == "ddpm info: data/no-such-file.bin: no such file or folder\n");
 }
+
+TEST_CASE("ddpm quantize and convert --type with block types", "[cli][quant]") {
+  if (!std::getenv("DDPM_BIN")) {
+    WARN("DDPM_BIN not set: CLI tests skipped");
+    return;
+  }
+  const std::string dir = model_path().substr(0, model_path().rfind('/'));
+  // Happy path: the per-tensor table, the totals, a warning for a pattern that matches nothing; info shows the type.
+  const std::string q8 = dir + "/micro_q8.ddpm";
+  Result quantize = run("quantize " + model_path() + " " + q8 + " --type q8_0 --keep 'attentions' --keep nothing-here");
+  INFO(quantize.output);
+  REQUIRE(quantize.exit_code == 0);
+  CHECK(quantize.output.find("down_blocks.0.resnets.0.conv1.weight") != std::string::npos);
+  CHECK(quantize.output.find("f32 -> q8_0") != std::string::npos);
+  CHECK(quantize.output.find("--keep 'attentions'") != std::string::npos);
+  CHECK(quantize.output.find("warning: --keep 'nothing-here' matches no tensor in " + model_path()) != std::string::npos);
+  CHECK(quantize.output.find("file size: ") != std::string::npos);
+  Result info = run("info " + q8);
+  CHECK(info.exit_code == 0);
+  CHECK(info.output.find("q8_0     47 tensors") == std::string::npos);  // attentions kept: fewer than 47
+  CHECK(info.output.find("q8_0 ") != std::string::npos);
+  CHECK(info.output.find("bits/weight") != std::string::npos);
+  CHECK(info.output.find("provenance.dtype_recipe          \"q8_0 (conv and linear weights") != std::string::npos);
+  // convert straight to a block type.
+  Result convert = run("convert data/unet/micro -o " + dir + "/micro_q4.ddpm --type q4_0 -q");
+  INFO(convert.output);
+  CHECK(convert.exit_code == 0);
+  CHECK(convert.output.find("q4_0 ") != std::string::npos);
+  CHECK(exists(dir + "/micro_q4.ddpm"));
+  CHECK(run("quantize --help").output.find("--tensor-type REGEX=TYPE") != std::string::npos);
+  CHECK(run("--help").output.find("quantize") != std::string::npos);
+
+  // Bad input: one line naming the problem, exit 2 for usage and 1 at run time, no output file.
+  const std::string out = dir + "/never_q.ddpm";
+  check_one_line_error(run("quantize " + model_path() + " " + out + " --type q3_k"), 2,
+                       "--type: unknown type 'q3_k' (valid: f32, f16, q8_0, q5_0, q4_1, q4_0)");
+  check_one_line_error(run("convert data/unet/micro -o " + out + " --type q9"), 2, "valid: f32, f16, q8_0");
+  check_one_line_error(run("quantize " + model_path() + " " + out), 2, "missing --type");
+  check_one_line_error(run("quantize data/unet/micro/diffusion_pytorch_model.safetensors " + out + " --type q8_0"), 1,
+                       "data/unet/micro/diffusion_pytorch_model.safetensors: not a ddpm.cpp model file");
+  check_one_line_error(run("quantize " + model_path() + " " + out + " --type q8_0 --keep 'down[0'"), 2,
+                       "--keep 'down[0': not a valid regular expression");
+  check_one_line_error(run("quantize " + model_path() + " " + out + " --type q8_0 --tensor-type 'conv=q2'"), 2,
+                       "--tensor-type 'conv=q2': unknown type 'q2'");
+  check_one_line_error(run("quantize " + model_path() + " " + out + " --type q8_0 --tensor-type conv"), 2,
+                       "expected REGEX=TYPE");
+  check_one_line_error(run("quantize " + model_path() + " /nonexistent-dir/q.ddpm --type q8_0"), 1,
+                       "/nonexistent-dir/q.ddpm");
+  check_one_line_error(run("quantize " + dir + "/missing.ddpm " + out + " --type q8_0"), 1, "missing.ddpm");
+  CHECK(!exists(out));
+}
