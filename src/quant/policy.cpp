@@ -1,13 +1,30 @@
 #include "quant/policy.h"
 
+// GCC 12 at -O2 with -fsanitize=address (the `make check` sanitizer build) reports -Wmaybe-uninitialized inside
+// libstdc++'s regex compiler, on its own temporaries; the warning is about the library, not this file.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <regex>
+#pragma GCC diagnostic pop
+
 namespace ddpm::quant {
+
+class CompiledPattern {
+ public:
+  explicit CompiledPattern(std::regex regex) : regex_(std::move(regex)) {}
+  bool found_in(const std::string& name) const { return std::regex_search(name, regex_); }
+
+ private:
+  std::regex regex_;
+};
+
 namespace {
 
 // std::regex reports syntax errors by exception; this is the one place they are caught and turned into a Status.
-Status compile_regex(const std::string& what, const std::string& pattern, std::regex* out) {
+Status compile_regex(const std::string& what, const std::string& pattern, std::shared_ptr<const CompiledPattern>* out) {
   if (pattern.empty()) return errorf("%s: empty regular expression", what.c_str());
   try {
-    *out = std::regex(pattern, std::regex::ECMAScript);
+    *out = std::make_shared<const CompiledPattern>(std::regex(pattern, std::regex::ECMAScript));
   } catch (const std::regex_error& e) {
     return errorf("%s '%s': not a valid regular expression (%s)", what.c_str(), pattern.c_str(), e.what());
   }
@@ -53,11 +70,10 @@ Status parse_weight_type(const std::string& what, const std::string& name, DType
 }
 
 Status TypePolicy::add_keep(const std::string& pattern) {
-  std::regex regex;
-  DDPM_TRY(compile_regex("--keep", pattern, &regex));
-  keep_patterns_.push_back(pattern);
-  keep_.push_back(std::move(regex));
-  keep_used_.push_back(false);
+  Rule rule;
+  rule.pattern = pattern;
+  DDPM_TRY(compile_regex("--keep", pattern, &rule.regex));
+  keep_.push_back(std::move(rule));
   return Status();
 }
 
@@ -66,30 +82,33 @@ Status TypePolicy::add_override(const std::string& spec) {
   if (eq == std::string::npos) {
     return errorf("--tensor-type '%s': expected REGEX=TYPE (TYPE one of %s)", spec.c_str(), weight_type_list(", ").c_str());
   }
-  TypeOverride o;
-  o.pattern = spec.substr(0, eq);
-  DDPM_TRY(parse_weight_type("--tensor-type " + quoted(spec), spec.substr(eq + 1), &o.type));
-  DDPM_TRY(compile_regex("--tensor-type", o.pattern, &o.regex));
-  overrides_.push_back(std::move(o));
-  override_used_.push_back(false);
+  Rule rule;
+  rule.pattern = spec.substr(0, eq);
+  DDPM_TRY(parse_weight_type("--tensor-type " + quoted(spec), spec.substr(eq + 1), &rule.type));
+  DDPM_TRY(compile_regex("--tensor-type", rule.pattern, &rule.regex));
+  overrides_.push_back(std::move(rule));
   return Status();
+}
+
+std::string TypePolicy::describe(const Rule& rule, bool is_override) const {
+  return is_override ? "--tensor-type " + quoted(rule.pattern + "=" + dtype_name(rule.type)) : "--keep " + quoted(rule.pattern);
 }
 
 TypePolicy::Decision TypePolicy::decide(const std::string& name, int rank, const int64_t* shape, DType stored) {
   if (stored == DType::I32) return {stored, "integer tensor"};
-  for (size_t i = 0; i < overrides_.size(); ++i) {
+  for (Rule& rule : overrides_) {
     // Norms and biases are added and scaled in f32, never multiplied by the integer GEMM: a block-type override
     // that matches one ("conv_in=q8_0" also matches conv_in.bias) passes it by.
-    if (rank < 2 && dtype_traits(overrides_[i].type).is_quantized) continue;
-    if (std::regex_search(name, overrides_[i].regex)) {
-      override_used_[i] = true;
-      return {overrides_[i].type, "--tensor-type " + quoted(overrides_[i].pattern + "=" + dtype_name(overrides_[i].type))};
+    if (rank < 2 && dtype_traits(rule.type).is_quantized) continue;
+    if (rule.regex->found_in(name)) {
+      rule.used = true;
+      return {rule.type, describe(rule, true)};
     }
   }
-  for (size_t i = 0; i < keep_.size(); ++i) {
-    if (std::regex_search(name, keep_[i])) {
-      keep_used_[i] = true;
-      return {stored, "--keep " + quoted(keep_patterns_[i])};
+  for (Rule& rule : keep_) {
+    if (rule.regex->found_in(name)) {
+      rule.used = true;
+      return {stored, describe(rule, false)};
     }
   }
   const bool block_target = dtype_traits(default_type_).is_quantized;
@@ -115,13 +134,11 @@ TypePolicy::Decision TypePolicy::decide(const std::string& name, int rank, const
 
 std::vector<std::string> TypePolicy::unmatched_patterns() const {
   std::vector<std::string> unmatched;
-  for (size_t i = 0; i < overrides_.size(); ++i) {
-    if (!override_used_[i]) {
-      unmatched.push_back("--tensor-type " + quoted(overrides_[i].pattern + "=" + dtype_name(overrides_[i].type)));
-    }
+  for (const Rule& rule : overrides_) {
+    if (!rule.used) unmatched.push_back(describe(rule, true));
   }
-  for (size_t i = 0; i < keep_.size(); ++i) {
-    if (!keep_used_[i]) unmatched.push_back("--keep " + quoted(keep_patterns_[i]));
+  for (const Rule& rule : keep_) {
+    if (!rule.used) unmatched.push_back(describe(rule, false));
   }
   return unmatched;
 }
@@ -133,8 +150,8 @@ std::string TypePolicy::recipe() const {
   } else if (default_type_ == DType::F16) {
     r += " (norms and biases f32)";
   }
-  for (const TypeOverride& o : overrides_) r += "; --tensor-type " + quoted(o.pattern + "=" + dtype_name(o.type));
-  for (const std::string& k : keep_patterns_) r += "; --keep " + quoted(k);
+  for (const Rule& rule : overrides_) r += "; " + describe(rule, true);
+  for (const Rule& rule : keep_) r += "; " + describe(rule, false);
   return r;
 }
 

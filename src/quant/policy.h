@@ -12,7 +12,7 @@
 #pragma once
 
 #include <cstdint>
-#include <regex>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -27,11 +27,7 @@ std::string weight_type_list(const char* separator = "|");
 // Parses a weight type name; the error names `what` (e.g. "--type") and lists the valid names.
 Status parse_weight_type(const std::string& what, const std::string& name, DType* out);
 
-struct TypeOverride {
-  std::string pattern;
-  std::regex regex;
-  DType type = DType::F32;
-};
+class CompiledPattern;  // a std::regex; <regex> stays inside policy.cpp
 
 class TypePolicy {
  public:
@@ -63,12 +59,17 @@ class TypePolicy {
   std::string recipe() const;
 
  private:
+  struct Rule {
+    std::string pattern;
+    std::shared_ptr<const CompiledPattern> regex;
+    DType type = DType::F32;  // overrides only
+    bool used = false;
+  };
+  std::string describe(const Rule& rule, bool is_override) const;
+
   DType default_type_ = DType::F32;
-  std::vector<std::string> keep_patterns_;
-  std::vector<std::regex> keep_;
-  std::vector<bool> keep_used_;
-  std::vector<TypeOverride> overrides_;
-  std::vector<bool> override_used_;
+  std::vector<Rule> keep_;
+  std::vector<Rule> overrides_;
 };
 
 }  // namespace ddpm::quant
