@@ -10,7 +10,31 @@ import sys
 
 TYPE_NAMES = ["u8", "i32", "u32", "i64", "u64", "f32", "f64", "bool", "string", "array"]
 SCALAR_FORMATS = {0: "<B", 1: "<i", 2: "<I", 3: "<q", 4: "<Q", 5: "<f", 6: "<d", 7: "<B"}
-DTYPES = {0: ("f32", 1, 4), 1: ("f16", 1, 2), 2: ("i32", 1, 4)}  # code: (name, block size, block bytes)
+DTYPES = {0: ("f32", 1, 4), 1: ("f16", 1, 2), 2: ("i32", 1, 4),  # code: (name, block size, block bytes)
+          3: ("q8_0", 32, 34), 4: ("q4_0", 32, 18), 5: ("q4_1", 32, 20), 6: ("q5_0", 32, 22)}
+
+
+def dequantize(dtype, payload):
+    """Values of a block-type tensor's blocks (§6.2-6.5), row padding included."""
+    block_bytes = {"q8_0": 34, "q4_0": 18, "q4_1": 20, "q5_0": 22}[dtype]
+    values = []
+    for at in range(0, len(payload), block_bytes):
+        b = payload[at:at + block_bytes]
+        d = struct.unpack("<e", b[0:2])[0]
+        if dtype == "q8_0":
+            values += [d * q for q in struct.unpack("<32b", b[2:34])]
+            continue
+        qs = b[{"q4_0": 2, "q4_1": 4, "q5_0": 6}[dtype]:]
+        n = [x & 15 for x in qs] + [x >> 4 for x in qs]
+        if dtype == "q4_0":
+            values += [d * (v - 8) for v in n]
+        elif dtype == "q4_1":
+            m = struct.unpack("<e", b[2:4])[0]
+            values += [d * v + m for v in n]
+        else:
+            qh = struct.unpack("<I", b[2:6])[0]
+            values += [d * ((v | ((qh >> i) & 1) << 4) - 16) for i, v in enumerate(n)]
+    return values
 
 
 def crc32c(data, crc=0):
@@ -104,7 +128,8 @@ def read(path):
         numel = 1
         for d in dims[:rank]:
             numel *= d
-        if dims[rank - 1] % block or nbytes != numel // block * block_bytes:
+        rows = dims[0] if rank >= 2 else 1  # block types: rows padded to whole blocks (§6.1)
+        if nbytes != rows * -(-(numel // rows) // block) * block_bytes:
             raise ValueError("byte size of %s" % name)
         if offset % 64 or offset + nbytes > data_bytes:
             raise ValueError("offset of %s" % name)
@@ -132,6 +157,8 @@ def main():
         print("  %-24s %-4s %-16s offset %-8d bytes %-8d crc32c 0x%08x" % (name, dtype, dims, offset, nbytes, crc))
         if "--dump" in sys.argv and dtype == "f32":
             print("    ", struct.unpack("<%df" % (nbytes // 4), payload))
+        if "--dump" in sys.argv and dtype.startswith("q"):
+            print("    ", dequantize(dtype, payload))
 
 
 if __name__ == "__main__":
