@@ -8,8 +8,19 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <memory>
 
+#include <cstdio>
+#include <fstream>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "model/convert.h"
+#include "model/ddpm_file.h"
+#include "model/model.h"
+#include "model/unet.h"
 #include "ops/qgemm.h"
 #include "quant/blocks.h"
 #include "test_util.h"
@@ -382,4 +393,300 @@ TEST_CASE("qgemm micro-kernels: accumulate and fused epilogue against the refere
       }
     }
   }
+}
+
+namespace {
+
+// A weight [rows, ...] of f32 values as `type` rows (padded to whole blocks), and the same weight dequantised.
+struct QuantizedWeight {
+  std::vector<uint8_t> bytes;
+  std::vector<float> dequantized;
+};
+
+QuantizedWeight quantize_weight(DType type, const std::vector<int64_t>& shape, const float* values) {
+  const int64_t rows = shape.size() >= 2 ? shape[0] : 1;
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  const int64_t row = n / rows, padded = dtype_padded_row(type, row);
+  const size_t row_bytes = dtype_row_bytes(type, padded);
+  QuantizedWeight w;
+  w.bytes.resize(dtype_tensor_bytes(type, static_cast<int>(shape.size()), shape.data()));
+  w.dequantized.resize(static_cast<size_t>(n));
+  std::vector<float> buffer(static_cast<size_t>(padded));
+  for (int64_t r = 0; r < rows; ++r) {
+    std::fill(buffer.begin(), buffer.end(), 0.0f);
+    std::copy(values + r * row, values + (r + 1) * row, buffer.begin());
+    dtype_traits(type).from_f32(buffer.data(), w.bytes.data() + r * row_bytes, padded);
+    dtype_traits(type).to_f32(w.bytes.data() + r * row_bytes, buffer.data(), padded);
+    std::copy(buffer.begin(), buffer.begin() + row, w.dequantized.begin() + r * row);
+  }
+  return w;
+}
+
+// Builds the graph twice, with the weight as `type` and as its dequantised f32 values, and runs both under every
+// level at 1 and 2 threads: the block-type result within the activation-quantisation budget of the f32 one, and
+// bit-identical across thread counts.
+void compare_with_dequantized(DType type, const std::vector<int64_t>& weight_shape,
+                              const std::function<Tensor*(Graph&, Tensor* weight)>& build,
+                              const std::function<void(Graph&)>& fill) {
+  int64_t n = 1;
+  for (int64_t d : weight_shape) n *= d;
+  const std::vector<float> values = random_vector(static_cast<size_t>(n), 21, 0.2f);
+  const QuantizedWeight w = quantize_weight(type, weight_shape, values.data());
+  for (const kernels::KernelTable* level : all_levels()) {
+    INFO("level " << level->isa_name);
+    IsaGuard guard;
+    REQUIRE(kernels::select(level->isa_name).ok());
+    std::vector<float> results[3];
+    for (int variant = 0; variant < 3; ++variant) {
+      const bool quantized = variant > 0;
+      Graph g;
+      Tensor* weight = g.param("w", quantized ? type : DType::F32, static_cast<int>(weight_shape.size()),
+                               weight_shape.data(), quantized ? static_cast<const void*>(w.bytes.data())
+                                                              : static_cast<const void*>(w.dequantized.data()));
+      Tensor* y = build(g, weight);
+      INFO(g.status().message());
+      REQUIRE(y);
+      g.set_output(y);
+      REQUIRE(g.plan().ok());
+      fill(g);
+      ThreadPool pool(variant == 2 ? 2 : 1);
+      REQUIRE(g.compute(pool).ok());
+      results[variant].assign(y->f32(), y->f32() + y->numel());
+    }
+    CHECK(relative_l2(results[1].data(), results[0].data(), results[0].size()) <= kActivationQuantRelativeL2);
+    CHECK(std::memcmp(results[1].data(), results[2].data(), results[1].size() * sizeof(float)) == 0);
+  }
+}
+
+void fill_inputs(Graph& g) {
+  uint32_t seed = 40;
+  for (Tensor* t : g.nodes()) {
+    if (!(t->flags & kFlagInput)) continue;
+    const std::vector<float> v = random_vector(static_cast<size_t>(t->numel()), seed++);
+    std::copy(v.begin(), v.end(), t->f32());
+  }
+}
+
+}  // namespace
+
+TEST_CASE("conv2d with block weights: every form against the dequantised f32 weights", "[qgemm][conv]") {
+  struct Shape {
+    int64_t batch, ci, h, w, co, k;
+    Conv2dParams p;
+    bool bias, residual;
+  };
+  const std::vector<Shape> shapes = {
+      {2, 3, 9, 7, 17, 3, {1, 1, 1, 1, 1}, true, false},     // K = 27 (padded to 32), conv_in-like
+      {1, 16, 8, 8, 24, 3, {1, 1, 1, 1, 1}, true, true},     // K = 144 (4.5 blocks), fused residual
+      {2, 32, 6, 5, 9, 3, {1, 0, 0, 0, 0}, false, false},    // no padding
+      {1, 32, 9, 9, 16, 3, {2, 1, 1, 1, 1}, true, false},    // stride 2, symmetric padding
+      {1, 24, 8, 8, 16, 3, {2, 0, 0, 1, 1}, true, false},    // stride 2, right/bottom padding
+      {2, 40, 5, 7, 33, 1, {1, 0, 0, 0, 0}, true, true},     // 1×1, K = 40
+      {1, 160, 4, 4, 8, 3, {1, 1, 1, 1, 1}, true, false},    // K = 1440 > kc
+  };
+  for (DType type : kBlockTypes) {
+    for (const Shape& s : shapes) {
+      INFO(dtype_name(type) << " x [" << s.batch << "," << s.ci << "," << s.h << "," << s.w << "] -> " << s.co
+                            << " k" << s.k << " stride " << s.p.stride);
+      const std::vector<float> bias = random_vector(static_cast<size_t>(s.co), 5);
+      compare_with_dequantized(
+          type, {s.co, s.ci, s.k, s.k},
+          [&](Graph& g, Tensor* w) {
+            Tensor* x = g.input("x", DType::F32, {s.batch, s.ci, s.h, s.w});
+            Tensor* b = s.bias ? g.param("b", DType::F32, {s.co}, bias.data()) : nullptr;
+            const int64_t oh = (s.h + s.p.pad_top + s.p.pad_bottom - s.k) / s.p.stride + 1;
+            const int64_t ow = (s.w + s.p.pad_left + s.p.pad_right - s.k) / s.p.stride + 1;
+            Tensor* r = s.residual ? g.input("r", DType::F32, {s.batch, s.co, oh, ow}) : nullptr;
+            return conv2d(g, x, w, b, s.p, r);
+          },
+          fill_inputs);
+    }
+  }
+}
+
+TEST_CASE("linear, matmul and 1x1 projections with block weights against the dequantised f32 weights",
+          "[qgemm][matmul]") {
+  for (DType type : kBlockTypes) {
+    INFO(dtype_name(type));
+    const std::vector<float> bias = random_vector(33, 6);
+    // linear: y [rows, out] = x · Wᵀ + b, computed as W · xᵀ with C written transposed.
+    for (int64_t rows : {1, 3, 20}) {
+      INFO("linear rows " << rows);
+      compare_with_dequantized(
+          type, {33, 40},
+          [&](Graph& g, Tensor* w) { return linear(g, g.input("x", DType::F32, {rows, 40}), w, g.param("b", DType::F32, {33}, bias.data())); },
+          fill_inputs);
+    }
+    // matmul with the block operand first, against a batch of B matrices.
+    compare_with_dequantized(
+        type, {17, 70}, [&](Graph& g, Tensor* w) { return matmul(g, w, g.input("b", DType::F32, {3, 70, 19})); },
+        fill_inputs);
+    // The attention projections: an [out, in] weight viewed as [out, in, 1, 1].
+    compare_with_dequantized(
+        type, {24, 48},
+        [&](Graph& g, Tensor* w) {
+          return conv2d(g, g.input("x", DType::F32, {2, 48, 4, 4}), reshape(g, w, {24, 48, 1, 1}), nullptr,
+                        Conv2dParams{});
+        },
+        fill_inputs);
+  }
+}
+
+TEST_CASE("block weights where they cannot be used give a clear error", "[qgemm]") {
+  std::vector<uint8_t> bytes(dtype_tensor_bytes(DType::Q8_0, 2, std::vector<int64_t>{8, 64}.data()));
+  {
+    Graph g;
+    Tensor* w = g.param("w", DType::Q8_0, {8, 64}, bytes.data());
+    CHECK(!matmul(g, g.input("x", DType::F32, {4, 8}), w));
+    CHECK(g.status().message().find("first one") != std::string::npos);
+  }
+  {
+    Graph g;
+    Tensor* w = g.param("w", DType::Q8_0, {8, 64}, bytes.data());
+    CHECK(!reshape(g, w, {16, 32}));
+    CHECK(g.status().message().find("keeps its rows") != std::string::npos);
+  }
+  {
+    Graph g;
+    Tensor* w = g.param("w", DType::Q8_0, {8, 64}, bytes.data());
+    CHECK(!matmul(g, permute(g, w, {1, 0}), g.input("x", DType::F32, {8, 4})));
+    CHECK(g.status().message().find("contiguous 2-D") != std::string::npos);
+  }
+}
+
+namespace {
+
+struct ModelFiles {
+  std::string f32, quantized, dequantized;  // the last: f32 file holding the quantised weights' values
+  ~ModelFiles() {
+    std::remove(f32.c_str());
+    std::remove(quantized.c_str());
+    std::remove(dequantized.c_str());
+  }
+};
+
+// tests/data/unet/<name> as an f32 .ddpm, then re-written with `type` conv and linear weights (reference
+// quantisers), and once more with those weights dequantised to f32. The quantize tool does the same with a policy;
+// this keeps the test independent of it.
+void quantized_model(const std::string& name, DType type, ModelFiles* files) {
+  char pattern[] = "/tmp/ddpm_qgemm_XXXXXX";
+  REQUIRE(mkdtemp(pattern));
+  const std::string f32_path = std::string(pattern) + "/" + name + ".ddpm";
+  const std::string q_path = std::string(pattern) + "/" + name + "_" + dtype_name(type) + ".ddpm";
+  files->f32 = f32_path;
+  files->quantized = q_path;
+  files->dequantized = std::string(pattern) + "/" + name + "_dequantized.ddpm";
+  ConvertOptions o;
+  o.input = "data/unet/" + name;
+  o.output = f32_path;
+  ConvertReport report;
+  Status converted = convert_checkpoint(o, &report);
+  INFO(converted.message());
+  REQUIRE(converted.ok());
+  std::unique_ptr<Model> model;
+  REQUIRE(Model::load(f32_path, &model).ok());
+  DdpmWriter writer, dequantized;
+  writer.set_metadata(model->file().metadata());
+  dequantized.set_metadata(model->file().metadata());
+  std::deque<std::vector<uint8_t>> storage;
+  std::deque<std::vector<float>> values;
+  for (const DdpmTensorInfo& t : model->file().tensors()) {
+    // As the quantize policy does by default: the first and last convolutions and the embeddings stay f32.
+    const bool kept = t.name.rfind("conv_in.", 0) == 0 || t.name.rfind("conv_out.", 0) == 0 ||
+                      t.name.find("embedding") != std::string::npos;
+    const bool matrix = t.rank >= 2 && t.dtype == DType::F32 && !kept;
+    if (!matrix) {
+      REQUIRE(writer.add_tensor(t.name, t.dtype, t.rank, t.shape, t.data).ok());
+      REQUIRE(dequantized.add_tensor(t.name, t.dtype, t.rank, t.shape, t.data).ok());
+      continue;
+    }
+    const std::vector<int64_t> shape(t.shape, t.shape + t.rank);
+    QuantizedWeight w = quantize_weight(type, shape, static_cast<const float*>(t.data));
+    storage.push_back(std::move(w.bytes));
+    values.push_back(std::move(w.dequantized));
+    REQUIRE(dequantized.add_tensor(t.name, DType::F32, t.rank, t.shape, values.back().data()).ok());
+    Status added = writer.add_tensor(t.name, type, t.rank, t.shape, storage.back().data());
+    INFO(t.name << ": " << added.message());
+    REQUIRE(added.ok());
+  }
+  REQUIRE(writer.finish(q_path).ok());
+  REQUIRE(dequantized.finish(files->dequantized).ok());
+}
+
+std::vector<float> forward(const std::string& path, int threads, const std::vector<float>& x, const float* timesteps,
+                           int64_t batch) {
+  std::unique_ptr<Model> model;
+  Status loaded = Model::load(path, &model);
+  INFO(loaded.message());
+  REQUIRE(loaded.ok());
+  const ModelInfo& info = model->info();
+  std::unique_ptr<UNet> net;
+  Status built = UNet::build(info.unet, model->weights(), batch, info.height, info.width, &net);
+  INFO(built.message());
+  REQUIRE(built.ok());
+  std::vector<float> out(x.size());
+  ThreadPool pool(threads);
+  REQUIRE(net->forward(pool, x.data(), timesteps, nullptr, out.data()).ok());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a U-Net with q8_0 conv and linear weights loads from .ddpm, runs and stays close to f32", "[qgemm][unet]") {
+  for (const char* name : {"micro", "tiny"}) {
+    INFO("model " << name);
+    ModelFiles files;
+    quantized_model(name, DType::Q8_0, &files);
+    std::unique_ptr<Model> model;
+    REQUIRE(Model::load(files.f32, &model).ok());
+    const int64_t batch = 2, size = model->info().height * model->info().width * model->info().channels;
+    const std::vector<float> x = random_vector(static_cast<size_t>(batch * size), 8);
+    const float timesteps[2] = {10.0f, 700.0f};
+    const std::vector<float> reference = forward(files.f32, 1, x, timesteps, batch);
+    const std::vector<float> same_weights = forward(files.dequantized, 1, x, timesteps, batch);
+    const double weight_error = relative_l2(same_weights.data(), reference.data(), reference.size());
+    for (const kernels::KernelTable* level : all_levels()) {
+      INFO("level " << level->isa_name);
+      IsaGuard guard;
+      REQUIRE(kernels::select(level->isa_name).ok());
+      const std::vector<float> one = forward(files.quantized, 1, x, timesteps, batch);
+      const std::vector<float> two = forward(files.quantized, 2, x, timesteps, batch);
+      const double error = relative_l2(one.data(), reference.data(), one.size());
+      const double activation_error = relative_l2(one.data(), same_weights.data(), one.size());
+      INFO("relative L2 vs f32 " << error << " (weights alone " << weight_error << ", activations alone "
+                                 << activation_error << ")");
+      // These test models have random weights, whose quantisation errors add up through every layer: about 2 %
+      // against f32, half from the weights, half from the activations (the issue's 1 % budget for q8_0 is for
+      // the trained cifar10 model, measured with `ddpm quantize`). 3 % / 2 % catch any wrong scale or block.
+      CHECK(error <= 3e-2);
+      CHECK(activation_error <= 2e-2);
+      CHECK(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)) == 0);
+    }
+  }
+}
+
+TEST_CASE("ddpm generate runs a model with q4_0 weights", "[qgemm][cli]") {
+  const char* bin = std::getenv("DDPM_BIN");
+  if (!bin) {
+    WARN("DDPM_BIN not set: CLI check skipped");
+    return;
+  }
+  ModelFiles files;
+  quantized_model("micro", DType::Q4_0, &files);
+  const std::string png = files.quantized + ".png";
+  const std::string command =
+      std::string(bin) + " generate -m " + files.quantized + " -n 2 --steps 3 --seed 5 -t 2 -o " + png + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  REQUIRE(pipe);
+  std::string output;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) output.append(buffer, n);
+  const int status = pclose(pipe);
+  INFO(output);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(std::ifstream(png).good());
+  std::remove(png.c_str());
 }
