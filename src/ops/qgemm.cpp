@@ -17,7 +17,7 @@ constexpr int64_t kBlock = quant::kQuantBlock;
 // in L2 while every row panel of A streams over it; a short K lets the same bytes hold more columns, up to
 // kMaxChunkCols. Each A panel is unpacked once per task and k block, so wide chunks also mean few unpacks.
 constexpr int64_t kKcMax = 512;
-constexpr int64_t kBBlockBytes = 384 * 1024;
+constexpr int64_t kBBlockBytes = 512 * 1024;
 constexpr int64_t kMaxChunkCols = 1024;
 // B is packed as f32 (by the PackB callbacks) this many columns at a time, then quantised panel by panel.
 constexpr int64_t kStageCols = 64;
@@ -166,80 +166,91 @@ void quantize_b_block(const QGemmProblem& p, const kernels::QGemmMicroKernel& ke
   }
 }
 
-// One block of a weight row decoded straight into the panel: quad j (values 4j..4j+3) at q + j*quad_stride. The
-// nibble formats are decoded four values per 32-bit word (SWAR); `(x | 0x80…) - c…) ^ 0x80…` subtracts c from
-// every byte without borrows crossing bytes, giving x - c as int8. Returns Σ of the 32 values. The values are the
-// ones quant::unpack_blocks gives (tests/test_qgemm.cpp checks the driver against it).
-inline uint32_t load_u32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
+// One block of a weight row decoded straight into the panel: quad j (values 4j..4j+3) at q + j*quad_stride, the
+// values quant::unpack_blocks gives (tests/test_qgemm.cpp checks the driver against it). Eight values at a time in
+// a 64-bit word (SWAR): nibbles are masked out, `((x | 0x80…) - c…) ^ 0x80…` subtracts c from every byte without
+// borrows crossing bytes (x - c as int8), and the block's sum comes from 16-bit lanes of byte pairs. This runs
+// once per weight value and column chunk, so it must cost a small fraction of the value's multiply-adds.
+constexpr uint64_t kHighBits = 0x8080808080808080ull, kLowNibbles = 0x0f0f0f0f0f0f0f0full,
+                   kEvenBytes = 0x00ff00ff00ff00ffull;
+inline uint64_t load_u64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
   return v;
 }
-inline void store_u32(int8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
-inline uint32_t sub_bytes(uint32_t x, uint32_t c) { return ((x | 0x80808080u) - c) ^ 0x80808080u; }
-inline int32_t byte_sum(uint32_t v) {
-  return static_cast<int8_t>(v) + static_cast<int8_t>(v >> 8) + static_cast<int8_t>(v >> 16) +
-         static_cast<int8_t>(v >> 24);
+// The two 32-bit halves: values 4j..4j+3 and 4j+4..4j+7 (two quads).
+inline void store_quads(int8_t* q, int64_t quad_stride, uint64_t v) {
+  const uint32_t lo = static_cast<uint32_t>(v), hi = static_cast<uint32_t>(v >> 32);
+  std::memcpy(q, &lo, 4);
+  std::memcpy(q + quad_stride, &hi, 4);
 }
+inline uint64_t sub_bytes(uint64_t x, uint64_t c) { return ((x | kHighBits) - c) ^ kHighBits; }
+// Unsigned bytes summed pairwise into four 16-bit lanes (each at most 510 per call).
+inline uint64_t pair_sums(uint64_t u) { return (u & kEvenBytes) + ((u >> 8) & kEvenBytes); }
+inline int32_t lane_total(uint64_t lanes) { return static_cast<int32_t>((lanes * 0x0001000100010001ull) >> 48); }
 
-// Bit i of a 4-bit index -> bit 4 of byte i (q5_0's fifth bits, four values at a time).
-constexpr uint32_t spread_fifth_bit(uint32_t bits) {
-  return ((bits & 1u) << 4) | ((bits & 2u) << 11) | ((bits & 4u) << 18) | ((bits & 8u) << 25);
+// Bits i of an 8-bit index -> bit 4 of byte i (q5_0's fifth bits, eight values at a time).
+constexpr uint64_t spread_fifth_bits(uint64_t bits) {
+  uint64_t out = 0;
+  for (int i = 0; i < 8; ++i) out |= ((bits >> i) & 1u) << (8 * i + 4);
+  return out;
 }
-constexpr uint32_t kFifthBits[16] = {
-    spread_fifth_bit(0),  spread_fifth_bit(1),  spread_fifth_bit(2),  spread_fifth_bit(3),
-    spread_fifth_bit(4),  spread_fifth_bit(5),  spread_fifth_bit(6),  spread_fifth_bit(7),
-    spread_fifth_bit(8),  spread_fifth_bit(9),  spread_fifth_bit(10), spread_fifth_bit(11),
-    spread_fifth_bit(12), spread_fifth_bit(13), spread_fifth_bit(14), spread_fifth_bit(15)};
+struct FifthBitTable {
+  uint64_t entries[256];
+  constexpr FifthBitTable() : entries() {
+    for (int i = 0; i < 256; ++i) entries[i] = spread_fifth_bits(static_cast<uint64_t>(i));
+  }
+};
+constexpr FifthBitTable kFifthBits;
 
+inline float load_f16(const uint8_t* p) { return f16_to_f32(static_cast<uint16_t>(p[0] | p[1] << 8)); }
+
+// Returns Σ of the block's 32 values.
 int32_t decode_block(DType type, const uint8_t* block, int8_t* q, int64_t quad_stride, float* d, float* min) {
-  int32_t sum = 0;
-  *d = f16_to_f32(static_cast<uint16_t>(block[0] | block[1] << 8));
+  *d = load_f16(block);
   *min = 0.0f;
+  uint64_t lanes = 0;
   switch (type) {
     case DType::Q8_0:
-      for (int j = 0; j < 8; ++j) {
-        const uint32_t v = load_u32(block + 2 + 4 * j);
-        store_u32(q + j * quad_stride, v);
-        sum += byte_sum(v);
+      for (int i = 0; i < 4; ++i) {
+        const uint64_t v = load_u64(block + 2 + 8 * i);
+        store_quads(q + 2 * i * quad_stride, quad_stride, v);
+        lanes += pair_sums(v ^ kHighBits);  // q + 128
       }
-      break;
+      return lane_total(lanes) - 128 * 32;
     case DType::Q4_0:
     case DType::Q4_1: {
       const bool offset = type == DType::Q4_0;
       const uint8_t* qs = block + (offset ? 2 : 4);
-      if (!offset) *min = f16_to_f32(static_cast<uint16_t>(block[2] | block[3] << 8));
-      for (int j = 0; j < 4; ++j) {
-        const uint32_t packed = load_u32(qs + 4 * j);
-        uint32_t lo = packed & 0x0f0f0f0fu, hi = (packed >> 4) & 0x0f0f0f0fu;
-        if (offset) {
-          lo = sub_bytes(lo, 0x08080808u);
-          hi = sub_bytes(hi, 0x08080808u);
-        }
-        store_u32(q + j * quad_stride, lo);        // values 4j..4j+3: low nibbles
-        store_u32(q + (j + 4) * quad_stride, hi);  // values 16+4j..: high nibbles
-        sum += byte_sum(lo) + byte_sum(hi);
+      if (!offset) *min = load_f16(block + 2);
+      for (int i = 0; i < 2; ++i) {
+        const uint64_t packed = load_u64(qs + 8 * i);
+        const uint64_t lo = packed & kLowNibbles, hi = (packed >> 4) & kLowNibbles;
+        lanes += pair_sums(lo) + pair_sums(hi);
+        // Low nibbles are values 8i..8i+7, high nibbles values 16+8i..
+        store_quads(q + 2 * i * quad_stride, quad_stride, offset ? sub_bytes(lo, 0x0808080808080808ull) : lo);
+        store_quads(q + (4 + 2 * i) * quad_stride, quad_stride, offset ? sub_bytes(hi, 0x0808080808080808ull) : hi);
       }
-      break;
+      return lane_total(lanes) - (offset ? 8 * 32 : 0);
     }
     case DType::Q5_0: {
-      const uint32_t high_bits = load_u32(block + 2);
+      uint8_t high_bits[4];
+      std::memcpy(high_bits, block + 2, 4);
       const uint8_t* qs = block + 6;
-      for (int j = 0; j < 4; ++j) {
-        const uint32_t packed = load_u32(qs + 4 * j);
-        const uint32_t lo = sub_bytes((packed & 0x0f0f0f0fu) | kFifthBits[(high_bits >> (4 * j)) & 15], 0x10101010u);
-        const uint32_t hi =
-            sub_bytes(((packed >> 4) & 0x0f0f0f0fu) | kFifthBits[(high_bits >> (16 + 4 * j)) & 15], 0x10101010u);
-        store_u32(q + j * quad_stride, lo);
-        store_u32(q + (j + 4) * quad_stride, hi);
-        sum += byte_sum(lo) + byte_sum(hi);
+      for (int i = 0; i < 2; ++i) {
+        const uint64_t packed = load_u64(qs + 8 * i);
+        const uint64_t lo = (packed & kLowNibbles) | kFifthBits.entries[high_bits[i]];
+        const uint64_t hi = ((packed >> 4) & kLowNibbles) | kFifthBits.entries[high_bits[2 + i]];
+        lanes += pair_sums(lo) + pair_sums(hi);
+        store_quads(q + 2 * i * quad_stride, quad_stride, sub_bytes(lo, 0x1010101010101010ull));
+        store_quads(q + (4 + 2 * i) * quad_stride, quad_stride, sub_bytes(hi, 0x1010101010101010ull));
       }
-      break;
+      return lane_total(lanes) - 16 * 32;
     }
     default:
       DDPM_ASSERT(false && "qgemm: not a block type");
+      return 0;
   }
-  return sum;
 }
 
 // Rows m0 .. m0+mr of A, blocks [k0/32, (k0+kc)/32), into the kernel's panel layout. Rows past M repeat the last
@@ -250,9 +261,15 @@ void unpack_a_panel(const QGemmProblem& p, const kernels::QGemmMicroKernel& kern
   const int64_t blocks = kc / kBlock;
   const size_t block_bytes = dtype_traits(p.a_dtype).block_bytes;
   const int64_t quad_stride = 4 * mr, block_stride = 8 * quad_stride;
+  const int64_t span = blocks * static_cast<int64_t>(block_bytes);
   for (int m = 0; m < mr; ++m) {
     const int64_t row = std::min<int64_t>(m0 + m, p.M - 1);
     const uint8_t* src = static_cast<const uint8_t*>(p.a) + row * row_bytes + (k0 / kBlock) * block_bytes;
+    // The weights stream from memory once per column chunk, a few hundred bytes from each of mr rows far apart:
+    // fetch the next panel's piece of this row while this one is decoded, or every row waits for DRAM.
+    if (m0 + mr + m < p.M) {
+      for (int64_t offset = 0; offset < span; offset += 64) __builtin_prefetch(src + mr * row_bytes + offset);
+    }
     for (int64_t b = 0; b < blocks; ++b) {
       s.a_qsum[b * mr + m] = decode_block(p.a_dtype, src + b * block_bytes, s.a_q + b * block_stride + m * 4,
                                           quad_stride, &s.a_d[b * mr + m], &s.a_min[b * mr + m]);
