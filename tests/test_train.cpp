@@ -25,6 +25,7 @@
 #include "train/dataset.h"
 #include "train/optim.h"
 #include "train/plot.h"
+#include "train/evaluate.h"
 #include "train/trainer.h"
 
 using namespace ddpm;
@@ -582,6 +583,37 @@ TEST_CASE("export: a .ddpm that the sampling pipeline runs, with classes, guidan
   g.guidance_scale = 3.0f;
   REQUIRE(generate_images(*model, g, pool, &theirs).ok());
   CHECK(same_bits(mine, theirs));
+
+  // `ddpm eval` on the validation samples with the trainer's validation key measures what the trainer measured
+  // (it sums per sample in double, the trainer per batch in float: equal to float rounding).
+  Dataset held_out;
+  held_out.source = "held-out";
+  held_out.channels = data.channels;
+  held_out.height = data.height;
+  held_out.width = data.width;
+  held_out.class_names = data.class_names;
+  for (uint32_t index : t->split().validation) {
+    const size_t numel = static_cast<size_t>(data.sample_numel());
+    held_out.pixels.insert(held_out.pixels.end(), data.pixels.begin() + index * numel,
+                           data.pixels.begin() + (index + 1) * numel);
+    held_out.labels.push_back(data.labels[index]);
+    ++held_out.count;
+  }
+  EvalOptions eo;
+  eo.seed = kValidationSeed;
+  eo.batch = o.batch;
+  eo.count = held_out.count;
+  EvalResult result;
+  s = evaluate_denoising_loss(*model, held_out, eo, pool, &result);
+  INFO(s.message());
+  REQUIRE(s.ok());
+  CHECK(result.samples == 4);
+  CHECK(result.loss == Approx(val).epsilon(1e-5));
+  // Another batch size (a padded last batch) changes nothing but rounding.
+  eo.batch = 3;
+  EvalResult rebatched;
+  REQUIRE(evaluate_denoising_loss(*model, held_out, eo, pool, &rebatched).ok());
+  CHECK(rebatched.loss == Approx(result.loss).epsilon(1e-6));
 }
 
 TEST_CASE("loss curve: axes, ticks, curves on a log scale, written as PNG", "[train]") {
@@ -758,6 +790,14 @@ TEST_CASE("ddpm train: bad flags, bad data and a checkpoint of another architect
   std::unique_ptr<Model> model;
   REQUIRE(Model::load(dir + "/tiny.ddpm", &model).ok());
   CHECK(model->info().class_names == std::vector<std::string>{"boot", "shirt"});
+
+  CliResult evaluated = run_cli("eval -m " + dir + "/tiny.ddpm --data data/train/png -n 3 -b 2 -t 1");
+  INFO(evaluated.output);
+  CHECK(evaluated.exit_code == 0);
+  CHECK(contains(evaluated.output, "epsilon objective, 3 samples of data/train/png"));
+  check_cli_error(run_cli("eval -m " + dir + "/tiny.ddpm"), 2, "missing --data PATH");
+  check_cli_error(run_cli("eval -m " + dir + "/tiny.ddpm --data data/train/nothing-here"), 1, "nothing-here");
+  check_cli_error(run_cli("eval -m " + dir + "/tiny.ddpm --data data/train/png -n 0"), 2, "--count: 0 is outside");
 
   std::string other = kTinyConfig;
   other.replace(other.find("[8, 16]"), 7, "[8, 32]");

@@ -21,8 +21,6 @@ namespace {
 
 constexpr char kCheckpointArchitecture[] = "ddpm-train-checkpoint";
 constexpr uint32_t kCheckpointVersion = 1;
-// Validation draws its timesteps and noise from a fixed key, like the split: values of different runs compare.
-constexpr uint64_t kValidationSeed = 0x5EED5EED;
 
 class Stopwatch {
  public:

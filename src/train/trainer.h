@@ -29,6 +29,10 @@
 
 namespace ddpm {
 
+// Validation draws its timesteps and noise from a fixed key, like the split: values of different runs compare, and
+// `ddpm eval --seed` with this key on the validation samples reproduces the trainer's figure.
+constexpr uint64_t kValidationSeed = 0x5EED5EED;
+
 // Everything that decides the trajectory (stored in checkpoints and compared on resume).
 struct TrainOptions {
   int64_t steps = 1000;  // total optimiser steps of the run (the cosine schedule spans them)

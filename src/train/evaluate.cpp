@@ -1,0 +1,92 @@
+#include "train/evaluate.h"
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include "core/rng.h"
+#include "model/sampler.h"
+#include "model/schedule.h"
+#include "model/unet.h"
+#include "train/params.h"
+
+namespace ddpm {
+
+Status evaluate_denoising_loss(const Model& model, const Dataset& data, const EvalOptions& o, ThreadPool& pool,
+                               EvalResult* out) {
+  const ModelInfo& info = model.info();
+  if (data.channels != info.channels || data.height != info.height || data.width != info.width) {
+    return errorf("%s: samples are [%lld, %lld, %lld] but the model takes [%lld, %lld, %lld]", data.source.c_str(),
+                  (long long)data.channels, (long long)data.height, (long long)data.width, (long long)info.channels,
+                  (long long)info.height, (long long)info.width);
+  }
+  if (o.batch < 1) return errorf("the evaluation batch must be at least 1");
+  const int64_t count = std::min(o.count, data.count);
+  if (count < 1) return errorf("%s: no samples to evaluate", data.source.c_str());
+  const bool conditional = info.unet.has_class_table();
+  if (conditional && !data.labelled() && !info.null_class) {
+    return errorf("%s: the model is class-conditional but the data has no labels and the model no null class",
+                  data.source.c_str());
+  }
+  Schedule schedule;
+  DDPM_TRY(Schedule::create(info.scheduler, &schedule));
+  const int64_t n = data.sample_numel();
+  const int64_t batch = std::min(o.batch, count);
+  std::unique_ptr<UNet> net;
+  DDPM_TRY(UNet::build(info.unet, model.weights(), batch, info.height, info.width, &net));
+
+  std::vector<float> x0(static_cast<size_t>(batch * n)), noise(x0.size()), x_t(x0.size()), target(x0.size());
+  std::vector<float> prediction(static_cast<size_t>(batch * info.unet.out_channels * info.height * info.width));
+  std::vector<int64_t> timesteps(static_cast<size_t>(batch));
+  std::vector<float> timesteps_f(static_cast<size_t>(batch));
+  std::vector<int32_t> labels(static_cast<size_t>(batch));
+  const PhiloxGenerator normal(o.seed);
+  double sum = 0.0, sum_squares = 0.0;
+  for (int64_t first = 0; first < count; first += batch) {
+    // The last batch is padded by repeating sample 0's draw; only the first `valid` losses count.
+    const int64_t valid = std::min(batch, count - first);
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t k = b < valid ? first + b : 0;
+      data.sample(k, false, x0.data() + b * n);
+      labels[static_cast<size_t>(b)] = data.labelled() ? data.labels[static_cast<size_t>(k)] : info.null_class.value_or(0);
+      timesteps[static_cast<size_t>(b)] = philox_below(o.seed, train_stream(TrainStream::Validation, 0),
+                                                       static_cast<uint64_t>(k),
+                                                       static_cast<uint32_t>(schedule.num_train_timesteps()));
+      timesteps_f[static_cast<size_t>(b)] = static_cast<float>(timesteps[static_cast<size_t>(b)]);
+      normal.normal(train_stream(TrainStream::Validation, 1), static_cast<uint64_t>(k * n), noise.data() + b * n, n);
+    }
+    const int batch_int = static_cast<int>(batch);
+    DDPM_TRY(add_noise(schedule, timesteps.data(), batch_int, n, x0.data(), noise.data(), x_t.data()));
+    switch (info.scheduler.prediction_type) {
+      case PredictionType::Epsilon: target = noise; break;
+      case PredictionType::VPrediction:
+        DDPM_TRY(get_velocity(schedule, timesteps.data(), batch_int, n, x0.data(), noise.data(), target.data()));
+        break;
+      case PredictionType::Sample: target = x0; break;
+    }
+    DDPM_TRY(net->forward(pool, x_t.data(), timesteps_f.data(), conditional ? labels.data() : nullptr,
+                          prediction.data()));
+    // learned-variance models predict 2·C channels; the loss is on the first C, as diffusers trains them.
+    const int64_t out_per_sample = static_cast<int64_t>(prediction.size()) / batch;
+    for (int64_t b = 0; b < valid; ++b) {
+      double squared = 0.0;
+      for (int64_t i = 0; i < n; ++i) {
+        const double d = static_cast<double>(prediction[static_cast<size_t>(b * out_per_sample + i)]) -
+                         static_cast<double>(target[static_cast<size_t>(b * n + i)]);
+        squared += d * d;
+      }
+      const double per_sample = squared / static_cast<double>(n);
+      sum += per_sample;
+      sum_squares += per_sample * per_sample;
+    }
+  }
+  const double mean = sum / static_cast<double>(count);
+  const double variance = std::max(0.0, sum_squares / static_cast<double>(count) - mean * mean);
+  out->samples = count;
+  out->loss = mean;
+  out->loss_stderr = count > 1 ? std::sqrt(variance / static_cast<double>(count - 1)) : 0.0;
+  return Status();
+}
+
+}  // namespace ddpm
