@@ -667,3 +667,44 @@ TEST_CASE("ddpm quantize refuses bad input without writing anything", "[quant]")
   CHECK(!exists(dir + "/nan_q8.ddpm"));
   CHECK(!scratch.has_temporary_files());
 }
+
+TEST_CASE("convert --type T stores the same tensors as convert + quantize --type T", "[quant]") {
+  TempDir scratch;
+  const std::string& dir = scratch.path;
+  const std::string f32 = converted(dir, "micro");
+  for (DType type : kBlockTypes) {
+    INFO(dtype_name(type));
+    ConvertOptions o;
+    o.input = "data/unet/micro";
+    o.output = dir + "/direct.ddpm";
+    o.type = type;
+    o.keep = {"attentions\\.0\\.to_k"};
+    o.tensor_types = {"^up_blocks\\.1\\..*conv2=q8_0"};
+    ConvertReport direct_report;
+    REQUIRE(convert_checkpoint(o, &direct_report).ok());
+    TypePolicy policy(type);
+    REQUIRE(policy.add_keep("attentions\\.0\\.to_k").ok());
+    REQUIRE(policy.add_override("^up_blocks\\.1\\..*conv2=q8_0").ok());
+    RetypeReport two_step_report;
+    REQUIRE(retype_model(f32, dir + "/two_step.ddpm", policy, &two_step_report).ok());
+    CHECK(direct_report.recipe == policy.recipe());
+    DdpmFile direct, two_step;
+    REQUIRE(DdpmFile::open(dir + "/direct.ddpm", &direct).ok());
+    REQUIRE(DdpmFile::open(dir + "/two_step.ddpm", &two_step).ok());
+    REQUIRE(direct.tensors().size() == two_step.tensors().size());
+    int quantised = 0;
+    for (size_t i = 0; i < direct.tensors().size(); ++i) {
+      const DdpmTensorInfo& a = direct.tensors()[i];
+      const DdpmTensorInfo& b = two_step.tensors()[i];
+      INFO(a.name);
+      CHECK(a.name == b.name);
+      CHECK(a.dtype == b.dtype);
+      REQUIRE(a.bytes == b.bytes);
+      CHECK(std::memcmp(a.data, b.data, a.bytes) == 0);
+      CHECK(direct_report.retype.tensors[i].to == a.dtype);
+      CHECK(direct_report.retype.tensors[i].relative_error == Approx(two_step_report.tensors[i].relative_error));
+      quantised += dtype_traits(a.dtype).is_quantized;
+    }
+    CHECK(quantised > 10);
+  }
+}

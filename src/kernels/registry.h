@@ -43,8 +43,9 @@ struct GatherRun {
 // in the reference, exactly as the GEMM micro-kernels and their epilogue compute it: the two paths agree bit for
 // bit on one level. Each staged phase row must be readable (any values) up to lane
 // round_up(out_width, kDirectConvLanes) + (kw − 1) / stride, so kernels may read whole vectors past out_width;
-// they never write past it.
+// they never write past it. K ≤ kDirectConvMaxK, so kernels can lay out their per-tap tables on the stack.
 constexpr int64_t kDirectConvLanes = 16;
+constexpr int64_t kDirectConvMaxK = 256;
 struct DirectConv {
   const float* x = nullptr;
   int64_t x_channel_stride = 0, x_row_stride = 0, x_phase_stride = 0;

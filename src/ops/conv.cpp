@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "ddpm/ops.h"
+#include "ops/conv_direct.h"
 #include "ops/gemm.h"
 #include "ops/qgemm.h"
 #include "quant/blocks.h"
@@ -234,7 +235,7 @@ static size_t scratch_conv2d_quantized(const Tensor& node) {
 }
 
 size_t scratch_conv2d(const Tensor& node) {
-  return std::max(gemm_scratch_bytes_max(), scratch_conv2d_quantized(node));
+  return std::max({gemm_scratch_bytes_max(), conv2d_direct_scratch_bytes(node), scratch_conv2d_quantized(node)});
 }
 
 // conv2d with a block-quantised weight: the same im2col packer feeds the quantised GEMM.
@@ -248,6 +249,7 @@ static Status compute_conv2d_quantized(const Tensor& node, ExecContext& ctx) {
 
 Status compute_conv2d(const Tensor& node, ExecContext& ctx) {
   if (quant::is_block_type(node.src[1]->dtype)) return compute_conv2d_quantized(node, ctx);
+  if (run_conv2d_direct(node, ctx)) return Status();  // few input channels (see conv_direct.cpp)
   const Im2col im2col = make_im2col(node, ctx);
   GemmProblem p;
   set_conv_problem(node, &im2col, &p);

@@ -4,6 +4,10 @@
 
 #include <cstdint>
 
+namespace ddpm::kernels {
+struct DirectConv;
+}
+
 namespace ddpm::kernels::avx2 {
 
 constexpr int kGemmMR = 4;
@@ -24,5 +28,8 @@ float max(int64_t n, const float* x);
 float exp_shifted_sum(int64_t n, const float* x, float shift, float* y);
 void f16_to_f32(int64_t n, const uint16_t* x, float* y);
 void f32_to_f16(int64_t n, const float* x, uint16_t* y);
+
+// Direct convolution over few input channels (conv_direct.cpp); contract: DirectConv in kernels/registry.h.
+void conv_direct(const DirectConv& conv);
 
 }  // namespace ddpm::kernels::avx2
