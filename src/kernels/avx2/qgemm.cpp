@@ -60,7 +60,9 @@ void run(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int
     __m256i acc[kMR];
 #pragma GCC unroll 4
     for (int m = 0; m < kMR; ++m) acc[m] = _mm256_setzero_si256();
-#pragma GCC unroll 8
+    // Not unrolled: across unrolled quads GCC re-associates the int32 adds into a tree of 32 live products and
+    // spills them; one quad at a time keeps everything in the 16 registers.
+#pragma GCC unroll 1
     for (int quad = 0; quad < 8; ++quad) {
       const __m256i bv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q_panel + (b * 8 + quad) * 4 * kNR));
       const __m256i b_abs = _mm256_abs_epi8(bv);
