@@ -799,6 +799,23 @@ TEST_CASE("ddpm train: bad flags, bad data and a checkpoint of another architect
   check_cli_error(run_cli("eval -m " + dir + "/tiny.ddpm --data data/train/nothing-here"), 1, "nothing-here");
   check_cli_error(run_cli("eval -m " + dir + "/tiny.ddpm --data data/train/png -n 0"), 2, "--count: 0 is outside");
 
+  // --export-only writes the checkpoint's EMA weights as they stand: here the finished run's, so the same tensors.
+  CliResult exported = run_cli("train --resume " + dir + "/tiny.ckpt --export-only --data data/train/png -t 1 -o " + dir +
+                               "/exported.ddpm");
+  INFO(exported.output);
+  REQUIRE(exported.exit_code == 0);
+  {
+    DdpmFile a, b;
+    REQUIRE(DdpmFile::open(dir + "/tiny.ddpm", &a).ok());
+    REQUIRE(DdpmFile::open(dir + "/exported.ddpm", &b).ok());
+    REQUIRE(a.tensors().size() == b.tensors().size());
+    for (size_t i = 0; i < a.tensors().size(); ++i) {
+      CHECK(std::memcmp(a.tensors()[i].data, b.tensors()[i].data, a.tensors()[i].bytes) == 0);
+    }
+  }
+  check_cli_error(run_cli("train --preset toy-mlp --export-only -o " + dir + "/x.ddpm"), 2,
+                  "--export-only needs --resume CHECKPOINT");
+
   std::string other = kTinyConfig;
   other.replace(other.find("[8, 16]"), 7, "[8, 32]");
   other.replace(other.find("GROUPS"), 6, "4");

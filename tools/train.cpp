@@ -63,6 +63,7 @@ struct Settings {
   long long checkpoint_every = 1000, sample_every = 0, val_every = 500, log_every = 50, per_class = 4;
   long long val = -1;  // −1: default
   double guidance = 2.0;
+  bool export_only = false;
 };
 
 // A sample grid from the EMA weights: one column per class (rows = samples per class), or a square of unconditional
@@ -174,6 +175,11 @@ int run_train(int argc, char** argv) {
   options.push_back({"checkpoint-every", 0, "K", "checkpoint every K steps and at the end (default 1000; 0 = never)",
                      [&](const std::string& v) { return parse_int("--checkpoint-every", v, 0, 1ll << 40, &st.checkpoint_every); }});
   options.push_back({"resume", 0, "FILE", "continue the run saved in a checkpoint", text(&st.resume)});
+  options.push_back({"export-only", 0, "", "with --resume: write the checkpoint's EMA weights to -o now, without training",
+                     [&](const std::string&) {
+                       st.export_only = true;
+                       return Status();
+                     }});
   options.push_back({"sample-every", 0, "K", "sample grid (DDIM-50, EMA) every K steps and at the end (default 0 = off)",
                      [&](const std::string& v) { return parse_int("--sample-every", v, 0, 1ll << 40, &st.sample_every); }});
   options.push_back({"samples-per-class", 0, "N", "grid rows (default 4)", [&](const std::string& v) {
@@ -203,6 +209,7 @@ int run_train(int argc, char** argv) {
   };
   if (s.ok() && !positional.empty()) s = errorf("unexpected argument '%s' (see --help)", positional[0].c_str());
   if (s.ok() && st.out.empty()) s = errorf("missing -o/--out MODEL.ddpm");
+  if (s.ok() && st.export_only && st.resume.empty()) s = errorf("--export-only needs --resume CHECKPOINT");
   if (s.ok() && st.resume.empty() && st.preset.empty() == st.config.empty()) {
     s = errorf("give exactly one of --preset NAME and --config JSON (or --resume a checkpoint)");
   }
@@ -365,7 +372,8 @@ int run_train(int argc, char** argv) {
     if (!c.ok()) std::fprintf(stderr, "%swarning: %s\n", tty ? "\n" : "", c.message().c_str());
   };
   bool interrupted = false;
-  while (trainer->step_count() < o.steps) {
+  // An interrupted run's model, as it stands (a cosine run stopped late has little left to gain).
+  while (!st.export_only && trainer->step_count() < o.steps) {
     if (g_stop) {
       interrupted = true;
       break;
