@@ -346,6 +346,7 @@ TEST_CASE("qgemm micro-kernels: accumulate and fused epilogue against the refere
           }
         }
         kernels::QGemmPanelA panel{q.data(), d.data(), type == DType::Q4_1 ? mn.data() : nullptr, qsum.data()};
+        panel.small_q = type != DType::Q8_0;
         std::vector<float> b_panel = random_vector(static_cast<size_t>(kc * v.nr), 9);
         std::vector<uint8_t> b_q(kernels::qgemm_b_panel_bytes(kc, v.nr));
         v.quantize_b(kc, b_panel.data(), b_q.data());

@@ -306,6 +306,7 @@ void run_task(const QGemmProblem& problem, const QGemmPlan& shared_plan, const k
     a.d = s.a_d;
     a.min = has_min ? s.a_min : nullptr;
     a.qsum = s.a_qsum;
+    a.small_q = p.a_dtype != DType::Q8_0;
     for (int64_t panel = r.panel_begin; panel < r.panel_end; ++panel) {
       const int64_t m0 = panel * mr;
       const int mr_valid = static_cast<int>(std::min<int64_t>(mr, p.M - m0));

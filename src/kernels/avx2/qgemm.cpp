@@ -12,6 +12,12 @@ namespace {
 
 constexpr int kMR = 4, kNR = 8;
 
+inline int32_t load_quad(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
 // 8 columns of one block per step: four consecutive k packed into one 32-byte vector, byte j of lane n =
 // q[k + j][n] (the [kc/4][NR][4] layout).
 void quantize_b8(int64_t kc, const float* b_panel, uint8_t* q_panel) {
@@ -58,21 +64,39 @@ void run(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int
   for (int m = 0; m < kMR; ++m) f[m] = accumulate ? _mm256_loadu_ps(c + m * ldc) : _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
     __m256i acc[kMR];
+    if (a.small_q) {
+      // |w| <= 16: the block's eight pair sums stay within int16 (QGemmPanelA::small_q); widen once per block.
+      __m256i acc16[kMR];
 #pragma GCC unroll 4
-    for (int m = 0; m < kMR; ++m) acc[m] = _mm256_setzero_si256();
-    // Not unrolled: across unrolled quads GCC re-associates the int32 adds into a tree of 32 live products and
-    // spills them; one quad at a time keeps everything in the 16 registers.
+      for (int m = 0; m < kMR; ++m) acc16[m] = _mm256_setzero_si256();
 #pragma GCC unroll 1
-    for (int quad = 0; quad < 8; ++quad) {
-      const __m256i bv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q_panel + (b * 8 + quad) * 4 * kNR));
-      const __m256i b_abs = _mm256_abs_epi8(bv);
-      const int8_t* w = a.q + (b * 8 + quad) * kMR * 4;
+      for (int quad = 0; quad < 8; ++quad) {
+        const __m256i bv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q_panel + (b * 8 + quad) * 4 * kNR));
+        const __m256i b_abs = _mm256_abs_epi8(bv);
+        const int8_t* w = a.q + (b * 8 + quad) * kMR * 4;
 #pragma GCC unroll 4
-      for (int m = 0; m < kMR; ++m) {
-        int32_t quad_bytes;
-        std::memcpy(&quad_bytes, w + m * 4, sizeof quad_bytes);
-        const __m256i signed_w = _mm256_sign_epi8(_mm256_set1_epi32(quad_bytes), bv);
-        acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(_mm256_maddubs_epi16(b_abs, signed_w), ones));
+        for (int m = 0; m < kMR; ++m) {
+          const __m256i signed_w = _mm256_sign_epi8(_mm256_set1_epi32(load_quad(w + m * 4)), bv);
+          acc16[m] = _mm256_add_epi16(acc16[m], _mm256_maddubs_epi16(b_abs, signed_w));
+        }
+      }
+#pragma GCC unroll 4
+      for (int m = 0; m < kMR; ++m) acc[m] = _mm256_madd_epi16(acc16[m], ones);
+    } else {
+#pragma GCC unroll 4
+      for (int m = 0; m < kMR; ++m) acc[m] = _mm256_setzero_si256();
+      // Not unrolled: across unrolled quads GCC re-associates the int32 adds into a tree of 32 live products and
+      // spills them; one quad at a time keeps everything in the 16 registers.
+#pragma GCC unroll 1
+      for (int quad = 0; quad < 8; ++quad) {
+        const __m256i bv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q_panel + (b * 8 + quad) * 4 * kNR));
+        const __m256i b_abs = _mm256_abs_epi8(bv);
+        const int8_t* w = a.q + (b * 8 + quad) * kMR * 4;
+#pragma GCC unroll 4
+        for (int m = 0; m < kMR; ++m) {
+          const __m256i signed_w = _mm256_sign_epi8(_mm256_set1_epi32(load_quad(w + m * 4)), bv);
+          acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(_mm256_maddubs_epi16(b_abs, signed_w), ones));
+        }
       }
     }
     const __m256 ad = _mm256_loadu_ps(b_scale + b * kNR);

@@ -51,8 +51,11 @@ void run_bw(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, 
   constexpr int MR = kQGemmMR, NR = kQGemmNR;
   const __m512i ones = _mm512_set1_epi16(1), zero = _mm512_setzero_si512();
   qgemm_tile(kc, a, q_panel, c, ldc, accumulate, epilogue, [&](int64_t b, __m512i* acc) {
+    // With |w| <= 16 the block's eight pair sums stay within int16 (QGemmPanelA::small_q): widen once per block.
+    const bool small = a.small_q;
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) acc[m] = zero;
+#pragma GCC unroll 1
     for (int quad = 0; quad < 8; ++quad) {
       const __m512i bv = _mm512_loadu_si512(q_panel + (b * 8 + quad) * 4 * NR);
       const __m512i b_abs = _mm512_abs_epi8(bv);
@@ -61,9 +64,13 @@ void run_bw(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, 
 #pragma GCC unroll 8
       for (int m = 0; m < MR; ++m) {
         const __m512i wv = _mm512_set1_epi32(load_weight_quad(w + m * 4));
-        const __m512i signed_w = _mm512_mask_sub_epi8(wv, negative, zero, wv);
-        acc[m] = _mm512_add_epi32(acc[m], _mm512_madd_epi16(_mm512_maddubs_epi16(b_abs, signed_w), ones));
+        const __m512i product = _mm512_maddubs_epi16(b_abs, _mm512_mask_sub_epi8(wv, negative, zero, wv));
+        acc[m] = small ? _mm512_add_epi16(acc[m], product) : _mm512_add_epi32(acc[m], _mm512_madd_epi16(product, ones));
       }
+    }
+    if (small) {
+#pragma GCC unroll 8
+      for (int m = 0; m < MR; ++m) acc[m] = _mm512_madd_epi16(acc[m], ones);
     }
   });
 }
