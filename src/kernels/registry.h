@@ -100,6 +100,10 @@ struct QGemmPanelA {     // MR weight rows × kc values (kc a multiple of 32), f
   const float* d;        // [kc/32][MR] block scales
   const float* min;      // [kc/32][MR] block minima (q4_1), nullptr for types without
   const int32_t* qsum;   // [kc/32][MR] Σ of the 32 q of each block (kernels that bias activations to unsigned use it)
+  // Added to the agreed interface: every |q| <= 16 (q4_0, q4_1, q5_0). Then 2·127·16 bounds each int16 pair sum
+  // of a u8×s8 multiply by 4064 and a whole block's eight of them fit int16 (32512): kernels may sum a block in
+  // int16 and widen once per block instead of once per 4 k.
+  bool small_q = false;
 };
 struct QGemmMicroKernel {
   const char* name = nullptr;  // added to the agreed interface: tells variants of one level apart in tests/benches
@@ -128,8 +132,6 @@ QGemmMicroKernel avx512vnni_qgemm();  // src/kernels/avx512vnni/: call only if c
 #endif
 #if !defined(DDPM_NO_SIMD) && defined(__aarch64__)
 GemmMicroKernel neon_gemm();
-QGemmMicroKernel neon_qgemm();          // src/kernels/neon/qgemm.cpp: ARMv8.0 (vmull_s8), runs on every ARM64 CPU
-QGemmMicroKernel neon_dotprod_qgemm();  // src/kernels/neon_dotprod/: sdot; call only if cpu_features().neon_dotprod
 QGemmMicroKernel neon_qgemm();          // src/kernels/neon/qgemm.cpp: ARMv8.0 (vmull_s8), runs on every ARM64 CPU
 QGemmMicroKernel neon_dotprod_qgemm();  // src/kernels/neon_dotprod/: sdot; call only if cpu_features().neon_dotprod
 #endif
