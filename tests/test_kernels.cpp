@@ -258,6 +258,7 @@ TEST_CASE("every table fills every entry", "[kernels]") {
     CHECK(t->exp_shifted_sum);
     CHECK(t->f16_to_f32);
     CHECK(t->f32_to_f16);
+    CHECK(t->conv_direct);
   }
 }
 
@@ -615,6 +616,88 @@ TEST_CASE("every level's GEMM micro-kernel matches the reference micro-kernel", 
         }
         if (bad >= 0) INFO("element " << bad << ": got " << c[bad] << ", reference " << expected[bad]);
         CHECK(bad < 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("every level's direct convolution matches the reference on tail shapes", "[kernels][conv]") {
+  const kernels::KernelTable& reference = kernels::reference();
+  struct Geometry {
+    int64_t kh, kw, stride;
+  };
+  for (const kernels::KernelTable* level : simd_levels()) {
+    REQUIRE(level->conv_direct);
+    for (const Geometry geo : {Geometry{3, 3, 1}, Geometry{3, 3, 2}, Geometry{1, 1, 1}, Geometry{2, 3, 2}}) {
+      for (int64_t width : {1, 15, 16, 17, 24, 25, 28, 31, 33, 48, 49}) {
+        for (int64_t ci : {1, 2, 3, 4}) {
+          for (int64_t co : {1, 3, 4, 5, 8, 9, 13}) {
+            const bool bias = (width + co) % 2 == 0, residual = (width + ci) % 3 != 0;
+            INFO(level->isa_name << " k" << geo.kh << "x" << geo.kw << " stride " << geo.stride << " width " << width
+                                 << " ci " << ci << " co " << co << (bias ? " bias" : "") << (residual ? " residual" : ""));
+            const int64_t rows = 3, k_total = ci * geo.kh * geo.kw;
+            const int64_t lanes = ((width + 15) / 16 * 16 + (geo.kw - 1) / geo.stride + 15) / 16 * 16;
+            const int64_t staged_rows = (rows - 1) * geo.stride + geo.kh;
+            // Random everywhere, the slack past each row's last read lane included: only discarded lanes see it.
+            const std::vector<float> x =
+                random_vector(static_cast<size_t>(ci * staged_rows * geo.stride * lanes), static_cast<uint32_t>(width));
+            const std::vector<float> w = random_vector(static_cast<size_t>(co * k_total), static_cast<uint32_t>(co), 0.3f);
+            const std::vector<float> b = random_vector(static_cast<size_t>(co), 5);
+            // Output and residual rows padded by 3 floats, channels by 5 more: padding must stay untouched.
+            const int64_t row_stride = width + 3, channel_stride = rows * row_stride + 5;
+            const std::vector<float> res = random_vector(static_cast<size_t>(co * channel_stride), 6);
+            const std::vector<float> y0 = random_vector(static_cast<size_t>(co * channel_stride), 7);
+            kernels::DirectConv c;
+            c.x = x.data();
+            c.x_phase_stride = lanes;
+            c.x_row_stride = geo.stride * lanes;
+            c.x_channel_stride = staged_rows * c.x_row_stride;
+            std::vector<int64_t> taps;
+            for (int64_t k = 0; k < k_total; ++k) {
+              const int64_t channel = k / (geo.kh * geo.kw), u = k / geo.kw % geo.kh, v = k % geo.kw;
+              taps.push_back(channel * c.x_channel_stride + u * c.x_row_stride + (v % geo.stride) * c.x_phase_stride +
+                             v / geo.stride);
+            }
+            c.taps = taps.data();
+            c.w = w.data();
+            c.bias = bias ? b.data() : nullptr;
+            if (residual) {
+              c.residual = res.data();
+              c.residual_channel_stride = channel_stride;
+              c.residual_row_stride = row_stride;
+            }
+            c.y_channel_stride = channel_stride;
+            c.y_row_stride = row_stride;
+            c.in_channels = ci;
+            c.kernel_h = geo.kh;
+            c.kernel_w = geo.kw;
+            c.stride = geo.stride;
+            c.out_channels = co;
+            c.rows = rows;
+            c.out_width = width;
+            std::vector<float> expected = y0, actual = y0;
+            c.y = expected.data();
+            reference.conv_direct(c);
+            c.y = actual.data();
+            level->conv_direct(c);
+            int64_t bad = -1;
+            for (int64_t o = 0; o < co; ++o) {
+              for (int64_t i = 0; i < channel_stride; ++i) {
+                const int64_t at = o * channel_stride + i, r = i / row_stride, j = i % row_stride;
+                if (r >= rows || j >= width) {
+                  if (bits_of(actual[at]) != bits_of(y0[at])) bad = at;  // padding written
+                  continue;
+                }
+                double magnitude = (bias ? std::fabs(double(b[o])) : 0.0) + (residual ? std::fabs(double(res[at])) : 0.0);
+                const float* x_rj = x.data() + r * geo.stride * c.x_row_stride + j;
+                for (int64_t k = 0; k < k_total; ++k) magnitude += std::fabs(double(w[o * k_total + k]) * x_rj[taps[k]]);
+                if (!(std::fabs(double(actual[at]) - expected[at]) <= kGemmRelative * magnitude)) bad = at;
+              }
+            }
+            if (bad >= 0) INFO("element " << bad << ": got " << actual[bad] << ", reference " << expected[bad]);
+            CHECK(bad < 0);
+          }
+        }
       }
     }
   }

@@ -5,6 +5,7 @@
 
 #include <cstring>
 
+#include "ops/conv_direct.h"
 #include "test_util.h"
 
 using namespace ddpm;
@@ -150,6 +151,59 @@ TEST_CASE("conv2d fuses the residual add", "[ops][conv]") {
   const std::vector<float>& residual = r.data_of(res);
   for (size_t i = 0; i < expected.size(); ++i) expected[i] += residual[i];
   check_all_levels(r, y, expected);
+}
+
+TEST_CASE("conv2d over few input channels (direct path) equals the GEMM path bit for bit, every level", "[ops][conv]") {
+  struct Shape {
+    int64_t batch, ci, h, w, co, k;
+    Conv2dParams p;
+    bool residual;
+  };
+  const std::vector<Shape> shapes = {
+      {2, 1, 28, 28, 32, 3, {1, 1, 1, 1, 1}, false},   // conv_in of a gray model, batch 2
+      {1, 3, 5, 1, 7, 3, {1, 1, 1, 1, 1}, true},       // width 1
+      {3, 2, 4, 15, 5, 3, {1, 1, 1, 1, 1}, false},     // width 15, batch 3
+      {1, 4, 3, 16, 9, 3, {1, 1, 1, 1, 1}, true},      // width 16
+      {2, 1, 6, 17, 3, 3, {1, 1, 1, 1, 1}, false},     // width 17
+      {1, 2, 7, 31, 33, 3, {1, 1, 1, 1, 1}, true},     // width 31, Co 33
+      {1, 3, 9, 33, 1, 3, {1, 1, 1, 1, 1}, false},     // width 33, Co 1
+      {1, 4, 6, 28, 13, 3, {1, 0, 0, 0, 0}, false},    // no padding
+      {1, 2, 6, 9, 11, 3, {1, 2, 0, 1, 2}, true},      // asymmetric padding past the kernel's reach
+      {2, 3, 8, 8, 5, 1, {1, 0, 0, 0, 0}, true},       // 1×1
+      {2, 2, 9, 9, 7, 3, {2, 1, 1, 1, 1}, false},      // stride 2, symmetric padding
+      {1, 1, 8, 33, 9, 3, {2, 0, 0, 1, 1}, true},      // stride 2, right/bottom padding
+  };
+  const int64_t saved = conv2d_direct_max_k();
+  for (const Shape& s : shapes) {
+    INFO("x [" << s.batch << "," << s.ci << "," << s.h << "," << s.w << "] -> " << s.co << " k" << s.k << " stride "
+               << s.p.stride << (s.residual ? " + residual" : ""));
+    REQUIRE(s.ci * s.k * s.k <= (s.p.stride == 1 ? saved : saved / 2));  // the default rule picks the direct path
+    std::vector<float> by_path[2];
+    for (int direct = 0; direct < 2; ++direct) {
+      set_conv2d_direct_max_k(direct ? saved : 0);
+      Runner r;
+      Tensor* x = r.input("x", {s.batch, s.ci, s.h, s.w}, 1);
+      Tensor* w = r.param("w", {s.co, s.ci, s.k, s.k}, 2, 0.3f);
+      Tensor* b = r.param("b", {s.co}, 3);
+      int64_t oh, ow;
+      std::vector<double> expected = conv_reference(r.data_of(x), r.buffers[1], &r.buffers[2], s.batch, s.ci, s.h,
+                                                    s.w, s.co, s.k, s.k, s.p, &oh, &ow);
+      Tensor* res = s.residual ? r.input("res", {s.batch, s.co, oh, ow}, 4) : nullptr;
+      if (res) {
+        const std::vector<float>& values = r.data_of(res);
+        for (size_t i = 0; i < expected.size(); ++i) expected[i] += values[i];
+      }
+      Tensor* y = conv2d(r.g, x, w, b, s.p, res);
+      check_all_levels(r, y, expected);
+      for (const kernels::KernelTable* level : all_levels()) {
+        std::vector<float> out = r.run(y, *level, 2);
+        by_path[direct].insert(by_path[direct].end(), out.begin(), out.end());
+      }
+    }
+    REQUIRE(by_path[0].size() == by_path[1].size());
+    CHECK(std::memcmp(by_path[0].data(), by_path[1].data(), by_path[0].size() * sizeof(float)) == 0);
+  }
+  set_conv2d_direct_max_k(saved);
 }
 
 TEST_CASE("matmul and linear match naive products, incl. transposed views and batches", "[ops][matmul]") {

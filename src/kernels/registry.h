@@ -49,6 +49,10 @@ constexpr int64_t kDirectConvMaxK = 256;
 struct DirectConv {
   const float* x = nullptr;
   int64_t x_channel_stride = 0, x_row_stride = 0, x_phase_stride = 0;
+  // taps[k], k = (ci·kh + u)·kw + v: where tap k reads for output (0, 0), i.e. ci·x_channel_stride +
+  // u·x_row_stride + (v % stride)·x_phase_stride + v / stride; tabulated by the caller, so the SIMD tap loops do no
+  // index arithmetic (the reference recomputes it from the strides).
+  const int64_t* taps = nullptr;
   const float* w = nullptr;        // [out_channels][K], f32
   const float* bias = nullptr;     // out_channels values, or null
   // Element (c, r, j) at residual[c·residual_channel_stride + r·residual_row_stride + j], or null.

@@ -172,6 +172,16 @@ bool run_conv2d_direct(const Tensor& node, ExecContext& ctx) {
     c.x_phase_stride = g.lanes;
     c.x_row_stride = g.stride * g.lanes;
     c.x_channel_stride = g.staged_rows(c.rows) * c.x_row_stride;
+    int64_t taps[kernels::kDirectConvMaxK];
+    int64_t k = 0;
+    for (int64_t ci = 0; ci < g.ci; ++ci) {
+      for (int64_t u = 0; u < g.kh; ++u) {
+        for (int64_t v = 0; v < g.kw; ++v) {
+          taps[k++] = ci * c.x_channel_stride + u * c.x_row_stride + (v % g.stride) * c.x_phase_stride + v / g.stride;
+        }
+      }
+    }
+    c.taps = taps;
     const int64_t plane = g.out_h * g.out_w;
     if (residual) {
       c.residual = residual->f32() + b * g.co * plane + r0 * g.out_w;

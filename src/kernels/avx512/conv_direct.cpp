@@ -1,8 +1,7 @@
 // AVX-512 direct convolution (contract: DirectConv in kernels/registry.h). A tile is up to 8 output channels × 32
 // consecutive output columns of one row: 16 zmm accumulators. Per tap the two shifted input vectors are loaded
 // once and used by all 8 channels, whose weights are broadcast from a tap-major copy (8 consecutive floats per
-// tap): 10 loads per 16 FMAs, the GEMM micro-kernel's ratio, without its packing pass. The taps' input offsets
-// are tabulated once per call, so the tap loop is one indexed load and no index arithmetic. Ragged row ends use
+// tap): 10 loads per 16 FMAs, the GEMM micro-kernel's ratio, without its packing pass. Ragged row ends use
 // masked loads and stores.
 #include <immintrin.h>
 
@@ -87,16 +86,8 @@ void channel_block(const DirectConv& c, const int64_t* taps, int64_t k_total, in
 }  // namespace
 
 void conv_direct(const DirectConv& c) {
-  int64_t taps[kDirectConvMaxK];
-  int64_t k_total = 0;
-  for (int64_t ci = 0; ci < c.in_channels; ++ci) {
-    for (int64_t u = 0; u < c.kernel_h; ++u) {
-      for (int64_t v = 0; v < c.kernel_w; ++v) {
-        const int64_t phase = v % c.stride, shift = v / c.stride;
-        taps[k_total++] = ci * c.x_channel_stride + u * c.x_row_stride + phase * c.x_phase_stride + shift;
-      }
-    }
-  }
+  const int64_t* taps = c.taps;
+  const int64_t k_total = c.in_channels * c.kernel_h * c.kernel_w;
   int64_t o0 = 0;
   for (; o0 + kMaxChannels <= c.out_channels; o0 += kMaxChannels) channel_block<kMaxChannels>(c, taps, k_total, o0);
   switch (c.out_channels - o0) {

@@ -1,8 +1,7 @@
 // NEON direct convolution (contract: DirectConv in kernels/registry.h). A tile is up to 4 output channels × 16
 // consecutive output columns of one row: 16 q-register accumulators. Per tap the 4 shifted input vectors are
 // loaded once, and the 4 channels' weights, stored tap-major, come in as one vector used lane by lane (fmla by
-// element). The taps' input offsets are tabulated once per call. NEON has no masked loads or stores, so a ragged
-// row end goes through a 4-float buffer.
+// element). NEON has no masked loads or stores, so a ragged row end goes through a 4-float buffer.
 #include <arm_neon.h>
 
 #include <cstdint>
@@ -98,16 +97,8 @@ void channel_block(const DirectConv& c, const int64_t* taps, int64_t k_total, in
 }  // namespace
 
 void conv_direct(const DirectConv& c) {
-  int64_t taps[kDirectConvMaxK];
-  int64_t k_total = 0;
-  for (int64_t ci = 0; ci < c.in_channels; ++ci) {
-    for (int64_t u = 0; u < c.kernel_h; ++u) {
-      for (int64_t v = 0; v < c.kernel_w; ++v) {
-        const int64_t phase = v % c.stride, shift = v / c.stride;
-        taps[k_total++] = ci * c.x_channel_stride + u * c.x_row_stride + phase * c.x_phase_stride + shift;
-      }
-    }
-  }
+  const int64_t* taps = c.taps;
+  const int64_t k_total = c.in_channels * c.kernel_h * c.kernel_w;
   int64_t o0 = 0;
   for (; o0 + kMaxChannels <= c.out_channels; o0 += kMaxChannels) channel_block<kMaxChannels>(c, taps, k_total, o0);
   switch (c.out_channels - o0) {
