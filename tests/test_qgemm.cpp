@@ -543,6 +543,22 @@ TEST_CASE("block weights where they cannot be used give a clear error", "[qgemm]
     CHECK(g.status().message().find("first one") != std::string::npos);
   }
   {
+    // A block-typed bias or norm parameter would be read as floats: refused by name of its type.
+    Graph g;
+    std::vector<float> weights(64 * 64 * 9);
+    Tensor* bias = g.param("b", DType::Q8_0, {64}, bytes.data());
+    Tensor* w = g.param("w", DType::F32, {64, 64, 3, 3}, weights.data());
+    CHECK(!conv2d(g, g.input("x", DType::F32, {1, 64, 4, 4}), w, bias, Conv2dParams{}));
+    CHECK(g.status().message().find("q8_0") != std::string::npos);
+  }
+  {
+    Graph g;
+    std::vector<uint8_t> gamma(dtype_tensor_bytes(DType::Q8_0, 1, std::vector<int64_t>{64}.data()));
+    Tensor* t = g.param("gamma", DType::Q8_0, {64}, gamma.data());
+    CHECK(!group_norm(g, g.input("x", DType::F32, {1, 64, 2, 2}), 8, 1e-5f, t, t, false));
+    CHECK(g.status().message().find("q8_0") != std::string::npos);
+  }
+  {
     Graph g;
     Tensor* w = g.param("w", DType::Q8_0, {8, 64}, bytes.data());
     CHECK(!reshape(g, w, {16, 32}));

@@ -205,9 +205,9 @@ Tensor* conv2d(Graph& g, Tensor* x, Tensor* weight, Tensor* bias, const Conv2dPa
                          x->shape_string().c_str()));
   }
   const int64_t out_shape[4] = {x->shape[0], co, (padded_h - kh) / p.stride + 1, (padded_w - kw) / p.stride + 1};
-  if (bias && (bias->rank != 1 || bias->shape[0] != co || bias->dtype == DType::I32)) {
-    return g.fail(errorf("conv2d: bias %s does not match %lld output channels", bias->shape_string().c_str(),
-                         (long long)co));
+  if (bias && (bias->rank != 1 || bias->shape[0] != co || (bias->dtype != DType::F32 && bias->dtype != DType::F16))) {
+    return g.fail(errorf("conv2d: bias %s %s does not match %lld output channels (f32 or f16)",
+                         dtype_name(bias->dtype), bias->shape_string().c_str(), (long long)co));
   }
   if (residual) {
     bool same = residual->rank == 4 && residual->dtype == DType::F32;

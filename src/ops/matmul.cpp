@@ -70,8 +70,10 @@ Tensor* build_matmul(Graph& g, const char* op, Tensor* a, Tensor* b, Tensor* bia
   for (int i = 0; i < rank - 2; ++i) shape[i] = batch_source->shape[i];
   shape[rank - 2] = m;
   shape[rank - 1] = n;
-  if (bias_col && (bias_col->rank != 1 || bias_col->shape[0] != n)) {
-    return g.fail(errorf("%s: bias %s does not match %lld outputs", op, bias_col->shape_string().c_str(), (long long)n));
+  if (bias_col && (bias_col->rank != 1 || bias_col->shape[0] != n ||
+                   (bias_col->dtype != DType::F32 && bias_col->dtype != DType::F16))) {
+    return g.fail(errorf("%s: bias %s %s does not match %lld outputs (f32 or f16)", op, dtype_name(bias_col->dtype),
+                         bias_col->shape_string().c_str(), (long long)n));
   }
   Tensor* y = g.new_node(OpKind::Matmul, DType::F32, rank, shape, {a, b, bias_col});
   y->iparams[0] = a_stride;
@@ -94,7 +96,8 @@ Tensor* linear(Graph& g, Tensor* x, Tensor* weight, Tensor* bias) {
   }
   if (quant::is_block_type(weight->dtype)) {
     // y = x·Wᵀ computed as yᵀ = W·xᵀ, so that the quantised weight is the GEMM's A (see compute_matmul).
-    if (!weight->is_contiguous() || x->dtype != DType::F32 || (bias && bias->dtype == DType::I32)) {
+    if (!weight->is_contiguous() || x->dtype != DType::F32 ||
+        (bias && bias->dtype != DType::F32 && bias->dtype != DType::F16)) {
       return g.fail(errorf("linear: a %s weight must be contiguous and the input f32, got weight %s and input %s",
                            dtype_name(weight->dtype), weight->shape_string().c_str(), x->shape_string().c_str()));
     }

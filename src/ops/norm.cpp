@@ -20,9 +20,9 @@ Tensor* group_norm(Graph& g, Tensor* x, int groups, float eps, Tensor* gamma, Te
     return g.fail(errorf("group_norm: %lld channels do not divide into %d groups", (long long)c, groups));
   }
   for (Tensor* t : {gamma, beta}) {
-    if (t->rank != 1 || t->shape[0] != c || t->dtype == DType::I32) {
-      return g.fail(errorf("group_norm: affine parameter %s does not match %lld channels", t->shape_string().c_str(),
-                           (long long)c));
+    if (t->rank != 1 || t->shape[0] != c || (t->dtype != DType::F32 && t->dtype != DType::F16)) {
+      return g.fail(errorf("group_norm: affine parameter %s %s does not match %lld channels (f32 or f16)",
+                           dtype_name(t->dtype), t->shape_string().c_str(), (long long)c));
     }
   }
   if (!(eps > 0.0f)) return g.fail(errorf("group_norm: eps must be positive"));
