@@ -1,11 +1,13 @@
 #include "ddpm/graph.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 
 #include "ddpm/threadpool.h"
+#include "graph/profile.h"
 #include "ops/op_exec.h"
 
 namespace ddpm {
@@ -244,10 +246,20 @@ Status Graph::compute(ThreadPool& pool) {
     }
   }
   ExecContext ctx{pool, scratch_.data(), scratch_per_thread_, kernels::active()};
+  const bool profiling = profile::enabled();
+  if (profiling) profile::count_call();
+  bool backward = false;
   for (Tensor* t : nodes_) {
     if (t->op == OpKind::Leaf || t->op == OpKind::View) continue;
+    const auto start = profiling ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
+    const double cpu_start = profiling ? profile::thread_cpu_seconds() : 0.0;
     Status status = op_exec(t->op).compute(*t, ctx);
     if (!status.ok()) return status.with_context(std::string(op_name(t->op)) + (t->name.empty() ? "" : " " + t->name));
+    if (profiling) {
+      backward = backward || t->op == OpKind::MseLossGrad;
+      profile::record(*t, backward, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+                      profile::thread_cpu_seconds() - cpu_start);
+    }
   }
   return Status();
 }
