@@ -629,7 +629,7 @@ TEST_CASE("every level's direct convolution matches the reference on tail shapes
   for (const kernels::KernelTable* level : simd_levels()) {
     REQUIRE(level->conv_direct);
     for (const Geometry geo : {Geometry{3, 3, 1}, Geometry{3, 3, 2}, Geometry{1, 1, 1}, Geometry{2, 3, 2}}) {
-      for (int64_t width : {1, 15, 16, 17, 24, 25, 28, 31, 33, 48, 49}) {
+      for (int64_t width : {1, 4, 5, 15, 16, 17, 24, 25, 28, 31, 33, 48, 49}) {
         for (int64_t ci : {1, 2, 3, 4}) {
           for (int64_t co : {1, 3, 4, 5, 8, 9, 13}) {
             const bool bias = (width + co) % 2 == 0, residual = (width + ci) % 3 != 0;

@@ -89,6 +89,7 @@ void channel_block(const DirectConv& c, const int64_t* taps, int64_t k_total, in
       case 1: tile<CB, 1>(c, wp, taps, k_total, o0, r, j0, last); break;
       case 2: tile<CB, 2>(c, wp, taps, k_total, o0, r, j0, last); break;
       case 3: tile<CB, 3>(c, wp, taps, k_total, o0, r, j0, last); break;
+      case 4: tile<CB, 4>(c, wp, taps, k_total, o0, r, j0, last); break;
       default: break;  // rest == 0
     }
   }
