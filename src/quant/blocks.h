@@ -12,9 +12,11 @@
 // keeps each value's fifth bit in qh, bit i of the little-endian 32-bit word qh[0..3]. The byte layout of every block
 // is fixed by the structs below (no padding: each has a size static_assert) and documented in docs/FORMAT.md.
 //
-// The quantisers pick the scale from the block's extreme values, round it to f16 first and quantise against the
-// rounded scale, so a block dequantises to the nearest representable values for the scale it actually stores.
-// Rounding of values is to nearest, ties to even (std::nearbyint), as the SIMD activation quantisers also do.
+// The quantisers search a few scales per block around the one set by its extreme values and keep the one that
+// stores the least squared error (docs/FORMAT.md §6.1, "How the scale is chosen"); every scale is rounded to f16
+// first and the values quantised against the rounded scale, so a block dequantises to the nearest representable
+// values for the scale it actually stores. Rounding of values is to nearest, ties to even (as std::nearbyint), as
+// the SIMD activation quantisers also do.
 //
 // The integer GEMM never dequantises to float: unpack_blocks turns any of these into int8 values with a scale (and a
 // minimum) per block, which is what its kernels multiply (src/ops/qgemm.cpp).
