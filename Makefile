@@ -28,8 +28,8 @@ ALL_FLAGS := $(BASE_FLAGS) $(CXXFLAGS)
 # Kernels for other ISAs are left out; each ISA directory is compiled with its own flags so that one binary runs
 # on any CPU of its architecture and picks the level at start-up.
 ISA_DIRS_x86_64  := src/kernels/avx2 src/kernels/avx512 src/kernels/avx512vnni
-ISA_DIRS_aarch64 := src/kernels/neon
-ALL_ISA_DIRS     := src/kernels/avx2 src/kernels/avx512 src/kernels/avx512vnni src/kernels/neon
+ISA_DIRS_aarch64 := src/kernels/neon src/kernels/neon_dotprod
+ALL_ISA_DIRS     := src/kernels/avx2 src/kernels/avx512 src/kernels/avx512vnni src/kernels/neon src/kernels/neon_dotprod
 KEEP_ISA_DIRS    := $(if $(filter 1,$(NO_SIMD)),,$(ISA_DIRS_$(TARGET_ARCH_NAME)))
 DROP_ISA_DIRS    := $(filter-out $(KEEP_ISA_DIRS),$(ALL_ISA_DIRS))
 
@@ -45,6 +45,8 @@ FLAGS_src/kernels/avx2   := -mavx2 -mfma -mf16c
 # VNNI only in its own directory: a Skylake-X without it must never meet a vpdpbusd the compiler chose.
 FLAGS_src/kernels/avx512 := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c
 FLAGS_src/kernels/avx512vnni := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c
+# ARMv8.2 dot product (sdot), an option the Cortex-A72 lacks: only run when HWCAP_ASIMDDP is set.
+FLAGS_src/kernels/neon_dotprod := -march=armv8.2-a+dotprod
 isa_flags = $(FLAGS_$(patsubst %/,%,$(dir $(1))))
 
 .PHONY: all test check bench demo clean

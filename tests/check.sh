@@ -3,7 +3,8 @@
 #   1. natively, with the best kernel level of this CPU (the suite itself also compares every level it can run);
 #   2. natively with DDPM_ISA=scalar (the reference kernels end to end);
 #   3. from a build without any SIMD code (NO_SIMD=1);
-#   4. for ARM64, cross-compiled and run under qemu-aarch64 (NEON kernels proven, not assumed);
+#   4. for ARM64, cross-compiled and run under qemu-aarch64 as a Cortex-A76 (dotprod) and, kernel and quantisation
+#      tests only, as a Cortex-A72 (no dotprod) (NEON kernels proven, not assumed);
 #   5. under AddressSanitizer + UndefinedBehaviorSanitizer.
 # Ends with one line "check: N passed, M failed" summing the test cases of every run; exit code 0 only if all passed.
 set -u -o pipefail
@@ -51,8 +52,16 @@ build_and_test() {  # build_and_test BUILD_DIR [make vars...]
 run "native"        build_and_test build
 run "native-scalar" env DDPM_ISA=scalar DDPM_BIN=../build/ddpm bash -c 'cd tests && ../build/ddpm_tests'
 run "no-simd"       build_and_test build-nosimd NO_SIMD=1
+# ARM64 twice: the whole suite on a Cortex-A76 (Raspberry Pi 5: dotprod, so the sdot kernel is selected and the
+# one without is tested too), then on a Cortex-A72 (Raspberry Pi 4: no dotprod) only the kernel and quantisation
+# tests, where the selection must avoid sdot (a SIGILL fails the run); nothing else differs between the two CPUs.
+# DDPM_EXPECT_QGEMM makes the suite check which quantised-GEMM kernel the NEON level picked. (make again: a failed
+# build must not leave the A72 run testing an old binary.)
 run "arm64-qemu"    bash -c "make -s -j$jobs BUILD=build-arm64 CXX=aarch64-linux-gnu-g++ LDFLAGS=-static build-arm64/ddpm_tests \
-                      && cd tests && qemu-aarch64 ../build-arm64/ddpm_tests"
+                      && cd tests && DDPM_EXPECT_QGEMM=neon-dotprod qemu-aarch64 -cpu cortex-a76 ../build-arm64/ddpm_tests"
+run "arm64-a72"     bash -c "make -s -j$jobs BUILD=build-arm64 CXX=aarch64-linux-gnu-g++ LDFLAGS=-static build-arm64/ddpm_tests \
+                      && cd tests && DDPM_EXPECT_QGEMM=neon qemu-aarch64 -cpu cortex-a72 ../build-arm64/ddpm_tests \
+                      '[qgemm],[kernels],[quant]'"
 run "asan-ubsan"    build_and_test build-asan SANITIZE=1 OPT=-O1
 run "fuzz"          bash tests/fuzz/run.sh 20
 
