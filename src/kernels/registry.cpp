@@ -105,10 +105,6 @@ int available_qgemm_kernels(QGemmMicroKernel* out, int capacity) {
   // The NEON table holds the dotprod kernel where the CPU has it; the one without must stay tested there too.
   if (table_for(Isa::Neon)) add(neon_qgemm());
 #endif
-#if !defined(DDPM_NO_SIMD) && defined(__aarch64__)
-  // The NEON table holds the dotprod kernel where the CPU has it; the one without must stay tested there too.
-  if (table_for(Isa::Neon)) add(neon_qgemm());
-#endif
   return count;
 }
 

@@ -138,8 +138,6 @@ QGemmMicroKernel avx512vnni_qgemm();  // src/kernels/avx512vnni/: call only if c
 GemmMicroKernel neon_gemm();
 QGemmMicroKernel neon_qgemm();          // src/kernels/neon/qgemm.cpp: ARMv8.0 (vmull_s8), runs on every ARM64 CPU
 QGemmMicroKernel neon_dotprod_qgemm();  // src/kernels/neon_dotprod/: sdot; call only if cpu_features().neon_dotprod
-QGemmMicroKernel neon_qgemm();          // src/kernels/neon/qgemm.cpp: ARMv8.0 (vmull_s8), runs on every ARM64 CPU
-QGemmMicroKernel neon_dotprod_qgemm();  // src/kernels/neon_dotprod/: sdot; call only if cpu_features().neon_dotprod
 #endif
 
 struct KernelTable {

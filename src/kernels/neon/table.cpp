@@ -11,9 +11,6 @@ KernelTable make_neon_table() {
   // sdot is an ARMv8.2 option: the Cortex-A72 (Raspberry Pi 4) lacks it and would fault on it, so the kernel built
   // with it is taken only when Linux reports the extension (HWCAP_ASIMDDP, see cpu_features.cpp).
   t.qgemm = cpu_features().neon_dotprod ? neon_dotprod_qgemm() : neon_qgemm();
-  // sdot is an ARMv8.2 option: the Cortex-A72 (Raspberry Pi 4) lacks it and would fault on it, so the kernel built
-  // with it is taken only when Linux reports the extension (HWCAP_ASIMDDP, see cpu_features.cpp).
-  t.qgemm = cpu_features().neon_dotprod ? neon_dotprod_qgemm() : neon_qgemm();
   t.silu = neon::silu;
   t.add = neon::add;
   t.mul = neon::mul;
