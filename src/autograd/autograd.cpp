@@ -264,9 +264,17 @@ class Backward {
     Tensor* x = t->src[0];
     Tensor* gamma = t->src[1];
     Tensor* beta = t->src[2];
-    if (needed(x)) contribute(x, group_norm_grad_input(g_, dy, *t));
+    Tensor* params = nullptr;  // [2, C]
+    if (needed(x) && (needed(gamma) || needed(beta))) {
+      Tensor* dx = nullptr;
+      group_norm_grad_input_and_params(g_, dy, *t, &dx, &params);  // one pass over x and dy for both
+      if (!dx) return;
+      contribute(x, dx);
+    } else if (needed(x)) {
+      contribute(x, group_norm_grad_input(g_, dy, *t));
+    }
     if (needed(gamma) || needed(beta)) {
-      Tensor* params = group_norm_grad_params(g_, dy, *t);  // [2, C]
+      if (!params) params = group_norm_grad_params(g_, dy, *t);
       if (!params) return;
       if (needed(gamma)) contribute(gamma, view_as(g_, slice(g_, params, 0, 0, 1), *gamma));
       if (needed(beta)) contribute(beta, view_as(g_, slice(g_, params, 0, 1, 1), *beta));

@@ -39,6 +39,9 @@ Tensor* conv2d_grad_weight(Graph& g, Tensor* dy, Tensor* x, const Tensor& weight
 // in double exactly as the forward computes them.
 Tensor* group_norm_grad_input(Graph& g, Tensor* dy, const Tensor& y);   // dx [B, C, ...]
 Tensor* group_norm_grad_params(Graph& g, Tensor* dy, const Tensor& y);  // [2, C]: row 0 dγ, row 1 dβ
+// Both at once, the same values bit for bit: dx [B, C, ...] (a view of a node that also holds dγ/dβ's partial sums)
+// and the [2, C] parameter gradient summed from them. Both null on error.
+void group_norm_grad_input_and_params(Graph& g, Tensor* dy, const Tensor& y, Tensor** dx, Tensor** params);
 
 Tensor* silu_grad(Graph& g, Tensor* dy, Tensor* x);     // dy·σ(x)·(1 + x·(1 − σ(x)))
 // The row kernel shared by silu_grad and group_norm's fused SiLU: dz = dy·silu'(z) from neg_z = −z and e = e^−z.

@@ -10,6 +10,11 @@
 // with the forward's f32 scale/shift; elementwise work runs in f32 through the kernel table's vector rows, the
 // sums above are accumulated in double. Each (sample, group) of dx is one task; each group of dγ/dβ is one task
 // that walks the samples in order.
+//
+// When both are needed (training: x and γ, β all want gradients) the dx node also stores, per (sample, channel,
+// chunk), the two double chunk sums Σ dz·x̂ and Σ dz that dγ/dβ accumulate, after its dx values; the parameter
+// node then only adds them up, in the order it would have (sample, then chunk), so dγ and dβ keep every bit while
+// their second pass over x and dy (statistics, x̂, SiLU derivative) disappears.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -63,6 +68,14 @@ ChannelAffine channel_affine(double mean, double inv_std, double gamma, double b
 // without aliasing, which the compiler vectorises at -O2 for any target).
 constexpr int64_t kChunk = 256;
 
+// iparams of the backward nodes: groups, fused SiLU, and kPartials: the dx node stores chunk sums after dx / the
+// parameter node reads them from its src[0] (that dx node).
+enum NormGradParam { kGroups = 0, kSilu, kPartials };
+
+int64_t chunks_per_channel(int64_t spatial) { return (spatial + kChunk - 1) / kChunk; }
+// Floats before the chunk sums in the dx node's storage: dx, rounded up so that the doubles are aligned.
+int64_t partials_offset(int64_t numel) { return (numel + 1) / 2 * 2; }
+
 // io = r·io + b·x_hat + c, in place.
 void combine_rows(int64_t n, float* __restrict__ io, const float* __restrict__ x_hat, float r, float b, float c) {
   int64_t i = 0;
@@ -101,6 +114,28 @@ Tensor* group_norm_grad_input(Graph& g, Tensor* dy, const Tensor& y) {
   return norm_grad_node(g, OpKind::GroupNormGradInput, dy, y, x.rank, x.shape);  // [B, C, ...]
 }
 
+void group_norm_grad_input_and_params(Graph& g, Tensor* dy, const Tensor& y, Tensor** dx, Tensor** params) {
+  *dx = *params = nullptr;
+  const Tensor& x = *y.src[0];
+  const int64_t batch = x.shape[0], channels = x.shape[1], spatial = x.numel() / (batch * channels);
+  // [dx as x.numel() floats (+1 to align), then B·C·chunks pairs of doubles (dot, sum) = 4 floats each]
+  const int64_t storage[1] = {partials_offset(x.numel()) + batch * channels * chunks_per_channel(spatial) * 4};
+  Tensor* fused = norm_grad_node(g, OpKind::GroupNormGradInput, dy, y, 1, storage);
+  if (!fused) return;
+  fused->iparams[kPartials] = 1;
+  int64_t stride[kMaxRank];
+  int64_t step = 1;
+  for (int i = x.rank - 1; i >= 0; --i) {
+    stride[i] = step;
+    step *= x.shape[i];
+  }
+  *dx = g.new_view(fused, x.rank, x.shape, stride, 0);  // [B, C, ...]
+  const int64_t shape[2] = {2, channels};
+  *params = g.new_node(OpKind::GroupNormGradParams, DType::F32, 2, shape, {fused, y.src[0]});  // [2, C]: dγ, dβ
+  (*params)->iparams[kGroups] = y.iparams[0];
+  (*params)->iparams[kPartials] = 1;
+}
+
 Tensor* group_norm_grad_params(Graph& g, Tensor* dy, const Tensor& y) {
   const int64_t shape[2] = {2, y.src[0]->shape[1]};
   return norm_grad_node(g, OpKind::GroupNormGradParams, dy, y, 2, shape);  // [2, C]: dγ, dβ
@@ -117,6 +152,10 @@ Status compute_group_norm_grad_input(const Tensor& node, ExecContext& ctx) {
   const bool silu = node.iparams[1] != 0;
   const double eps = node.fparams[0];
   const kernels::KernelTable& k = ctx.kernels;
+  const int64_t chunks = chunks_per_channel(spatial);
+  double* partials = node.iparams[kPartials]  // [B, C, chunks, 2]
+                         ? reinterpret_cast<double*>(node.f32() + partials_offset(x.numel()))
+                         : nullptr;
   ctx.pool.run(batch * groups, [&](int64_t task, int) {
     const int64_t c0 = (task % groups) * per_group;
     const int64_t begin = ((task / groups) * channels + c0) * spatial;
@@ -135,6 +174,11 @@ Status compute_group_norm_grad_input(const Tensor& node, ExecContext& ctx) {
       for (int64_t i0 = c * spatial; i0 < (c + 1) * spatial; i0 += kChunk) {
         const int64_t n = std::min(kChunk, (c + 1) * spatial - i0);
         chunk_grads(k, n, in + i0, grad + i0, a, silu, dz, x_hat);
+        if (partials) {  // dγ/dβ's chunk sums, as compute_group_norm_grad_params forms them
+          double* p = partials + (((task / groups) * channels + c0 + c) * chunks + (i0 - c * spatial) / kChunk) * 2;
+          p[0] = p[1] = 0.0;
+          dot_and_sum(k, n, dz, x_hat, &p[0], &p[1]);
+        }
         k.mul_scalar(n, dz, gmf, out + i0);
         dot_and_sum(k, n, out + i0, x_hat, &sum_g_xhat, &sum_g);
       }
@@ -154,7 +198,36 @@ Status compute_group_norm_grad_input(const Tensor& node, ExecContext& ctx) {
   return Status();
 }
 
+// dγ/dβ from the dx node's chunk sums: the same additions in the same order as the loop below.
+void sum_partials(const Tensor& node, ExecContext& ctx) {
+  const Tensor& x = *node.src[1];
+  const int64_t batch = x.shape[0], channels = x.shape[1];
+  const int64_t chunks = chunks_per_channel(x.numel() / (batch * channels));
+  const double* partials = reinterpret_cast<const double*>(node.src[0]->f32() + partials_offset(x.numel()));
+  float* dgamma = node.f32();            // [C]
+  float* dbeta = node.f32() + channels;  // [C]
+  ctx.pool.run(node.iparams[kGroups], [&](int64_t group, int) {
+    const int64_t per_group = channels / node.iparams[kGroups];
+    for (int64_t c = group * per_group; c < (group + 1) * per_group; ++c) {
+      double dot = 0.0, sum = 0.0;
+      for (int64_t b = 0; b < batch; ++b) {
+        const double* p = partials + (b * channels + c) * chunks * 2;
+        for (int64_t i = 0; i < chunks; ++i) {
+          dot += p[2 * i];
+          sum += p[2 * i + 1];
+        }
+      }
+      dgamma[c] = static_cast<float>(dot);
+      dbeta[c] = static_cast<float>(sum);
+    }
+  });
+}
+
 Status compute_group_norm_grad_params(const Tensor& node, ExecContext& ctx) {
+  if (node.iparams[kPartials]) {
+    sum_partials(node, ctx);
+    return Status();
+  }
   const Tensor& dy = *node.src[0];
   const Tensor& x = *node.src[1];
   const Tensor& gamma = *node.src[2];
