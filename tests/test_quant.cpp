@@ -533,8 +533,36 @@ TEST_CASE("type names and the per-tensor policy", "[quant]") {
   auto decide = [&](const std::string& name, std::vector<int64_t> shape, DType stored = DType::F32) {
     return policy.decide(name, static_cast<int>(shape.size()), shape.data(), stored).type;
   };
-  CHECK(decide("down_blocks.0.resnets.0.conv1.weight", {128, 128, 3, 3}) == DType::Q4_0);
+  CHECK(decide("down_blocks.1.resnets.0.conv1.weight", {256, 128, 3, 3}) == DType::Q4_0);
   CHECK(decide("down_blocks.1.attentions.0.to_q.weight", {256, 256}) == DType::Q4_0);
+  // Under 4/5-bit types the resnet shortcuts and the full-resolution resnet convs (down_blocks.0 and, once the
+  // policy knows the tensor names, the last up block) get q8_0; samplers, attention and time projections do not.
+  CHECK(decide("down_blocks.0.resnets.0.conv1.weight", {128, 128, 3, 3}) == DType::Q8_0);
+  CHECK(decide("down_blocks.0.resnets.1.conv2.weight", {128, 128, 3, 3}) == DType::Q8_0);
+  CHECK(decide("down_blocks.0.downsamplers.0.conv.weight", {128, 128, 3, 3}) == DType::Q4_0);
+  CHECK(decide("down_blocks.0.resnets.0.time_emb_proj.weight", {128, 512}) == DType::Q4_0);
+  CHECK(decide("up_blocks.2.resnets.1.conv_shortcut.weight", {256, 512, 1, 1}) == DType::Q8_0);
+  CHECK(decide("up_blocks.3.resnets.0.conv1.weight", {128, 384, 3, 3}) == DType::Q4_0);  // last? not known yet
+  policy.set_tensor_names({"conv_in.weight", "up_blocks.0.resnets.0.conv1.weight", "up_blocks.3.resnets.0.conv1.weight",
+                           "up_blocks.10x.weight", "conv_out.weight"});
+  CHECK(decide("up_blocks.3.resnets.0.conv1.weight", {128, 384, 3, 3}) == DType::Q8_0);
+  CHECK(decide("up_blocks.3.resnets.2.conv2.weight", {128, 128, 3, 3}) == DType::Q8_0);
+  CHECK(decide("up_blocks.3.attentions.0.to_q.weight", {128, 128}) == DType::Q4_0);
+  CHECK(decide("up_blocks.0.resnets.0.conv1.weight", {256, 512, 3, 3}) == DType::Q4_0);
+  CHECK(decide("up_blocks.3.resnets.0.conv1.weight", {128, 384, 3, 3}, DType::Q4_0) == DType::Q4_0);  // not larger
+  CHECK(policy.decide("down_blocks.0.resnets.0.conv1.weight", 4, std::vector<int64_t>{128, 128, 3, 3}.data(),
+                      DType::F32).reason == "full-resolution conv (q8_0 under 4/5-bit types)");
+  for (DType low : {DType::Q4_1, DType::Q5_0}) {
+    TypePolicy other(low);
+    const int64_t w[4] = {128, 384, 1, 1};
+    CHECK(other.decide("up_blocks.3.resnets.0.conv_shortcut.weight", 4, w, DType::F32).type == DType::Q8_0);
+  }
+  {
+    TypePolicy q8(DType::Q8_0);
+    const int64_t w[4] = {128, 128, 3, 3};
+    CHECK(q8.decide("down_blocks.0.resnets.0.conv1.weight", 4, w, DType::F32).type == DType::Q8_0);
+    CHECK(q8.decide("down_blocks.0.resnets.0.conv1.weight", 4, w, DType::F32).reason == "conv weight");
+  }
   CHECK(decide("time_embedding.linear_1.weight", {512, 128}) == DType::Q4_0);
   CHECK(decide("class_embedding.linear_1.weight", {512, 128}) == DType::Q4_0);  // a timestep-style class MLP
   CHECK(decide("class_embedding.weight", {10, 512}) == DType::F32);             // an embedding table
@@ -544,7 +572,10 @@ TEST_CASE("type names and the per-tensor policy", "[quant]") {
   CHECK(decide("down_blocks.0.resnets.0.conv1.bias", {128}, DType::F16) == DType::F16);
   CHECK(decide("mid.to_q.weight", {16, 8}, DType::F16) == DType::F16);  // 8 f16 (16 bytes) < one 18-byte block
   CHECK(policy.recipe() ==
-        "q4_0 (conv and linear weights; norms, biases, embeddings, conv_in and conv_out keep their type)");
+        "q4_0 (conv and linear weights; norms, biases, embeddings, conv_in and conv_out keep their type; q8_0: resnet "
+        "shortcuts and the full-resolution resnet convs)");
+  CHECK(TypePolicy(DType::Q8_0).recipe() ==
+        "q8_0 (conv and linear weights; norms, biases, embeddings, conv_in and conv_out keep their type)");
 
   SECTION("overrides come first, then --keep; block types never go to rank-1 tensors") {
     REQUIRE(policy.add_override("attentions=q8_0").ok());
@@ -747,6 +778,8 @@ TEST_CASE("convert --type T stores the same tensors as convert + quantize --type
       REQUIRE(a.bytes == b.bytes);
       CHECK(std::memcmp(a.data, b.data, a.bytes) == 0);
       CHECK(direct_report.retype.tensors[i].to == a.dtype);
+      // Both paths know the whole model, so both find micro's last up block (up_blocks.1) for the 4/5-bit types.
+      if (a.name == "up_blocks.1.resnets.0.conv1.weight") CHECK(a.dtype == DType::Q8_0);
       CHECK(direct_report.retype.tensors[i].relative_error == Approx(two_step_report.tensors[i].relative_error));
       quantised += dtype_traits(a.dtype).is_quantized;
     }

@@ -278,6 +278,11 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
   retype.input_bytes = file.size();
   retype.tensors.resize(specs.size());
   std::vector<bool> measured(specs.size(), false);
+  {
+    std::vector<std::string> names;
+    for (const ParamSpec& spec : specs) names.push_back(spec.name);
+    policy.set_tensor_names(names);  // as retype_model does, so convert --type T = convert + quantize --type T
+  }
   for (size_t i = 0; i < specs.size(); ++i) {
     const ParamSpec& spec = specs[i];
     const SourceTensor* t = reader.find(spec.name);

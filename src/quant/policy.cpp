@@ -7,6 +7,8 @@
 #include <regex>
 #pragma GCC diagnostic pop
 
+#include <algorithm>
+
 namespace ddpm::quant {
 
 class CompiledPattern {
@@ -45,6 +47,25 @@ bool is_embedding_table(const std::string& name) {
 }
 
 std::string quoted(const std::string& s) { return "'" + s + "'"; }
+
+// N for a name starting "PREFIX.N." (e.g. "up_blocks.3.resnets.0.conv1.weight" with "up_blocks"), else -1.
+int block_index(const std::string& name, const char* prefix) {
+  const std::string head = std::string(prefix) + ".";
+  if (name.compare(0, head.size(), head) != 0) return -1;
+  size_t i = head.size();
+  int n = 0;
+  bool digits = false;
+  for (; i < name.size() && name[i] >= '0' && name[i] <= '9' && n < 100000; ++i, digits = true) n = n * 10 + (name[i] - '0');
+  return digits && i < name.size() && name[i] == '.' ? n : -1;
+}
+
+bool is_low_bit(DType type) { return type == DType::Q4_0 || type == DType::Q4_1 || type == DType::Q5_0; }
+
+// A resnet conv ("....resnets.N.conv1.weight" / "conv2.weight"): not the attention, sampler or shortcut weights.
+bool is_resnet_conv(const std::string& name) {
+  return name.find(".resnets.") != std::string::npos &&
+         (ends_with(name, ".conv1.weight") || ends_with(name, ".conv2.weight"));
+}
 
 }  // namespace
 
@@ -90,6 +111,23 @@ Status TypePolicy::add_override(const std::string& spec) {
   return Status();
 }
 
+void TypePolicy::set_tensor_names(const std::vector<std::string>& names) {
+  last_up_block_ = -1;
+  for (const std::string& name : names) last_up_block_ = std::max(last_up_block_, block_index(name, "up_blocks"));
+}
+
+std::string TypePolicy::sensitive_reason(const std::string& name) const {
+  if (!is_low_bit(default_type_)) return "";
+  if (ends_with(name, ".conv_shortcut.weight")) return "resnet shortcut (q8_0 under 4/5-bit types)";
+  if (is_resnet_conv(name)) {
+    if (block_index(name, "down_blocks") == 0) return "full-resolution conv (q8_0 under 4/5-bit types)";
+    if (last_up_block_ >= 0 && block_index(name, "up_blocks") == last_up_block_) {
+      return "full-resolution conv (q8_0 under 4/5-bit types)";
+    }
+  }
+  return "";
+}
+
 std::string TypePolicy::describe(const Rule& rule, bool is_override) const {
   return is_override ? "--tensor-type " + quoted(rule.pattern + "=" + dtype_name(rule.type)) : "--keep " + quoted(rule.pattern);
 }
@@ -123,13 +161,20 @@ TypePolicy::Decision TypePolicy::decide(const std::string& name, int rank, const
   if (name == "conv_out.weight") return {stored, "last conv"};
   if (is_embedding_table(name)) return {stored, "embedding table"};
   if (!ends_with(name, ".weight")) return {stored, "not a conv/linear weight"};
-  if (dtype_tensor_bytes(default_type_, rank, shape) >= dtype_tensor_bytes(stored, rank, shape)) {
+  DType target = default_type_;
+  std::string reason = rank == 2 ? "linear weight" : "conv weight";
+  const std::string sensitive = sensitive_reason(name);
+  if (!sensitive.empty()) {
+    target = DType::Q8_0;
+    reason = sensitive;
+  }
+  if (dtype_tensor_bytes(target, rank, shape) >= dtype_tensor_bytes(stored, rank, shape)) {
     int64_t row = 1;
     for (int i = 1; i < rank; ++i) row *= shape[i];
-    return {stored, std::string(dtype_name(default_type_)) + " would not be smaller (rows of " + std::to_string(row) +
+    return {stored, std::string(dtype_name(target)) + " would not be smaller (rows of " + std::to_string(row) +
                         " values)"};
   }
-  return {default_type_, rank == 2 ? "linear weight" : "conv weight"};
+  return {target, reason};
 }
 
 std::vector<std::string> TypePolicy::unmatched_patterns() const {
@@ -146,7 +191,9 @@ std::vector<std::string> TypePolicy::unmatched_patterns() const {
 std::string TypePolicy::recipe() const {
   std::string r = dtype_name(default_type_);
   if (dtype_traits(default_type_).is_quantized) {
-    r += " (conv and linear weights; norms, biases, embeddings, conv_in and conv_out keep their type)";
+    r += " (conv and linear weights; norms, biases, embeddings, conv_in and conv_out keep their type";
+    if (is_low_bit(default_type_)) r += "; q8_0: resnet shortcuts and the full-resolution resnet convs";
+    r += ")";
   } else if (default_type_ == DType::F16) {
     r += " (norms and biases f32)";
   }

@@ -5,6 +5,11 @@
 // (class_embedding.weight, read row by row, never multiplied), and the first and last conv (conv_in and conv_out:
 // a few thousand weights that touch the pixels directly, where 3-channel rows would also be mostly padding).
 // A tensor a block type would not make smaller (short rows padded to a whole block) keeps its type too.
+// Under the 4- and 5-bit types (q4_0, q4_1, q5_0) a few weights that carry most of the output error are given q8_0
+// instead (measured one group at a time on the cifar10-size U-Net, docs/QUANT.md): the 1×1 shortcut convs of the
+// resnets (a direct path from a block's input to its output) and the resnet convs of the full-resolution level,
+// down_blocks.0 and the last up block, whose errors reach conv_out with the least averaging. They are about a tenth
+// of the cifar10 U-Net's weights and, as q4_0, four fifths of its output error (squared).
 // Users adjust the default with --keep REGEX (keep the type) and --tensor-type REGEX=TYPE (force a type; the first
 // matching override wins, and overrides are consulted before --keep). A block-type override never applies to a
 // rank-1 tensor (norm or bias): "conv_in=q8_0" quantises conv_in.weight and leaves conv_in.bias alone. Regexes are
@@ -50,12 +55,17 @@ class TypePolicy {
   // unmatched_patterns(). Integer tensors (i32) always keep their type.
   Decision decide(const std::string& name, int rank, const int64_t* shape, DType stored);
 
+  // The names of every tensor of the model about to be decided: lets decide() tell which up block is the last
+  // (the highest N of "up_blocks.N."). Without it no up block counts as the last.
+  void set_tensor_names(const std::vector<std::string>& names);
+
   // Patterns that matched no tensor in any decide() call so far, as "--keep 'x'" / "--tensor-type 'x=q4_0'".
   std::vector<std::string> unmatched_patterns() const;
   // For provenance.dtype_recipe: the default type and what it applies to, then every --keep and --tensor-type in
   // order, e.g. "q8_0 (conv and linear weights; norms, biases, embeddings, conv_in and conv_out keep their type);
-  // --keep 'attentions'; --tensor-type 'up_blocks\.3=q4_0'". Plain types read as the converter always wrote them:
-  // "f32", "f16 (norms and biases f32)".
+  // --keep 'attentions'; --tensor-type 'up_blocks\.3=q4_0'". The 4/5-bit types also name the q8_0 weights:
+  // "q4_0 (conv and linear weights; ...; q8_0: resnet shortcuts and the full-resolution resnet convs)". Plain types
+  // read as the converter always wrote them: "f32", "f16 (norms and biases f32)".
   std::string recipe() const;
 
  private:
@@ -67,7 +77,11 @@ class TypePolicy {
   };
   std::string describe(const Rule& rule, bool is_override) const;
 
+  // The reason decide() gives a full-resolution or shortcut weight q8_0 under a 4/5-bit default, or "" for others.
+  std::string sensitive_reason(const std::string& name) const;
+
   DType default_type_ = DType::F32;
+  int last_up_block_ = -1;
   std::vector<Rule> keep_;
   std::vector<Rule> overrides_;
 };

@@ -146,6 +146,9 @@ Status retype_model(const std::string& input, const std::string& output, TypePol
   writer.set_metadata(std::move(metadata));
 
   const std::vector<DdpmTensorInfo>& tensors = in.tensors();
+  std::vector<std::string> names;
+  for (const DdpmTensorInfo& t : tensors) names.push_back(t.name);
+  policy.set_tensor_names(names);
   report->tensors.resize(tensors.size());
   // The writer calls each producer twice (checksums, then bytes); the error is measured on the first call only.
   std::vector<bool> measured(tensors.size(), false);
