@@ -221,3 +221,32 @@ TEST_CASE("converter reports missing, unexpected and mis-shaped tensors by name 
   CHECK(convert_checkpoint(o, &report).message().find("no such file") != std::string::npos);
   CHECK(!exists(o.output));
 }
+
+TEST_CASE("the shipped Fashion-MNIST model loads, names its classes and samples", "[pipeline][models]") {
+  std::unique_ptr<Model> model;
+  Status s = Model::load("../models/fashion-mnist.ddpm", &model);
+  INFO(s.message());
+  REQUIRE(s.ok());
+  const ModelInfo& info = model->info();
+  CHECK(info.height == 28);
+  CHECK(info.width == 28);
+  CHECK(info.channels == 1);
+  REQUIRE(info.class_names.size() == 10);
+  CHECK(info.class_names[0] == "T-shirt/top");
+  CHECK(info.class_names[9] == "Ankle boot");
+  REQUIRE(info.null_class);
+  CHECK(*info.null_class == 10);
+  CHECK(info.default_guidance_scale == 2.0f);
+  CHECK(info.sampled_classes().size() == 10);
+  // A couple of short DDIM runs: finite images in range, different classes giving different images.
+  GenerateOptions o;
+  o.count = 2;
+  o.seed = 3;
+  o.sampler.sampler = SamplerKind::DDIM;
+  o.sampler.steps = 3;
+  o.guidance_scale = info.default_guidance_scale;
+  std::vector<float> images = generate(*model, o, 2);
+  REQUIRE(images.size() == 2u * 28 * 28);
+  for (float v : images) REQUIRE((v >= -1.0f && v <= 1.0f));
+  CHECK(std::memcmp(images.data(), images.data() + 28 * 28, 28 * 28 * sizeof(float)) != 0);
+}
