@@ -927,34 +927,6 @@ TEST_CASE("validate_unet2d_metadata checks the documented model keys", "[format]
   CHECK(with("provenance.created", MetadataValue::string("2026-08-21T12:34:56.123Z")).empty());
 }
 
-// Timing, not correctness: run with `ddpm_tests "[.perf]"`. A model of 143 MB (the size of the google/ddpm-cifar10
-// U-Net in f32) must verify well under 0.2 s.
-TEST_CASE("checksum verification speed on a 143 MB model", "[.][format-perf]") {
-  constexpr size_t kTensors = 143;
-  std::vector<uint8_t> chunk = random_bytes(size_t{1} << 20, 5);
-  DdpmWriter w;
-  REQUIRE(w.set_metadata("ddpm.architecture", MetadataValue::string("test")).ok());
-  const int64_t shape[1] = {(int64_t{1} << 20) / 4};
-  for (size_t i = 0; i < kTensors; ++i) {
-    REQUIRE(w.add_tensor("t" + std::to_string(i), DType::F32, 1, shape, chunk.data()).ok());
-  }
-  TempDir dir;
-  const std::string path = dir.file("big.ddpm");
-  REQUIRE(w.finish(path).ok());
-  for (int round = 0; round < 3; ++round) {
-    const auto start = std::chrono::steady_clock::now();
-    DdpmFile file;
-    REQUIRE(DdpmFile::open(path, &file).ok());
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::printf("open + verify %zu MB (%s): %.1f ms\n", kTensors, crc32c_implementation(), seconds * 1e3);
-    const auto start2 = std::chrono::steady_clock::now();
-    REQUIRE(DdpmFile::open(path, &file, false).ok());
-    const double seconds2 = std::chrono::duration<double>(std::chrono::steady_clock::now() - start2).count();
-    std::printf("open without data checksums: %.2f ms\n", seconds2 * 1e3);
-    CHECK(seconds < 0.2);
-  }
-}
-
 TEST_CASE("streamed tensors: same bytes as borrowed ones, one reused buffer, producer errors stop the write",
           "[format][writer]") {
   const int64_t small[2] = {3, 5}, big[3] = {4, 8, 16}, row[1] = {64};

@@ -6,6 +6,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -22,6 +23,9 @@
 #include "ddpm/threadpool.h"
 #include "kernels/registry.h"
 #include "model/unet.h"
+#include "model/ddpm_file.h"
+#include "io/crc32c.h"
+#include <unistd.h>
 #include <sys/resource.h>
 #include "tools/options.h"
 #include "tools/subcommands.h"
@@ -404,6 +408,53 @@ int bench_unet(const BenchSettings& settings) {
   return 0;
 }
 
+// `ddpm bench format`: how long opening a 143 MB model (google/ddpm-cifar10-32 in f32) takes with and without the
+// per-tensor CRC32C checks, i.e. what verification costs a user at every start.
+int bench_format(const BenchSettings& settings) {
+  constexpr size_t kTensors = 143;
+  constexpr size_t kTensorBytes = size_t{1} << 20;
+  std::vector<uint8_t> chunk(kTensorBytes);
+  std::mt19937 rng(5);
+  for (uint8_t& b : chunk) b = static_cast<uint8_t>(rng());
+  DdpmWriter writer;
+  Status status = writer.set_metadata("ddpm.architecture", MetadataValue::string("test"));
+  const int64_t shape[1] = {static_cast<int64_t>(kTensorBytes / 4)};
+  for (size_t i = 0; status.ok() && i < kTensors; ++i) {
+    status = writer.add_tensor("t" + std::to_string(i), DType::F32, 1, shape, chunk.data());
+  }
+  char path[] = "/tmp/ddpm-bench-XXXXXX";
+  const int fd = mkstemp(path);
+  if (fd < 0) {
+    std::fprintf(stderr, "ddpm bench: cannot create a temporary file in /tmp: %s\n", std::strerror(errno));
+    return 1;
+  }
+  close(fd);
+  if (status.ok()) status = writer.finish(path);
+  const long long reps = settings.repetitions > 0 ? settings.repetitions : 5;
+  double verified = 1e30, unverified = 1e30;  // best of `reps`: the page cache is warm after the first open
+  for (long long r = 0; status.ok() && r < reps; ++r) {
+    for (bool verify : {true, false}) {
+      const double start = now_seconds();
+      DdpmFile file;
+      status = DdpmFile::open(path, &file, verify);
+      double& best = verify ? verified : unverified;
+      best = std::min(best, now_seconds() - start);
+      if (!status.ok()) break;
+    }
+  }
+  std::remove(path);
+  if (!status.ok()) {
+    std::fprintf(stderr, "ddpm bench: %s\n", status.message().c_str());
+    return 1;
+  }
+  std::printf("ddpm bench format — open a %zu MB .ddpm file (%zu tensors), best of %lld, crc32c: %s\n",
+              kTensors * kTensorBytes >> 20, kTensors, reps, crc32c_implementation());
+  std::printf("  open + verify checksums   %8.2f ms  (%.2f GB/s)\n", verified * 1e3,
+              kTensors * kTensorBytes / verified * 1e-9);
+  std::printf("  open without data checks  %8.2f ms\n", unverified * 1e3);
+  return 0;
+}
+
 }  // namespace
 
 int run_bench(int argc, char** argv) {
@@ -440,19 +491,21 @@ int run_bench(int argc, char** argv) {
   std::vector<std::string> positional;
   bool help = false;
   Status status = parse_options(argc, argv, 2, options, &positional, &help);
-  const char* synopsis = "ddpm bench ops|unet [options]";
+  const char* synopsis = "ddpm bench ops|unet|format [options]";
   if (help) {
     print_usage(stdout, synopsis, options);
     return 0;
   }
   if (status.ok()) status = apply_common_settings(settings.common);
-  if (status.ok() && (positional.size() != 1 || (positional[0] != "ops" && positional[0] != "unet"))) {
-    status = errorf("expected a benchmark name: ops or unet");
+  if (status.ok() && (positional.size() != 1 || (positional[0] != "ops" && positional[0] != "unet" &&
+                                                   positional[0] != "format"))) {
+    status = errorf("expected a benchmark name: ops, unet or format");
   }
   if (!status.ok()) {
     std::fprintf(stderr, "ddpm bench: %s\n", status.message().c_str());
     return 2;
   }
+  if (positional[0] == "format") return bench_format(settings);
   return positional[0] == "unet" ? bench_unet(settings) : bench_ops(settings);
 }
 
