@@ -30,7 +30,7 @@ SAMPLES=${SAMPLES:-4}
 EVAL_N=${EVAL_N:-500}
 FASHION=${FASHION:-/usr/share/datasets/fashion-mnist}
 MODELS=${MODELS:-micro tiny cifar10 trained}
-TYPES="f16 q8_0 q5_0 q4_1 q4_0"
+TYPES=${TYPES:-f16 q8_0 q5_0 q4_1 q4_0}
 PY=/usr/bin/python3
 trained=${1:-}
 

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -37,8 +38,13 @@ const DType kBlockTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0}
 // rounding of difference per block, on sums of tens of blocks: relative L2 well below 1e-6 on random data; 2e-6
 // leaves room and still catches any indexing or scale mistake (those are of order 1).
 constexpr double kFmaRelativeL2 = 2e-6;
-// Quantising activations to 8 bits per block of 32: relative RMS error about amax / (127·√12) / rms ≈ 0.55 % on
-// Gaussian data; 1 % is the budget for a layer computed with quantised activations against the same layer with
+// The reference's f32 chain against the same dequantised operands summed in double: a few roundings per block.
+// Each block adds two terms that partly cancel (wd·d·Σ w·u and lo_coef·lo: x = lo + d·u), each up to about
+// |lo| / rms(x) ≈ 2–3 times the block's share of the result, so the rounding error is that much above f32's
+// ~5e-7 on these sums; 4e-6 still catches any missing or misplaced term (those are of order 1).
+constexpr double kF32ChainRelativeL2 = 4e-6;
+// Quantising activations to 255 levels between each block's minimum and maximum (32 values): relative RMS error
+// about (max - min) / (254·√12) / rms ≈ 0.5 % on Gaussian data; 1 % is the budget for a layer computed with quantised activations against the same layer with
 // the dequantised weights in f32.
 constexpr double kActivationQuantRelativeL2 = 1e-2;
 
@@ -74,20 +80,32 @@ struct BlockMatrix {
   }
 };
 
-// The activation quantisation of the contract, written out independently of the kernels.
-void quantize_activations(const float* x, int64_t stride, int8_t* q, float* d_out, float* s_out) {
-  float amax = 0.0f;
-  for (int i = 0; i < kBlock; ++i) amax = std::max(amax, std::fabs(x[i * stride]));
-  const float d = amax / 127.0f;
-  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+// The activation quantisation of the contract, written out independently of the kernels: q = u - 127.
+void quantize_activations(const float* x, int64_t stride, int8_t* q, float* d_out, float* s_out, float* lo_out) {
+  float lo = std::numeric_limits<float>::infinity(), hi = -lo;
+  for (int i = 0; i < kBlock; ++i) {
+    if (x[i * stride] < lo) lo = x[i * stride];
+    if (x[i * stride] > hi) hi = x[i * stride];
+  }
+  const float d = (hi - lo) / 254.0f;
+  const float id = d > 0.0f ? 1.0f / d : 0.0f;
   int sum = 0;
   for (int i = 0; i < kBlock; ++i) {
-    const float v = std::nearbyint(x[i * stride] * id);
-    q[i] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, v)));
-    sum += q[i];
+    const float v = std::nearbyint((x[i * stride] - lo) * id);
+    const int u = static_cast<int>(std::min(254.0f, std::max(0.0f, v)));
+    q[i] = static_cast<int8_t>(u - 127);
+    sum += u;
   }
   *d_out = d;
   *s_out = d * static_cast<float>(sum);
+  *lo_out = lo;
+}
+
+// What a block's activation minimum is multiplied by: wd·Σwq, plus 32·wmin for q4_1 (32·wmin is exact, so the
+// fma rounds the sum once, however a compiler would contract it).
+float lo_coefficient(DType type, float wd, int32_t qsum, float wmin) {
+  const float coef = wd * static_cast<float>(qsum);
+  return type == DType::Q4_1 ? std::fma(32.0f, wmin, coef) : coef;
 }
 
 struct Problem {
@@ -106,22 +124,27 @@ std::vector<float> expected_output(const BlockMatrix& a, const Problem& p) {
   std::vector<float> wd(static_cast<size_t>(blocks)), wm(static_cast<size_t>(blocks));
   std::vector<float> column(static_cast<size_t>(kp));
   std::vector<int8_t> aq(static_cast<size_t>(kp));
-  std::vector<float> ad(static_cast<size_t>(blocks)), as(static_cast<size_t>(blocks));
+  std::vector<float> ad(static_cast<size_t>(blocks)), as(static_cast<size_t>(blocks)), alo(static_cast<size_t>(blocks));
   for (int64_t bi = 0; bi < p.batch; ++bi) {
     for (int64_t n = 0; n < p.N; ++n) {
       for (int64_t k = 0; k < kp; ++k) column[k] = k < p.K ? p.b[(bi * p.K + k) * p.N + n] : 0.0f;
       for (int64_t blk = 0; blk < blocks; ++blk) {
-        quantize_activations(column.data() + blk * kBlock, 1, aq.data() + blk * kBlock, &ad[blk], &as[blk]);
+        quantize_activations(column.data() + blk * kBlock, 1, aq.data() + blk * kBlock, &ad[blk], &as[blk],
+                             &alo[blk]);
       }
       for (int64_t m = 0; m < p.M; ++m) {
         quant::unpack_blocks(a.type, a.bytes.data() + m * a.row_bytes, blocks, wq.data(), wd.data(), wm.data());
         const size_t at = static_cast<size_t>((bi * p.M + m) * p.N + n);
         float acc = 0.0f;
         for (int64_t blk = 0; blk < blocks; ++blk) {
-          int32_t dot = 0;
-          for (int i = 0; i < kBlock; ++i) dot += int32_t(wq[blk * kBlock + i]) * int32_t(aq[blk * kBlock + i]);
+          int32_t dot = 0, qsum = 0;
+          for (int i = 0; i < kBlock; ++i) {
+            dot += int32_t(wq[blk * kBlock + i]) * (int32_t(aq[blk * kBlock + i]) + 127);
+            qsum += wq[blk * kBlock + i];
+          }
           const float scale = wd[blk] * ad[blk];
           acc = acc + static_cast<float>(dot) * scale;
+          acc = acc + lo_coefficient(a.type, wd[blk], qsum, wm[blk]) * alo[blk];
           if (a.type == DType::Q4_1) {
             const float shift = wm[blk] * as[blk];
             acc = acc + shift;
@@ -212,9 +235,9 @@ double float_math_error(const BlockMatrix& a, const Problem& p, const std::vecto
     for (int64_t n = 0; n < p.N; ++n) {
       for (int64_t k = 0; k < kp; ++k) column[k] = k < p.K ? p.b[(bi * p.K + k) * p.N + n] : 0.0f;
       for (int64_t blk = 0; blk < kp / kBlock; ++blk) {
-        float d, s;
-        quantize_activations(column.data() + blk * kBlock, 1, aq.data() + blk * kBlock, &d, &s);
-        for (int i = 0; i < kBlock; ++i) deq[blk * kBlock + i] = double(d) * aq[blk * kBlock + i];
+        float d, s, lo;
+        quantize_activations(column.data() + blk * kBlock, 1, aq.data() + blk * kBlock, &d, &s, &lo);
+        for (int i = 0; i < kBlock; ++i) deq[blk * kBlock + i] = double(lo) + double(d) * (aq[blk * kBlock + i] + 127);
       }
       for (int64_t m = 0; m < p.M; ++m) {
         double sum = 0;
@@ -240,12 +263,13 @@ TEST_CASE("reference qgemm: the contract's arithmetic exactly, and float math of
       const std::vector<float> expected = expected_output(a, p);
       CHECK(std::memcmp(got.data(), expected.data(), got.size() * sizeof(float)) == 0);
       Problem plain = make_problem(2, 9, 19, k, false, 5);
-      CHECK(float_math_error(a, plain, ctx.run(reference, a, plain)) <= 1e-6);
+      CHECK(float_math_error(a, plain, ctx.run(reference, a, plain)) <= kF32ChainRelativeL2);
     }
   }
 }
 
-TEST_CASE("qgemm quantize_b: every variant gives the reference's values, scales and sums bit for bit", "[qgemm]") {
+TEST_CASE("qgemm quantize_b: every variant gives the reference's values, scales, sums and minima bit for bit",
+          "[qgemm]") {
   for (const kernels::QGemmMicroKernel& v : variants()) {
     INFO("variant " << v.name << " " << v.mr << "x" << v.nr);
     for (int64_t kc : {32, 64, 288, 512}) {
@@ -254,7 +278,10 @@ TEST_CASE("qgemm quantize_b: every variant gives the reference's values, scales 
       for (int64_t k = 0; k < kc; ++k) {
         panel[k * v.nr + 1] *= 1000.0f;  // large column
         panel[k * v.nr + 2] = 0.0f;      // zero column: scale 0
-        if (k % 7 == 0) panel[k * v.nr] = 127.0f * 0.5f / 127.0f;  // ties of the rounding
+        // Column 0: minimum 0 and maximum 254 in every block (id = 1), so k + 0.5 values are ties of the rounding.
+        panel[k * v.nr] = k % 32 == 0 ? 0.0f : k % 32 == 1 ? 254.0f : static_cast<float>(k % 29) + 0.5f;
+        panel[k * v.nr + 3] += 100.0f;   // far from zero: the minimum carries it
+        panel[k * v.nr + 4] = std::fabs(panel[k * v.nr + 4]) - 0.278f * (k % 5 == 0);  // SiLU-like
       }
       std::vector<uint8_t> got(kernels::qgemm_b_panel_bytes(kc, v.nr));
       v.quantize_b(kc, panel.data(), got.data());
@@ -262,8 +289,8 @@ TEST_CASE("qgemm quantize_b: every variant gives the reference's values, scales 
       for (int n = 0; n < v.nr; ++n) {
         for (int64_t b = 0; b < kc / kBlock; ++b) {
           int8_t q[kBlock];
-          float d, s;
-          quantize_activations(panel.data() + b * kBlock * v.nr + n, v.nr, q, &d, &s);
+          float d, s, lo;
+          quantize_activations(panel.data() + b * kBlock * v.nr + n, v.nr, q, &d, &s, &lo);
           bool same_values = true;
           for (int i = 0; i < kBlock; ++i) {
             const int64_t k = b * kBlock + i;
@@ -272,11 +299,13 @@ TEST_CASE("qgemm quantize_b: every variant gives the reference's values, scales 
             same_values = same_values && value == q[i];
           }
           CHECK(same_values);
-          float got_d, got_s;
+          float got_d, got_s, got_lo;
           std::memcpy(&got_d, got.data() + kc * v.nr + (b * v.nr + n) * 4, 4);
           std::memcpy(&got_s, got.data() + kc * v.nr + ((kc / kBlock + b) * v.nr + n) * 4, 4);
+          std::memcpy(&got_lo, got.data() + kc * v.nr + ((2 * kc / kBlock + b) * v.nr + n) * 4, 4);
           CHECK(std::memcmp(&got_d, &d, 4) == 0);
           CHECK(std::memcmp(&got_s, &s, 4) == 0);
+          CHECK(std::memcmp(&got_lo, &lo, 4) == 0);
         }
       }
     }
@@ -334,6 +363,7 @@ TEST_CASE("qgemm micro-kernels: accumulate and fused epilogue against the refere
         std::vector<int8_t> q(static_cast<size_t>(kc * v.mr)), row(static_cast<size_t>(kc));
         std::vector<float> d(static_cast<size_t>(blocks * v.mr)), mn(d.size()), rd(blocks), rm(blocks);
         std::vector<int32_t> qsum(d.size());
+        std::vector<float> lo_coef(d.size());
         for (int m = 0; m < v.mr; ++m) {
           quant::unpack_blocks(type, a.bytes.data() + m * a.row_bytes, blocks, row.data(), rd.data(), rm.data());
           for (int64_t k = 0; k < kc; ++k) q[(k / 4) * v.mr * 4 + m * 4 + k % 4] = row[k];
@@ -343,9 +373,11 @@ TEST_CASE("qgemm micro-kernels: accumulate and fused epilogue against the refere
             int32_t s = 0;
             for (int i = 0; i < kBlock; ++i) s += row[b * kBlock + i];
             qsum[b * v.mr + m] = s;
+            lo_coef[b * v.mr + m] = lo_coefficient(type, rd[b], s, rm[b]);
           }
         }
-        kernels::QGemmPanelA panel{q.data(), d.data(), type == DType::Q4_1 ? mn.data() : nullptr, qsum.data()};
+        kernels::QGemmPanelA panel{q.data(), d.data(), type == DType::Q4_1 ? mn.data() : nullptr, qsum.data(),
+                                   lo_coef.data()};
         panel.small_q = type != DType::Q8_0;
         std::vector<float> b_panel = random_vector(static_cast<size_t>(kc * v.nr), 9);
         std::vector<uint8_t> b_q(kernels::qgemm_b_panel_bytes(kc, v.nr));
@@ -366,14 +398,15 @@ TEST_CASE("qgemm micro-kernels: accumulate and fused epilogue against the refere
                 int8_t aq[kBlock];
                 float acc = accumulate ? c_in[m * v.nr + n] : 0.0f;
                 for (int64_t b = 0; b < blocks; ++b) {
-                  float ad, as;
-                  quantize_activations(b_panel.data() + b * kBlock * v.nr + n, v.nr, aq, &ad, &as);
+                  float ad, as, alo;
+                  quantize_activations(b_panel.data() + b * kBlock * v.nr + n, v.nr, aq, &ad, &as, &alo);
                   int32_t dot = 0;
                   for (int i = 0; i < kBlock; ++i) {
                     const int64_t k = b * kBlock + i;
-                    dot += int32_t(q[(k / 4) * v.mr * 4 + m * 4 + k % 4]) * aq[i];
+                    dot += int32_t(q[(k / 4) * v.mr * 4 + m * 4 + k % 4]) * (aq[i] + 127);
                   }
                   acc = acc + float(dot) * (d[b * v.mr + m] * ad);
+                  acc = acc + lo_coef[b * v.mr + m] * alo;
                   if (type == DType::Q4_1) acc = acc + mn[b * v.mr + m] * as;
                 }
                 if (epilogue) {

@@ -23,13 +23,13 @@ namespace {
 
 constexpr int64_t kBlock = 32;
 
-// Tolerance of a kernel's output element against the reference's. Both compute the same chain of n = 2·blocks + 3
+// Tolerance of a kernel's output element against the reference's. Both compute the same chain of n = 3·blocks + 3
 // adds onto the initial C from identical integer sums and scale products; the kernel fuses each product into its
 // add (FMA) where the reference rounds it first. Each of the two chains is within (n + 1)·2^-24·Σ|terms| of the
-// exact value (terms: C, every block's isum·(wd·ad) and wmin·as, the epilogue's), so they differ by at most twice
+// exact value (terms: C, every block's isum·(wd·ad), lo_coef·lo and wmin·as, the epilogue's), so they differ by at most twice
 // that. An indexing mistake is off by a whole term.
 double chain_tolerance(int64_t blocks, double sum_of_abs_terms) {
-  return 2.0 * static_cast<double>(2 * blocks + 4) * 0x1p-24 * sum_of_abs_terms;
+  return 2.0 * static_cast<double>(3 * blocks + 4) * 0x1p-24 * sum_of_abs_terms;
 }
 
 uint32_t bits_of(float v) {
@@ -51,8 +51,8 @@ std::vector<kernels::QGemmMicroKernel> neon_kernels() {
 
 // One column's quantised activations as the interface defines them, decoded from any kernel's B panel.
 struct QuantColumn {
-  std::vector<int32_t> q;  // kc values
-  std::vector<float> d, s;  // per block
+  std::vector<int32_t> q;      // kc values (u - 127)
+  std::vector<float> d, s, lo;  // per block
 };
 
 // kc × n_total f32 values (x[k*n_total + n]) quantised by `kernel`, panel by panel as the driver feeds it (columns
@@ -71,6 +71,7 @@ std::vector<QuantColumn> quantize_columns(const kernels::QGemmMicroKernel& kerne
     kernel.quantize_b(kc, panel.data(), q.data());
     const float* d = reinterpret_cast<const float*>(q.data() + kc * nr);
     const float* s = d + blocks * nr;
+    const float* lo = s + blocks * nr;
     for (int j = 0; j < nr && n0 + j < n_total; ++j) {
       QuantColumn& col = cols[static_cast<size_t>(n0 + j)];
       for (int64_t k = 0; k < kc; ++k) {
@@ -80,6 +81,7 @@ std::vector<QuantColumn> quantize_columns(const kernels::QGemmMicroKernel& kerne
       for (int64_t b = 0; b < blocks; ++b) {
         col.d.push_back(d[b * nr + j]);
         col.s.push_back(s[b * nr + j]);
+        col.lo.push_back(lo[b * nr + j]);
       }
     }
   }
@@ -119,11 +121,12 @@ TEST_CASE("NEON quantize_b matches the reference bit for bit on NaN, infinity, s
         std::normal_distribution<float> normal(0.0f, 1.0f);
         std::vector<float> x(static_cast<size_t>(kc * n_total));
         for (float& v : x) v = normal(rng);
-        // Values at rounding ties of x·id (amax 127 gives id 1: k + 0.5 must round to even), NaN (skipped by amax,
-        // quantised to -127), infinity (d = inf, id = 0), amax FLT_MIN (d subnormal: id = inf, 0·inf = NaN), zeros,
-        // and magnitudes from 2^-32 to 2^31.
+        // Values at rounding ties of (x - lo)·id (minimum 0 and maximum 254 give id 1: k + 0.5 must round to
+        // even), NaN (skipped by the minimum and maximum, quantised to u = 0), infinity (d = inf, id = 0),
+        // a range of FLT_MIN (d subnormal: id = inf, 0·inf = NaN), signed zeros (the order of -0 and +0), and
+        // magnitudes from 2^-32 to 2^31.
         for (int64_t k = 0; k < kc; ++k) {
-          x[k * n_total + 0] = k % 32 == 0 ? 127.0f : static_cast<float>(k % 32) - 15.5f;
+          x[k * n_total + 0] = k % 32 == 0 ? 0.0f : k % 32 == 1 ? 254.0f : static_cast<float>(k % 32) + 0.5f;
           if (n_total > 1) x[k * n_total + 1] = k % 7 == 3 ? std::numeric_limits<float>::quiet_NaN() : normal(rng);
           if (n_total > 2) x[k * n_total + 2] = k == 5 ? std::numeric_limits<float>::infinity() : normal(rng);
           if (n_total > 3) x[k * n_total + 3] = std::numeric_limits<float>::min() * 0.5f * float(k % 5 - 2);
@@ -137,7 +140,8 @@ TEST_CASE("NEON quantize_b matches the reference bit for bit on NaN, infinity, s
           const QuantColumn &w = want[static_cast<size_t>(n)], &g = got[static_cast<size_t>(n)];
           bool same = w.q == g.q;
           for (size_t b = 0; b < w.d.size(); ++b) {
-            same &= bits_of(w.d[b]) == bits_of(g.d[b]) && bits_of(w.s[b]) == bits_of(g.s[b]);
+            same &= bits_of(w.d[b]) == bits_of(g.d[b]) && bits_of(w.s[b]) == bits_of(g.s[b]) &&
+                    bits_of(w.lo[b]) == bits_of(g.lo[b]);
           }
           if (!same) bad = n;
         }
@@ -154,9 +158,9 @@ TEST_CASE("NEON qgemm kernels: products at ±127·±127 do not overflow the int1
     const int64_t kc = 64, blocks = kc / kBlock;
     for (int sign : {1, -1}) {
       INFO(kernel.name << " sign=" << sign);
-      // B = ±1 with amax 1 per column and block quantises to ±127; weights ±127 in the same pattern (or its
-      // opposite) make every product +16129 (or −16129), the largest adjacent-pair sums the widening multiplies
-      // can produce, and every block's sum ±32·16129.
+      // B = ±1 per column and block (minimum -1, maximum 1) quantises to q = ±127; weights ±127 in the same pattern
+      // (or its opposite) make every product +16129 (or −16129), the largest adjacent-pair sums the widening
+      // multiplies can produce, and every block's Σ w·q ±32·16129.
       std::vector<float> b(static_cast<size_t>(kc * nr));
       std::vector<int8_t> q(static_cast<size_t>(kc * mr));
       for (int64_t k = 0; k < kc; ++k) {
@@ -169,19 +173,27 @@ TEST_CASE("NEON qgemm kernels: products at ±127·±127 do not overflow the int1
       for (int64_t k = 0; k < kc; ++k) {
         for (int m = 0; m < mr; ++m) qsum[(k / kBlock) * mr + m] += q[(k / 4) * mr * 4 + m * 4 + k % 4];
       }
-      const kernels::QGemmPanelA a{q.data(), d.data(), nullptr, qsum.data()};
+      std::vector<float> lo_coef(d.size());
+      for (size_t i = 0; i < d.size(); ++i) lo_coef[i] = d[i] * static_cast<float>(qsum[i]);
+      const kernels::QGemmPanelA a{q.data(), d.data(), nullptr, qsum.data(), lo_coef.data()};
       std::vector<uint8_t> bq(kernels::qgemm_b_panel_bytes(kc, nr));
       kernel.quantize_b(kc, b.data(), bq.data());
-      float ad[2];
-      std::memcpy(ad, bq.data() + kc * nr, sizeof ad);  // column 0's scales; every column has the same
+      // Column 0's scales and minima; every column has the same.
+      const float* ad = reinterpret_cast<const float*>(bq.data() + kc * nr);
+      const float* alo = ad + 2 * blocks * nr;
       std::vector<float> c(static_cast<size_t>(mr * nr));
       kernel.run(kc, a, bq.data(), c.data(), nr, false, nullptr);
-      // The contract's chain in f32 (mul + add); the kernel may fuse each pair, two roundings over two blocks.
-      const float dot = float(sign * 32 * 16129);
+      // The contract's chain in f32 (mul + add); the kernel may fuse each pair. The same for every element (every
+      // row has the same weights): Σ w·u = Σ w·q + 127·Σ w per block.
       float expected = 0.0f;
-      expected = expected + dot * (1.0f * ad[0]);
-      expected = expected + dot * (1.0f * ad[1]);
-      const double tol = chain_tolerance(blocks, std::fabs(double(dot) * ad[0]) + std::fabs(double(dot) * ad[1]));
+      double sum_of_abs_terms = 0.0;
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const float dot = float(sign * 32 * 16129 + 127 * qsum[blk * mr]);
+        expected = expected + dot * (1.0f * ad[blk * nr]);
+        expected = expected + lo_coef[blk * mr] * alo[blk * nr];
+        sum_of_abs_terms += std::fabs(double(dot) * ad[blk * nr]) + std::fabs(double(lo_coef[blk * mr]) * alo[blk * nr]);
+      }
+      const double tol = chain_tolerance(blocks, sum_of_abs_terms);
       int bad = -1;
       for (int i = 0; i < mr * nr; ++i) {
         if (!(std::fabs(double(c[i]) - expected) <= tol)) bad = i;

@@ -534,12 +534,17 @@ TEST_CASE("type names and the per-tensor policy", "[quant]") {
     return policy.decide(name, static_cast<int>(shape.size()), shape.data(), stored).type;
   };
   CHECK(decide("down_blocks.1.resnets.0.conv1.weight", {256, 128, 3, 3}) == DType::Q4_0);
-  CHECK(decide("down_blocks.1.attentions.0.to_q.weight", {256, 256}) == DType::Q4_0);
   // Under 4/5-bit types the resnet shortcuts and the full-resolution resnet convs (down_blocks.0 and, once the
-  // policy knows the tensor names, the last up block) get q8_0; samplers, attention and time projections do not.
+  // policy knows the tensor names, the last up block) get q8_0; resampling convs and attention projections one
+  // step up (q5_0 here); time projections nothing.
+  CHECK(decide("down_blocks.1.attentions.0.to_q.weight", {256, 256}) == DType::Q5_0);
+  CHECK(decide("mid_block.attentions.0.to_out.0.weight", {256, 256}) == DType::Q5_0);
   CHECK(decide("down_blocks.0.resnets.0.conv1.weight", {128, 128, 3, 3}) == DType::Q8_0);
   CHECK(decide("down_blocks.0.resnets.1.conv2.weight", {128, 128, 3, 3}) == DType::Q8_0);
-  CHECK(decide("down_blocks.0.downsamplers.0.conv.weight", {128, 128, 3, 3}) == DType::Q4_0);
+  CHECK(decide("down_blocks.0.downsamplers.0.conv.weight", {128, 128, 3, 3}) == DType::Q5_0);
+  CHECK(decide("up_blocks.1.upsamplers.0.conv.weight", {256, 256, 3, 3}) == DType::Q5_0);
+  CHECK(policy.decide("up_blocks.1.upsamplers.0.conv.weight", 4, std::vector<int64_t>{256, 256, 3, 3}.data(),
+                      DType::F32).reason == "resampling conv (q5_0 under q4_0)");
   CHECK(decide("down_blocks.0.resnets.0.time_emb_proj.weight", {128, 512}) == DType::Q4_0);
   CHECK(decide("up_blocks.2.resnets.1.conv_shortcut.weight", {256, 512, 1, 1}) == DType::Q8_0);
   CHECK(decide("up_blocks.3.resnets.0.conv1.weight", {128, 384, 3, 3}) == DType::Q4_0);  // last? not known yet
@@ -547,7 +552,7 @@ TEST_CASE("type names and the per-tensor policy", "[quant]") {
                            "up_blocks.10x.weight", "conv_out.weight"});
   CHECK(decide("up_blocks.3.resnets.0.conv1.weight", {128, 384, 3, 3}) == DType::Q8_0);
   CHECK(decide("up_blocks.3.resnets.2.conv2.weight", {128, 128, 3, 3}) == DType::Q8_0);
-  CHECK(decide("up_blocks.3.attentions.0.to_q.weight", {128, 128}) == DType::Q4_0);
+  CHECK(decide("up_blocks.3.attentions.0.to_q.weight", {128, 128}) == DType::Q5_0);
   CHECK(decide("up_blocks.0.resnets.0.conv1.weight", {256, 512, 3, 3}) == DType::Q4_0);
   CHECK(decide("up_blocks.3.resnets.0.conv1.weight", {128, 384, 3, 3}, DType::Q4_0) == DType::Q4_0);  // not larger
   CHECK(policy.decide("down_blocks.0.resnets.0.conv1.weight", 4, std::vector<int64_t>{128, 128, 3, 3}.data(),
@@ -556,12 +561,16 @@ TEST_CASE("type names and the per-tensor policy", "[quant]") {
     TypePolicy other(low);
     const int64_t w[4] = {128, 384, 1, 1};
     CHECK(other.decide("up_blocks.3.resnets.0.conv_shortcut.weight", 4, w, DType::F32).type == DType::Q8_0);
+    const int64_t a[2] = {256, 256};
+    CHECK(other.decide("mid_block.attentions.0.to_v.weight", 2, a, DType::F32).type ==
+          (low == DType::Q5_0 ? DType::Q8_0 : DType::Q5_0));
   }
   {
     TypePolicy q8(DType::Q8_0);
     const int64_t w[4] = {128, 128, 3, 3};
     CHECK(q8.decide("down_blocks.0.resnets.0.conv1.weight", 4, w, DType::F32).type == DType::Q8_0);
     CHECK(q8.decide("down_blocks.0.resnets.0.conv1.weight", 4, w, DType::F32).reason == "conv weight");
+    CHECK(q8.decide("down_blocks.0.downsamplers.0.conv.weight", 4, w, DType::F32).type == DType::Q8_0);
   }
   CHECK(decide("time_embedding.linear_1.weight", {512, 128}) == DType::Q4_0);
   CHECK(decide("class_embedding.linear_1.weight", {512, 128}) == DType::Q4_0);  // a timestep-style class MLP
@@ -573,7 +582,7 @@ TEST_CASE("type names and the per-tensor policy", "[quant]") {
   CHECK(decide("mid.to_q.weight", {16, 8}, DType::F16) == DType::F16);  // 8 f16 (16 bytes) < one 18-byte block
   CHECK(policy.recipe() ==
         "q4_0 (conv and linear weights; norms, biases, embeddings, conv_in and conv_out keep their type; q8_0: resnet "
-        "shortcuts and the full-resolution resnet convs)");
+        "shortcuts and the full-resolution resnet convs; q5_0: resampling convs and attention projections)");
   CHECK(TypePolicy(DType::Q8_0).recipe() ==
         "q8_0 (conv and linear weights; norms, biases, embeddings, conv_in and conv_out keep their type)");
 

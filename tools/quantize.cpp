@@ -37,7 +37,8 @@ int run_quantize(int argc, char** argv) {
                 "  re-types the weights of a model. By default only conv and linear weights take T; norms, biases,\n"
                 "  embeddings, conv_in and conv_out keep their type. Under q4_0, q4_1 and q5_0 the resnet shortcuts\n"
                 "  (conv_shortcut) and the resnet convs of down_blocks.0 and the last up block get q8_0: they carry\n"
-                "  most of the output error (docs/QUANT.md); --tensor-type 'conv_shortcut|resnets=q4_0' undoes it.\n"
+                "  most of the output error (docs/QUANT.md); the resampling convs and attention projections go one\n"
+                "  step up (q5_0, or q8_0 under q5_0); --tensor-type 'resnets|samplers|attentions=q4_0' undoes both.\n"
                 "  Regexes (ECMAScript) are searched in tensor names; --tensor-type is tried before --keep",
                 options);
     return 0;

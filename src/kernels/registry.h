@@ -88,22 +88,30 @@ struct GemmMicroKernel {
 
 // Quantised GEMM (src/ops/qgemm.cpp): C[M×N] (+)= A·B where A holds block-quantised weight rows (q8_0, q4_0, q4_1,
 // q5_0: 32 values per block, K padded to a multiple of 32 with zeros) and B is f32, quantised on the fly per column
-// and per block of 32 k values:
-//   amax = max_i |x_i|; d = amax / 127.0f; id = (d != 0) ? 1.0f / d : 0.0f; q_i = clamp(nearbyint(x_i * id), -127, 127);
-//   s = d * (float)(Σ_i q_i)            (nearbyint: round to nearest even, as cvtps2dq / fcvtns do)
-// Every kernel's quantize_b gives these q, d and s bit for bit. Output element (m, n): acc = accumulate ? C[m][n] : 0;
-// then per block b in increasing order
-//   acc = acc + (float)(Σ_i wq[m][32b+i]·aq[n][32b+i]) * (wd[b][m] * ad[b][n]);
-//   acc = acc + wmin[b][m] * as[b][n];                     (types with minima, q4_1, only)
-// and after the last k block the epilogue's three separately rounded adds (GemmEpilogue). The integer sums are exact
-// (int32); SIMD kernels may fuse the mul+add pairs into FMAs, which is the only difference from the reference. Since
-// each element is the same chain of per-block adds, blocking K (in multiples of 32) or splitting M and N changes
-// no bit.
+// and per block of 32 k values, asymmetrically (a minimum and 255 levels above it, so that the mostly non-negative
+// outputs of SiLU, the input of most U-Net convs, get twice the resolution a symmetric int8 grid gives them):
+//   lo = min_i x_i, hi = max_i x_i      (as `x < lo ? x : lo` from lo = +inf, `x > hi ? x : hi` from hi = -inf:
+//                                        NaN values are skipped, and the order of ±0 is fixed)
+//   d = (hi - lo) / 254.0f; id = (d > 0) ? 1.0f / d : 0.0f;
+//   u_i = fmin(fmax(nearbyint((x_i - lo) * id), 0), 254)   (NaN -> 0; nearbyint rounds to nearest even, as
+//                                                           cvtps2dq / fcvtns do); q_i = u_i - 127 (int8, |q| <= 127)
+//   s = d * (float)(Σ_i u_i)
+// so x_i ≈ lo + d·u_i. Every kernel's quantize_b gives these q (or u, see b_biased), d, s and lo bit for bit.
+// Output element (m, n): acc = accumulate ? C[m][n] : 0; then per block b in increasing order
+//   acc = acc + (float)(Σ_i wq[m][32b+i]·u[n][32b+i]) * (wd[b][m] * d[b][n]);   (the int32 sum is exact)
+//   acc = acc + lo_coef[b][m] * lo[b][n];
+//   acc = acc + wmin[b][m] * s[b][n];                      (types with minima, q4_1, only)
+// where lo_coef = wd·(float)Σ_i wq (+ 32·wmin for q4_1) comes with the weights (QGemmPanelA); after the last k
+// block the epilogue's three separately rounded adds (GemmEpilogue). Kernels that keep B signed form Σ wq·u as
+// Σ wq·q + 127·Σ wq. SIMD kernels may fuse the mul+add pairs into FMAs, which is the only difference from the
+// reference. Since each element is the same chain of per-block adds, blocking K (in multiples of 32) or splitting
+// M and N changes no bit.
 struct QGemmPanelA {     // MR weight rows × kc values (kc a multiple of 32), filled by the driver from unpack_blocks
   const int8_t* q;       // [kc/4][MR][4]: values k..k+3 of row m at q + (k/4)*MR*4 + m*4
   const float* d;        // [kc/32][MR] block scales
   const float* min;      // [kc/32][MR] block minima (q4_1), nullptr for types without
-  const int32_t* qsum;   // [kc/32][MR] Σ of the 32 q of each block (kernels that bias activations to unsigned use it)
+  const int32_t* qsum;   // [kc/32][MR] Σ of the 32 q of each block
+  const float* lo_coef;  // [kc/32][MR] d·(float)qsum (+ 32·min for q4_1): what each activation minimum is multiplied by
   // Added to the agreed interface: every |q| <= 16 (q4_0, q4_1, q5_0). Then 2·127·16 bounds each int16 pair sum
   // of a u8×s8 multiply by 4064 and a whole block's eight of them fit int16 (32512): kernels may sum a block in
   // int16 and widen once per block instead of once per 4 k.
@@ -112,16 +120,17 @@ struct QGemmPanelA {     // MR weight rows × kc values (kc a multiple of 32), f
 struct QGemmMicroKernel {
   const char* name = nullptr;  // added to the agreed interface: tells variants of one level apart in tests/benches
   int mr = 0, nr = 0;
-  bool b_biased = false;  // quantize_b stores activation values as q + 128 (uint8), for u8×s8 instructions
+  bool b_biased = false;  // quantize_b stores activation values as q + 128 = u + 1 (uint8), for u8×s8 instructions
   // kc×NR f32 panel (b_panel[k*NR + n], as PackB writes it) -> this kernel's B panel of qgemm_b_panel_bytes(kc, NR)
-  // bytes: [kc/4][NR][4] int8 (or biased uint8) values, then [kc/32][NR] f32 scales d, then [kc/32][NR] f32 sums s.
+  // bytes: [kc/4][NR][4] int8 q (or biased uint8) values, then [kc/32][NR] f32 scales d, [kc/32][NR] f32 sums s
+  // and [kc/32][NR] f32 minima lo.
   void (*quantize_b)(int64_t kc, const float* b_panel, uint8_t* q_panel) = nullptr;
   // C[MR×NR] (+)= A·B over kc as defined above; c has row stride ldc; epilogue non-null only on the last k block.
   void (*run)(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int64_t ldc, bool accumulate,
               const GemmEpilogue* epilogue) = nullptr;
 };
 inline size_t qgemm_b_panel_bytes(int64_t kc, int nr) {
-  return static_cast<size_t>(kc * nr + 2 * (kc / 32) * nr * static_cast<int64_t>(sizeof(float)));
+  return static_cast<size_t>(kc * nr + 3 * (kc / 32) * nr * static_cast<int64_t>(sizeof(float)));
 }
 
 // Each level's micro-kernel set, defined in <isa>/gemm.cpp.

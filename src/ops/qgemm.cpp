@@ -54,6 +54,7 @@ struct Scratch {
   float* a_d;        // [kc/32][mr]
   float* a_min;      // [kc/32][mr]
   int32_t* a_qsum;   // [kc/32][mr]
+  float* a_lo_coef;  // [kc/32][mr]
   float* tile;       // mr × nr, partial tiles and transposed C
   float* residual;   // mr × nr, the residual of a partial tile
   float* row_bias;   // mr
@@ -61,19 +62,20 @@ struct Scratch {
 };
 
 struct ScratchLayout {
-  size_t offsets[10];
+  size_t offsets[11];
   size_t total;
 };
 
 ScratchLayout scratch_layout(int mr, int nr) {
   const int64_t blocks = kKcMax / kBlock;
-  const size_t sizes[10] = {
+  const size_t sizes[11] = {
       static_cast<size_t>(kKcMax * stage_cols(nr)) * sizeof(float),
       static_cast<size_t>(kBBlockBytes) + kernels::qgemm_b_panel_bytes(kKcMax, nr),
       static_cast<size_t>(kKcMax * mr),
       static_cast<size_t>(blocks * mr) * sizeof(float),
       static_cast<size_t>(blocks * mr) * sizeof(float),
       static_cast<size_t>(blocks * mr) * sizeof(int32_t),
+      static_cast<size_t>(blocks * mr) * sizeof(float),
       static_cast<size_t>(mr * nr) * sizeof(float),
       static_cast<size_t>(mr * nr) * sizeof(float),
       static_cast<size_t>(mr) * sizeof(float),
@@ -81,7 +83,7 @@ ScratchLayout scratch_layout(int mr, int nr) {
   };
   ScratchLayout layout;
   size_t offset = 0;
-  for (int i = 0; i < 10; ++i) {
+  for (int i = 0; i < 11; ++i) {
     layout.offsets[i] = offset;
     offset += aligned64(sizes[i]);
   }
@@ -98,10 +100,11 @@ Scratch carve_scratch(uint8_t* base, int mr, int nr) {
   s.a_d = reinterpret_cast<float*>(base + l.offsets[3]);
   s.a_min = reinterpret_cast<float*>(base + l.offsets[4]);
   s.a_qsum = reinterpret_cast<int32_t*>(base + l.offsets[5]);
-  s.tile = reinterpret_cast<float*>(base + l.offsets[6]);
-  s.residual = reinterpret_cast<float*>(base + l.offsets[7]);
-  s.row_bias = reinterpret_cast<float*>(base + l.offsets[8]);
-  s.col_bias = reinterpret_cast<float*>(base + l.offsets[9]);
+  s.a_lo_coef = reinterpret_cast<float*>(base + l.offsets[6]);
+  s.tile = reinterpret_cast<float*>(base + l.offsets[7]);
+  s.residual = reinterpret_cast<float*>(base + l.offsets[8]);
+  s.row_bias = reinterpret_cast<float*>(base + l.offsets[9]);
+  s.col_bias = reinterpret_cast<float*>(base + l.offsets[10]);
   return s;
 }
 
@@ -271,8 +274,13 @@ void unpack_a_panel(const QGemmProblem& p, const kernels::QGemmMicroKernel& kern
       for (int64_t offset = 0; offset < span; offset += 64) __builtin_prefetch(src + mr * row_bytes + offset);
     }
     for (int64_t b = 0; b < blocks; ++b) {
-      s.a_qsum[b * mr + m] = decode_block(p.a_dtype, src + b * block_bytes, s.a_q + b * block_stride + m * 4,
-                                          quad_stride, &s.a_d[b * mr + m], &s.a_min[b * mr + m]);
+      const int64_t i = b * mr + m;
+      s.a_qsum[i] = decode_block(p.a_dtype, src + b * block_bytes, s.a_q + b * block_stride + m * 4, quad_stride,
+                                 &s.a_d[i], &s.a_min[i]);
+      // Σ_k w_k·(lo + d·u_k) = wd·d·Σ wq·u + lo·(wd·Σ wq + 32·wmin) + wmin·d·Σ u: the weight side of the lo term.
+      // 32·wmin is exact, so the fma rounds the sum once, as any contraction by the compiler would too.
+      const float lo_coef = s.a_d[i] * static_cast<float>(s.a_qsum[i]);
+      s.a_lo_coef[i] = p.a_dtype == DType::Q4_1 ? std::fma(32.0f, s.a_min[i], lo_coef) : lo_coef;
     }
   }
 }
@@ -306,6 +314,7 @@ void run_task(const QGemmProblem& problem, const QGemmPlan& shared_plan, const k
     a.d = s.a_d;
     a.min = has_min ? s.a_min : nullptr;
     a.qsum = s.a_qsum;
+    a.lo_coef = s.a_lo_coef;
     a.small_q = p.a_dtype != DType::Q8_0;
     for (int64_t panel = r.panel_begin; panel < r.panel_end; ++panel) {
       const int64_t m0 = panel * mr;

@@ -116,16 +116,25 @@ void TypePolicy::set_tensor_names(const std::vector<std::string>& names) {
   for (const std::string& name : names) last_up_block_ = std::max(last_up_block_, block_index(name, "up_blocks"));
 }
 
-std::string TypePolicy::sensitive_reason(const std::string& name) const {
-  if (!is_low_bit(default_type_)) return "";
-  if (ends_with(name, ".conv_shortcut.weight")) return "resnet shortcut (q8_0 under 4/5-bit types)";
+TypePolicy::Decision TypePolicy::sensitive_type(const std::string& name) const {
+  if (!is_low_bit(default_type_)) return {default_type_, ""};
+  if (ends_with(name, ".conv_shortcut.weight")) return {DType::Q8_0, "resnet shortcut (q8_0 under 4/5-bit types)"};
   if (is_resnet_conv(name)) {
-    if (block_index(name, "down_blocks") == 0) return "full-resolution conv (q8_0 under 4/5-bit types)";
+    if (block_index(name, "down_blocks") == 0) return {DType::Q8_0, "full-resolution conv (q8_0 under 4/5-bit types)"};
     if (last_up_block_ >= 0 && block_index(name, "up_blocks") == last_up_block_) {
-      return "full-resolution conv (q8_0 under 4/5-bit types)";
+      return {DType::Q8_0, "full-resolution conv (q8_0 under 4/5-bit types)"};
     }
   }
-  return "";
+  // The second tier: a few percent of the weights with the next largest error per byte, one step up.
+  const bool resampler = name.find(".downsamplers.") != std::string::npos ||
+                         name.find(".upsamplers.") != std::string::npos;
+  const bool attention = name.find(".attentions.") != std::string::npos;
+  if (resampler || attention) {
+    const DType up = default_type_ == DType::Q5_0 ? DType::Q8_0 : DType::Q5_0;
+    return {up, std::string(resampler ? "resampling conv" : "attention projection") + " (" + dtype_name(up) +
+                    " under " + dtype_name(default_type_) + ")"};
+  }
+  return {default_type_, ""};
 }
 
 std::string TypePolicy::describe(const Rule& rule, bool is_override) const {
@@ -163,10 +172,10 @@ TypePolicy::Decision TypePolicy::decide(const std::string& name, int rank, const
   if (!ends_with(name, ".weight")) return {stored, "not a conv/linear weight"};
   DType target = default_type_;
   std::string reason = rank == 2 ? "linear weight" : "conv weight";
-  const std::string sensitive = sensitive_reason(name);
-  if (!sensitive.empty()) {
-    target = DType::Q8_0;
-    reason = sensitive;
+  const Decision sensitive = sensitive_type(name);
+  if (!sensitive.reason.empty()) {
+    target = sensitive.type;
+    reason = sensitive.reason;
   }
   if (dtype_tensor_bytes(target, rank, shape) >= dtype_tensor_bytes(stored, rank, shape)) {
     int64_t row = 1;
@@ -192,7 +201,11 @@ std::string TypePolicy::recipe() const {
   std::string r = dtype_name(default_type_);
   if (dtype_traits(default_type_).is_quantized) {
     r += " (conv and linear weights; norms, biases, embeddings, conv_in and conv_out keep their type";
-    if (is_low_bit(default_type_)) r += "; q8_0: resnet shortcuts and the full-resolution resnet convs";
+    if (is_low_bit(default_type_)) {
+      r += "; q8_0: resnet shortcuts and the full-resolution resnet convs; ";
+      r += default_type_ == DType::Q5_0 ? "q8_0" : "q5_0";
+      r += ": resampling convs and attention projections";
+    }
     r += ")";
   } else if (default_type_ == DType::F16) {
     r += " (norms and biases f32)";

@@ -9,7 +9,9 @@
 // instead (measured one group at a time on the cifar10-size U-Net, docs/QUANT.md): the 1×1 shortcut convs of the
 // resnets (a direct path from a block's input to its output) and the resnet convs of the full-resolution level,
 // down_blocks.0 and the last up block, whose errors reach conv_out with the least averaging. They are about a tenth
-// of the cifar10 U-Net's weights and, as q4_0, four fifths of its output error (squared).
+// of the cifar10 U-Net's weights and, as q4_0, four fifths of its output error (squared). A second tier, the
+// resampling convs (downsamplers, upsamplers) and the attention projections, 9 % of the weights, goes one step up
+// (q5_0 under q4_0/q4_1, q8_0 under q5_0): the next largest error per byte.
 // Users adjust the default with --keep REGEX (keep the type) and --tensor-type REGEX=TYPE (force a type; the first
 // matching override wins, and overrides are consulted before --keep). A block-type override never applies to a
 // rank-1 tensor (norm or bias): "conv_in=q8_0" quantises conv_in.weight and leaves conv_in.bias alone. Regexes are
@@ -64,7 +66,8 @@ class TypePolicy {
   // For provenance.dtype_recipe: the default type and what it applies to, then every --keep and --tensor-type in
   // order, e.g. "q8_0 (conv and linear weights; norms, biases, embeddings, conv_in and conv_out keep their type);
   // --keep 'attentions'; --tensor-type 'up_blocks\.3=q4_0'". The 4/5-bit types also name the q8_0 weights:
-  // "q4_0 (conv and linear weights; ...; q8_0: resnet shortcuts and the full-resolution resnet convs)". Plain types
+  // "q4_0 (conv and linear weights; ...; q8_0: resnet shortcuts and the full-resolution resnet convs; q5_0:
+  // resampling convs and attention projections)". Plain types
   // read as the converter always wrote them: "f32", "f16 (norms and biases f32)".
   std::string recipe() const;
 
@@ -77,8 +80,10 @@ class TypePolicy {
   };
   std::string describe(const Rule& rule, bool is_override) const;
 
-  // The reason decide() gives a full-resolution or shortcut weight q8_0 under a 4/5-bit default, or "" for others.
-  std::string sensitive_reason(const std::string& name) const;
+  // The type and reason decide() gives a weight that carries more than its share of the output error under a 4/5-bit
+  // default (full-resolution resnet convs and shortcuts: q8_0; resampling convs and attention projections: one step
+  // up), or an empty reason for the others.
+  Decision sensitive_type(const std::string& name) const;
 
   DType default_type_ = DType::F32;
   int last_up_block_ = -1;

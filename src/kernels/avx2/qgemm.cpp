@@ -1,8 +1,10 @@
 // AVX2 quantised GEMM (4×8 tile): each block's int8 dot products with vpmaddubsw (unsigned × signed bytes, pairs
 // summed to int16) and vpmaddwd by ones (to int32). The sign trick keeps B signed: |b| is the unsigned operand and
 // vpsignb moves b's sign (or zero) onto the broadcast weight; |b|, |w| ≤ 127 keep each pair sum within int16.
+// B holds q = u - 127, so the sums start at 127·Σw to make them Σ w·u (the contract's sum).
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "kernels/registry.h"
@@ -24,32 +26,38 @@ void quantize_b8(int64_t kc, const float* b_panel, uint8_t* q_panel) {
   const int64_t blocks = kc / 32;
   float* scales = reinterpret_cast<float*>(q_panel + kc * kNR);
   float* sums = scales + blocks * kNR;
-  const __m256 zero = _mm256_setzero_ps();
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127), byte = _mm256_set1_epi32(0xff);
+  float* minima = sums + blocks * kNR;
+  const __m256 zero = _mm256_setzero_ps(), top = _mm256_set1_ps(254.0f);
+  const __m256i bias = _mm256_set1_epi32(127), byte = _mm256_set1_epi32(0xff);
   for (int64_t b = 0; b < blocks; ++b) {
     const float* x = b_panel + b * 32 * kNR;
-    __m256 amax = zero;
-    // max_ps returns its second operand when one is NaN: a NaN value is skipped, as fmax does in the reference.
-    for (int i = 0; i < 32; ++i) amax = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + i * kNR), abs_mask), amax);
-    const __m256 d = _mm256_div_ps(amax, _mm256_set1_ps(127.0f));
-    const __m256 nonzero = _mm256_cmp_ps(d, zero, _CMP_NEQ_UQ);
-    const __m256 id = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), d), nonzero);
+    __m256 lo = _mm256_set1_ps(INFINITY), hi = _mm256_set1_ps(-INFINITY);
+    // min_ps(x, lo) is exactly `x < lo ? x : lo` (the second operand on NaN or equal zeros), as the reference.
+    for (int i = 0; i < 32; ++i) {
+      const __m256 v = _mm256_loadu_ps(x + i * kNR);
+      lo = _mm256_min_ps(v, lo);
+      hi = _mm256_max_ps(v, hi);
+    }
+    const __m256 d = _mm256_div_ps(_mm256_sub_ps(hi, lo), _mm256_set1_ps(254.0f));
+    const __m256 positive = _mm256_cmp_ps(d, zero, _CMP_GT_OQ);
+    const __m256 id = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(1.0f), d), positive);
     __m256i sum = _mm256_setzero_si256();
     for (int quad = 0; quad < 8; ++quad) {
       __m256i packed = _mm256_setzero_si256();
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
-        // cvtps2dq rounds to nearest even; NaN becomes INT_MIN, which the clamp sends to -127 like the reference.
-        __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + (quad * 4 + j) * kNR), id));
-        q = _mm256_max_epi32(_mm256_min_epi32(q, hi), lo);
-        sum = _mm256_add_epi32(sum, q);
+        // Clamped in float before the conversion (max_ps(NaN, 0) = 0, as fmax), then cvtps2dq rounds to nearest even.
+        const __m256 y = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + (quad * 4 + j) * kNR), lo), id);
+        const __m256i u = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(y, zero), top));
+        sum = _mm256_add_epi32(sum, u);
+        const __m256i q = _mm256_sub_epi32(u, bias);
         packed = _mm256_or_si256(packed, _mm256_slli_epi32(_mm256_and_si256(q, byte), 8 * j));
       }
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(q_panel + (b * 8 + quad) * 4 * kNR), packed);
     }
     _mm256_storeu_ps(scales + b * kNR, d);
     _mm256_storeu_ps(sums + b * kNR, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sum)));
+    _mm256_storeu_ps(minima + b * kNR, lo);
   }
 }
 
@@ -58,6 +66,7 @@ void run(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int
   const int64_t blocks = kc / 32;
   const float* b_scale = reinterpret_cast<const float*>(q_panel + kc * kNR);
   const float* b_sum = b_scale + blocks * kNR;
+  const float* b_lo = b_sum + blocks * kNR;
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 f[kMR];
 #pragma GCC unroll 4
@@ -81,10 +90,11 @@ void run(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int
         }
       }
 #pragma GCC unroll 4
-      for (int m = 0; m < kMR; ++m) acc[m] = _mm256_madd_epi16(acc16[m], ones);
+      for (int m = 0; m < kMR; ++m)
+        acc[m] = _mm256_add_epi32(_mm256_madd_epi16(acc16[m], ones), _mm256_set1_epi32(127 * a.qsum[b * kMR + m]));
     } else {
 #pragma GCC unroll 4
-      for (int m = 0; m < kMR; ++m) acc[m] = _mm256_setzero_si256();
+      for (int m = 0; m < kMR; ++m) acc[m] = _mm256_set1_epi32(127 * a.qsum[b * kMR + m]);
       // Not unrolled: across unrolled quads GCC re-associates the int32 adds into a tree of 32 live products and
       // spills them; one quad at a time keeps everything in the 16 registers.
 #pragma GCC unroll 1
@@ -105,6 +115,9 @@ void run(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int
       const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(a.d[b * kMR + m]), ad);
       f[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[m]), scale, f[m]);
     }
+    const __m256 alo = _mm256_loadu_ps(b_lo + b * kNR);
+#pragma GCC unroll 4
+    for (int m = 0; m < kMR; ++m) f[m] = _mm256_fmadd_ps(_mm256_set1_ps(a.lo_coef[b * kMR + m]), alo, f[m]);
     if (a.min) {
       const __m256 as = _mm256_loadu_ps(b_sum + b * kNR);
 #pragma GCC unroll 4

@@ -1,7 +1,8 @@
 // AVX-512BW quantised GEMM (8×16 tile) for CPUs without VNNI (Skylake-X, Cascade Lake without it): each block's
 // int8 dot products with vpmaddubsw, which multiplies unsigned by signed bytes. B stays signed int8; its absolute
 // value goes in as the unsigned operand and its sign moves onto the weight (negated under the sign-bit mask, as
-// AVX-512 has no vpsignb). |b| ≤ 127 and |w| ≤ 127 keep each pair sum within int16. Also the 16-column B
+// AVX-512 has no vpsignb). |b| ≤ 127 and |w| ≤ 127 keep each pair sum within int16. B holds q = u - 127, so
+// the sums start at 127·Σw to become the contract's Σ w·u. Also the 16-column B
 // quantiser that the VNNI kernel shares.
 #include "kernels/avx512/qgemm_tile.h"
 #include "kernels/registry.h"
@@ -17,32 +18,39 @@ void quantize_b16(int64_t kc, const float* b_panel, uint8_t* q_panel) {
   const int64_t blocks = kc / 32;
   float* scales = reinterpret_cast<float*>(q_panel + kc * NR);
   float* sums = scales + blocks * NR;
-  const __m512 zero = _mm512_setzero_ps();
-  const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127), byte = _mm512_set1_epi32(0xff);
+  float* minima = sums + blocks * NR;
+  const __m512 zero = _mm512_setzero_ps(), top = _mm512_set1_ps(254.0f);
+  // Stored as q = u - 127, or biased as q + 128 = u + 1.
+  const __m512i bias = _mm512_set1_epi32(kBiased ? -1 : 127), byte = _mm512_set1_epi32(0xff);
   for (int64_t b = 0; b < blocks; ++b) {
     const float* x = b_panel + b * 32 * NR;
-    __m512 amax = zero;
-    // max_ps returns its second operand when one is NaN, so a NaN value is skipped, as fmax does in the reference.
-    for (int i = 0; i < 32; ++i) amax = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + i * NR)), amax);
-    const __m512 d = _mm512_div_ps(amax, _mm512_set1_ps(127.0f));
-    const __mmask16 nonzero = _mm512_cmp_ps_mask(d, zero, _CMP_NEQ_UQ);
-    const __m512 id = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0f), d);
+    __m512 lo = _mm512_set1_ps(INFINITY), hi = _mm512_set1_ps(-INFINITY);
+    // min_ps(x, lo) is exactly `x < lo ? x : lo` (the second operand on NaN or equal zeros), as the reference.
+    for (int i = 0; i < 32; ++i) {
+      const __m512 v = _mm512_loadu_ps(x + i * NR);
+      lo = _mm512_min_ps(v, lo);
+      hi = _mm512_max_ps(v, hi);
+    }
+    const __m512 d = _mm512_div_ps(_mm512_sub_ps(hi, lo), _mm512_set1_ps(254.0f));
+    const __mmask16 positive = _mm512_cmp_ps_mask(d, zero, _CMP_GT_OQ);
+    const __m512 id = _mm512_maskz_div_ps(positive, _mm512_set1_ps(1.0f), d);
     __m512i sum = _mm512_setzero_si512();
     for (int quad = 0; quad < 8; ++quad) {
       __m512i packed = _mm512_setzero_si512();
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
-        // cvtps2dq rounds to nearest even; NaN becomes INT_MIN, which the clamp sends to -127 like the reference.
-        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + (quad * 4 + j) * NR), id));
-        q = _mm512_max_epi32(_mm512_min_epi32(q, hi), lo);
-        sum = _mm512_add_epi32(sum, q);
+        // Clamped in float before the conversion (max_ps(NaN, 0) = 0, as fmax), then cvtps2dq rounds to nearest even.
+        const __m512 y = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + (quad * 4 + j) * NR), lo), id);
+        const __m512i u = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(y, zero), top));
+        sum = _mm512_add_epi32(sum, u);
+        const __m512i q = _mm512_sub_epi32(u, bias);
         packed = _mm512_or_si512(packed, _mm512_slli_epi32(_mm512_and_si512(q, byte), 8 * j));
       }
-      if (kBiased) packed = _mm512_xor_si512(packed, _mm512_set1_epi32(static_cast<int32_t>(0x80808080u)));
       _mm512_storeu_si512(q_panel + (b * 8 + quad) * 4 * NR, packed);
     }
     _mm512_storeu_ps(scales + b * NR, d);
     _mm512_storeu_ps(sums + b * NR, _mm512_mul_ps(d, _mm512_cvtepi32_ps(sum)));
+    _mm512_storeu_ps(minima + b * NR, lo);
   }
 }
 
@@ -53,8 +61,9 @@ void run_bw(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, 
   qgemm_tile(kc, a, q_panel, c, ldc, accumulate, epilogue, [&](int64_t b, __m512i* acc) {
     // With |w| <= 16 the block's eight pair sums stay within int16 (QGemmPanelA::small_q): widen once per block.
     const bool small = a.small_q;
+    // B holds q = u - 127: starting at 127·Σw makes the sums Σ w·u (in int16 the start would not fit: added after).
 #pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m) acc[m] = zero;
+    for (int m = 0; m < MR; ++m) acc[m] = small ? zero : _mm512_set1_epi32(127 * a.qsum[b * MR + m]);
 #pragma GCC unroll 1
     for (int quad = 0; quad < 8; ++quad) {
       const __m512i bv = _mm512_loadu_si512(q_panel + (b * 8 + quad) * 4 * NR);
@@ -70,7 +79,8 @@ void run_bw(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, 
     }
     if (small) {
 #pragma GCC unroll 8
-      for (int m = 0; m < MR; ++m) acc[m] = _mm512_madd_epi16(acc[m], ones);
+      for (int m = 0; m < MR; ++m)
+        acc[m] = _mm512_add_epi32(_mm512_madd_epi16(acc[m], ones), _mm512_set1_epi32(127 * a.qsum[b * MR + m]));
     }
   });
 }

@@ -11,6 +11,7 @@
 #include <immintrin.h>
 #pragma GCC diagnostic pop
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -26,7 +27,7 @@ inline int32_t load_weight_quad(const int8_t* p) {
   return v;
 }
 
-// C[8×16] (+)= A·B: block_dot(b, acc) sets acc[m] to Σ_i wq·aq over block b of row m (16 columns per vector); the
+// C[8×16] (+)= A·B: block_dot(b, acc) sets acc[m] to Σ_i wq·u over block b of row m (16 columns per vector); the
 // scales turn it into floats in block order, as the contract in kernels/registry.h says, the mul+add fused.
 template <class BlockDot>
 inline void qgemm_tile(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int64_t ldc, bool accumulate,
@@ -35,6 +36,7 @@ inline void qgemm_tile(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel,
   const int64_t blocks = kc / 32;
   const float* b_scale = reinterpret_cast<const float*>(q_panel + kc * NR);
   const float* b_sum = b_scale + blocks * NR;
+  const float* b_lo = b_sum + blocks * NR;
   __m512 f[MR];
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) f[m] = accumulate ? _mm512_loadu_ps(c + m * ldc) : _mm512_setzero_ps();
@@ -47,6 +49,9 @@ inline void qgemm_tile(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel,
       const __m512 scale = _mm512_mul_ps(_mm512_set1_ps(a.d[b * MR + m]), ad);
       f[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[m]), scale, f[m]);
     }
+    const __m512 alo = _mm512_loadu_ps(b_lo + b * NR);
+#pragma GCC unroll 8
+    for (int m = 0; m < MR; ++m) f[m] = _mm512_fmadd_ps(_mm512_set1_ps(a.lo_coef[b * MR + m]), alo, f[m]);
     if (a.min) {
       const __m512 as = _mm512_loadu_ps(b_sum + b * NR);
 #pragma GCC unroll 8

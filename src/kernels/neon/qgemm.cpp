@@ -4,7 +4,7 @@
 // Without sdot, int8 products come from vmull_s8 (8 products as int16). A 16-byte B vector holds 4 columns × 4 k
 // of one k quad; multiplied by one weight row's 4 bytes repeated 4 times, it gives the 16 products of those
 // columns. vpaddq_s16 sums adjacent pairs — at most 2·127·127 = 32258 in magnitude, so int16 holds it (weights are
-// in [-127, 127] for every block type, activations in [-127, 127]) — and vpadalq_s16 adds the next pairs into the
+// in [-127, 127] for every block type, activations stored as q = u - 127 in [-127, 127]) — and vpadalq_s16 adds the next pairs into the
 // int32 accumulator, leaving each lane the sum of one column's 4 products. Multiplies issue on one pipe of the
 // A72 and the pairwise adds on the other, so neither waits for the other.
 //
@@ -13,6 +13,8 @@
 #include "kernels/neon/qgemm.h"
 
 #include <arm_neon.h>
+
+#include <cmath>
 
 #include "kernels/neon/qgemm_tile.h"
 #include "kernels/registry.h"
@@ -32,9 +34,10 @@ inline int32x4_t interleave_quad(int32x4_t q0, int32x4_t q1, int32x4_t q2, int32
   return vsliq_n_s32(w, q3, 24);
 }
 
-// Bit for bit the reference quantiser: the same f32 operations in the same order per element. vmaxnm is fmax (a NaN
-// operand loses), so a NaN never becomes amax and a NaN value clamps to -127 before the conversion, as
-// fmin(fmax(nearbyint(NaN), -127), 127) does; clamping before rounding is the same as after since ±127 are
+// Bit for bit the reference quantiser: the same f32 operations in the same order per element. The minimum and
+// maximum are compare + select, `x < lo ? x : lo` exactly (vminq would propagate NaN, vminnmq orders -0 below +0);
+// vmaxnm is fmax (a NaN operand loses), so a NaN value clamps to 0 before the conversion, as
+// fmin(fmax(nearbyint(NaN), 0), 254) does; clamping before rounding is the same as after since 0 and 254 are
 // integers, and vcvtnq rounds to nearest even like nearbyint.
 template <int NR>
 void quantize_b(int64_t kc, const float* b_panel, uint8_t* q_panel) {
@@ -43,22 +46,32 @@ void quantize_b(int64_t kc, const float* b_panel, uint8_t* q_panel) {
   const int64_t blocks = kc / kBlock;
   float* scales = reinterpret_cast<float*>(q_panel + kc * NR);
   float* sums = scales + blocks * NR;
-  const float32x4_t lo = vdupq_n_f32(-127.0f), hi = vdupq_n_f32(127.0f), zero = vdupq_n_f32(0.0f);
+  float* minima = sums + blocks * NR;
+  const float32x4_t top = vdupq_n_f32(254.0f), zero = vdupq_n_f32(0.0f);
+  const int32x4_t bias = vdupq_n_s32(127);
   for (int64_t b = 0; b < blocks; ++b) {
     const float* x = b_panel + b * kBlock * NR;
-    float32x4_t amax[V], id[V];
+    float32x4_t lo[V], hi[V], id[V];
     int32x4_t sum[V];
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) amax[v] = zero;
+    for (int v = 0; v < V; ++v) {
+      lo[v] = vdupq_n_f32(INFINITY);
+      hi[v] = vdupq_n_f32(-INFINITY);
+    }
     for (int i = 0; i < kBlock; ++i) {
 #pragma GCC unroll 4
-      for (int v = 0; v < V; ++v) amax[v] = vmaxnmq_f32(amax[v], vabsq_f32(vld1q_f32(x + i * NR + 4 * v)));
+      for (int v = 0; v < V; ++v) {
+        const float32x4_t value = vld1q_f32(x + i * NR + 4 * v);
+        lo[v] = vbslq_f32(vcltq_f32(value, lo[v]), value, lo[v]);
+        hi[v] = vbslq_f32(vcgtq_f32(value, hi[v]), value, hi[v]);
+      }
     }
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) {
-      const float32x4_t d = vdivq_f32(amax[v], hi);
-      id[v] = vbslq_f32(vceqzq_f32(d), zero, vdivq_f32(vdupq_n_f32(1.0f), d));
+      const float32x4_t d = vdivq_f32(vsubq_f32(hi[v], lo[v]), top);
+      id[v] = vbslq_f32(vcgtzq_f32(d), vdivq_f32(vdupq_n_f32(1.0f), d), zero);
       vst1q_f32(scales + b * NR + 4 * v, d);
+      vst1q_f32(minima + b * NR + 4 * v, lo[v]);
       sum[v] = vdupq_n_s32(0);
     }
     int8_t* out = reinterpret_cast<int8_t*>(q_panel) + b * kBlock * NR;
@@ -68,9 +81,10 @@ void quantize_b(int64_t kc, const float* b_panel, uint8_t* q_panel) {
         int32x4_t q[4];
 #pragma GCC unroll 4
         for (int r = 0; r < 4; ++r) {
-          const float32x4_t y = vmulq_f32(vld1q_f32(x + (4 * t + r) * NR + 4 * v), id[v]);
-          q[r] = vcvtnq_s32_f32(vminnmq_f32(vmaxnmq_f32(y, lo), hi));
-          sum[v] = vaddq_s32(sum[v], q[r]);
+          const float32x4_t y = vmulq_f32(vsubq_f32(vld1q_f32(x + (4 * t + r) * NR + 4 * v), lo[v]), id[v]);
+          const int32x4_t u = vcvtnq_s32_f32(vminnmq_f32(vmaxnmq_f32(y, zero), top));
+          sum[v] = vaddq_s32(sum[v], u);
+          q[r] = vsubq_s32(u, bias);
         }
         vst1q_s8(out + t * NR * 4 + 16 * v, vreinterpretq_s8_s32(interleave_quad(q[0], q[1], q[2], q[3])));
       }
@@ -94,14 +108,12 @@ void run_4x8(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c,
              const GemmEpilogue* epilogue) {
   const int64_t blocks = kc / kBlock;
   const int8_t* bq = reinterpret_cast<const int8_t*>(q_panel);
-  const float* bd = reinterpret_cast<const float*>(q_panel + kc * kNR);
-  const float* bs = bd + blocks * kNR;
   QTile<2> tile;
   qtile_load(tile, c, ldc, accumulate);
   for (int64_t blk = 0; blk < blocks; ++blk) {
     int32x4_t isum[kMR][2];
 #pragma GCC unroll 4
-    for (int m = 0; m < kMR; ++m) isum[m][0] = isum[m][1] = vdupq_n_s32(0);
+    for (int m = 0; m < kMR; ++m) isum[m][0] = isum[m][1] = neon::qtile_sum_start(a, blk, m);
     const int8_t* aq = a.q + blk * kBlock * kMR;
     const int8_t* b = bq + blk * kBlock * kNR;
     for (int t = 0; t < kBlock / 4; ++t) {
@@ -120,7 +132,7 @@ void run_4x8(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c,
       DDPM_QROW(3)
 #undef DDPM_QROW
     }
-    qtile_add_block(tile, isum, a, bd, bs, blk);
+    qtile_add_block(tile, isum, a, q_panel, kc, blk);
   }
   qtile_store(tile, c, ldc, epilogue);
 }

@@ -27,14 +27,12 @@ void run_4x12(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c
               const GemmEpilogue* epilogue) {
   const int64_t blocks = kc / kBlock;
   const int8_t* bq = reinterpret_cast<const int8_t*>(q_panel);
-  const float* bd = reinterpret_cast<const float*>(q_panel + kc * kNR);
-  const float* bs = bd + blocks * kNR;
   neon::QTile<3> tile;
   neon::qtile_load(tile, c, ldc, accumulate);
   for (int64_t blk = 0; blk < blocks; ++blk) {
     int32x4_t isum[kMR][3];
 #pragma GCC unroll 4
-    for (int m = 0; m < kMR; ++m) isum[m][0] = isum[m][1] = isum[m][2] = vdupq_n_s32(0);
+    for (int m = 0; m < kMR; ++m) isum[m][0] = isum[m][1] = isum[m][2] = neon::qtile_sum_start(a, blk, m);
     const int8_t* aq = a.q + blk * kBlock * kMR;
     const int8_t* b = bq + blk * kBlock * kNR;
 #pragma GCC unroll 2
@@ -53,7 +51,7 @@ void run_4x12(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c
       DDPM_QROW(3)
 #undef DDPM_QROW
     }
-    neon::qtile_add_block(tile, isum, a, bd, bs, blk);
+    neon::qtile_add_block(tile, isum, a, q_panel, kc, blk);
   }
   neon::qtile_store(tile, c, ldc, epilogue);
 }

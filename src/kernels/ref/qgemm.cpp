@@ -10,21 +10,26 @@ namespace {
 
 constexpr int kMR = 4, kNR = 8, kBlock = 32;
 
-// One block of 32 values of one column -> int8 values, scale d and scaled sum s.
-void quantize_column_block(const float* x, int64_t stride, int8_t* q, float* d_out, float* s_out) {
-  float amax = 0.0f;
-  for (int i = 0; i < kBlock; ++i) amax = std::fmax(amax, std::fabs(x[i * stride]));
-  const float d = amax / 127.0f;
-  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+// One block of 32 values of one column -> int8 q = u - 127, scale d, scaled sum s and minimum lo.
+void quantize_column_block(const float* x, int64_t stride, int8_t* q, float* d_out, float* s_out, float* lo_out) {
+  float lo = INFINITY, hi = -INFINITY;
+  for (int i = 0; i < kBlock; ++i) {
+    const float v = x[i * stride];
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+  }
+  const float d = (hi - lo) / 254.0f;
+  const float id = d > 0.0f ? 1.0f / d : 0.0f;
   int32_t sum = 0;
   for (int i = 0; i < kBlock; ++i) {
-    // fmax/fmin also send NaN (a NaN activation) to -127 rather than to an undefined cast.
-    const float v = std::fmin(std::fmax(std::nearbyint(x[i * stride] * id), -127.0f), 127.0f);
-    q[i] = static_cast<int8_t>(v);
-    sum += q[i];
+    // fmax sends NaN (a NaN activation, or inf - inf) to 0 rather than to an undefined cast.
+    const float u = std::fmin(std::fmax(std::nearbyint((x[i * stride] - lo) * id), 0.0f), 254.0f);
+    q[i] = static_cast<int8_t>(static_cast<int32_t>(u) - 127);
+    sum += static_cast<int32_t>(u);
   }
   *d_out = d;
   *s_out = d * static_cast<float>(sum);
+  *lo_out = lo;
 }
 
 void quantize_b(int64_t kc, const float* b_panel, uint8_t* q_panel) {
@@ -32,10 +37,12 @@ void quantize_b(int64_t kc, const float* b_panel, uint8_t* q_panel) {
   auto* values = reinterpret_cast<int8_t*>(q_panel);           // [kc/4][NR][4]
   float* scales = reinterpret_cast<float*>(q_panel + kc * kNR);  // [kc/32][NR]
   float* sums = scales + blocks * kNR;                          // [kc/32][NR]
+  float* minima = sums + blocks * kNR;                          // [kc/32][NR]
   for (int64_t b = 0; b < blocks; ++b) {
     for (int n = 0; n < kNR; ++n) {
       int8_t q[kBlock];
-      quantize_column_block(b_panel + b * kBlock * kNR + n, kNR, q, &scales[b * kNR + n], &sums[b * kNR + n]);
+      quantize_column_block(b_panel + b * kBlock * kNR + n, kNR, q, &scales[b * kNR + n], &sums[b * kNR + n],
+                            &minima[b * kNR + n]);
       for (int i = 0; i < kBlock; ++i) {
         const int64_t k = b * kBlock + i;
         values[(k / 4) * kNR * 4 + n * 4 + k % 4] = q[i];
@@ -50,17 +57,19 @@ void run(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int
   const auto* bq = reinterpret_cast<const int8_t*>(q_panel);
   const float* bd = reinterpret_cast<const float*>(q_panel + kc * kNR);
   const float* bs = bd + blocks * kNR;
+  const float* blo = bs + blocks * kNR;
   for (int m = 0; m < kMR; ++m) {
     for (int n = 0; n < kNR; ++n) {
       float acc = accumulate ? c[m * ldc + n] : 0.0f;
       for (int64_t b = 0; b < blocks; ++b) {
-        int32_t dot = 0;
+        int32_t dot = 0;  // Σ wq·u, u = q + 127
         for (int64_t k = b * kBlock; k < (b + 1) * kBlock; ++k) {
           const int64_t quad = (k / 4) * 4, lane = k % 4;
           dot += static_cast<int32_t>(a.q[quad * kMR + m * 4 + lane]) *
-                 static_cast<int32_t>(bq[quad * kNR + n * 4 + lane]);
+                 (static_cast<int32_t>(bq[quad * kNR + n * 4 + lane]) + 127);
         }
         acc = acc + static_cast<float>(dot) * (a.d[b * kMR + m] * bd[b * kNR + n]);
+        acc = acc + a.lo_coef[b * kMR + m] * blo[b * kNR + n];
         if (a.min) acc = acc + a.min[b * kMR + m] * bs[b * kNR + n];
       }
       if (epilogue) {
