@@ -165,7 +165,8 @@ struct Context {
   std::vector<std::unique_ptr<uint8_t, decltype(&std::free)>> buffers;
   std::vector<uint8_t*> scratch;
   size_t bytes = 0;
-  explicit Context(int threads) : pool(threads) {
+  bool unpack_once = false;  // give run_qgemm a shared buffer, so that it unpacks each weight once
+  explicit Context(int threads, bool shared = false) : pool(threads), unpack_once(shared) {
     for (const kernels::QGemmMicroKernel& v : variants()) {
       kernels::KernelTable table = kernels::reference();
       table.qgemm = v;
@@ -180,7 +181,10 @@ struct Context {
   std::vector<float> run(const kernels::QGemmMicroKernel& kernel, const BlockMatrix& a, const Problem& p) {
     kernels::KernelTable table = kernels::active();
     table.qgemm = kernel;
-    ExecContext ctx{pool, scratch.data(), bytes, table};
+    const size_t shared_bytes = unpack_once ? qgemm_shared_bytes_max(p.M, p.K) : 0;
+    std::unique_ptr<uint8_t, decltype(&std::free)> shared(
+        shared_bytes ? static_cast<uint8_t*>(std::aligned_alloc(64, (shared_bytes + 63) / 64 * 64)) : nullptr, &std::free);
+    ExecContext ctx{pool, scratch.data(), bytes, table, shared.get(), shared_bytes};
     StridedB packer{p.b.data(), DType::F32, p.K * p.N, p.N, 1, table.gemm.gather_rows};
     std::vector<float> c(static_cast<size_t>(p.batch * p.M * p.N), -7.0f);
     QGemmProblem q;
@@ -314,7 +318,8 @@ TEST_CASE("qgemm quantize_b: every variant gives the reference's values, scales,
 
 TEST_CASE("qgemm driver: every variant on M/N/K tails, each type, epilogues; threads and splits bit-identical",
           "[qgemm]") {
-  Context one(1), two(2), three(3);
+  // `three` unpacks each weight once into a shared buffer (the batch of 2 makes it worth it); the others per task.
+  Context one(1), two(2), three(3, true);
   for (const kernels::QGemmMicroKernel& v : variants()) {
     INFO("variant " << v.name << " " << v.mr << "x" << v.nr);
     const bool reference = std::strcmp(v.name, "scalar") == 0;
@@ -348,6 +353,25 @@ TEST_CASE("qgemm driver: every variant on M/N/K tails, each type, epilogues; thr
       }
     }
   }
+}
+
+TEST_CASE("qgemm plan: the weight is unpacked once only when a panel would be unpacked more than once", "[qgemm]") {
+  const kernels::QGemmMicroKernel kernel = kernels::active().qgemm;
+  QGemmProblem p;
+  p.M = 256;
+  p.K = 2304;
+  p.a_dtype = DType::Q8_0;
+  // Many columns and batch items: every column chunk and batch item would unpack the whole weight again.
+  p.N = 4096;
+  p.batch = 4;
+  CHECK(plan_qgemm(p, kernel, 2, true).unpack_once);
+  CHECK_FALSE(plan_qgemm(p, kernel, 2, false).unpack_once);  // no shared buffer
+  // One batch item in one column chunk on one thread: nothing would be unpacked twice.
+  p.N = kernel.nr;
+  p.batch = 1;
+  const QGemmPlan single = plan_qgemm(p, kernel, 1, true);
+  CHECK(single.n_chunks == 1);
+  CHECK_FALSE(single.unpack_once);
 }
 
 TEST_CASE("qgemm micro-kernels: accumulate and fused epilogue against the reference, each variant", "[qgemm]") {

@@ -56,6 +56,8 @@ class Graph {
   size_t planned_arena_bytes() const { return arena_bytes_; }
   // Bytes of per-thread scratch that compute() needs for `threads` threads.
   size_t scratch_bytes_per_thread() const { return scratch_per_thread_; }
+  // Bytes of the one scratch buffer all threads of an op share (e.g. unpacked quantised weights).
+  size_t shared_scratch_bytes() const { return shared_bytes_; }
   // Runs the graph. `pool` decides the thread count; results do not depend on it.
   Status compute(ThreadPool& pool);
 
@@ -75,7 +77,9 @@ class Graph {
   bool planned_ = false;
   size_t arena_bytes_ = 0;
   size_t scratch_per_thread_ = 0;
+  size_t shared_bytes_ = 0;
   std::unique_ptr<uint8_t[], void (*)(uint8_t*)> arena_;
+  std::unique_ptr<uint8_t[], void (*)(uint8_t*)> shared_;
   std::vector<uint8_t*> scratch_;  // one per thread, grown on demand
 };
 

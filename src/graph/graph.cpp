@@ -89,7 +89,7 @@ Tensor* storage_root(Tensor* t) { return t->view_source ? t->view_source : t; }
 
 }  // namespace
 
-Graph::Graph() : arena_(nullptr, free_aligned) {}
+Graph::Graph() : arena_(nullptr, free_aligned), shared_(nullptr, free_aligned) {}
 
 Graph::~Graph() {
   for (uint8_t* s : scratch_) std::free(s);
@@ -208,13 +208,14 @@ Status Graph::plan() {
     Tensor* t = nodes_[i];
     if (t->flags & kFlagInput) offset[i] = planner.allocate(tensor_bytes(*t));
   }
-  size_t scratch = 0;
+  size_t scratch = 0, shared = 0;
   for (size_t i = 0; i < n; ++i) {
     Tensor* t = nodes_[i];
     if (t->op == OpKind::Leaf || t->op == OpKind::View) continue;
     offset[i] = planner.allocate(tensor_bytes(*t));
     if (!(t->flags & kFlagOutput)) dies_after[last_use[i]].push_back(t);
     if (const ScratchFn fn = op_exec(t->op).scratch_bytes) scratch = std::max(scratch, fn(*t));
+    if (const ScratchFn fn = op_exec(t->op).shared_bytes) shared = std::max(shared, fn(*t));
     for (Tensor* dead : dies_after[i]) planner.release(offset[dead->id], tensor_bytes(*dead));
   }
   arena_bytes_ = planner.peak();
@@ -230,6 +231,9 @@ Status Graph::plan() {
     }
   }
   scratch_per_thread_ = align_up(scratch);
+  shared_bytes_ = align_up(shared);
+  shared_.reset(shared_bytes_ ? alloc_aligned(shared_bytes_) : nullptr);
+  if (shared_bytes_ && !shared_) return errorf("cannot allocate %zu bytes of shared scratch memory", shared_bytes_);
   planned_ = true;
   return Status();
 }
@@ -245,7 +249,7 @@ Status Graph::compute(ThreadPool& pool) {
       if (!s) return errorf("cannot allocate %zu bytes of scratch memory", scratch_per_thread_);
     }
   }
-  ExecContext ctx{pool, scratch_.data(), scratch_per_thread_, kernels::active()};
+  ExecContext ctx{pool, scratch_.data(), scratch_per_thread_, kernels::active(), shared_.get(), shared_bytes_};
   const bool profiling = profile::enabled();
   if (profiling) profile::count_call();
   bool backward = false;
@@ -269,8 +273,8 @@ const OpExec& op_exec(OpKind op) {
       {nullptr, nullptr},                          // Leaf
       {nullptr, nullptr},                          // View
       {compute_contiguous, nullptr},               // Contiguous
-      {compute_conv2d, scratch_conv2d},            // Conv2d
-      {compute_matmul, scratch_matmul},            // Matmul
+      {compute_conv2d, scratch_conv2d, shared_conv2d},  // Conv2d
+      {compute_matmul, scratch_matmul, shared_matmul},  // Matmul
       {compute_group_norm, nullptr},               // GroupNorm
       {compute_unary, nullptr},                    // Unary
       {compute_binary, nullptr},                   // Binary

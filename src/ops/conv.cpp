@@ -234,6 +234,11 @@ static size_t scratch_conv2d_quantized(const Tensor& node) {
   return quant::is_block_type(node.src[1]->dtype) ? qgemm_scratch_bytes_max() : 0;
 }
 
+size_t shared_conv2d(const Tensor& node) {
+  const Tensor& w = *node.src[1];
+  return quant::is_block_type(w.dtype) ? qgemm_shared_bytes_max(w.shape[0], w.shape[1] * w.shape[2] * w.shape[3]) : 0;
+}
+
 size_t scratch_conv2d(const Tensor& node) {
   return std::max({gemm_scratch_bytes_max(), conv2d_direct_scratch_bytes(node), scratch_conv2d_quantized(node)});
 }

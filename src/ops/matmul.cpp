@@ -120,6 +120,14 @@ size_t scratch_matmul(const Tensor& node) {
   return quantized ? qgemm_scratch_bytes_max() : gemm_scratch_bytes_max();
 }
 
+size_t shared_matmul(const Tensor& node) {
+  const Tensor& a = *node.src[0];
+  const Tensor& b = *node.src[1];
+  if (quant::is_block_type(b.dtype)) return qgemm_shared_bytes_max(b.shape[0], b.shape[1]);  // linear: W [out, in]
+  if (quant::is_block_type(a.dtype)) return qgemm_shared_bytes_max(a.shape[a.rank - 2], a.shape[a.rank - 1]);
+  return 0;
+}
+
 namespace {
 
 // linear with a block-quantised weight W [out, in]: yᵀ[out × rows] = W · xᵀ, C written transposed into y [rows, out].

@@ -17,6 +17,10 @@ struct ExecContext {
   uint8_t* const* scratch;  // scratch[thread], each scratch_bytes long, 64-byte aligned
   size_t scratch_bytes;
   const kernels::KernelTable& kernels;
+  // One buffer for all threads of an op (64-byte aligned; null when no op asked for one): e.g. weights unpacked
+  // once per op instead of once per task (run_qgemm). Ops must work, maybe slower, without it.
+  uint8_t* shared = nullptr;
+  size_t shared_bytes = 0;
 };
 
 using ComputeFn = Status (*)(const Tensor& node, ExecContext& ctx);
@@ -25,6 +29,7 @@ using ScratchFn = size_t (*)(const Tensor& node);
 struct OpExec {
   ComputeFn compute;
   ScratchFn scratch_bytes;  // may be null: no scratch
+  ScratchFn shared_bytes = nullptr;  // may be null: no ExecContext::shared buffer
 };
 
 const OpExec& op_exec(OpKind op);
@@ -33,8 +38,10 @@ const OpExec& op_exec(OpKind op);
 Status compute_contiguous(const Tensor& node, ExecContext& ctx);
 Status compute_conv2d(const Tensor& node, ExecContext& ctx);
 size_t scratch_conv2d(const Tensor& node);
+size_t shared_conv2d(const Tensor& node);
 Status compute_matmul(const Tensor& node, ExecContext& ctx);
 size_t scratch_matmul(const Tensor& node);
+size_t shared_matmul(const Tensor& node);
 Status compute_group_norm(const Tensor& node, ExecContext& ctx);
 Status compute_unary(const Tensor& node, ExecContext& ctx);
 Status compute_binary(const Tensor& node, ExecContext& ctx);

@@ -26,7 +26,9 @@ constexpr int kMaxMr = 32, kMaxNr = 64;
 // Cost model, in units of one int8 multiply-add of the micro-kernel (~1/64 cycle with VNNI). Packing one B element
 // as f32 and quantising it costs about 40 of them, unpacking one A element from its blocks into a panel about 30,
 // a task (waking, bookkeeping, ~1 µs) about 150000. kStraggler as in run_gemm: a late task stretches the end.
-constexpr double kQuantizeBCost = 40.0, kUnpackACost = 30.0, kTaskCost = 150000.0, kStraggler = 0.15;
+// With the weight unpacked once beforehand, a task still reads its rows of it, often from another core's cache:
+// about 8.
+constexpr double kQuantizeBCost = 40.0, kUnpackACost = 30.0, kReadACost = 8.0, kTaskCost = 150000.0, kStraggler = 0.15;
 // Below this many multiply-adds a second thread costs more than it saves.
 constexpr double kMinParallelWork = 256.0 * 1024.0;
 
@@ -110,20 +112,24 @@ Scratch carve_scratch(uint8_t* base, int mr, int nr) {
 
 bool has_epilogue(const QGemmProblem& p) { return p.bias_row || p.bias_col || p.residual; }
 
+// With `unpack_once` the weight is unpacked before the tasks, once in all, spread over the threads.
 double split_cost(const QGemmProblem& p, const QGemmPlan& plan, int mr, int nr, int64_t m_chunks, int64_t n_chunks,
-                  int threads) {
+                  int threads, bool unpack_once) {
   const double k = static_cast<double>(plan.kc * plan.k_blocks);
   const double rows = static_cast<double>(plan.m_panels * mr), cols = static_cast<double>(plan.n_panels * nr);
   const double tasks = static_cast<double>(p.batch * m_chunks * n_chunks);
+  const double unpack_per_task = unpack_once ? kReadACost : kUnpackACost;
   const double total = static_cast<double>(p.batch) * k *
                            (rows * cols + kQuantizeBCost * cols * static_cast<double>(m_chunks) +
-                            kUnpackACost * rows * static_cast<double>(n_chunks)) +
+                            unpack_per_task * rows * static_cast<double>(n_chunks)) +
                        tasks * kTaskCost;
   const double max_rows = static_cast<double>(ceil_div(plan.m_panels, m_chunks) * mr);
   const double max_cols = static_cast<double>(ceil_div(plan.n_panels, n_chunks) * nr);
-  const double largest = k * (max_rows * max_cols + kQuantizeBCost * max_cols + kUnpackACost * max_rows) + kTaskCost;
+  const double largest = k * (max_rows * max_cols + kQuantizeBCost * max_cols + unpack_per_task * max_rows) + kTaskCost;
   const double rounds = std::ceil(tasks / threads);
-  return std::max(rounds * total / tasks, largest) + (threads > 1 ? kStraggler * largest : 0.0);
+  // The unpacking phase: its share of the work per thread, and one more round of waking the threads.
+  const double unpack = unpack_once ? k * kUnpackACost * rows / threads + kTaskCost : 0.0;
+  return unpack + std::max(rounds * total / tasks, largest) + (threads > 1 ? kStraggler * largest : 0.0);
 }
 
 struct TaskRange {
@@ -256,11 +262,20 @@ int32_t decode_block(DType type, const uint8_t* block, int8_t* q, int64_t quad_s
   }
 }
 
+// Where an unpacked A panel goes: values [blocks*8][mr][4], then per block and row the scale, minimum, Σq and
+// lo_coef (QGemmPanelA), each [blocks][mr].
+struct APanel {
+  int8_t* q;
+  float* d;
+  float* min;
+  int32_t* qsum;
+  float* lo_coef;
+};
+
 // Rows m0 .. m0+mr of A, blocks [k0/32, (k0+kc)/32), into the kernel's panel layout. Rows past M repeat the last
 // row: they only feed tile rows that are never copied out.
-void unpack_a_panel(const QGemmProblem& p, const kernels::QGemmMicroKernel& kernel, size_t row_bytes, int64_t m0,
-                    int64_t k0, int64_t kc, const Scratch& s) {
-  const int mr = kernel.mr;
+void unpack_a_panel(const QGemmProblem& p, int mr, size_t row_bytes, int64_t m0, int64_t k0, int64_t kc,
+                    const APanel& out) {
   const int64_t blocks = kc / kBlock;
   const size_t block_bytes = dtype_traits(p.a_dtype).block_bytes;
   const int64_t quad_stride = 4 * mr, block_stride = 8 * quad_stride;
@@ -275,20 +290,56 @@ void unpack_a_panel(const QGemmProblem& p, const kernels::QGemmMicroKernel& kern
     }
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t i = b * mr + m;
-      s.a_qsum[i] = decode_block(p.a_dtype, src + b * block_bytes, s.a_q + b * block_stride + m * 4, quad_stride,
-                                 &s.a_d[i], &s.a_min[i]);
+      out.qsum[i] = decode_block(p.a_dtype, src + b * block_bytes, out.q + b * block_stride + m * 4, quad_stride,
+                                 &out.d[i], &out.min[i]);
       // Σ_k w_k·(lo + d·u_k) = wd·d·Σ wq·u + lo·(wd·Σ wq + 32·wmin) + wmin·d·Σ u: the weight side of the lo term.
       // 32·wmin is exact, so the fma rounds the sum once, as any contraction by the compiler would too.
-      const float lo_coef = s.a_d[i] * static_cast<float>(s.a_qsum[i]);
-      s.a_lo_coef[i] = p.a_dtype == DType::Q4_1 ? std::fma(32.0f, s.a_min[i], lo_coef) : lo_coef;
+      const float lo_coef = out.d[i] * static_cast<float>(out.qsum[i]);
+      out.lo_coef[i] = p.a_dtype == DType::Q4_1 ? std::fma(32.0f, out.min[i], lo_coef) : lo_coef;
     }
   }
 }
 
+// The whole weight unpacked once (run_qgemm with ExecContext::shared): panel after panel over all of the padded K,
+// in five regions (values, scales, minima, sums, lo_coef). A k block of a panel is a contiguous piece of it.
+struct SharedALayout {
+  int64_t padded_k = 0, blocks = 0, rows = 0;
+  size_t offsets[5] = {};
+  size_t total = 0;
+};
+
+SharedALayout shared_a_layout(int64_t m_panels, int mr, int64_t padded_k) {
+  SharedALayout l;
+  l.padded_k = padded_k;
+  l.blocks = padded_k / kBlock;
+  l.rows = m_panels * mr;
+  const size_t sizes[5] = {static_cast<size_t>(l.rows * padded_k), static_cast<size_t>(l.rows * l.blocks) * 4,
+                           static_cast<size_t>(l.rows * l.blocks) * 4, static_cast<size_t>(l.rows * l.blocks) * 4,
+                           static_cast<size_t>(l.rows * l.blocks) * 4};
+  for (int i = 0; i < 5; ++i) {
+    l.offsets[i] = l.total;
+    l.total += aligned64(sizes[i]);
+  }
+  return l;
+}
+
+// Panel `panel` of the shared weight, from k block start k0 on.
+APanel shared_a_panel(uint8_t* base, const SharedALayout& l, int mr, int64_t panel, int64_t k0) {
+  const int64_t first = panel * mr * l.blocks + (k0 / kBlock) * mr;  // [panel][blocks][mr]
+  APanel a;
+  a.q = reinterpret_cast<int8_t*>(base + l.offsets[0]) + panel * mr * l.padded_k + k0 * mr;
+  a.d = reinterpret_cast<float*>(base + l.offsets[1]) + first;
+  a.min = reinterpret_cast<float*>(base + l.offsets[2]) + first;
+  a.qsum = reinterpret_cast<int32_t*>(base + l.offsets[3]) + first;
+  a.lo_coef = reinterpret_cast<float*>(base + l.offsets[4]) + first;
+  return a;
+}
+
 // The problem and the plan are copied so that tasks on other threads do not keep reading lines of the caller's
 // stack (see run_gemm).
+// `unpacked`: the whole weight unpacked beforehand (shared_a_layout), or null to unpack each panel here.
 void run_task(const QGemmProblem& problem, const QGemmPlan& shared_plan, const kernels::QGemmMicroKernel& shared_kernel,
-              const TaskRange& r, const Scratch& s) {
+              const TaskRange& r, const Scratch& s, uint8_t* unpacked) {
   const QGemmProblem p = problem;
   const QGemmPlan plan = shared_plan;
   const kernels::QGemmMicroKernel kernel = shared_kernel;
@@ -309,17 +360,23 @@ void run_task(const QGemmProblem& problem, const QGemmPlan& shared_plan, const k
     const bool accumulate = block > 0, last = block + 1 == plan.k_blocks;
     const size_t panel_bytes = kernels::qgemm_b_panel_bytes(kc, nr);
     quantize_b_block(p, kernel, r.batch, k0, kc, r.n_begin, r.n_end, s);
-    kernels::QGemmPanelA a;
-    a.q = s.a_q;
-    a.d = s.a_d;
-    a.min = has_min ? s.a_min : nullptr;
-    a.qsum = s.a_qsum;
-    a.lo_coef = s.a_lo_coef;
-    a.small_q = p.a_dtype != DType::Q8_0;
+    const SharedALayout layout = shared_a_layout(plan.m_panels, mr, padded_k);
     for (int64_t panel = r.panel_begin; panel < r.panel_end; ++panel) {
       const int64_t m0 = panel * mr;
       const int mr_valid = static_cast<int>(std::min<int64_t>(mr, p.M - m0));
-      unpack_a_panel(p, kernel, row_bytes, m0, k0, kc, s);
+      APanel unpacked_panel{s.a_q, s.a_d, s.a_min, s.a_qsum, s.a_lo_coef};
+      if (unpacked) {
+        unpacked_panel = shared_a_panel(unpacked, layout, mr, panel, k0);
+      } else {
+        unpack_a_panel(p, mr, row_bytes, m0, k0, kc, unpacked_panel);
+      }
+      kernels::QGemmPanelA a;
+      a.q = unpacked_panel.q;
+      a.d = unpacked_panel.d;
+      a.min = has_min ? unpacked_panel.min : nullptr;
+      a.qsum = unpacked_panel.qsum;
+      a.lo_coef = unpacked_panel.lo_coef;
+      a.small_q = p.a_dtype != DType::Q8_0;
       if (last && p.bias_row) {
         for (int m = 0; m < mr; ++m)
           s.row_bias[m] = m < mr_valid ? load_element(p.bias_row, p.bias_dtype, m0 + m) : 0.0f;
@@ -369,7 +426,8 @@ void run_task(const QGemmProblem& problem, const QGemmPlan& shared_plan, const k
 
 }  // namespace
 
-QGemmPlan plan_qgemm(const QGemmProblem& p, const kernels::QGemmMicroKernel& kernel, int threads) {
+QGemmPlan plan_qgemm(const QGemmProblem& p, const kernels::QGemmMicroKernel& kernel, int threads,
+                     bool can_unpack_once) {
   QGemmPlan plan;
   const int64_t blocks = ceil_div(p.K, kBlock);
   plan.k_blocks = std::max<int64_t>(1, ceil_div(blocks * kBlock, kKcMax));
@@ -382,20 +440,26 @@ QGemmPlan plan_qgemm(const QGemmProblem& p, const kernels::QGemmMicroKernel& ker
   const int64_t widest = std::min(max_chunk_panels(plan.kc, kernel.nr), plan.n_panels);
   const int64_t max_m_chunks = plan.threads == 1 ? 1 : std::min<int64_t>({plan.m_panels, 2 * plan.threads, 64});
   double best = std::numeric_limits<double>::infinity();
-  int64_t previous_n_chunks = 0;
-  for (int64_t chunk_panels = widest; chunk_panels >= 1; --chunk_panels) {
-    const int64_t n_chunks = ceil_div(plan.n_panels, chunk_panels);
-    if (n_chunks == previous_n_chunks) continue;
-    previous_n_chunks = n_chunks;
-    for (int64_t m_chunks = 1; m_chunks <= max_m_chunks; ++m_chunks) {
-      const double cost = split_cost(p, plan, kernel.mr, kernel.nr, m_chunks, n_chunks, plan.threads);
-      if (cost < best * (1.0 - 1e-9)) {
-        best = cost;
-        plan.n_chunks = n_chunks;
-        plan.m_chunks = m_chunks;
+  for (bool once : {false, true}) {
+    if (once && !can_unpack_once) continue;
+    int64_t previous_n_chunks = 0;
+    for (int64_t chunk_panels = widest; chunk_panels >= 1; --chunk_panels) {
+      const int64_t n_chunks = ceil_div(plan.n_panels, chunk_panels);
+      if (n_chunks == previous_n_chunks) continue;
+      previous_n_chunks = n_chunks;
+      // Unpacking once only pays when a panel would otherwise be unpacked more than once.
+      if (once && p.batch * n_chunks == 1) continue;
+      for (int64_t m_chunks = 1; m_chunks <= max_m_chunks; ++m_chunks) {
+        const double cost = split_cost(p, plan, kernel.mr, kernel.nr, m_chunks, n_chunks, plan.threads, once);
+        if (cost < best * (1.0 - 1e-9)) {
+          best = cost;
+          plan.n_chunks = n_chunks;
+          plan.m_chunks = m_chunks;
+          plan.unpack_once = once;
+        }
       }
+      if (plan.threads == 1) break;  // one thread: the widest chunks are best
     }
-    if (plan.threads == 1) break;  // one thread: the widest chunks are best
   }
   plan.tasks = p.batch * plan.n_chunks * plan.m_chunks;
   if (plan.tasks < plan.threads) plan.threads = static_cast<int>(std::max<int64_t>(1, plan.tasks));
@@ -437,15 +501,51 @@ void run_qgemm(const QGemmProblem& p, ExecContext& ctx) {
     }
     return;
   }
-  const QGemmPlan plan = plan_qgemm(p, kernel, ctx.pool.size());
+  // A weight that several tasks' column chunks (or batch items) would each unpack again is unpacked once, by all
+  // threads, into the shared buffer, and read from there.
+  const int64_t padded_k = dtype_padded_row(p.a_dtype, p.K);
+  const SharedALayout layout = shared_a_layout(ceil_div(p.M, mr), mr, padded_k);
+  const bool can_share = ctx.shared && ctx.shared_bytes >= layout.total;
+  const QGemmPlan plan = plan_qgemm(p, kernel, ctx.pool.size(), can_share);
+  uint8_t* unpacked = nullptr;
+  if (plan.unpack_once) {
+    unpacked = ctx.shared;
+    const size_t row_bytes = dtype_row_bytes(p.a_dtype, padded_k);
+    auto unpack_panels = [&](int64_t part, int64_t parts) {
+      int64_t begin, end;
+      split_range(plan.m_panels, parts, part, &begin, &end);
+      for (int64_t panel = begin; panel < end; ++panel) {
+        unpack_a_panel(p, mr, row_bytes, panel * mr, 0, padded_k, shared_a_panel(unpacked, layout, mr, panel, 0));
+      }
+    };
+    const int64_t parts = std::min<int64_t>(plan.m_panels, plan.threads);
+    if (parts == 1) {
+      unpack_panels(0, 1);
+    } else {
+      ctx.pool.run(parts, [&](int64_t part, int) { unpack_panels(part, parts); });
+    }
+  }
   if (plan.threads == 1) {
     const Scratch s = carve_scratch(ctx.scratch[0], mr, nr);
-    for (int64_t task = 0; task < plan.tasks; ++task) run_task(p, plan, kernel, task_range(p, plan, nr, task), s);
+    for (int64_t task = 0; task < plan.tasks; ++task)
+      run_task(p, plan, kernel, task_range(p, plan, nr, task), s, unpacked);
     return;
   }
   ctx.pool.run(plan.tasks, [&](int64_t task, int thread) {
-    run_task(p, plan, kernel, task_range(p, plan, nr, task), carve_scratch(ctx.scratch[thread], mr, nr));
+    run_task(p, plan, kernel, task_range(p, plan, nr, task), carve_scratch(ctx.scratch[thread], mr, nr), unpacked);
   });
+}
+
+size_t qgemm_shared_bytes_max(int64_t M, int64_t K) {
+  const kernels::KernelTable* tables[8];
+  const int count = kernels::available_tables(tables, 8);
+  size_t bytes = 0;
+  const int64_t padded_k = ceil_div(std::max<int64_t>(K, 1), kBlock) * kBlock;
+  for (int i = 0; i < count; ++i) {
+    const int mr = tables[i]->qgemm.mr;
+    if (mr > 0) bytes = std::max(bytes, shared_a_layout(ceil_div(M, mr), mr, padded_k).total);
+  }
+  return bytes;
 }
 
 }  // namespace ddpm

@@ -45,13 +45,22 @@ struct QGemmPlan {
   int64_t m_chunks = 1, n_chunks = 1;
   int64_t tasks = 0;
   int threads = 1;
+  bool unpack_once = false;  // unpack the weight once, into ExecContext::shared, before the tasks
 };
-QGemmPlan plan_qgemm(const QGemmProblem& problem, const kernels::QGemmMicroKernel& kernel, int threads);
+// can_unpack_once: the weight may be unpacked once before the tasks (ExecContext::shared is large enough); the plan
+// says whether that is cheaper than unpacking it in every task.
+QGemmPlan plan_qgemm(const QGemmProblem& problem, const kernels::QGemmMicroKernel& kernel, int threads,
+                     bool can_unpack_once = false);
 
 // Per-thread scratch bytes run_qgemm needs with this table's qgemm kernel, and the most any compiled level needs.
 size_t qgemm_scratch_bytes(const kernels::KernelTable& kernels);
 size_t qgemm_scratch_bytes_max();
-// Runs with ctx.kernels.qgemm; ctx.scratch_bytes must be at least qgemm_scratch_bytes(ctx.kernels).
+// Bytes of ExecContext::shared with which run_qgemm unpacks an M×K weight once for all tasks (when it would
+// otherwise be unpacked more than once: several column chunks or batch items), for any compiled level.
+size_t qgemm_shared_bytes_max(int64_t M, int64_t K);
+// Runs with ctx.kernels.qgemm; ctx.scratch_bytes must be at least qgemm_scratch_bytes(ctx.kernels). With
+// ctx.shared_bytes >= qgemm_shared_bytes_max(M, K) the weight panels are unpacked once, by all threads, before the
+// tasks run; the result is the same bit for bit.
 void run_qgemm(const QGemmProblem& problem, ExecContext& ctx);
 
 }  // namespace ddpm
