@@ -33,8 +33,9 @@ std::atomic<int64_t> max_k{kDefaultMaxK};
 
 // Staged input floats one task aims to hold (its band's rows): 64 KiB, in L2 next to the band's output.
 constexpr int64_t kStageBudget = 16 * 1024;
-// Below this many multiply-adds per image (~1 µs at one core) rows are not split across threads.
-constexpr int64_t kMinBandWork = 16 * 1024;
+// Below this many multiply-adds per band (~3 µs at one core) rows are not split across threads: waking a second
+// thread for less costs more than it saves (1→32 @28², 226 k multiply-adds, ran slower on two threads than on one).
+constexpr int64_t kMinBandWork = 128 * 1024;
 
 // iparams of a Conv2d node (conv.cpp).
 enum ConvParam { kStride = 0, kPadTop, kPadLeft };
