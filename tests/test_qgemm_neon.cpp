@@ -1,10 +1,10 @@
 // ARM64 specifics of the quantised GEMM that tests/test_qgemm.cpp (every variant against the reference, on every
 // tail, type, epilogue and split) does not reach: that a CPU is handed only the NEON kernels it can run (the sdot
-// one only with HWCAP_ASIMDDP; CI runs this under qemu -cpu cortex-a72 and cortex-a76, tests/check.sh), that the
-// NEON activation quantiser matches the reference on special values (NaN, infinity, a subnormal scale, signed
-// zeros, wide magnitudes), and that the widening multiplies of the kernel without dotprod, whose adjacent products
-// are summed in int16, do not overflow at the extreme ±127·±127. On other architectures there is no NEON kernel
-// and only the selection is checked.
+// one only with HWCAP_ASIMDDP; CI runs this under qemu -cpu cortex-a72 and cortex-a76, tests/check.sh), that every
+// activation quantiser (NEON, and on x86 AVX2 / AVX-512) matches the reference on special values (NaN, infinity, a
+// subnormal scale, signed zeros, wide magnitudes), and that the widening multiplies of the kernel without dotprod,
+// whose adjacent products are summed in int16, do not overflow at the extreme ±127·±127. On other architectures
+// there is no NEON kernel: the selection and the quantisers there are checked.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -111,9 +111,14 @@ TEST_CASE("NEON qgemm kernels are the ones this CPU may run", "[qgemm]") {
   }
 }
 
-TEST_CASE("NEON quantize_b matches the reference bit for bit on NaN, infinity, subnormal scales, ties", "[qgemm]") {
+// Every SIMD quantiser this CPU runs (NEON here, AVX2 / AVX-512 on x86), not only NEON's.
+TEST_CASE("every quantize_b matches the reference bit for bit on NaN, infinity, subnormal scales, ties", "[qgemm]") {
   const kernels::QGemmMicroKernel& reference = kernels::reference().qgemm;
-  for (const kernels::QGemmMicroKernel& kernel : neon_kernels()) {
+  kernels::QGemmMicroKernel all[16];
+  const int count = kernels::available_qgemm_kernels(all, 16);
+  for (int i = 0; i < count; ++i) {
+    const kernels::QGemmMicroKernel& kernel = all[i];
+    if (kernel.quantize_b == reference.quantize_b) continue;
     for (int64_t kc : {32, 64, 288}) {
       for (int64_t n_total : {int64_t(kernel.nr) - 1, int64_t(kernel.nr), int64_t(2 * kernel.nr + 1)}) {
         INFO(kernel.name << " kc=" << kc << " columns=" << n_total);

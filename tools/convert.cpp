@@ -21,7 +21,8 @@ int run_convert(int argc, char** argv) {
   options.push_back({"type", 0, "T",
                      "weight type: " + quant::weight_type_list() +
                          " (default f32). f16: every matrix, norms and biases stay f32; block types: conv and linear "
-                         "weights, not conv_in/conv_out/embeddings",
+                         "weights, not conv_in/conv_out/embeddings; under q5_0/q4_1/q4_0 the tensors that carry most "
+                         "of the error go up a type, as with ddpm quantize (see its --help)",
                      [&](const std::string& v) {
                        type = v;
                        return quant::parse_weight_type("--type", v, &o.type);

@@ -21,12 +21,6 @@ int run_eval(int argc, char** argv) {
   long long count = 1000, batch = 50, seed = 0;
   std::vector<Option> options;
   add_common_options(&options, &common);
-  auto text = [](std::string* target) {
-    return [target](const std::string& v) {
-      *target = v;
-      return Status();
-    };
-  };
   options.push_back({"model", 'm', "FILE", "model file (.ddpm)", text(&model_path)});
   options.push_back({"data", 0, "PATH", "IDX images (raw or .gz) or a folder of PNGs (class sub-folders)", text(&data_path)});
   options.push_back({"labels", 0, "FILE", "IDX labels for --data (IDX only)", text(&labels_path)});

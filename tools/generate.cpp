@@ -72,12 +72,6 @@ int run_generate(int argc, char** argv) {
   uint64_t seed = 0;
   std::vector<Option> options;
   add_common_options(&options, &common);
-  auto text = [](std::string* target) {
-    return [target](const std::string& v) {
-      *target = v;
-      return Status();
-    };
-  };
   options.push_back({"model", 'm', "FILE", "model file (.ddpm)", text(&model_path)});
   options.push_back({"count", 'n', "N", "number of images (default 1)", [&](const std::string& v) {
                        return parse_int("--count", v, 1, 100000, &count);

@@ -94,12 +94,6 @@ int run_forward(int argc, char** argv) {
   std::string model_path, input, output, shape_text, timesteps_text, labels_text;
   std::vector<Option> options;
   add_common_options(&options, &common);
-  auto text = [](std::string* target) {
-    return [target](const std::string& v) {
-      *target = v;
-      return Status();
-    };
-  };
   options.push_back({"model", 'm', "FILE", "model file (.ddpm)", text(&model_path)});
   options.push_back({"input", 0, "FILE", "input sample, little-endian float32 NCHW", text(&input)});
   options.push_back({"shape", 0, "B,C,H,W", "input shape", text(&shape_text)});

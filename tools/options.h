@@ -35,6 +35,14 @@ Status parse_options(int argc, char** argv, int first, const std::vector<Option>
                      std::vector<std::string>* positional, bool* help_requested);
 void print_usage(FILE* out, const char* synopsis, const std::vector<Option>& options);
 
+// A handler that stores the option's value as it is (file names, comma lists parsed later).
+inline std::function<Status(const std::string&)> text(std::string* target) {
+  return [target](const std::string& value) {
+    *target = value;
+    return Status();
+  };
+}
+
 // Value parsers with range checks; errors name the option.
 Status parse_int(const std::string& option, const std::string& value, long long min, long long max, long long* out);
 Status parse_float(const std::string& option, const std::string& value, double min, double max, double* out);

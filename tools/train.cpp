@@ -111,12 +111,6 @@ int run_train(int argc, char** argv) {
   std::set<std::string> given;  // trajectory options set on the command line (they override a checkpoint's)
   std::vector<Option> options;
   add_common_options(&options, &common);
-  auto text = [](std::string* target) {
-    return [target](const std::string& v) {
-      *target = v;
-      return Status();
-    };
-  };
   auto integer = [&given](const char* name, long long min, long long max, auto* target) {
     return [&given, name, min, max, target](const std::string& v) {
       long long n;
