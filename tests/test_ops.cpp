@@ -206,6 +206,62 @@ TEST_CASE("conv2d over few input channels (direct path) equals the GEMM path bit
   set_conv2d_direct_max_k(saved);
 }
 
+TEST_CASE("conv2d over a batch of small planes (one GEMM for the batch) equals per-image runs bit for bit",
+          "[ops][conv]") {
+  struct Shape {
+    int64_t batch, ci, h, w, co, k;
+    Conv2dParams p;
+    bool residual;
+  };
+  const std::vector<Shape> shapes = {
+      {3, 16, 7, 7, 24, 3, {1, 1, 1, 1, 1}, true},     // 49 columns per image: merged on every SIMD level
+      {4, 9, 14, 14, 10, 3, {2, 1, 1, 1, 1}, false},   // stride 2 down to 7×7
+      {2, 12, 5, 3, 33, 1, {1, 0, 0, 0, 0}, true},     // 1×1, 15 columns, Co past a tile
+      {5, 8, 14, 14, 8, 3, {1, 1, 1, 1, 1}, false},    // 196 columns
+  };
+  for (const Shape& s : shapes) {
+    INFO("x [" << s.batch << "," << s.ci << "," << s.h << "," << s.w << "] -> " << s.co << " k" << s.k);
+    Runner r;
+    Tensor* x = r.input("x", {s.batch, s.ci, s.h, s.w}, 1);
+    Tensor* w = r.param("w", {s.co, s.ci, s.k, s.k}, 2, 0.3f);
+    Tensor* b = r.param("b", {s.co}, 3);
+    int64_t oh, ow;
+    std::vector<double> expected = conv_reference(r.data_of(x), r.buffers[1], &r.buffers[2], s.batch, s.ci, s.h, s.w,
+                                                  s.co, s.k, s.k, s.p, &oh, &ow);
+    Tensor* res = s.residual ? r.input("res", {s.batch, s.co, oh, ow}, 4) : nullptr;
+    if (res) {
+      const std::vector<float>& values = r.data_of(res);
+      for (size_t i = 0; i < expected.size(); ++i) expected[i] += values[i];
+    }
+    Tensor* y = conv2d(r.g, x, w, b, s.p, res);
+    check_all_levels(r, y, expected);
+    const int64_t image_in = s.ci * s.h * s.w, image_out = s.co * oh * ow;
+    for (const kernels::KernelTable* level : all_levels()) {
+      INFO("level " << level->isa_name);
+      const std::vector<float> batched = r.run(y, *level, 2);
+      for (int64_t n = 0; n < s.batch; ++n) {
+        // The same image alone: one image never merges.
+        Graph g;
+        std::vector<float> xn(r.data_of(x).begin() + n * image_in, r.data_of(x).begin() + (n + 1) * image_in);
+        Tensor* xi = g.input("x", DType::F32, {1, s.ci, s.h, s.w});
+        Tensor* wi = g.param("w", DType::F32, {s.co, s.ci, s.k, s.k}, r.buffers[1].data());
+        Tensor* bi = g.param("b", DType::F32, {s.co}, r.buffers[2].data());
+        Tensor* ri = res ? g.input("res", DType::F32, {1, s.co, oh, ow}) : nullptr;
+        Tensor* yi = conv2d(g, xi, wi, bi, s.p, ri);
+        g.set_output(yi);
+        REQUIRE(g.plan().ok());
+        std::memcpy(xi->data, xn.data(), xn.size() * sizeof(float));
+        if (ri) std::memcpy(ri->data, r.data_of(res).data() + n * image_out, static_cast<size_t>(image_out) * sizeof(float));
+        IsaGuard guard;
+        REQUIRE(kernels::select(level->isa_name).ok());
+        ThreadPool pool(2);
+        REQUIRE(g.compute(pool).ok());
+        CHECK(std::memcmp(yi->f32(), batched.data() + n * image_out, static_cast<size_t>(image_out) * sizeof(float)) == 0);
+      }
+    }
+  }
+}
+
 TEST_CASE("matmul and linear match naive products, incl. transposed views and batches", "[ops][matmul]") {
   SECTION("linear [B, in] · Wᵀ + b") {
     for (auto [rows, in, out] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 8, 32}, {3, 31, 33}, {9, 257, 7}}) {

@@ -28,12 +28,16 @@ struct Im2col {
   int64_t channels, height, width, kernel_h, kernel_w, out_width;
   int64_t stride, pad_top, pad_left;
   GatherRows gather_rows;
+  // Batch items side by side: column n is output pixel n % (out_height·out_width) of image n / (out_height·out_width),
+  // and the packer's batch argument is 0 (compute_conv2d_merged).
+  int64_t out_height = 0;
+  bool merged = false;
 };
 
 // Columns are walked in pieces that stay within one output row and one panel; the pieces are the same for every
 // tap, so they are found once per group of kMaxPieces and turned into each tap's runs from there.
 struct Piece {
-  int64_t dst_offset, oy, ox, length;
+  int64_t dst_offset, oy, ox, length, image_offset;
 };
 constexpr int kMaxPieces = 64;
 
@@ -58,7 +62,7 @@ inline void valid_lanes(int64_t ix0, int64_t stride, int64_t width, int64_t leng
 // Appends the run of `length` lanes at dst_offset for input row iy from input column ix0, merging it into the
 // previous run when both continue each other in the packed row and in the input (1×1 and middle taps).
 inline void add_run(const Im2col& g, int64_t iy, int64_t ix0, int64_t length, int64_t dst_offset,
-                    kernels::GatherRun* runs, int* count) {
+                    int64_t image_offset, kernels::GatherRun* runs, int* count) {
   kernels::GatherRun run;
   run.dst_offset = dst_offset;
   run.length = static_cast<int32_t>(length);
@@ -69,7 +73,7 @@ inline void add_run(const Im2col& g, int64_t iy, int64_t ix0, int64_t length, in
   } else {
     run.lead = static_cast<int32_t>(lead);
     run.trail = static_cast<int32_t>(length - valid_end);
-    run.src_offset = iy * g.width + ix0 + lead * g.stride;
+    run.src_offset = image_offset + iy * g.width + ix0 + lead * g.stride;
   }
   if (*count > 0) {
     kernels::GatherRun& prev = runs[*count - 1];
@@ -95,12 +99,18 @@ void pack_im2col(const void* context, int64_t batch, int64_t k0, int64_t kc, int
   const int64_t taps = g.kernel_h * g.kernel_w;
   Piece pieces[kMaxPieces];
   kernels::GatherRun runs[kMaxPieces];
-  int64_t column = 0, lane = 0, panel_offset = 0, oy = n0 / g.out_width, ox = n0 % g.out_width;
+  int64_t first = n0, image_offset = 0;  // merged: runs reach other images through their source offsets
+  if (g.merged) {
+    const int64_t out_plane = g.out_height * g.out_width;
+    image_offset = (n0 / out_plane) * g.channels * plane;
+    first = n0 % out_plane;
+  }
+  int64_t column = 0, lane = 0, panel_offset = 0, oy = first / g.out_width, ox = first % g.out_width;
   while (column < nc) {
     int count = 0;
     while (count < kMaxPieces && column < nc) {
       const int64_t length = std::min({g.out_width - ox, nr - lane, nc - column});
-      pieces[count++] = {panel_offset + lane, oy, ox, length};
+      pieces[count++] = {panel_offset + lane, oy, ox, length, image_offset};
       column += length;
       lane += length;
       ox += length;
@@ -111,6 +121,10 @@ void pack_im2col(const void* context, int64_t batch, int64_t k0, int64_t kc, int
       if (ox == g.out_width) {
         ox = 0;
         ++oy;
+        if (g.merged && oy == g.out_height) {
+          oy = 0;
+          image_offset += g.channels * plane;
+        }
       }
     }
     for (int64_t tap = 0; tap < taps; ++tap) {
@@ -122,7 +136,7 @@ void pack_im2col(const void* context, int64_t batch, int64_t k0, int64_t kc, int
       for (int i = 0; i < count; ++i) {
         const Piece& piece = pieces[i];
         add_run(g, piece.oy * g.stride + row_offset, piece.ox * g.stride + column_offset, piece.length,
-                piece.dst_offset, runs, &run_count);
+                piece.dst_offset, piece.image_offset, runs, &run_count);
       }
       g.gather_rows(runs, run_count, g.stride, image + (k_first / taps) * plane, plane, dst + (k_first - k0) * nr,
                     taps * nr, rows);
@@ -234,9 +248,32 @@ static size_t scratch_conv2d_quantized(const Tensor& node) {
   return quant::is_block_type(node.src[1]->dtype) ? qgemm_scratch_bytes_max() : 0;
 }
 
+// Merging the batch into the GEMM's columns (compute_conv2d_merged) pays for small planes, where one image's
+// columns leave much of the last column panel empty (7×7 = 49 columns in two 32-wide panels: 23 % wasted).
+constexpr int64_t kMergeMaxPlane = 256;
+constexpr double kMergeMinWaste = 1.0 / 16.0;
+
+bool merges_batch(const Tensor& node, int nr) {
+  const int64_t batch = node.shape[0], plane = node.shape[2] * node.shape[3];
+  if (batch < 2 || plane > kMergeMaxPlane || nr <= 0) return false;
+  const int64_t padded = (plane + nr - 1) / nr * nr;
+  return static_cast<double>(padded - plane) >= kMergeMinWaste * static_cast<double>(padded);
+}
+
+size_t merged_output_bytes(const Tensor& node) {
+  return static_cast<size_t>(node.numel()) * sizeof(float);
+}
+
 size_t shared_conv2d(const Tensor& node) {
   const Tensor& w = *node.src[1];
-  return quant::is_block_type(w.dtype) ? qgemm_shared_bytes_max(w.shape[0], w.shape[1] * w.shape[2] * w.shape[3]) : 0;
+  if (quant::is_block_type(w.dtype)) return qgemm_shared_bytes_max(w.shape[0], w.shape[1] * w.shape[2] * w.shape[3]);
+  // f32/f16 weights: room for the merged GEMM's output when some compiled level would merge.
+  const kernels::KernelTable* tables[8];
+  const int count = kernels::available_tables(tables, 8);
+  for (int i = 0; i < count; ++i) {
+    if (merges_batch(node, tables[i]->gemm.nr)) return merged_output_bytes(node);
+  }
+  return 0;
 }
 
 size_t scratch_conv2d(const Tensor& node) {
@@ -252,9 +289,55 @@ static Status compute_conv2d_quantized(const Tensor& node, ExecContext& ctx) {
   return Status();
 }
 
+// The whole batch as one GEMM, C[Co × B·Ho·Wo] = W · [im2col(x_0) … im2col(x_B-1)], into the shared buffer, then
+// moved to y [B, Co, Ho, Wo] with the residual added. Every element is the same chain of FMAs and the same bias add
+// as per image, then the same residual add: the result is bit-identical to the per-image GEMM.
+static void compute_conv2d_merged(const Tensor& node, ExecContext& ctx) {
+  Im2col im2col = make_im2col(node, ctx);
+  im2col.merged = true;
+  im2col.out_height = node.shape[2];
+  GemmProblem p;
+  set_conv_problem(node, &im2col, &p);
+  const int64_t batch = p.batch, plane = p.N;
+  float* merged = reinterpret_cast<float*>(ctx.shared);  // [Co, B·plane]
+  p.batch = 1;
+  p.N = batch * plane;
+  p.c = merged;
+  p.ldc = p.N;
+  p.c_batch_stride = 0;
+  p.residual = nullptr;
+  p.a_row_stride = p.K;
+  p.a_col_stride = 1;
+  run_gemm(p, ctx);
+  const Tensor* residual = node.src[3];
+  float* y = node.f32();
+  const int64_t channels = p.M;
+  // One task per image and group of channels, a few hundred kB each.
+  const int64_t group = std::max<int64_t>(1, std::min<int64_t>(channels, 16384 / plane));
+  const int64_t groups = (channels + group - 1) / group;
+  auto move = [&](int64_t task, int) {
+    const int64_t b = task / groups, c0 = (task % groups) * group, c1 = std::min(channels, c0 + group);
+    for (int64_t c = c0; c < c1; ++c) {
+      const float* src = merged + c * p.N + b * plane;
+      float* dst = y + (b * channels + c) * plane;
+      if (residual) {
+        const float* r = residual->f32() + (b * channels + c) * plane;
+        for (int64_t i = 0; i < plane; ++i) dst[i] = src[i] + r[i];
+      } else {
+        std::memcpy(dst, src, static_cast<size_t>(plane) * sizeof(float));
+      }
+    }
+  };
+  ctx.pool.run(batch * groups, move);
+}
+
 Status compute_conv2d(const Tensor& node, ExecContext& ctx) {
   if (quant::is_block_type(node.src[1]->dtype)) return compute_conv2d_quantized(node, ctx);
   if (run_conv2d_direct(node, ctx)) return Status();  // few input channels (see conv_direct.cpp)
+  if (merges_batch(node, ctx.kernels.gemm.nr) && ctx.shared && ctx.shared_bytes >= merged_output_bytes(node)) {
+    compute_conv2d_merged(node, ctx);
+    return Status();
+  }
   const Im2col im2col = make_im2col(node, ctx);
   GemmProblem p;
   set_conv_problem(node, &im2col, &p);
