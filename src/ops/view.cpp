@@ -73,10 +73,23 @@ Status compute_contiguous(const Tensor& node, ExecContext& ctx) {
   const Tensor& x = *node.src[0];
   const size_t element = dtype_traits(x.dtype).block_bytes;
   int64_t shape[kMaxRank] = {1, 1, 1, 1}, stride[kMaxRank] = {0, 0, 0, 0};
-  const int pad = kMaxRank - x.rank;
-  for (int i = 0; i < x.rank; ++i) {
-    shape[pad + i] = x.shape[i];
-    stride[pad + i] = x.stride[i];
+  // Dims that are contiguous with the next inner one are merged into it (innermost first), so that a permuted
+  // [C, B, 7, 7] view copies rows of 49 values instead of 7.
+  int dims = 0;
+  int64_t merged_shape[kMaxRank], merged_stride[kMaxRank];  // innermost first
+  for (int i = x.rank - 1; i >= 0; --i) {
+    if (x.shape[i] == 1) continue;
+    if (dims > 0 && x.stride[i] == merged_shape[dims - 1] * merged_stride[dims - 1]) {
+      merged_shape[dims - 1] *= x.shape[i];
+    } else {
+      merged_shape[dims] = x.shape[i];
+      merged_stride[dims] = x.stride[i];
+      ++dims;
+    }
+  }
+  for (int i = 0; i < dims; ++i) {
+    shape[kMaxRank - 1 - i] = merged_shape[i];
+    stride[kMaxRank - 1 - i] = merged_stride[i];
   }
   const int64_t rows = shape[0] * shape[1] * shape[2];
   const int64_t cols = shape[3];
