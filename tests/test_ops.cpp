@@ -98,6 +98,34 @@ std::vector<double> conv_reference(const std::vector<float>& x, const std::vecto
   return y;
 }
 
+// A conv2d of `s` (random x, weights, bias, and a residual when asked) in r's graph, and its expected output in
+// double precision.
+struct ConvShape {
+  int64_t batch, ci, h, w, co, k;
+  Conv2dParams p;
+  bool residual;
+};
+struct ConvCase {
+  Tensor *x, *res, *y;
+  std::vector<double> expected;
+  int64_t oh, ow;
+};
+ConvCase build_conv_case(Runner& r, const ConvShape& s) {
+  ConvCase c;
+  c.x = r.input("x", {s.batch, s.ci, s.h, s.w}, 1);
+  Tensor* w = r.param("w", {s.co, s.ci, s.k, s.k}, 2, 0.3f);
+  Tensor* b = r.param("b", {s.co}, 3);
+  c.expected = conv_reference(r.data_of(c.x), r.buffers[1], &r.buffers[2], s.batch, s.ci, s.h, s.w, s.co, s.k, s.k,
+                              s.p, &c.oh, &c.ow);
+  c.res = s.residual ? r.input("res", {s.batch, s.co, c.oh, c.ow}, 4) : nullptr;
+  if (c.res) {
+    const std::vector<float>& values = r.data_of(c.res);
+    for (size_t i = 0; i < c.expected.size(); ++i) c.expected[i] += values[i];
+  }
+  c.y = conv2d(r.g, c.x, w, b, s.p, c.res);
+  return c;
+}
+
 }  // namespace
 
 TEST_CASE("conv2d matches direct convolution on tail shapes, every level", "[ops][conv]") {
@@ -154,12 +182,7 @@ TEST_CASE("conv2d fuses the residual add", "[ops][conv]") {
 }
 
 TEST_CASE("conv2d over few input channels (direct path) equals the GEMM path bit for bit, every level", "[ops][conv]") {
-  struct Shape {
-    int64_t batch, ci, h, w, co, k;
-    Conv2dParams p;
-    bool residual;
-  };
-  const std::vector<Shape> shapes = {
+  const std::vector<ConvShape> shapes = {
       {2, 1, 28, 28, 32, 3, {1, 1, 1, 1, 1}, false},   // conv_in of a gray model, batch 2
       {1, 3, 5, 1, 7, 3, {1, 1, 1, 1, 1}, true},       // width 1
       {3, 2, 4, 15, 5, 3, {1, 1, 1, 1, 1}, false},     // width 15, batch 3
@@ -174,7 +197,7 @@ TEST_CASE("conv2d over few input channels (direct path) equals the GEMM path bit
       {1, 1, 8, 33, 9, 3, {2, 0, 0, 1, 1}, true},      // stride 2, right/bottom padding
   };
   const int64_t saved = conv2d_direct_max_k();
-  for (const Shape& s : shapes) {
+  for (const ConvShape& s : shapes) {
     INFO("x [" << s.batch << "," << s.ci << "," << s.h << "," << s.w << "] -> " << s.co << " k" << s.k << " stride "
                << s.p.stride << (s.residual ? " + residual" : ""));
     REQUIRE(s.ci * s.k * s.k <= (s.p.stride == 1 ? saved : saved / 2));  // the default rule picks the direct path
@@ -182,21 +205,10 @@ TEST_CASE("conv2d over few input channels (direct path) equals the GEMM path bit
     for (int direct = 0; direct < 2; ++direct) {
       set_conv2d_direct_max_k(direct ? saved : 0);
       Runner r;
-      Tensor* x = r.input("x", {s.batch, s.ci, s.h, s.w}, 1);
-      Tensor* w = r.param("w", {s.co, s.ci, s.k, s.k}, 2, 0.3f);
-      Tensor* b = r.param("b", {s.co}, 3);
-      int64_t oh, ow;
-      std::vector<double> expected = conv_reference(r.data_of(x), r.buffers[1], &r.buffers[2], s.batch, s.ci, s.h,
-                                                    s.w, s.co, s.k, s.k, s.p, &oh, &ow);
-      Tensor* res = s.residual ? r.input("res", {s.batch, s.co, oh, ow}, 4) : nullptr;
-      if (res) {
-        const std::vector<float>& values = r.data_of(res);
-        for (size_t i = 0; i < expected.size(); ++i) expected[i] += values[i];
-      }
-      Tensor* y = conv2d(r.g, x, w, b, s.p, res);
-      check_all_levels(r, y, expected);
+      const ConvCase c = build_conv_case(r, s);
+      check_all_levels(r, c.y, c.expected);
       for (const kernels::KernelTable* level : all_levels()) {
-        std::vector<float> out = r.run(y, *level, 2);
+        std::vector<float> out = r.run(c.y, *level, 2);
         by_path[direct].insert(by_path[direct].end(), out.begin(), out.end());
       }
     }
@@ -208,33 +220,19 @@ TEST_CASE("conv2d over few input channels (direct path) equals the GEMM path bit
 
 TEST_CASE("conv2d over a batch of small planes (one GEMM for the batch) equals per-image runs bit for bit",
           "[ops][conv]") {
-  struct Shape {
-    int64_t batch, ci, h, w, co, k;
-    Conv2dParams p;
-    bool residual;
-  };
-  const std::vector<Shape> shapes = {
+  const std::vector<ConvShape> shapes = {
       {3, 16, 7, 7, 24, 3, {1, 1, 1, 1, 1}, true},     // 49 columns per image: merged on every SIMD level
       {4, 9, 14, 14, 10, 3, {2, 1, 1, 1, 1}, false},   // stride 2 down to 7×7
       {2, 12, 5, 3, 33, 1, {1, 0, 0, 0, 0}, true},     // 1×1, 15 columns, Co past a tile
       {5, 8, 14, 14, 8, 3, {1, 1, 1, 1, 1}, false},    // 196 columns
   };
-  for (const Shape& s : shapes) {
+  for (const ConvShape& s : shapes) {
     INFO("x [" << s.batch << "," << s.ci << "," << s.h << "," << s.w << "] -> " << s.co << " k" << s.k);
     Runner r;
-    Tensor* x = r.input("x", {s.batch, s.ci, s.h, s.w}, 1);
-    Tensor* w = r.param("w", {s.co, s.ci, s.k, s.k}, 2, 0.3f);
-    Tensor* b = r.param("b", {s.co}, 3);
-    int64_t oh, ow;
-    std::vector<double> expected = conv_reference(r.data_of(x), r.buffers[1], &r.buffers[2], s.batch, s.ci, s.h, s.w,
-                                                  s.co, s.k, s.k, s.p, &oh, &ow);
-    Tensor* res = s.residual ? r.input("res", {s.batch, s.co, oh, ow}, 4) : nullptr;
-    if (res) {
-      const std::vector<float>& values = r.data_of(res);
-      for (size_t i = 0; i < expected.size(); ++i) expected[i] += values[i];
-    }
-    Tensor* y = conv2d(r.g, x, w, b, s.p, res);
-    check_all_levels(r, y, expected);
+    const ConvCase c = build_conv_case(r, s);
+    Tensor *x = c.x, *res = c.res, *y = c.y;
+    const int64_t oh = c.oh, ow = c.ow;
+    check_all_levels(r, y, c.expected);
     const int64_t image_in = s.ci * s.h * s.w, image_out = s.co * oh * ow;
     for (const kernels::KernelTable* level : all_levels()) {
       INFO("level " << level->isa_name);

@@ -355,12 +355,12 @@ void run_task(const QGemmProblem& problem, const QGemmPlan& shared_plan, const k
     for (int64_t n = 0; n < nc; ++n) s.col_bias[n] = load_element(p.bias_col, p.bias_dtype, r.n_begin + n);
     for (int64_t n = nc; n < ceil_div(nc, nr) * nr; ++n) s.col_bias[n] = 0.0f;
   }
+  const SharedALayout layout = unpacked ? shared_a_layout(plan.m_panels, mr, padded_k) : SharedALayout();
   for (int64_t block = 0; block < plan.k_blocks; ++block) {
     const int64_t k0 = block * plan.kc, kc = std::min(plan.kc, padded_k - k0);
     const bool accumulate = block > 0, last = block + 1 == plan.k_blocks;
     const size_t panel_bytes = kernels::qgemm_b_panel_bytes(kc, nr);
     quantize_b_block(p, kernel, r.batch, k0, kc, r.n_begin, r.n_end, s);
-    const SharedALayout layout = shared_a_layout(plan.m_panels, mr, padded_k);
     for (int64_t panel = r.panel_begin; panel < r.panel_end; ++panel) {
       const int64_t m0 = panel * mr;
       const int mr_valid = static_cast<int>(std::min<int64_t>(mr, p.M - m0));
