@@ -5,6 +5,7 @@
 // weights; a U-Net with q8_0 conv and linear weights against the f32 reference output.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -165,8 +166,12 @@ struct Context {
   std::vector<std::unique_ptr<uint8_t, decltype(&std::free)>> buffers;
   std::vector<uint8_t*> scratch;
   size_t bytes = 0;
-  bool unpack_once = false;  // give run_qgemm a shared buffer, so that it unpacks each weight once
-  explicit Context(int threads, bool shared = false) : pool(threads), unpack_once(shared) {
+  // How run_qgemm gets the weight's panels: decoded per task, or once into a shared buffer, or kept decoded
+  // (PackedWeights: each run() decodes at its first call and reads the kept panels at a second, both returned
+  // results must agree).
+  enum class Weights { kPerTask, kShared, kPacked };
+  Weights weights = Weights::kPerTask;
+  explicit Context(int threads, Weights how = Weights::kPerTask) : pool(threads), weights(how) {
     for (const kernels::QGemmMicroKernel& v : variants()) {
       kernels::KernelTable table = kernels::reference();
       table.qgemm = v;
@@ -181,10 +186,12 @@ struct Context {
   std::vector<float> run(const kernels::QGemmMicroKernel& kernel, const BlockMatrix& a, const Problem& p) {
     kernels::KernelTable table = kernels::active();
     table.qgemm = kernel;
-    const size_t shared_bytes = unpack_once ? qgemm_shared_bytes_max(p.M, p.K) : 0;
+    const size_t shared_bytes = weights == Weights::kShared ? qgemm_shared_bytes_max(p.M, p.K) : 0;
     std::unique_ptr<uint8_t, decltype(&std::free)> shared(
         shared_bytes ? static_cast<uint8_t*>(std::aligned_alloc(64, (shared_bytes + 63) / 64 * 64)) : nullptr, &std::free);
-    ExecContext ctx{pool, scratch.data(), bytes, table, shared.get(), shared_bytes};
+    PackedWeights packs;  // per call: another weight may reuse this one's address later
+    ExecContext ctx{pool, scratch.data(), bytes, table, shared.get(), shared_bytes,
+                    weights == Weights::kPacked ? &packs : nullptr};
     StridedB packer{p.b.data(), DType::F32, p.K * p.N, p.N, 1, table.gemm.gather_rows};
     std::vector<float> c(static_cast<size_t>(p.batch * p.M * p.N), -7.0f);
     QGemmProblem q;
@@ -206,7 +213,16 @@ struct Context {
       q.residual_ld = p.N;
       q.residual_batch_stride = p.M * p.N;
     }
+    q.a_constant = weights == Weights::kPacked;
     run_qgemm(q, ctx);
+    if (weights == Weights::kPacked) {
+      REQUIRE(packs.count() == 1);
+      const std::vector<float> first = c;
+      std::fill(c.begin(), c.end(), -7.0f);
+      run_qgemm(q, ctx);  // from the kept panels
+      CHECK(packs.count() == 1);
+      CHECK(std::memcmp(first.data(), c.data(), c.size() * sizeof(float)) == 0);
+    }
     return c;
   }
 };
@@ -318,8 +334,9 @@ TEST_CASE("qgemm quantize_b: every variant gives the reference's values, scales,
 
 TEST_CASE("qgemm driver: every variant on M/N/K tails, each type, epilogues; threads and splits bit-identical",
           "[qgemm]") {
-  // `three` unpacks each weight once into a shared buffer (the batch of 2 makes it worth it); the others per task.
-  Context one(1), two(2), three(3, true);
+  // `three` unpacks each weight once into a shared buffer (the batch of 2 makes it worth it), `four` keeps it
+  // decoded across calls; the others decode per task.
+  Context one(1), two(2), three(3, Context::Weights::kShared), four(2, Context::Weights::kPacked);
   for (const kernels::QGemmMicroKernel& v : variants()) {
     INFO("variant " << v.name << " " << v.mr << "x" << v.nr);
     const bool reference = std::strcmp(v.name, "scalar") == 0;
@@ -346,8 +363,10 @@ TEST_CASE("qgemm driver: every variant on M/N/K tails, each type, epilogues; thr
             }
             const std::vector<float> got2 = two.run(v, a, p);
             const std::vector<float> got3 = three.run(v, a, p);
+            const std::vector<float> got4 = four.run(v, a, p);
             CHECK(std::memcmp(got.data(), got2.data(), got.size() * sizeof(float)) == 0);
             CHECK(std::memcmp(got.data(), got3.data(), got.size() * sizeof(float)) == 0);
+            CHECK(std::memcmp(got.data(), got4.data(), got.size() * sizeof(float)) == 0);
           }
         }
       }
@@ -364,14 +383,16 @@ TEST_CASE("qgemm plan: the weight is unpacked once only when a panel would be un
   // Many columns and batch items: every column chunk and batch item would unpack the whole weight again.
   p.N = 4096;
   p.batch = 4;
-  CHECK(plan_qgemm(p, kernel, 2, true).unpack_once);
-  CHECK_FALSE(plan_qgemm(p, kernel, 2, false).unpack_once);  // no shared buffer
+  CHECK(plan_qgemm(p, kernel, 2, AUnpacking::kCanUnpackOnce).unpack_once);
+  CHECK_FALSE(plan_qgemm(p, kernel, 2, AUnpacking::kPerTask).unpack_once);  // no shared buffer
   // One batch item in one column chunk on one thread: nothing would be unpacked twice.
   p.N = kernel.nr;
   p.batch = 1;
-  const QGemmPlan single = plan_qgemm(p, kernel, 1, true);
+  const QGemmPlan single = plan_qgemm(p, kernel, 1, AUnpacking::kCanUnpackOnce);
   CHECK(single.n_chunks == 1);
   CHECK_FALSE(single.unpack_once);
+  // Unless the panels are kept from an earlier call: then they are always read from there.
+  CHECK(plan_qgemm(p, kernel, 1, AUnpacking::kPrepacked).unpack_once);
 }
 
 TEST_CASE("qgemm micro-kernels: accumulate and fused epilogue against the reference, each variant", "[qgemm]") {
@@ -386,7 +407,7 @@ TEST_CASE("qgemm micro-kernels: accumulate and fused epilogue against the refere
         const int64_t blocks = kc / kBlock;
         std::vector<int8_t> q(static_cast<size_t>(kc * v.mr)), row(static_cast<size_t>(kc));
         std::vector<float> d(static_cast<size_t>(blocks * v.mr)), mn(d.size()), rd(blocks), rm(blocks);
-        std::vector<int32_t> qsum(d.size());
+        std::vector<int16_t> qsum(d.size());
         std::vector<float> lo_coef(d.size());
         for (int m = 0; m < v.mr; ++m) {
           quant::unpack_blocks(type, a.bytes.data() + m * a.row_bytes, blocks, row.data(), rd.data(), rm.data());
@@ -396,7 +417,7 @@ TEST_CASE("qgemm micro-kernels: accumulate and fused epilogue against the refere
             mn[b * v.mr + m] = rm[b];
             int32_t s = 0;
             for (int i = 0; i < kBlock; ++i) s += row[b * kBlock + i];
-            qsum[b * v.mr + m] = s;
+            qsum[b * v.mr + m] = static_cast<int16_t>(s);
             lo_coef[b * v.mr + m] = lo_coefficient(type, rd[b], s, rm[b]);
           }
         }
@@ -702,6 +723,15 @@ std::vector<float> forward(const std::string& path, int threads, const std::vect
   std::vector<float> out(x.size());
   ThreadPool pool(threads);
   REQUIRE(net->forward(pool, x.data(), timesteps, nullptr, out.data()).ok());
+  // The first forward decoded the block-typed weights into kept panels and gave the file's pages back; the second
+  // reads the panels (and any page it still needs, from the file again) and must give the same bits.
+  const bool quantized = model->file().tensors().end() !=
+                         std::find_if(model->file().tensors().begin(), model->file().tensors().end(),
+                                      [](const DdpmTensorInfo& t) { return quant::is_block_type(t.dtype); });
+  CHECK((net->graph().packed_weight_bytes() > 0) == quantized);
+  std::vector<float> again(x.size());
+  REQUIRE(net->forward(pool, x.data(), timesteps, nullptr, again.data()).ok());
+  CHECK(std::memcmp(out.data(), again.data(), out.size() * sizeof(float)) == 0);
   return out;
 }
 

@@ -174,7 +174,7 @@ TEST_CASE("NEON qgemm kernels: products at ±127·±127 do not overflow the int1
         for (int m = 0; m < mr; ++m) q[(k / 4) * mr * 4 + m * 4 + k % 4] = static_cast<int8_t>(127 * pattern * sign);
       }
       std::vector<float> d(static_cast<size_t>(blocks * mr), 1.0f);
-      std::vector<int32_t> qsum(d.size(), 0);
+      std::vector<int16_t> qsum(d.size(), 0);
       for (int64_t k = 0; k < kc; ++k) {
         for (int m = 0; m < mr; ++m) qsum[(k / kBlock) * mr + m] += q[(k / 4) * mr * 4 + m * 4 + k % 4];
       }

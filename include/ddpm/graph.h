@@ -30,6 +30,7 @@
 namespace ddpm {
 
 class ThreadPool;
+class PackedWeights;  // internal: block-typed weights kept decoded (src/ops/qgemm.h)
 
 class Graph {
  public:
@@ -38,7 +39,9 @@ class Graph {
   Graph(const Graph&) = delete;
   Graph& operator=(const Graph&) = delete;
 
-  // Constant tensor whose memory is owned by the caller (model weights); data must outlive the graph.
+  // Constant tensor whose memory is owned by the caller (model weights); data must outlive the graph. A block-typed
+  // (q8_0, q4_0, …) param is decoded into the integer GEMM's layout at the first compute() and kept in that form,
+  // so its data must not change afterwards; f32/f16 params are read at every compute() (training updates them).
   Tensor* param(const std::string& name, DType dtype, std::initializer_list<int64_t> shape, const void* data);
   Tensor* param(const std::string& name, DType dtype, int rank, const int64_t* shape, const void* data);
   // Tensor placed in the arena by plan() and filled by the caller before each compute().
@@ -58,6 +61,8 @@ class Graph {
   size_t scratch_bytes_per_thread() const { return scratch_per_thread_; }
   // Bytes of the one scratch buffer all threads of an op share (e.g. unpacked quantised weights).
   size_t shared_scratch_bytes() const { return shared_bytes_; }
+  // Bytes of block-typed weights kept decoded for the integer GEMM (see param), after a compute().
+  size_t packed_weight_bytes() const;
   // Runs the graph. `pool` decides the thread count; results do not depend on it.
   Status compute(ThreadPool& pool);
 
@@ -81,6 +86,7 @@ class Graph {
   std::unique_ptr<uint8_t[], void (*)(uint8_t*)> arena_;
   std::unique_ptr<uint8_t[], void (*)(uint8_t*)> shared_;
   std::vector<uint8_t*> scratch_;  // one per thread, grown on demand
+  std::unique_ptr<PackedWeights> packed_weights_;
 };
 
 }  // namespace ddpm

@@ -56,6 +56,9 @@ enum TensorFlags : uint8_t {
   kFlagParam = 1,   // constant data owned outside the graph
   kFlagInput = 2,   // placed by the planner, written by the caller before compute
   kFlagOutput = 4,  // kept alive until the end of compute
+  // A param whose data is a read-only file mapping (a model file): once the executor keeps the weight in another
+  // form (block types decoded for the integer GEMM), it may hand the file's pages back to the OS.
+  kFlagMapped = 8,
 };
 
 struct Tensor {

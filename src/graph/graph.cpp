@@ -9,6 +9,7 @@
 #include "ddpm/threadpool.h"
 #include "graph/profile.h"
 #include "ops/op_exec.h"
+#include "ops/qgemm.h"
 
 namespace ddpm {
 namespace {
@@ -94,6 +95,8 @@ Graph::Graph() : arena_(nullptr, free_aligned), shared_(nullptr, free_aligned) {
 Graph::~Graph() {
   for (uint8_t* s : scratch_) std::free(s);
 }
+
+size_t Graph::packed_weight_bytes() const { return packed_weights_ ? packed_weights_->bytes() : 0; }
 
 Tensor* Graph::add_tensor() {
   storage_.emplace_back();
@@ -249,7 +252,9 @@ Status Graph::compute(ThreadPool& pool) {
       if (!s) return errorf("cannot allocate %zu bytes of scratch memory", scratch_per_thread_);
     }
   }
-  ExecContext ctx{pool, scratch_.data(), scratch_per_thread_, kernels::active(), shared_.get(), shared_bytes_};
+  if (!packed_weights_) packed_weights_ = std::make_unique<PackedWeights>();
+  ExecContext ctx{pool, scratch_.data(), scratch_per_thread_, kernels::active(), shared_.get(), shared_bytes_,
+                  packed_weights_.get()};
   const bool profiling = profile::enabled();
   if (profiling) profile::count_call();
   bool backward = false;

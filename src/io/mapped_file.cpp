@@ -139,4 +139,14 @@ MappedFile MappedFile::from_bytes(std::string name, std::vector<uint8_t> bytes) 
   return file;
 }
 
+void release_mapped_pages(const void* data, size_t bytes) {
+  const long page_size = ::sysconf(_SC_PAGESIZE);
+  if (page_size <= 0 || !data || bytes == 0) return;
+  const uintptr_t page = static_cast<uintptr_t>(page_size);
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) / page * page;
+  // Advice only: if the kernel declines, the pages simply stay.
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 }  // namespace ddpm

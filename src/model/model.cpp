@@ -134,6 +134,7 @@ WeightLookup Model::weights() const {
     out->rank = t->rank;
     for (int i = 0; i < t->rank; ++i) out->shape[i] = t->shape[i];
     out->data = t->data;
+    out->mapped = file_.is_mapped();
     return Status();
   };
 }

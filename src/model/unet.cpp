@@ -60,7 +60,9 @@ class Builder {
                       block_type ? " (block types only for conv and linear weights)" : "");
       return nullptr;
     }
-    return g_.param(name, ref.dtype, ref.rank, ref.shape, ref.data);
+    Tensor* t = g_.param(name, ref.dtype, ref.rank, ref.shape, ref.data);
+    if (t && ref.mapped) t->flags |= kFlagMapped;
+    return t;
   }
 
   int64_t groups() const { return *c_.norm_num_groups; }

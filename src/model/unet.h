@@ -21,6 +21,7 @@ struct WeightRef {
   int rank = 0;
   int64_t shape[kMaxRank] = {0, 0, 0, 0};
   const void* data = nullptr;
+  bool mapped = false;  // data lies in a read-only file mapping (kFlagMapped)
 };
 
 // Returns the weight `name`, or an error when it does not exist. `expected` is the shape the network needs (the

@@ -8,6 +8,7 @@
 // which copies each run with vector loads and stores. The walk over the columns is shared by the taps.
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "ddpm/ops.h"
 #include "ops/conv_direct.h"
@@ -173,6 +174,7 @@ void set_conv_problem(const Tensor& node, const Im2col* im2col, Problem* p) {
   p->K = w.shape[1] * w.shape[2] * w.shape[3];
   p->a = w.data;
   p->a_dtype = w.dtype;
+  if constexpr (std::is_same_v<Problem, QGemmProblem>) set_weight_flags(w, p);
   p->pack_b = pack_im2col;
   p->pack_b_context = im2col;
   p->c = node.f32();

@@ -143,6 +143,7 @@ Status compute_linear_quantized(const Tensor& node, ExecContext& ctx) {
   p.K = in;
   p.a = w.data;
   p.a_dtype = w.dtype;
+  set_weight_flags(w, &p);
   p.pack_b = pack_b_strided;
   p.pack_b_context = &packer;
   p.c = node.f32();
@@ -195,6 +196,7 @@ Status compute_matmul(const Tensor& node, ExecContext& ctx) {
     q.K = p.K;
     q.a = a.data;
     q.a_dtype = a.dtype;
+    set_weight_flags(a, &q);
     q.pack_b = p.pack_b;
     q.pack_b_context = p.pack_b_context;
     q.c = p.c;

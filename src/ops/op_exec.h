@@ -12,6 +12,8 @@
 
 namespace ddpm {
 
+class PackedWeights;  // src/ops/qgemm.h
+
 struct ExecContext {
   ThreadPool& pool;
   uint8_t* const* scratch;  // scratch[thread], each scratch_bytes long, 64-byte aligned
@@ -21,6 +23,8 @@ struct ExecContext {
   // once per op instead of once per task (run_qgemm). Ops must work, maybe slower, without it.
   uint8_t* shared = nullptr;
   size_t shared_bytes = 0;
+  // Weights decoded once and kept across compute() calls (run_qgemm); null: decoded at every use.
+  PackedWeights* packed_weights = nullptr;
 };
 
 using ComputeFn = Status (*)(const Tensor& node, ExecContext& ctx);

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "core/half.h"
+#include "io/mapped_file.h"
 #include "quant/blocks.h"
 
 namespace ddpm {
@@ -55,7 +56,7 @@ struct Scratch {
   int8_t* a_q;       // [kc/4][mr][4]
   float* a_d;        // [kc/32][mr]
   float* a_min;      // [kc/32][mr]
-  int32_t* a_qsum;   // [kc/32][mr]
+  int16_t* a_qsum;   // [kc/32][mr]
   float* a_lo_coef;  // [kc/32][mr]
   float* tile;       // mr × nr, partial tiles and transposed C
   float* residual;   // mr × nr, the residual of a partial tile
@@ -76,7 +77,7 @@ ScratchLayout scratch_layout(int mr, int nr) {
       static_cast<size_t>(kKcMax * mr),
       static_cast<size_t>(blocks * mr) * sizeof(float),
       static_cast<size_t>(blocks * mr) * sizeof(float),
-      static_cast<size_t>(blocks * mr) * sizeof(int32_t),
+      static_cast<size_t>(blocks * mr) * sizeof(int16_t),
       static_cast<size_t>(blocks * mr) * sizeof(float),
       static_cast<size_t>(mr * nr) * sizeof(float),
       static_cast<size_t>(mr * nr) * sizeof(float),
@@ -101,7 +102,7 @@ Scratch carve_scratch(uint8_t* base, int mr, int nr) {
   s.a_q = reinterpret_cast<int8_t*>(base + l.offsets[2]);
   s.a_d = reinterpret_cast<float*>(base + l.offsets[3]);
   s.a_min = reinterpret_cast<float*>(base + l.offsets[4]);
-  s.a_qsum = reinterpret_cast<int32_t*>(base + l.offsets[5]);
+  s.a_qsum = reinterpret_cast<int16_t*>(base + l.offsets[5]);
   s.a_lo_coef = reinterpret_cast<float*>(base + l.offsets[6]);
   s.tile = reinterpret_cast<float*>(base + l.offsets[7]);
   s.residual = reinterpret_cast<float*>(base + l.offsets[8]);
@@ -112,9 +113,10 @@ Scratch carve_scratch(uint8_t* base, int mr, int nr) {
 
 bool has_epilogue(const QGemmProblem& p) { return p.bias_row || p.bias_col || p.residual; }
 
-// With `unpack_once` the weight is unpacked before the tasks, once in all, spread over the threads.
+// With `unpack_once` the tasks read the weight unpacked beforehand: once in all, spread over the threads, unless
+// it was `prepacked` by an earlier call.
 double split_cost(const QGemmProblem& p, const QGemmPlan& plan, int mr, int nr, int64_t m_chunks, int64_t n_chunks,
-                  int threads, bool unpack_once) {
+                  int threads, bool unpack_once, bool prepacked) {
   const double k = static_cast<double>(plan.kc * plan.k_blocks);
   const double rows = static_cast<double>(plan.m_panels * mr), cols = static_cast<double>(plan.n_panels * nr);
   const double tasks = static_cast<double>(p.batch * m_chunks * n_chunks);
@@ -128,7 +130,7 @@ double split_cost(const QGemmProblem& p, const QGemmPlan& plan, int mr, int nr, 
   const double largest = k * (max_rows * max_cols + kQuantizeBCost * max_cols + unpack_per_task * max_rows) + kTaskCost;
   const double rounds = std::ceil(tasks / threads);
   // The unpacking phase: its share of the work per thread, and one more round of waking the threads.
-  const double unpack = unpack_once ? k * kUnpackACost * rows / threads + kTaskCost : 0.0;
+  const double unpack = unpack_once && !prepacked ? k * kUnpackACost * rows / threads + kTaskCost : 0.0;
   return unpack + std::max(rounds * total / tasks, largest) + (threads > 1 ? kStraggler * largest : 0.0);
 }
 
@@ -262,13 +264,13 @@ int32_t decode_block(DType type, const uint8_t* block, int8_t* q, int64_t quad_s
   }
 }
 
-// Where an unpacked A panel goes: values [blocks*8][mr][4], then per block and row the scale, minimum, Σq and
-// lo_coef (QGemmPanelA), each [blocks][mr].
+// Where an unpacked A panel goes: values [blocks*8][mr][4], then per block and row the scale, minimum (null for
+// types without), Σq and lo_coef (QGemmPanelA), each [blocks][mr].
 struct APanel {
   int8_t* q;
   float* d;
   float* min;
-  int32_t* qsum;
+  int16_t* qsum;
   float* lo_coef;
 };
 
@@ -290,32 +292,39 @@ void unpack_a_panel(const QGemmProblem& p, int mr, size_t row_bytes, int64_t m0,
     }
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t i = b * mr + m;
-      out.qsum[i] = decode_block(p.a_dtype, src + b * block_bytes, out.q + b * block_stride + m * 4, quad_stride,
-                                 &out.d[i], &out.min[i]);
+      float min = 0.0f;
+      const int32_t sum = decode_block(p.a_dtype, src + b * block_bytes, out.q + b * block_stride + m * 4,
+                                       quad_stride, &out.d[i], &min);
+      out.qsum[i] = static_cast<int16_t>(sum);  // |sum| <= 32·127
+      if (out.min) out.min[i] = min;
       // Σ_k w_k·(lo + d·u_k) = wd·d·Σ wq·u + lo·(wd·Σ wq + 32·wmin) + wmin·d·Σ u: the weight side of the lo term.
       // 32·wmin is exact, so the fma rounds the sum once, as any contraction by the compiler would too.
-      const float lo_coef = out.d[i] * static_cast<float>(out.qsum[i]);
-      out.lo_coef[i] = p.a_dtype == DType::Q4_1 ? std::fma(32.0f, out.min[i], lo_coef) : lo_coef;
+      const float lo_coef = out.d[i] * static_cast<float>(sum);
+      out.lo_coef[i] = p.a_dtype == DType::Q4_1 ? std::fma(32.0f, min, lo_coef) : lo_coef;
     }
   }
 }
 
-// The whole weight unpacked once (run_qgemm with ExecContext::shared): panel after panel over all of the padded K,
-// in five regions (values, scales, minima, sums, lo_coef). A k block of a panel is a contiguous piece of it.
+// The whole weight unpacked once (run_qgemm with ExecContext::shared or PackedWeights): panel after panel over all
+// of the padded K, in five regions (values, scales, minima — empty for types without —, sums, lo_coef). A k block
+// of a panel is a contiguous piece of it.
 struct SharedALayout {
   int64_t padded_k = 0, blocks = 0, rows = 0;
+  bool has_min = false;
   size_t offsets[5] = {};
   size_t total = 0;
 };
 
-SharedALayout shared_a_layout(int64_t m_panels, int mr, int64_t padded_k) {
+SharedALayout shared_a_layout(int64_t m_panels, int mr, int64_t padded_k, DType type) {
   SharedALayout l;
   l.padded_k = padded_k;
   l.blocks = padded_k / kBlock;
   l.rows = m_panels * mr;
-  const size_t sizes[5] = {static_cast<size_t>(l.rows * padded_k), static_cast<size_t>(l.rows * l.blocks) * 4,
-                           static_cast<size_t>(l.rows * l.blocks) * 4, static_cast<size_t>(l.rows * l.blocks) * 4,
-                           static_cast<size_t>(l.rows * l.blocks) * 4};
+  l.has_min = type == DType::Q4_1;
+  const size_t per_block = static_cast<size_t>(l.rows * l.blocks);
+  const size_t sizes[5] = {static_cast<size_t>(l.rows * padded_k), per_block * sizeof(float),
+                           l.has_min ? per_block * sizeof(float) : 0, per_block * sizeof(int16_t),
+                           per_block * sizeof(float)};
   for (int i = 0; i < 5; ++i) {
     l.offsets[i] = l.total;
     l.total += aligned64(sizes[i]);
@@ -324,13 +333,14 @@ SharedALayout shared_a_layout(int64_t m_panels, int mr, int64_t padded_k) {
 }
 
 // Panel `panel` of the shared weight, from k block start k0 on.
-APanel shared_a_panel(uint8_t* base, const SharedALayout& l, int mr, int64_t panel, int64_t k0) {
+APanel shared_a_panel(const uint8_t* const_base, const SharedALayout& l, int mr, int64_t panel, int64_t k0) {
+  uint8_t* base = const_cast<uint8_t*>(const_base);  // APanel is written by the unpacker, read by the tasks
   const int64_t first = panel * mr * l.blocks + (k0 / kBlock) * mr;  // [panel][blocks][mr]
   APanel a;
   a.q = reinterpret_cast<int8_t*>(base + l.offsets[0]) + panel * mr * l.padded_k + k0 * mr;
   a.d = reinterpret_cast<float*>(base + l.offsets[1]) + first;
-  a.min = reinterpret_cast<float*>(base + l.offsets[2]) + first;
-  a.qsum = reinterpret_cast<int32_t*>(base + l.offsets[3]) + first;
+  a.min = l.has_min ? reinterpret_cast<float*>(base + l.offsets[2]) + first : nullptr;
+  a.qsum = reinterpret_cast<int16_t*>(base + l.offsets[3]) + first;
   a.lo_coef = reinterpret_cast<float*>(base + l.offsets[4]) + first;
   return a;
 }
@@ -339,7 +349,7 @@ APanel shared_a_panel(uint8_t* base, const SharedALayout& l, int mr, int64_t pan
 // stack (see run_gemm).
 // `unpacked`: the whole weight unpacked beforehand (shared_a_layout), or null to unpack each panel here.
 void run_task(const QGemmProblem& problem, const QGemmPlan& shared_plan, const kernels::QGemmMicroKernel& shared_kernel,
-              const TaskRange& r, const Scratch& s, uint8_t* unpacked) {
+              const TaskRange& r, const Scratch& s, const uint8_t* unpacked) {
   const QGemmProblem p = problem;
   const QGemmPlan plan = shared_plan;
   const kernels::QGemmMicroKernel kernel = shared_kernel;
@@ -355,7 +365,7 @@ void run_task(const QGemmProblem& problem, const QGemmPlan& shared_plan, const k
     for (int64_t n = 0; n < nc; ++n) s.col_bias[n] = load_element(p.bias_col, p.bias_dtype, r.n_begin + n);
     for (int64_t n = nc; n < ceil_div(nc, nr) * nr; ++n) s.col_bias[n] = 0.0f;
   }
-  const SharedALayout layout = unpacked ? shared_a_layout(plan.m_panels, mr, padded_k) : SharedALayout();
+  const SharedALayout layout = unpacked ? shared_a_layout(plan.m_panels, mr, padded_k, p.a_dtype) : SharedALayout();
   for (int64_t block = 0; block < plan.k_blocks; ++block) {
     const int64_t k0 = block * plan.kc, kc = std::min(plan.kc, padded_k - k0);
     const bool accumulate = block > 0, last = block + 1 == plan.k_blocks;
@@ -364,7 +374,7 @@ void run_task(const QGemmProblem& problem, const QGemmPlan& shared_plan, const k
     for (int64_t panel = r.panel_begin; panel < r.panel_end; ++panel) {
       const int64_t m0 = panel * mr;
       const int mr_valid = static_cast<int>(std::min<int64_t>(mr, p.M - m0));
-      APanel unpacked_panel{s.a_q, s.a_d, s.a_min, s.a_qsum, s.a_lo_coef};
+      APanel unpacked_panel{s.a_q, s.a_d, has_min ? s.a_min : nullptr, s.a_qsum, s.a_lo_coef};
       if (unpacked) {
         unpacked_panel = shared_a_panel(unpacked, layout, mr, panel, k0);
       } else {
@@ -427,7 +437,9 @@ void run_task(const QGemmProblem& problem, const QGemmPlan& shared_plan, const k
 }  // namespace
 
 QGemmPlan plan_qgemm(const QGemmProblem& p, const kernels::QGemmMicroKernel& kernel, int threads,
-                     bool can_unpack_once) {
+                     AUnpacking unpacking) {
+  const bool prepacked = unpacking == AUnpacking::kPrepacked;
+  const bool can_unpack_once = unpacking != AUnpacking::kPerTask;
   QGemmPlan plan;
   const int64_t blocks = ceil_div(p.K, kBlock);
   plan.k_blocks = std::max<int64_t>(1, ceil_div(blocks * kBlock, kKcMax));
@@ -441,16 +453,17 @@ QGemmPlan plan_qgemm(const QGemmProblem& p, const kernels::QGemmMicroKernel& ker
   const int64_t max_m_chunks = plan.threads == 1 ? 1 : std::min<int64_t>({plan.m_panels, 2 * plan.threads, 64});
   double best = std::numeric_limits<double>::infinity();
   for (bool once : {false, true}) {
-    if (once && !can_unpack_once) continue;
+    if ((once && !can_unpack_once) || (!once && prepacked)) continue;
     int64_t previous_n_chunks = 0;
     for (int64_t chunk_panels = widest; chunk_panels >= 1; --chunk_panels) {
       const int64_t n_chunks = ceil_div(plan.n_panels, chunk_panels);
       if (n_chunks == previous_n_chunks) continue;
       previous_n_chunks = n_chunks;
       // Unpacking once only pays when a panel would otherwise be unpacked more than once.
-      if (once && p.batch * n_chunks == 1) continue;
+      if (once && !prepacked && p.batch * n_chunks == 1) continue;
       for (int64_t m_chunks = 1; m_chunks <= max_m_chunks; ++m_chunks) {
-        const double cost = split_cost(p, plan, kernel.mr, kernel.nr, m_chunks, n_chunks, plan.threads, once);
+        const double cost =
+            split_cost(p, plan, kernel.mr, kernel.nr, m_chunks, n_chunks, plan.threads, once, prepacked);
         if (cost < best * (1.0 - 1e-9)) {
           best = cost;
           plan.n_chunks = n_chunks;
@@ -502,28 +515,41 @@ void run_qgemm(const QGemmProblem& p, ExecContext& ctx) {
     return;
   }
   // A weight that several tasks' column chunks (or batch items) would each unpack again is unpacked once, by all
-  // threads, into the shared buffer, and read from there.
+  // threads, into the shared buffer, and read from there; a constant one is unpacked at its first use and kept.
   const int64_t padded_k = dtype_padded_row(p.a_dtype, p.K);
-  const SharedALayout layout = shared_a_layout(ceil_div(p.M, mr), mr, padded_k);
-  const bool can_share = ctx.shared && ctx.shared_bytes >= layout.total;
-  const QGemmPlan plan = plan_qgemm(p, kernel, ctx.pool.size(), can_share);
-  uint8_t* unpacked = nullptr;
-  if (plan.unpack_once) {
-    unpacked = ctx.shared;
+  const SharedALayout layout = shared_a_layout(ceil_div(p.M, mr), mr, padded_k, p.a_dtype);
+  const uint8_t* unpacked = nullptr;
+  uint8_t* unpack_into = nullptr;
+  PackedWeights* packs = p.a_constant ? ctx.packed_weights : nullptr;
+  if (packs) {
+    unpacked = packs->find(p.a, mr);
+    if (!unpacked) unpack_into = packs->add(p.a, mr, layout.total);  // out of memory: decode per op, as without
+  }
+  AUnpacking unpacking = AUnpacking::kPerTask;
+  if (unpacked || unpack_into) {
+    unpacking = AUnpacking::kPrepacked;
+  } else if (ctx.shared && ctx.shared_bytes >= layout.total) {
+    unpacking = AUnpacking::kCanUnpackOnce;
+  }
+  const QGemmPlan plan = plan_qgemm(p, kernel, ctx.pool.size(), unpacking);
+  if (plan.unpack_once && !unpacked) {
+    if (!unpack_into) unpack_into = ctx.shared;
     const size_t row_bytes = dtype_row_bytes(p.a_dtype, padded_k);
     auto unpack_panels = [&](int64_t part, int64_t parts) {
       int64_t begin, end;
       split_range(plan.m_panels, parts, part, &begin, &end);
       for (int64_t panel = begin; panel < end; ++panel) {
-        unpack_a_panel(p, mr, row_bytes, panel * mr, 0, padded_k, shared_a_panel(unpacked, layout, mr, panel, 0));
+        unpack_a_panel(p, mr, row_bytes, panel * mr, 0, padded_k, shared_a_panel(unpack_into, layout, mr, panel, 0));
       }
     };
-    const int64_t parts = std::min<int64_t>(plan.m_panels, plan.threads);
+    const int64_t parts = std::min<int64_t>(plan.m_panels, std::max(plan.threads, ctx.pool.size()));
     if (parts == 1) {
       unpack_panels(0, 1);
     } else {
       ctx.pool.run(parts, [&](int64_t part, int) { unpack_panels(part, parts); });
     }
+    unpacked = unpack_into;
+    if (unpack_into != ctx.shared && p.a_mapped) release_mapped_pages(p.a, static_cast<size_t>(p.M) * row_bytes);
   }
   if (plan.threads == 1) {
     const Scratch s = carve_scratch(ctx.scratch[0], mr, nr);
@@ -536,6 +562,19 @@ void run_qgemm(const QGemmProblem& p, ExecContext& ctx) {
   });
 }
 
+const uint8_t* PackedWeights::find(const void* weight, int mr) const {
+  const auto it = panels_.find({weight, mr});
+  return it == panels_.end() ? nullptr : it->second.get();
+}
+
+uint8_t* PackedWeights::add(const void* weight, int mr, size_t bytes) {
+  auto* data = static_cast<uint8_t*>(std::aligned_alloc(64, aligned64(std::max<size_t>(bytes, 1))));
+  if (!data) return nullptr;
+  panels_[{weight, mr}].reset(data);
+  bytes_ += bytes;
+  return data;
+}
+
 size_t qgemm_shared_bytes_max(int64_t M, int64_t K) {
   const kernels::KernelTable* tables[8];
   const int count = kernels::available_tables(tables, 8);
@@ -543,7 +582,7 @@ size_t qgemm_shared_bytes_max(int64_t M, int64_t K) {
   const int64_t padded_k = ceil_div(std::max<int64_t>(K, 1), kBlock) * kBlock;
   for (int i = 0; i < count; ++i) {
     const int mr = tables[i]->qgemm.mr;
-    if (mr > 0) bytes = std::max(bytes, shared_a_layout(ceil_div(M, mr), mr, padded_k).total);
+    if (mr > 0) bytes = std::max(bytes, shared_a_layout(ceil_div(M, mr), mr, padded_k, DType::Q4_1).total);
   }
   return bytes;
 }
