@@ -3,6 +3,8 @@
 // dlopen only here, for comparison; the library never links it. Convolutions also run with q8_0 / q4_0 weights.
 // `ddpm bench unet`: the cifar10-32 U-Net forward at batch 1 and 8, 1 and N threads, for each --type of its conv
 // and linear weights side by side, with the speed-up over f32 measured in the same run.
+// `ddpm bench train`: training steps of a network preset on synthetic data, timed like bench/pytorch_unet.py times
+// PyTorch (same batch, warm-up steps, then the median step), so the two figures compare directly.
 #include <dlfcn.h>
 
 #include <algorithm>
@@ -29,6 +31,9 @@
 #include <sys/resource.h>
 #include "tools/options.h"
 #include "tools/subcommands.h"
+#include "train/dataset.h"
+#include "train/net.h"
+#include "train/trainer.h"
 
 namespace ddpm::tools {
 namespace {
@@ -39,6 +44,8 @@ struct BenchSettings {
   std::string filter;
   bool openblas = true;
   std::vector<DType> types = {DType::F32};  // bench unet: weight types, side by side
+  std::string preset = "fashion-mnist";     // bench train
+  long long batch = 64;                     // bench train
 };
 
 // A weight [rows, ...] as `type`: rows padded to whole blocks for block types (dtype.h), f16 or f32 as is.
@@ -455,6 +462,55 @@ int bench_format(const BenchSettings& settings) {
   return 0;
 }
 
+int bench_train(const BenchSettings& settings) {
+  NetSpec net;
+  SchedulerConfig scheduler;
+  Status s = net_preset(settings.preset, &net, &scheduler);
+  if (s.ok() && net.kind != NetKind::UNet2D) s = errorf("--preset %s is not a U-Net", settings.preset.c_str());
+  // Random 8-bit images and labels of the preset's geometry and classes (the null class, if any, excluded).
+  Dataset data;
+  const int64_t classes = net.class_embeds() > 0 ? net.class_embeds() - 1 : 0;
+  data.count = 2 * settings.batch;
+  data.channels = net.channels;
+  data.height = net.height;
+  data.width = net.width;
+  data.source = "synthetic";
+  std::mt19937 rng(3);
+  data.pixels.resize(static_cast<size_t>(data.count * data.sample_numel()));
+  for (uint8_t& p : data.pixels) p = static_cast<uint8_t>(rng());
+  for (int64_t c = 0; c < classes; ++c) data.class_names.push_back("class " + std::to_string(c));
+  for (int64_t i = 0; classes > 0 && i < data.count; ++i) data.labels.push_back(static_cast<int32_t>(i % classes));
+  TrainOptions options;
+  options.batch = settings.batch;
+  options.warmup = 0;
+  if (classes == 0) options.cond_drop = 0;
+  std::unique_ptr<Trainer> trainer;
+  if (s.ok()) s = Trainer::create(net, scheduler, options, data, &trainer);
+  const int threads = settings.common.threads > 0 ? settings.common.threads : ThreadPool::physical_cores();
+  ThreadPool pool(threads);
+  constexpr int kWarmup = 3;
+  const long long reps = settings.repetitions > 0 ? settings.repetitions : 10;
+  std::vector<double> seconds;
+  for (long long i = 0; s.ok() && i < kWarmup + reps; ++i) {
+    const double start = now_seconds();
+    s = trainer->step(pool);
+    if (i >= kWarmup) seconds.push_back(now_seconds() - start);
+  }
+  if (!s.ok()) {
+    std::fprintf(stderr, "ddpm bench: %s\n", s.message().c_str());
+    return 1;
+  }
+  std::sort(seconds.begin(), seconds.end());
+  const double median = seconds.size() % 2 ? seconds[seconds.size() / 2]
+                                           : 0.5 * (seconds[seconds.size() / 2 - 1] + seconds[seconds.size() / 2]);
+  std::printf("ddpm bench train — %s preset (%lld parameters), batch %lld, %d threads, kernels: %s\n",
+              settings.preset.c_str(), (long long)trainer->weights().size(), settings.batch, threads,
+              kernels::active().isa_name);
+  std::printf("  %.1f ms/step (median of %lld after %d warm-up; fastest %.1f, slowest %.1f), %.1f images/s\n",
+              median * 1e3, reps, kWarmup, seconds.front() * 1e3, seconds.back() * 1e3, settings.batch / median);
+  return 0;
+}
+
 }  // namespace
 
 int run_bench(int argc, char** argv) {
@@ -484,6 +540,10 @@ int run_bench(int argc, char** argv) {
                        }
                        return Status();
                      }});
+  options.push_back({"preset", 0, "NAME", "bench train: network preset (default fashion-mnist)", text(&settings.preset)});
+  options.push_back({"batch", 0, "N", "bench train: images per step (default 64)", [&](const std::string& v) {
+                       return parse_int("--batch", v, 1, 4096, &settings.batch);
+                     }});
   options.push_back({"no-blas", 0, "", "do not compare with OpenBLAS", [&](const std::string&) {
                        settings.openblas = false;
                        return Status();
@@ -491,21 +551,22 @@ int run_bench(int argc, char** argv) {
   std::vector<std::string> positional;
   bool help = false;
   Status status = parse_options(argc, argv, 2, options, &positional, &help);
-  const char* synopsis = "ddpm bench ops|unet|format [options]";
+  const char* synopsis = "ddpm bench ops|unet|train|format [options]";
   if (help) {
     print_usage(stdout, synopsis, options);
     return 0;
   }
   if (status.ok()) status = apply_common_settings(settings.common);
   if (status.ok() && (positional.size() != 1 || (positional[0] != "ops" && positional[0] != "unet" &&
-                                                   positional[0] != "format"))) {
-    status = errorf("expected a benchmark name: ops, unet or format");
+                                                   positional[0] != "train" && positional[0] != "format"))) {
+    status = errorf("expected a benchmark name: ops, unet, train or format");
   }
   if (!status.ok()) {
     std::fprintf(stderr, "ddpm bench: %s\n", status.message().c_str());
     return 2;
   }
   if (positional[0] == "format") return bench_format(settings);
+  if (positional[0] == "train") return bench_train(settings);
   return positional[0] == "unet" ? bench_unet(settings) : bench_ops(settings);
 }
 

@@ -20,6 +20,7 @@
 // consecutive floats with plain copies, and dw comes out as [Co, kh, kw, Ci], reordered at the end (weight-sized).
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "autograd/ops_backward.h"
 #include "ops/gemm.h"
@@ -153,37 +154,69 @@ void pack_im2col_t(const void* context, int64_t batch, int64_t k0, int64_t kc, i
   }
 }
 
+// A copy of a few dozen floats: whole 16-float pieces with a constant size, which the compiler turns into vector
+// moves (a libc memcpy call per 128-byte piece costs about as much as the copy), then the rest.
+inline void copy_short(float* dst, const float* src, int64_t count) {
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) std::memcpy(dst + i, src + i, 16 * sizeof(float));
+  for (; i < count; ++i) dst[i] = src[i];
+}
+inline void zero_short(float* dst, int64_t count) {
+  static constexpr float kZeros[16] = {};
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) std::memcpy(dst + i, kZeros, 16 * sizeof(float));
+  for (; i < count; ++i) dst[i] = 0.0f;
+}
+
 // Channels-last: B element (k = (image, oy, ox), n = (u, v, ci)) = xc[image, oy·s + u − pad_top, ox·s + v −
 // pad_left, ci] or 0. For one k, every tap reads Ci consecutive floats: copied into the panel as contiguous
-// pieces (split where a panel ends), with no transposing stores.
+// pieces (split where a panel ends), with no transposing stores. The pieces depend on the columns only, so they
+// are listed once per call and the k loop only steps a pixel counter: no divisions per element (a 64-bit
+// division per piece of 32 floats cost as much as the copy).
 void pack_im2col_t_channels_last(const void* context, int64_t batch, int64_t k0, int64_t kc, int64_t n0, int64_t nc,
                                  int nr, float* dst) {
   const Im2colT& g = *static_cast<const Im2colT*>(context);
   const int64_t channels = g.channels;
+  struct Piece {
+    int64_t dst_offset;     // in the panel row of k = 0: (panel)·kc·nr + lane
+    int64_t source_offset;  // tap's pixel offset ·Ci + channel, from the tap's top-left pixel
+    int64_t row_tap, col_tap, length;
+  };
+  std::vector<Piece> pieces;  // at most nc/Ci + nc/nr + 2
+  for (int64_t n = n0; n < n0 + nc;) {
+    const int64_t tap = n / channels, channel = n % channels;
+    const int64_t offset = n - n0, lane = offset % nr;
+    const int64_t length = std::min({channels - channel, n0 + nc - n, static_cast<int64_t>(nr) - lane});
+    const int64_t u = tap / g.kernel_w, v = tap % g.kernel_w;
+    pieces.push_back({(offset / nr) * kc * nr + lane, (u * g.width + v) * channels + channel, u, v, length});
+    n += length;
+  }
+  const int64_t tail = nc % nr;  // the padding columns of the last panel
+  const int64_t first = k0 + batch * g.images_per_batch * g.pixels;
+  int64_t image = first / g.pixels, pixel = first % g.pixels;
+  int64_t oy = pixel / g.out_width, ox = pixel % g.out_width;
+  const int64_t out_height = g.pixels / g.out_width;
   for (int64_t k = 0; k < kc; ++k) {
-    const int64_t kk = k0 + k;
-    const int64_t image = batch * g.images_per_batch + kk / g.pixels, pixel = kk % g.pixels;
-    const int64_t iy0 = (pixel / g.out_width) * g.stride - g.pad_top;
-    const int64_t ix0 = (pixel % g.out_width) * g.stride - g.pad_left;
-    const float* source = g.x + image * g.height * g.width * channels;  // [H, W, Ci]
-    int64_t n = n0;
-    while (n < n0 + nc) {
-      const int64_t tap = n / channels, channel = n % channels;
-      const int64_t offset = n - n0, lane = offset % nr;
-      const int64_t length = std::min({channels - channel, n0 + nc - n, static_cast<int64_t>(nr) - lane});
-      float* out = dst + (offset / nr) * kc * nr + k * nr + lane;
-      const int64_t iy = iy0 + tap / g.kernel_w, ix = ix0 + tap % g.kernel_w;
-      if (iy >= 0 && iy < g.height && ix >= 0 && ix < g.width) {
-        std::memcpy(out, source + (iy * g.width + ix) * channels + channel, static_cast<size_t>(length) * sizeof(float));
+    const int64_t iy0 = oy * g.stride - g.pad_top, ix0 = ox * g.stride - g.pad_left;
+    // Offset of the pixel (iy0, ix0) of this image's [H, W, Ci] (maybe outside it: only in-bounds pieces are read).
+    const int64_t origin = ((image * g.height + iy0) * g.width + ix0) * channels;
+    const bool inside = iy0 >= 0 && ix0 >= 0 && iy0 + g.kernel_h <= g.height && ix0 + g.kernel_w <= g.width;
+    for (const Piece& piece : pieces) {
+      float* out = dst + piece.dst_offset + k * nr;
+      const int64_t iy = iy0 + piece.row_tap, ix = ix0 + piece.col_tap;
+      if (inside || (iy >= 0 && iy < g.height && ix >= 0 && ix < g.width)) {
+        copy_short(out, g.x + origin + piece.source_offset, piece.length);
       } else {
-        std::memset(out, 0, static_cast<size_t>(length) * sizeof(float));
+        zero_short(out, piece.length);
       }
-      n += length;
     }
-    const int64_t tail = nc % nr;  // zero the padding columns of the last panel
-    if (tail) {
-      float* out = dst + (nc / nr) * kc * nr + k * nr;
-      for (int64_t i = tail; i < nr; ++i) out[i] = 0.0f;
+    if (tail) zero_short(dst + (nc / nr) * kc * nr + k * nr + tail, nr - tail);
+    if (++ox == g.out_width) {
+      ox = 0;
+      if (++oy == out_height) {
+        oy = 0;
+        ++image;
+      }
     }
   }
 }
