@@ -97,12 +97,17 @@ Status compute_binary(const Tensor& node, ExecContext& ctx) {
   int64_t rows = 1;
   for (int d = 0; d < first_outer; ++d) rows *= shape[d];
   const auto op = static_cast<BinaryOp>(node.iparams[0]);
-  const int64_t rows_per_task = std::max<int64_t>(1, kElementsPerTask / inner);
-  const int64_t tasks = (rows + rows_per_task - 1) / rows_per_task;
+  // Tasks of about kElementsPerTask: several short rows, or a piece of a long one (a same-shape add folds into one
+  // row of every element, which as one task would run on one thread, reading what the op before wrote on both).
+  const int64_t pieces = (inner + kElementsPerTask - 1) / kElementsPerTask;
+  const int64_t piece_length = (inner + pieces - 1) / pieces;
+  const int64_t rows_per_task = pieces > 1 ? 1 : std::max<int64_t>(1, kElementsPerTask / inner);
+  const int64_t tasks = (rows + rows_per_task - 1) / rows_per_task * pieces;
   const kernels::KernelTable& k = ctx.kernels;
   ctx.pool.run(tasks, [&](int64_t task, int) {
-    const int64_t row_end = std::min(rows, (task + 1) * rows_per_task);
-    for (int64_t r = task * rows_per_task; r < row_end; ++r) {
+    const int64_t first_row = task / pieces * rows_per_task, row_end = std::min(rows, first_row + rows_per_task);
+    const int64_t begin = task % pieces * piece_length, count = std::min(piece_length, inner - begin);
+    for (int64_t r = first_row; r < row_end; ++r) {
       int64_t rem = r, off_a = 0, off_b = 0;
       for (int d = first_outer - 1; d >= 0; --d) {
         const int64_t i = rem % shape[d];
@@ -110,20 +115,20 @@ Status compute_binary(const Tensor& node, ExecContext& ctx) {
         off_a += i * sa[d];
         off_b += i * sb[d];
       }
-      const float* pa = a.f32() + off_a;
-      const float* pb = b.f32() + off_b;
-      float* out = node.f32() + r * inner;
       const bool a_scalar = sa[3] == 0, b_scalar = sb[3] == 0;
+      const float* pa = a.f32() + off_a + (a_scalar ? 0 : begin);
+      const float* pb = b.f32() + off_b + (b_scalar ? 0 : begin);
+      float* out = node.f32() + r * inner + begin;
       if (op == BinaryOp::Add) {
-        if (!a_scalar && !b_scalar) k.add(inner, pa, pb, out);
-        else if (b_scalar && !a_scalar) k.add_scalar(inner, pa, *pb, out);
-        else if (a_scalar && !b_scalar) k.add_scalar(inner, pb, *pa, out);
-        else std::fill(out, out + inner, *pa + *pb);
+        if (!a_scalar && !b_scalar) k.add(count, pa, pb, out);
+        else if (b_scalar && !a_scalar) k.add_scalar(count, pa, *pb, out);
+        else if (a_scalar && !b_scalar) k.add_scalar(count, pb, *pa, out);
+        else std::fill(out, out + count, *pa + *pb);
       } else {
-        if (!a_scalar && !b_scalar) k.mul(inner, pa, pb, out);
-        else if (b_scalar && !a_scalar) k.mul_scalar(inner, pa, *pb, out);
-        else if (a_scalar && !b_scalar) k.mul_scalar(inner, pb, *pa, out);
-        else std::fill(out, out + inner, *pa * *pb);
+        if (!a_scalar && !b_scalar) k.mul(count, pa, pb, out);
+        else if (b_scalar && !a_scalar) k.mul_scalar(count, pa, *pb, out);
+        else if (a_scalar && !b_scalar) k.mul_scalar(count, pb, *pa, out);
+        else std::fill(out, out + count, *pa * *pb);
       }
     }
   });
