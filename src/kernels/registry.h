@@ -179,6 +179,11 @@ struct KernelTable {
 
   // Direct convolution (see DirectConv).
   void (*conv_direct)(const DirectConv& conv) = nullptr;
+
+  // Transposing copy of a rows × cols block: dst[c·dst_stride + r] = src[r·src_stride + c] (channels-last copies
+  // of activations, weight reorders). Copies only, so every level gives the reference's bits.
+  void (*transpose)(int64_t rows, int64_t cols, const float* src, int64_t src_stride, float* dst,
+                    int64_t dst_stride) = nullptr;
 };
 
 const char* isa_name(Isa isa);

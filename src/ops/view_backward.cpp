@@ -110,8 +110,8 @@ Status compute_view_grad(const Tensor& node, ExecContext& ctx) {
     });
   }
   // A transposing copy (the innermost source dim is strided in the output while another source dim is
-  // contiguous there: channels-last copies, weight reorders, attention's permuted heads) goes tile by tile, so
-  // that both the reads and the writes of a 16×16 tile stay within a few cache lines.
+  // contiguous there: channels-last copies, weight reorders, attention's permuted heads) goes through the kernel
+  // table's register transpose, 16 rows of dim j (one task) at a time.
   int transposed_dim = -1;
   for (int d = kMaxRank - 2; d >= 0; --d) {
     if (stride[3] != 1 && stride[d] == 1 && shape[d] > 1) transposed_dim = d;
@@ -137,12 +137,8 @@ Status compute_view_grad(const Tensor& node, ExecContext& ctx) {
       const float* src = dview.f32() + i0 * src_stride[other[0]] + i1 * src_stride[other[1]];
       float* dst = out + i0 * stride[other[0]] + i1 * stride[other[1]];
       const int64_t a_end = std::min(shape[j], a0 + kTile);
-      for (int64_t b0 = 0; b0 < shape[3]; b0 += kTile) {
-        const int64_t b_end = std::min(shape[3], b0 + kTile);
-        for (int64_t b = b0; b < b_end; ++b) {
-          for (int64_t a = a0; a < a_end; ++a) dst[a + b * stride[3]] = src[a * src_stride[j] + b];
-        }
-      }
+      // dst[a + b·stride[3]] = src[a·src_stride[j] + b] for a in [a0, a_end), every b.
+      ctx.kernels.transpose(a_end - a0, shape[3], src + a0 * src_stride[j], src_stride[j], dst + a0, stride[3]);
     });
     return Status();
   }

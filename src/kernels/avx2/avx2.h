@@ -32,4 +32,7 @@ void f32_to_f16(int64_t n, const float* x, uint16_t* y);
 // Direct convolution over few input channels (conv_direct.cpp); contract: DirectConv in kernels/registry.h.
 void conv_direct(const DirectConv& conv);
 
+// Transposing copy (transpose.cpp); contract: KernelTable::transpose.
+void transpose(int64_t rows, int64_t cols, const float* src, int64_t src_stride, float* dst, int64_t dst_stride);
+
 }  // namespace ddpm::kernels::avx2

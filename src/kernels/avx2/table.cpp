@@ -25,6 +25,7 @@ __attribute__((target("no-sse3"))) KernelTable make_avx2_table() {
   t.exp_shifted_sum = avx2::exp_shifted_sum;
   t.f16_to_f32 = avx2::f16_to_f32;
   t.f32_to_f16 = avx2::f32_to_f16;
+  t.transpose = avx2::transpose;
   t.conv_direct = avx2::conv_direct;
   return t;
 }

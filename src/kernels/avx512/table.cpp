@@ -25,6 +25,7 @@ __attribute__((target("no-sse3"))) KernelTable make_avx512_table() {
   t.exp_shifted_sum = avx512::exp_shifted_sum;
   t.f16_to_f32 = avx512::f16_to_f32;
   t.f32_to_f16 = avx512::f32_to_f16;
+  t.transpose = avx512::transpose;
   t.conv_direct = avx512::conv_direct;
   return t;
 }

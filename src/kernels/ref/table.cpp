@@ -22,6 +22,7 @@ KernelTable make_reference_table() {
   t.exp_shifted_sum = ref::exp_shifted_sum;
   t.f16_to_f32 = ref::f16_to_f32;
   t.f32_to_f16 = ref::f32_to_f16;
+  t.transpose = ref::transpose;
   t.conv_direct = ref::conv_direct;
   return t;
 }
