@@ -98,6 +98,11 @@ TEST_CASE("ddpm CLI: happy paths", "[cli]") {
   Result schedule = run("schedule -m " + model_path() + " --sampler ddpm --steps 7 --spacing linspace");
   CHECK(schedule.exit_code == 0);
   CHECK(schedule.output.find("  832 ") != std::string::npos);
+  Result bench = run("bench train --batch 2 --reps 1 -t 2");
+  INFO(bench.output);
+  CHECK(bench.exit_code == 0);
+  CHECK(bench.output.find("fashion-mnist preset (3940801 parameters), batch 2") != std::string::npos);
+  CHECK(bench.output.find("ms/step (median of 1") != std::string::npos);
 }
 
 TEST_CASE("ddpm CLI: bad input gets a one-line error and a non-zero exit", "[cli]") {
@@ -128,6 +133,9 @@ TEST_CASE("ddpm CLI: bad input gets a one-line error and a non-zero exit", "[cli
   check_one_line_error(run("convert " + dir + "/page.ddpm -o " + dir + "/never.ddpm"), 1, "page.ddpm");
   CHECK(!exists(dir + "/never.ddpm"));
   check_one_line_error(run("convert data/unet/micro"), 2, "missing -o");
+  check_one_line_error(run("bench frobnicate"), 2, "expected a benchmark name");
+  check_one_line_error(run("bench train --preset toy-mlp --reps 1"), 1, "not a U-Net");
+  check_one_line_error(run("bench train --preset nosuch --reps 1"), 1, "nosuch");
   Result help = run("generate --help");
   CHECK(help.exit_code == 0);
   CHECK(help.output.find("--steps") != std::string::npos);

@@ -1,4 +1,5 @@
-// A model ready to run: a .ddpm file opened (weights mmapped, never copied) and its metadata decoded into the
+// A model ready to run: a .ddpm file opened (weights mmapped; a graph keeps block-typed ones decoded for the integer
+// GEMM and hands their file pages back, see PackedWeights) and its metadata decoded into the
 // U-Net config, the scheduler config and the data conventions.
 #pragma once
 
