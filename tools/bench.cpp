@@ -3,8 +3,8 @@
 // dlopen only here, for comparison; the library never links it. Convolutions also run with q8_0 / q4_0 weights.
 // `ddpm bench unet`: the cifar10-32 U-Net forward at batch 1 and 8, 1 and N threads, for each --type of its conv
 // and linear weights side by side, with the speed-up over f32 measured in the same run.
-// `ddpm bench train`: training steps of a network preset on synthetic data, timed like bench/pytorch_unet.py times
-// PyTorch (same batch, warm-up steps, then the median step), so the two figures compare directly.
+// `ddpm bench train`: training steps of a network preset on synthetic data, timed as bench/pytorch_unet.py times
+// PyTorch (one warm-up step, then the median step: element n/2 of the sorted times), so the two compare directly.
 #include <dlfcn.h>
 
 #include <algorithm>
@@ -488,7 +488,7 @@ int bench_train(const BenchSettings& settings) {
   if (s.ok()) s = Trainer::create(net, scheduler, options, data, &trainer);
   const int threads = settings.common.threads > 0 ? settings.common.threads : ThreadPool::physical_cores();
   ThreadPool pool(threads);
-  constexpr int kWarmup = 3;
+  constexpr int kWarmup = 1;
   const long long reps = settings.repetitions > 0 ? settings.repetitions : 10;
   std::vector<double> seconds;
   for (long long i = 0; s.ok() && i < kWarmup + reps; ++i) {
@@ -501,12 +501,11 @@ int bench_train(const BenchSettings& settings) {
     return 1;
   }
   std::sort(seconds.begin(), seconds.end());
-  const double median = seconds.size() % 2 ? seconds[seconds.size() / 2]
-                                           : 0.5 * (seconds[seconds.size() / 2 - 1] + seconds[seconds.size() / 2]);
+  const double median = seconds[seconds.size() / 2];
   std::printf("ddpm bench train — %s preset (%lld parameters), batch %lld, %d threads, kernels: %s\n",
               settings.preset.c_str(), (long long)trainer->weights().size(), settings.batch, threads,
               kernels::active().isa_name);
-  std::printf("  %.1f ms/step (median of %lld after %d warm-up; fastest %.1f, slowest %.1f), %.1f images/s\n",
+  std::printf("  %.1f ms/step (median of %lld after %d warm-up step; fastest %.1f, slowest %.1f), %.1f images/s\n",
               median * 1e3, reps, kWarmup, seconds.front() * 1e3, seconds.back() * 1e3, settings.batch / median);
   return 0;
 }

@@ -8,6 +8,8 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <new>
 
 namespace ddpm {
@@ -57,6 +59,36 @@ Status read_all(int fd, const std::string& path, uint64_t size_hint, std::vector
   }
 }
 
+// The live read-only private mappings, [begin, end), so that release_mapped_pages never advises memory that is
+// not one of them (MADV_DONTNEED on anonymous memory would zero it).
+class MappingRegistry {
+ public:
+  void add(const void* begin, uint64_t size) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ranges_[reinterpret_cast<uintptr_t>(begin)] = reinterpret_cast<uintptr_t>(begin) + size;
+  }
+  void remove(const void* begin) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ranges_.erase(reinterpret_cast<uintptr_t>(begin));
+  }
+  bool contains(uintptr_t begin, uintptr_t end) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = ranges_.upper_bound(begin);
+    if (it == ranges_.begin()) return false;
+    --it;
+    return begin >= it->first && end <= it->second;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<uintptr_t, uintptr_t> ranges_;
+};
+
+MappingRegistry& mappings() {
+  static MappingRegistry registry;
+  return registry;
+}
+
 }  // namespace
 
 MappedFile::~MappedFile() { close(); }
@@ -83,7 +115,10 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
 }
 
 void MappedFile::close() {
-  if (mapping_ != nullptr) ::munmap(mapping_, static_cast<size_t>(size_));
+  if (mapping_ != nullptr) {
+    mappings().remove(mapping_);
+    ::munmap(mapping_, static_cast<size_t>(size_));
+  }
   mapping_ = nullptr;
   data_ = nullptr;
   size_ = 0;
@@ -110,6 +145,7 @@ Status MappedFile::open(const std::string& path) {
       static_cast<uint64_t>(info.st_size) <= std::numeric_limits<size_t>::max()) {
     void* mapping = ::mmap(nullptr, static_cast<size_t>(info.st_size), PROT_READ, MAP_PRIVATE, fd.get(), 0);
     if (mapping != MAP_FAILED) {
+      mappings().add(mapping, static_cast<uint64_t>(info.st_size));
       mapping_ = mapping;
       data_ = static_cast<const uint8_t*>(mapping);
       size_ = static_cast<uint64_t>(info.st_size);
@@ -145,8 +181,11 @@ void release_mapped_pages(const void* data, size_t bytes) {
   const uintptr_t page = static_cast<uintptr_t>(page_size);
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
   const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) / page * page;
-  // Advice only: if the kernel declines, the pages simply stay.
-  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  // Only inside a live MappedFile mapping (anything else is left alone); advice only: if the kernel declines, the
+  // pages simply stay.
+  if (end > begin && mappings().contains(begin, end)) {
+    ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  }
 }
 
 }  // namespace ddpm

@@ -46,9 +46,10 @@ class MappedFile {
   bool open_ = false;
 };
 
-// Gives back to the OS the pages that lie wholly inside [data, data + bytes), which must be part of an mmapped
-// MappedFile (is_mapped()). The mapping is private and read-only, so nothing is lost: a page touched again is read
-// again from the file. For weights that were copied into another form and will not be read in place for a while.
+// Gives back to the OS the pages that lie wholly inside [data, data + bytes) when that range is part of a live
+// mmapped MappedFile (is_mapped()); does nothing otherwise. The mapping is private and read-only, so nothing is
+// lost: a page touched again is read again from the file. For weights that were copied into another form and will
+// not be read in place for a while.
 void release_mapped_pages(const void* data, size_t bytes);
 
 }  // namespace ddpm

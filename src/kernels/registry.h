@@ -110,7 +110,7 @@ struct QGemmPanelA {     // MR weight rows × kc values (kc a multiple of 32), f
   const int8_t* q;       // [kc/4][MR][4]: values k..k+3 of row m at q + (k/4)*MR*4 + m*4
   const float* d;        // [kc/32][MR] block scales
   const float* min;      // [kc/32][MR] block minima (q4_1), nullptr for types without
-  const int16_t* qsum;   // [kc/32][MR] Σ of the 32 q of each block (|Σ| <= 32·127: int16 keeps kept panels small)
+  const int16_t* qsum;   // [kc/32][MR] Σ of the 32 q of each block (|Σ| <= 32·128: int16 keeps kept panels small)
   const float* lo_coef;  // [kc/32][MR] d·(float)qsum (+ 32·min for q4_1): what each activation minimum is multiplied by
   // Added to the agreed interface: every |q| <= 16 (q4_0, q4_1, q5_0). Then 2·127·16 bounds each int16 pair sum
   // of a u8×s8 multiply by 4064 and a whole block's eight of them fit int16 (32512): kernels may sum a block in

@@ -5,6 +5,8 @@
 #include <cstdint>
 
 namespace ddpm::kernels {
+// Unnamed: each level's copy is compiled with its own -m flags and must never be merged with another's.
+namespace {
 
 template <int64_t kTile, typename TileFn>
 inline void transpose_by_tiles(int64_t rows, int64_t cols, const float* src, int64_t src_stride, float* dst,
@@ -24,4 +26,5 @@ inline void transpose_by_tiles(int64_t rows, int64_t cols, const float* src, int
   elements(full_rows, rows, 0, cols);
 }
 
+}  // namespace
 }  // namespace ddpm::kernels

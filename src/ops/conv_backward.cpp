@@ -20,7 +20,6 @@
 // consecutive floats with plain copies, and dw comes out as [Co, kh, kw, Ci], reordered at the end (weight-sized).
 #include <algorithm>
 #include <cstring>
-#include <vector>
 
 #include "autograd/ops_backward.h"
 #include "ops/gemm.h"
@@ -109,7 +108,7 @@ struct Im2colT {
 // Along a run of k on one output row, a fixed n reads x with stride s, so the panel is filled one run (at most
 // kMaxRun rows of it, a few KiB that stay in L1) at a time, lane by lane: one bounds computation per lane and run,
 // then a strided copy. Those scalar transposing stores are most of dw's cost when Co is small (the tiny U-Net);
-// a SIMD transpose kernel would remove it.
+// with 16 or more channels x is transposed once instead (channels-last, below).
 void pack_im2col_t(const void* context, int64_t batch, int64_t k0, int64_t kc, int64_t n0, int64_t nc, int nr,
                    float* dst) {
   const Im2colT& g = *static_cast<const Im2colT*>(context);
@@ -186,13 +185,18 @@ void pack_im2col_t_channels_last(const void* context, int64_t batch, int64_t k0,
     int64_t source_offset;  // tap's pixel offset ·Ci + channel, from the tap's top-left pixel
     int64_t row_tap, col_tap, length;
   };
-  std::vector<Piece> pieces;  // at most nc/Ci + nc/nr + 2
+  // A piece ends at a tap's last channel or a panel's last lane: at most nc/Ci + nc/nr + 1 of them, and a task's
+  // column chunk is at most 1024 wide (gemm.cpp) with Ci >= kChannelsLastMin.
+  constexpr int kMaxPieces = 1024 / kChannelsLastMin + 1024 / 8 + 1;
+  Piece pieces[kMaxPieces];
+  int count = 0;
   for (int64_t n = n0; n < n0 + nc;) {
     const int64_t tap = n / channels, channel = n % channels;
     const int64_t offset = n - n0, lane = offset % nr;
     const int64_t length = std::min({channels - channel, n0 + nc - n, static_cast<int64_t>(nr) - lane});
     const int64_t u = tap / g.kernel_w, v = tap % g.kernel_w;
-    pieces.push_back({(offset / nr) * kc * nr + lane, (u * g.width + v) * channels + channel, u, v, length});
+    DDPM_ASSERT(count < kMaxPieces);
+    pieces[count++] = {(offset / nr) * kc * nr + lane, (u * g.width + v) * channels + channel, u, v, length};
     n += length;
   }
   const int64_t tail = nc % nr;  // the padding columns of the last panel
@@ -205,11 +209,12 @@ void pack_im2col_t_channels_last(const void* context, int64_t batch, int64_t k0,
     // Offset of the pixel (iy0, ix0) of this image's [H, W, Ci] (maybe outside it: only in-bounds pieces are read).
     const int64_t origin = ((image * g.height + iy0) * g.width + ix0) * channels;
     const bool inside = iy0 >= 0 && ix0 >= 0 && iy0 + g.kernel_h <= g.height && ix0 + g.kernel_w <= g.width;
-    for (const Piece& piece : pieces) {
+    for (int i = 0; i < count; ++i) {
+      const Piece& piece = pieces[i];
       float* out = dst + piece.dst_offset + k * nr;
       const int64_t iy = iy0 + piece.row_tap, ix = ix0 + piece.col_tap;
       if (inside || (iy >= 0 && iy < g.height && ix >= 0 && ix < g.width)) {
-        copy_short(out, g.x + origin + piece.source_offset, piece.length);
+        copy_short(out, g.x + (origin + piece.source_offset), piece.length);  // origin alone may lie before x
       } else {
         zero_short(out, piece.length);
       }

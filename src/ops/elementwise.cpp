@@ -100,13 +100,14 @@ Status compute_binary(const Tensor& node, ExecContext& ctx) {
   // Tasks of about kElementsPerTask: several short rows, or a piece of a long one (a same-shape add folds into one
   // row of every element, which as one task would run on one thread, reading what the op before wrote on both).
   const int64_t pieces = (inner + kElementsPerTask - 1) / kElementsPerTask;
-  const int64_t piece_length = (inner + pieces - 1) / pieces;
   const int64_t rows_per_task = pieces > 1 ? 1 : std::max<int64_t>(1, kElementsPerTask / inner);
   const int64_t tasks = (rows + rows_per_task - 1) / rows_per_task * pieces;
   const kernels::KernelTable& k = ctx.kernels;
   ctx.pool.run(tasks, [&](int64_t task, int) {
     const int64_t first_row = task / pieces * rows_per_task, row_end = std::min(rows, first_row + rows_per_task);
-    const int64_t begin = task % pieces * piece_length, count = std::min(piece_length, inner - begin);
+    int64_t begin, end;
+    split_range(inner, pieces, task % pieces, &begin, &end);
+    const int64_t count = end - begin;
     for (int64_t r = first_row; r < row_end; ++r) {
       int64_t rem = r, off_a = 0, off_b = 0;
       for (int d = first_outer - 1; d >= 0; --d) {

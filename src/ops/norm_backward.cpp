@@ -165,7 +165,8 @@ Status compute_group_norm_grad_input(const Tensor& node, ExecContext& ctx) {
     double mean, inv_std;
     group_stats(k, in, per_group * spatial, eps, &mean, &inv_std);
     float dz[kChunk], x_hat[kChunk];
-    // Pass 1: g = dz·γ into the output, and the group's sums Σ g and Σ g·x̂.
+    // Pass 1: g = dz·γ into the output, and the group's sums Σ g = Σ_c γ_c·Σ dz and Σ g·x̂ = Σ_c γ_c·Σ dz·x̂,
+    // from the same chunk sums dγ/dβ take (one pass over each chunk's products instead of two).
     double sum_g = 0.0, sum_g_xhat = 0.0;
     for (int64_t c = 0; c < per_group; ++c) {
       const double gm = load_param(gamma, c0 + c);
@@ -174,13 +175,16 @@ Status compute_group_norm_grad_input(const Tensor& node, ExecContext& ctx) {
       for (int64_t i0 = c * spatial; i0 < (c + 1) * spatial; i0 += kChunk) {
         const int64_t n = std::min(kChunk, (c + 1) * spatial - i0);
         chunk_grads(k, n, in + i0, grad + i0, a, silu, dz, x_hat);
+        double dot = 0.0, sum = 0.0;
+        dot_and_sum(k, n, dz, x_hat, &dot, &sum);
         if (partials) {  // dγ/dβ's chunk sums, as compute_group_norm_grad_params forms them
           double* p = partials + (((task / groups) * channels + c0 + c) * chunks + (i0 - c * spatial) / kChunk) * 2;
-          p[0] = p[1] = 0.0;
-          dot_and_sum(k, n, dz, x_hat, &p[0], &p[1]);
+          p[0] = dot;
+          p[1] = sum;
         }
+        sum_g_xhat += gm * dot;
+        sum_g += gm * sum;
         k.mul_scalar(n, dz, gmf, out + i0);
-        dot_and_sum(k, n, out + i0, x_hat, &sum_g_xhat, &sum_g);
       }
     }
     // Pass 2: dx = r·(g − mean(g) − x̂·mean(g·x̂)).

@@ -16,7 +16,8 @@ constexpr int64_t kBlock = quant::kQuantBlock;
 // K is summed in nearly equal blocks of at most kKcMax values (whole 32-value blocks). A task's quantised B block
 // (kc × its columns, one byte each plus two floats per column and block) is kept within kBBlockBytes so it stays
 // in L2 while every row panel of A streams over it; a short K lets the same bytes hold more columns, up to
-// kMaxChunkCols. Each A panel is unpacked once per task and k block, so wide chunks also mean few unpacks.
+// kMaxChunkCols. Unless the weight is unpacked once for all tasks (or kept: PackedWeights), each A panel is
+// unpacked once per task and k block, so wide chunks also mean few unpacks.
 constexpr int64_t kKcMax = 512;
 constexpr int64_t kBBlockBytes = 512 * 1024;
 constexpr int64_t kMaxChunkCols = 1024;
@@ -295,7 +296,7 @@ void unpack_a_panel(const QGemmProblem& p, int mr, size_t row_bytes, int64_t m0,
       float min = 0.0f;
       const int32_t sum = decode_block(p.a_dtype, src + b * block_bytes, out.q + b * block_stride + m * 4,
                                        quad_stride, &out.d[i], &min);
-      out.qsum[i] = static_cast<int16_t>(sum);  // |sum| <= 32·127
+      out.qsum[i] = static_cast<int16_t>(sum);  // |sum| <= 32·128 (q8_0 may hold -128)
       if (out.min) out.min[i] = min;
       // Σ_k w_k·(lo + d·u_k) = wd·d·Σ wq·u + lo·(wd·Σ wq + 32·wmin) + wmin·d·Σ u: the weight side of the lo term.
       // 32·wmin is exact, so the fma rounds the sum once, as any contraction by the compiler would too.
@@ -521,9 +522,10 @@ void run_qgemm(const QGemmProblem& p, ExecContext& ctx) {
   const uint8_t* unpacked = nullptr;
   uint8_t* unpack_into = nullptr;
   PackedWeights* packs = p.a_constant ? ctx.packed_weights : nullptr;
+  const PackedWeights::Key key{p.a, p.a_dtype, p.M, padded_k, mr};
   if (packs) {
-    unpacked = packs->find(p.a, mr);
-    if (!unpacked) unpack_into = packs->add(p.a, mr, layout.total);  // out of memory: decode per op, as without
+    unpacked = packs->find(key);
+    if (!unpacked) unpack_into = packs->add(key, layout.total);  // out of memory: decode per op, as without
   }
   AUnpacking unpacking = AUnpacking::kPerTask;
   if (unpacked || unpack_into) {
@@ -532,6 +534,7 @@ void run_qgemm(const QGemmProblem& p, ExecContext& ctx) {
     unpacking = AUnpacking::kCanUnpackOnce;
   }
   const QGemmPlan plan = plan_qgemm(p, kernel, ctx.pool.size(), unpacking);
+  DDPM_ASSERT(!unpack_into || plan.unpack_once);  // a kept entry must be filled now
   if (plan.unpack_once && !unpacked) {
     if (!unpack_into) unpack_into = ctx.shared;
     const size_t row_bytes = dtype_row_bytes(p.a_dtype, padded_k);
@@ -562,15 +565,20 @@ void run_qgemm(const QGemmProblem& p, ExecContext& ctx) {
   });
 }
 
-const uint8_t* PackedWeights::find(const void* weight, int mr) const {
-  const auto it = panels_.find({weight, mr});
+bool PackedWeights::Key::operator<(const Key& o) const {
+  const auto address = reinterpret_cast<uintptr_t>(weight), other = reinterpret_cast<uintptr_t>(o.weight);
+  return std::tie(address, type, rows, padded_k, mr) < std::tie(other, o.type, o.rows, o.padded_k, o.mr);
+}
+
+const uint8_t* PackedWeights::find(const Key& key) const {
+  const auto it = panels_.find(key);
   return it == panels_.end() ? nullptr : it->second.get();
 }
 
-uint8_t* PackedWeights::add(const void* weight, int mr, size_t bytes) {
+uint8_t* PackedWeights::add(const Key& key, size_t bytes) {
   auto* data = static_cast<uint8_t*>(std::aligned_alloc(64, aligned64(std::max<size_t>(bytes, 1))));
   if (!data) return nullptr;
-  panels_[{weight, mr}].reset(data);
+  panels_[key].reset(data);
   bytes_ += bytes;
   return data;
 }

@@ -4,10 +4,11 @@
 // column and block of 32 k values (kernels/registry.h, QGemmMicroKernel, has the exact arithmetic).
 //
 // Work is cut into tasks of (batch item, chunk of columns, chunk of rows). A task quantises its columns' B block
-// once per k block and decodes each MR-row panel of A from the weight rows (to the values quant::unpack_blocks
-// gives) right before it multiplies it with every column panel of the block, so weights are never dequantised
-// into memory. K blocks are whole 32-value blocks and every output element is the same chain of per-block adds
-// whatever the blocking, so the result does not depend on the thread count or the split.
+// once per k block and multiplies it with MR-row panels of A decoded from the weight rows into int8 values (those
+// quant::unpack_blocks gives) plus per-block scales and sums: decoded right before use, or once per op into a
+// shared buffer, or kept across calls (PackedWeights); weights are never dequantised to floats. K blocks are whole
+// 32-value blocks and every output element is the same chain of per-block adds whatever the blocking, so the
+// result does not depend on the thread count, the split or where the panels came from.
 #pragma once
 
 #include <cstddef>
@@ -15,7 +16,7 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
-#include <utility>
+#include <tuple>
 
 #include "ops/gemm.h"
 
@@ -61,7 +62,7 @@ struct QGemmPlan {
   int64_t m_chunks = 1, n_chunks = 1;
   int64_t tasks = 0;
   int threads = 1;
-  bool unpack_once = false;  // unpack the weight once, into ExecContext::shared, before the tasks
+  bool unpack_once = false;  // tasks read whole-weight panels: unpacked before them (ExecContext::shared) or kept
 };
 // How the weight's panels can be had: decoded by each task that needs them, or also decoded once before the tasks
 // into ExecContext::shared (the plan says whether that is cheaper), or already decoded (PackedWeights).
@@ -77,9 +78,18 @@ QGemmPlan plan_qgemm(const QGemmProblem& problem, const kernels::QGemmMicroKerne
 // again). Not thread-safe: run_qgemm is called by one thread at a time per graph.
 class PackedWeights {
  public:
-  const uint8_t* find(const void* weight, int mr) const;
-  // Room for a weight's panels (64-byte aligned), owned by this object; null when out of memory.
-  uint8_t* add(const void* weight, int mr, size_t bytes);
+  // What identifies a weight's panels: its bytes, its type and shape, and the kernel's rows per panel.
+  struct Key {
+    const void* weight;
+    DType type;
+    int64_t rows, padded_k;
+    int mr;
+    bool operator<(const Key& o) const;
+  };
+  const uint8_t* find(const Key& key) const;
+  // Room for a weight's panels (64-byte aligned), owned by this object; null when out of memory. The caller fills
+  // it before the next find().
+  uint8_t* add(const Key& key, size_t bytes);
   size_t bytes() const { return bytes_; }
   size_t count() const { return panels_.size(); }
 
@@ -87,7 +97,7 @@ class PackedWeights {
   struct Free {
     void operator()(uint8_t* p) const { std::free(p); }
   };
-  std::map<std::pair<const void*, int>, std::unique_ptr<uint8_t[], Free>> panels_;
+  std::map<Key, std::unique_ptr<uint8_t[], Free>> panels_;
   size_t bytes_ = 0;
 };
 
