@@ -17,6 +17,7 @@
 #include <map>
 
 #include "core/half.h"
+#include "autograd/ops_backward.h"
 #include "ddpm/autograd.h"
 #include "model/unet.h"
 #include "ops/op_exec.h"
@@ -489,6 +490,51 @@ TEST_CASE("conv2d gradients: a large weight (one GEMM over the batch) and f16 we
     Tensor* x = h.input("x", {2, 3, 6, 5}, 1);
     Tensor* w = h.param_f16("w", {4, 3, 3, 3}, 2, 0.3f);
     check_gradients(h, conv2d(g, x, w, nullptr, Conv2dParams{2, 1, 1, 1, 1}), {x, w});
+  }
+}
+
+TEST_CASE("strided conv2d input gradient: the phase split gives the full gather's bits", "[autograd][conv]") {
+  // dx of a strided conv runs as one GEMM per output phase when the graph's shared buffer has room (always, in a
+  // planned graph); without it, as one GEMM that gathers every tap (zeros included). Both on the same node.
+  struct Shape {
+    int64_t batch, ci, h, w, co, k;
+    Conv2dParams p;
+  };
+  const std::vector<Shape> shapes = {
+      {2, 3, 8, 8, 5, 3, {2, 1, 1, 1, 1}},     // the U-Net's downsampler, symmetric padding
+      {2, 4, 9, 7, 3, 3, {2, 0, 0, 1, 1}},     // bottom/right padding on odd sizes
+      {1, 6, 11, 13, 4, 5, {3, 2, 1, 2, 1}},   // stride 3, 5×5, uneven padding
+      {2, 5, 6, 6, 7, 1, {2, 0, 0, 0, 0}},     // 1×1 stride 2: three phases have no tap at all
+      {2, 40, 14, 14, 33, 3, {2, 1, 1, 1, 1}}, // K and N past one micro-tile
+  };
+  for (const Shape& s : shapes) {
+    INFO("x [" << s.batch << "," << s.ci << "," << s.h << "," << s.w << "] -> " << s.co << " k" << s.k << " stride "
+               << s.p.stride);
+    const int64_t ho = (s.h + s.p.pad_top + s.p.pad_bottom - s.k) / s.p.stride + 1;
+    const int64_t wo = (s.w + s.p.pad_left + s.p.pad_right - s.k) / s.p.stride + 1;
+    Graph g;
+    Harness h(g);
+    Tensor* x = h.input("x", {s.batch, s.ci, s.h, s.w}, 1);
+    Tensor* w = h.param("w", {s.co, s.ci, s.k, s.k}, 2, 0.3f);
+    Tensor* dy = h.input("dy", {s.batch, s.co, ho, wo}, 3);
+    Tensor* dx = conv2d_grad_input(g, dy, w, *x, s.p);
+    REQUIRE(dx);
+    REQUIRE(dx->op == OpKind::Conv2dGradInput);
+    g.set_output(dx);
+    REQUIRE(g.plan().ok());
+    for (auto& [t, data] : h.fills) std::memcpy(t->data, data, static_cast<size_t>(t->numel()) * sizeof(float));
+    ThreadPool pool(2);
+    REQUIRE(g.compute(pool).ok());  // phases (the graph planned room for them)
+    const std::vector<float> phases(dx->f32(), dx->f32() + dx->numel());
+    std::vector<std::vector<uint8_t>> scratch(2, std::vector<uint8_t>(op_exec(OpKind::Conv2dGradInput).scratch_bytes(*dx) + 64));
+    uint8_t* aligned[2];
+    for (int t = 0; t < 2; ++t) {
+      aligned[t] = scratch[t].data() + (64 - reinterpret_cast<uintptr_t>(scratch[t].data()) % 64) % 64;
+    }
+    ExecContext no_shared{pool, aligned, op_exec(OpKind::Conv2dGradInput).scratch_bytes(*dx), kernels::active()};
+    std::fill(dx->f32(), dx->f32() + dx->numel(), -3.0f);
+    REQUIRE(compute_conv2d_grad_input(*dx, no_shared).ok());  // the full gather
+    CHECK(std::memcmp(phases.data(), dx->f32(), phases.size() * sizeof(float)) == 0);
   }
 }
 

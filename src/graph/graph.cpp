@@ -293,7 +293,7 @@ const OpExec& op_exec(OpKind op) {
       {compute_mse_loss_grad, nullptr},                        // MseLossGrad
       {compute_sum_to, nullptr},                               // SumTo
       {compute_view_grad, nullptr},                            // ViewGrad
-      {compute_conv2d_grad_input, scratch_conv2d_grad},        // Conv2dGradInput
+      {compute_conv2d_grad_input, scratch_conv2d_grad, shared_conv2d_grad_input},  // Conv2dGradInput
       {compute_conv2d_grad_weight, scratch_conv2d_grad},       // Conv2dGradWeight
       {compute_group_norm_grad_input, nullptr},                // GroupNormGradInput
       {compute_group_norm_grad_params, nullptr},               // GroupNormGradParams

@@ -9,8 +9,8 @@
 // overlapping adds would need a fixed order across tasks), each input pixel gathers the dy values of the outputs
 // that read it: B element (co, u, v; y, x) is dy[co, (y + pad_top − u)/s, (x + pad_left − v)/s] when both
 // divisions are exact and in range, else 0. Every dx element is then one GEMM dot product, computed by one task.
-// With stride 2, three quarters of those B entries are zeros: wasted multiplies, but only in the few
-// downsampling convs.
+// With stride 2, three quarters of those B entries are zeros, so dx is split by output phase (y mod s, x mod s)
+// into one GEMM per phase over just the taps that reach it (compute_grad_input_phases; same bits).
 //
 // dw sums over batch and pixels: one GEMM with K = B·Ho·Wo over dy permuted to [Co, B, Ho·Wo] (an extra copy of
 // dy, small next to the GEMM). A weight too small to give the GEMM's tasks to several threads is split into image
@@ -22,6 +22,7 @@
 #include <cstring>
 
 #include "autograd/ops_backward.h"
+#include "core/half.h"
 #include "ops/gemm.h"
 
 namespace ddpm {
@@ -95,6 +96,64 @@ void pack_dy_gather(const void* context, int64_t batch, int64_t k0, int64_t kc, 
       for (int64_t i = tail; i < nr; ++i) out[i] = 0.0f;
     }
   }
+}
+
+// One output phase of a strided dx (pixels y ≡ py, x ≡ px mod s): B element (k = (co, i, j), n) is
+// dy[co, (y + pad_top − u)/s, (x + pad_left − v)/s] with u = u0 + i·s, v = v0 + j·s, y = py + s·(n / phase_width),
+// x = px + s·(n % phase_width) — the divisions are exact by the choice of u0, v0 — or 0 outside dy. Along a run of
+// n on one dx row, x steps by s and the dy column by one: each run is a contiguous piece of a dy row.
+struct DyPhaseGather {
+  const float* dy;  // [B, Co, Ho, Wo]
+  int64_t out_channels, out_height, out_width;
+  int64_t taps_u, taps_v, u0, v0, stride;       // the phase's taps: u0 + i·s (i < taps_u), v0 + j·s (j < taps_v)
+  int64_t py, px, phase_width, pad_top, pad_left;
+};
+
+void pack_dy_phase(const void* context, int64_t batch, int64_t k0, int64_t kc, int64_t n0, int64_t nc, int nr,
+                   float* dst) {
+  const DyPhaseGather& g = *static_cast<const DyPhaseGather*>(context);
+  const float* image = g.dy + batch * g.out_channels * g.out_height * g.out_width;
+  const int64_t taps = g.taps_u * g.taps_v;
+  for (int64_t k = 0; k < kc; ++k) {
+    const int64_t kk = k0 + k;
+    const int64_t channel = kk / taps, tap = kk % taps;
+    const int64_t u = g.u0 + (tap / g.taps_v) * g.stride, v = g.v0 + (tap % g.taps_v) * g.stride;
+    const float* plane = image + channel * g.out_height * g.out_width;
+    int64_t n = n0;
+    while (n < n0 + nc) {
+      const int64_t row = n / g.phase_width, column = n % g.phase_width;
+      const int64_t lane = (n - n0) % nr;
+      const int64_t run = std::min({g.phase_width - column, static_cast<int64_t>(nr) - lane, n0 + nc - n});
+      float* out = dst + ((n - n0) / nr) * kc * nr + k * nr + lane;
+      const int64_t oy = (g.py + g.stride * row + g.pad_top - u) / g.stride;  // exact (see above)
+      const int64_t ox0 = (g.px + g.stride * column + g.pad_left - v) / g.stride;
+      const bool row_inside = g.py + g.stride * row + g.pad_top - u >= 0 && oy < g.out_height;
+      if (!row_inside) {
+        std::memset(out, 0, static_cast<size_t>(run) * sizeof(float));
+      } else {
+        // ox0 + t for t < run: dy columns in [0, Wo), zeros on either side.
+        const int64_t first = std::clamp<int64_t>(-ox0, 0, run);
+        const int64_t last = std::clamp<int64_t>(g.out_width - ox0, first, run);
+        const float* source = plane + oy * g.out_width;
+        for (int64_t i = 0; i < first; ++i) out[i] = 0.0f;
+        std::memcpy(out + first, source + ox0 + first, static_cast<size_t>(last - first) * sizeof(float));
+        for (int64_t i = last; i < run; ++i) out[i] = 0.0f;
+      }
+      n += run;
+    }
+    const int64_t tail = nc % nr;  // zero the padding columns of the last panel
+    if (tail) {
+      float* out = dst + (nc / nr) * kc * nr + k * nr;
+      for (int64_t i = tail; i < nr; ++i) out[i] = 0.0f;
+    }
+  }
+}
+
+// The output phases of a stride-s dx and the shared-buffer room their GEMMs take: the phases' compact weights
+// (Ci × Co·taps each, all together one weight's worth) and their outputs (one dx's worth) before the scatter.
+size_t phase_shared_floats(const Tensor& node) {
+  const Tensor& weight_t = *node.src[1];  // [Ci, Co, kh, kw]
+  return static_cast<size_t>(weight_t.numel() + node.numel()) + 2 * 16;
 }
 
 struct Im2colT {
@@ -328,10 +387,96 @@ Tensor* conv2d_grad_weight(Graph& g, Tensor* dy, Tensor* x, const Tensor& weight
 
 size_t scratch_conv2d_grad(const Tensor&) { return gemm_scratch_bytes_max(); }
 
+size_t shared_conv2d_grad_input(const Tensor& node) {
+  return node.iparams[kStride] > 1 ? phase_shared_floats(node) * sizeof(float) : 0;
+}
+
+namespace {
+
+// Stride s > 1: dx splits into s² output phases (y mod s, x mod s). A phase's pixels are reached only by the taps
+// u ≡ y + pad_top, v ≡ x + pad_left (mod s), so its GEMM has K = Co·(its taps) instead of Co·kh·kw, of which the
+// full gather multiplies all but a quarter (stride 2, 3×3) by zeros. Every dx element is the same chain of FMAs
+// with the terms that were exactly zero left out, and adding ±0 to a sum that starts at +0 never changes it: the
+// bits are those of the full gather. Each phase's GEMM writes a compact [B, Ci, phase pixels] block, scattered
+// into dx afterwards.
+void compute_grad_input_phases(const Tensor& node, ExecContext& ctx) {
+  const Tensor& dy = *node.src[0];
+  const Tensor& weight_t = *node.src[1];  // [Ci, Co, kh, kw]
+  const int64_t kh = node.iparams[kKernelH], kw = node.iparams[kKernelW], s = node.iparams[kStride];
+  const int64_t pad_top = node.iparams[kPadTop], pad_left = node.iparams[kPadLeft];
+  const int64_t batch = node.shape[0], ci = node.shape[1], height = node.shape[2], width = node.shape[3];
+  const int64_t co = weight_t.shape[1];
+  float* const weights = reinterpret_cast<float*>(ctx.shared);  // each phase's [Ci, Co·taps]
+  float* const blocks = weights + (weight_t.numel() + 15) / 16 * 16;  // each phase's [B, Ci, pixels]
+  float* dx = node.f32();
+  int64_t weight_offset = 0, block_offset = 0;
+  for (int64_t py = 0; py < s; ++py) {
+    for (int64_t px = 0; px < s; ++px) {
+      const int64_t phase_h = height > py ? (height - py + s - 1) / s : 0;
+      const int64_t phase_w = width > px ? (width - px + s - 1) / s : 0;
+      if (phase_h == 0 || phase_w == 0) continue;
+      const int64_t u0 = (py + pad_top) % s, v0 = (px + pad_left) % s;
+      const int64_t taps_u = u0 < kh ? (kh - u0 + s - 1) / s : 0, taps_v = v0 < kw ? (kw - v0 + s - 1) / s : 0;
+      const int64_t pixels = phase_h * phase_w, k = co * taps_u * taps_v;
+      float* a = weights + weight_offset;
+      float* c = blocks + block_offset;
+      weight_offset += ci * k;
+      block_offset += batch * ci * pixels;
+      if (k == 0) {
+        std::fill(c, c + batch * ci * pixels, 0.0f);  // no tap reaches these pixels
+      } else {
+        for (int64_t m = 0; m < ci; ++m) {
+          for (int64_t o = 0; o < co; ++o) {
+            for (int64_t i = 0; i < taps_u; ++i) {
+              for (int64_t j = 0; j < taps_v; ++j) {
+                const int64_t source = ((m * co + o) * kh + u0 + i * s) * kw + v0 + j * s;
+                a[m * k + (o * taps_u + i) * taps_v + j] =
+                    weight_t.dtype == DType::F16 ? f16_to_f32(static_cast<const uint16_t*>(weight_t.data)[source])
+                                                 : weight_t.f32()[source];
+              }
+            }
+          }
+        }
+        DyPhaseGather gather{dy.f32(), dy.shape[1], dy.shape[2], dy.shape[3], taps_u, taps_v, u0, v0, s,
+                             py, px, phase_w, pad_top, pad_left};
+        GemmProblem p;
+        p.batch = batch;
+        p.M = ci;
+        p.N = pixels;
+        p.K = k;
+        p.a = a;
+        p.a_dtype = DType::F32;
+        p.a_row_stride = k;
+        p.pack_b = pack_dy_phase;
+        p.pack_b_context = &gather;
+        p.c = c;
+        p.ldc = pixels;
+        p.c_batch_stride = ci * pixels;
+        run_gemm(p, ctx);
+      }
+      // [B, Ci, phase_h, phase_w] -> dx[b, m, py + s·i, px + s·j]
+      ctx.pool.run(batch * ci, [&](int64_t task, int) {
+        const float* from = c + task * pixels;
+        float* to = dx + task * height * width;
+        for (int64_t i = 0; i < phase_h; ++i) {
+          float* row = to + (py + s * i) * width + px;
+          for (int64_t j = 0; j < phase_w; ++j) row[s * j] = from[i * phase_w + j];
+        }
+      });
+    }
+  }
+}
+
+}  // namespace
+
 Status compute_conv2d_grad_input(const Tensor& node, ExecContext& ctx) {
   const Tensor& dy = *node.src[0];
   const Tensor& weight_t = *node.src[1];
   const int64_t kh = node.iparams[kKernelH], kw = node.iparams[kKernelW];
+  if (node.iparams[kStride] > 1 && ctx.shared && ctx.shared_bytes >= shared_conv2d_grad_input(node)) {
+    compute_grad_input_phases(node, ctx);
+    return Status();
+  }
   DyGather gather{dy.f32(), dy.shape[1], dy.shape[2], dy.shape[3], kh, kw, node.shape[3],
                   node.iparams[kStride], node.iparams[kPadTop], node.iparams[kPadLeft]};
   GemmProblem p;

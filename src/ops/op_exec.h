@@ -63,6 +63,7 @@ Status compute_view_grad(const Tensor& node, ExecContext& ctx);
 Status compute_conv2d_grad_input(const Tensor& node, ExecContext& ctx);
 Status compute_conv2d_grad_weight(const Tensor& node, ExecContext& ctx);
 size_t scratch_conv2d_grad(const Tensor& node);
+size_t shared_conv2d_grad_input(const Tensor& node);  // the phase split of a strided dx
 Status compute_group_norm_grad_input(const Tensor& node, ExecContext& ctx);
 Status compute_group_norm_grad_params(const Tensor& node, ExecContext& ctx);
 Status compute_silu_grad(const Tensor& node, ExecContext& ctx);
