@@ -42,6 +42,16 @@ constexpr int64_t kChannelsLastMin = 16;
 // but summing the partial dws then costs 17 ms more).
 constexpr int64_t kMinTiles = 256;
 
+// out[t] = row[start + t] for t < run where 0 <= start + t < width, else 0: a run of packed lanes read from one
+// dy row, which may begin before it or end past it (the padding).
+void copy_row_span(const float* row, int64_t width, int64_t start, int64_t run, float* out) {
+  const int64_t first = std::clamp<int64_t>(-start, 0, run);
+  const int64_t last = std::clamp<int64_t>(width - start, first, run);
+  for (int64_t i = 0; i < first; ++i) out[i] = 0.0f;
+  std::memcpy(out + first, row + (start + first), static_cast<size_t>(last - first) * sizeof(float));
+  for (int64_t i = last; i < run; ++i) out[i] = 0.0f;
+}
+
 struct DyGather {
   const float* dy;  // [B, Co, Ho, Wo]
   int64_t out_channels, out_height, out_width;
@@ -73,12 +83,7 @@ void pack_dy_gather(const void* context, int64_t batch, int64_t k0, int64_t kc, 
       } else {
         const float* row = plane + (oy_times_stride / g.stride) * g.out_width;
         if (g.stride == 1) {
-          // The dy columns read form one contiguous span; zeros on either side.
-          const int64_t first = std::clamp<int64_t>(-ox0_times_stride, 0, run);
-          const int64_t last = std::clamp<int64_t>(g.out_width - ox0_times_stride, first, run);
-          for (int64_t i = 0; i < first; ++i) out[i] = 0.0f;
-          std::memcpy(out + first, row + ox0_times_stride + first, static_cast<size_t>(last - first) * sizeof(float));
-          for (int64_t i = last; i < run; ++i) out[i] = 0.0f;
+          copy_row_span(row, g.out_width, ox0_times_stride, run, out);
         } else {
           for (int64_t i = 0; i < run; ++i) {
             const int64_t ox_times_stride = ox0_times_stride + i;
@@ -131,13 +136,7 @@ void pack_dy_phase(const void* context, int64_t batch, int64_t k0, int64_t kc, i
       if (!row_inside) {
         std::memset(out, 0, static_cast<size_t>(run) * sizeof(float));
       } else {
-        // ox0 + t for t < run: dy columns in [0, Wo), zeros on either side.
-        const int64_t first = std::clamp<int64_t>(-ox0, 0, run);
-        const int64_t last = std::clamp<int64_t>(g.out_width - ox0, first, run);
-        const float* source = plane + oy * g.out_width;
-        for (int64_t i = 0; i < first; ++i) out[i] = 0.0f;
-        std::memcpy(out + first, source + ox0 + first, static_cast<size_t>(last - first) * sizeof(float));
-        for (int64_t i = last; i < run; ++i) out[i] = 0.0f;
+        copy_row_span(plane + oy * g.out_width, g.out_width, ox0, run, out);
       }
       n += run;
     }
