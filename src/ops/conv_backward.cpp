@@ -52,6 +52,28 @@ void copy_row_span(const float* row, int64_t width, int64_t start, int64_t run, 
   for (int64_t i = last; i < run; ++i) out[i] = 0.0f;
 }
 
+// The walk both dy packers share: for every k of the block, the columns n0 .. n0+nc (dx pixels of rows
+// `row_width` wide) in runs that stay on one dx row and in one packed panel; fill(kk, row, column, run, out)
+// writes a run's `run` lanes. The padding lanes of the last panel are zeroed.
+template <typename FillRun>
+void pack_dy_runs(int64_t k0, int64_t kc, int64_t n0, int64_t nc, int nr, int64_t row_width, float* dst,
+                  FillRun fill) {
+  for (int64_t k = 0; k < kc; ++k) {
+    int64_t n = n0;
+    while (n < n0 + nc) {
+      const int64_t row = n / row_width, column = n % row_width;
+      const int64_t lane = (n - n0) % nr;
+      const int64_t run = std::min({row_width - column, static_cast<int64_t>(nr) - lane, n0 + nc - n});
+      fill(k0 + k, row, column, run, dst + ((n - n0) / nr) * kc * nr + k * nr + lane);
+      n += run;
+    }
+    if (const int64_t tail = nc % nr) {
+      float* out = dst + (nc / nr) * kc * nr + k * nr;
+      for (int64_t i = tail; i < nr; ++i) out[i] = 0.0f;
+    }
+  }
+}
+
 struct DyGather {
   const float* dy;  // [B, Co, Ho, Wo]
   int64_t out_channels, out_height, out_width;
@@ -64,43 +86,28 @@ void pack_dy_gather(const void* context, int64_t batch, int64_t k0, int64_t kc, 
   const DyGather& g = *static_cast<const DyGather*>(context);
   const float* image = g.dy + batch * g.out_channels * g.out_height * g.out_width;
   const int64_t taps = g.kernel_h * g.kernel_w;
-  for (int64_t k = 0; k < kc; ++k) {
-    const int64_t kk = k0 + k;
+  pack_dy_runs(k0, kc, n0, nc, nr, g.width, dst, [&](int64_t kk, int64_t y, int64_t x, int64_t run, float* out) {
     const int64_t channel = kk / taps, tap = kk % taps;
     const int64_t u = tap / g.kernel_w, v = tap % g.kernel_w;
     const float* plane = image + channel * g.out_height * g.out_width;
-    // Walk the columns (dx pixels) in runs that share an image row and a packed panel.
-    int64_t n = n0;
-    while (n < n0 + nc) {
-      const int64_t y = n / g.width, x = n % g.width;
-      const int64_t lane = (n - n0) % nr;
-      const int64_t run = std::min({g.width - x, static_cast<int64_t>(nr) - lane, n0 + nc - n});
-      float* out = dst + ((n - n0) / nr) * kc * nr + k * nr + lane;
-      const int64_t oy_times_stride = y + g.pad_top - u;
-      const int64_t ox0_times_stride = x + g.pad_left - v;
-      if (oy_times_stride < 0 || oy_times_stride % g.stride != 0 || oy_times_stride / g.stride >= g.out_height) {
-        std::memset(out, 0, static_cast<size_t>(run) * sizeof(float));
-      } else {
-        const float* row = plane + (oy_times_stride / g.stride) * g.out_width;
-        if (g.stride == 1) {
-          copy_row_span(row, g.out_width, ox0_times_stride, run, out);
-        } else {
-          for (int64_t i = 0; i < run; ++i) {
-            const int64_t ox_times_stride = ox0_times_stride + i;
-            const bool hit = ox_times_stride >= 0 && ox_times_stride % g.stride == 0 &&
-                             ox_times_stride / g.stride < g.out_width;
-            out[i] = hit ? row[ox_times_stride / g.stride] : 0.0f;
-          }
-        }
-      }
-      n += run;
+    const int64_t oy_times_stride = y + g.pad_top - u;
+    const int64_t ox0_times_stride = x + g.pad_left - v;
+    if (oy_times_stride < 0 || oy_times_stride % g.stride != 0 || oy_times_stride / g.stride >= g.out_height) {
+      std::memset(out, 0, static_cast<size_t>(run) * sizeof(float));
+      return;
     }
-    const int64_t tail = nc % nr;  // zero the padding columns of the last panel
-    if (tail) {
-      float* out = dst + (nc / nr) * kc * nr + k * nr;
-      for (int64_t i = tail; i < nr; ++i) out[i] = 0.0f;
+    const float* row = plane + (oy_times_stride / g.stride) * g.out_width;
+    if (g.stride == 1) {
+      copy_row_span(row, g.out_width, ox0_times_stride, run, out);
+      return;
     }
-  }
+    for (int64_t i = 0; i < run; ++i) {
+      const int64_t ox_times_stride = ox0_times_stride + i;
+      const bool hit =
+          ox_times_stride >= 0 && ox_times_stride % g.stride == 0 && ox_times_stride / g.stride < g.out_width;
+      out[i] = hit ? row[ox_times_stride / g.stride] : 0.0f;
+    }
+  });
 }
 
 // One output phase of a strided dx (pixels y ≡ py, x ≡ px mod s): B element (k = (co, i, j), n) is
@@ -119,33 +126,20 @@ void pack_dy_phase(const void* context, int64_t batch, int64_t k0, int64_t kc, i
   const DyPhaseGather& g = *static_cast<const DyPhaseGather*>(context);
   const float* image = g.dy + batch * g.out_channels * g.out_height * g.out_width;
   const int64_t taps = g.taps_u * g.taps_v;
-  for (int64_t k = 0; k < kc; ++k) {
-    const int64_t kk = k0 + k;
-    const int64_t channel = kk / taps, tap = kk % taps;
-    const int64_t u = g.u0 + (tap / g.taps_v) * g.stride, v = g.v0 + (tap % g.taps_v) * g.stride;
-    const float* plane = image + channel * g.out_height * g.out_width;
-    int64_t n = n0;
-    while (n < n0 + nc) {
-      const int64_t row = n / g.phase_width, column = n % g.phase_width;
-      const int64_t lane = (n - n0) % nr;
-      const int64_t run = std::min({g.phase_width - column, static_cast<int64_t>(nr) - lane, n0 + nc - n});
-      float* out = dst + ((n - n0) / nr) * kc * nr + k * nr + lane;
-      const int64_t oy = (g.py + g.stride * row + g.pad_top - u) / g.stride;  // exact (see above)
-      const int64_t ox0 = (g.px + g.stride * column + g.pad_left - v) / g.stride;
-      const bool row_inside = g.py + g.stride * row + g.pad_top - u >= 0 && oy < g.out_height;
-      if (!row_inside) {
-        std::memset(out, 0, static_cast<size_t>(run) * sizeof(float));
-      } else {
-        copy_row_span(plane + oy * g.out_width, g.out_width, ox0, run, out);
-      }
-      n += run;
-    }
-    const int64_t tail = nc % nr;  // zero the padding columns of the last panel
-    if (tail) {
-      float* out = dst + (nc / nr) * kc * nr + k * nr;
-      for (int64_t i = tail; i < nr; ++i) out[i] = 0.0f;
-    }
-  }
+  pack_dy_runs(k0, kc, n0, nc, nr, g.phase_width, dst,
+               [&](int64_t kk, int64_t row, int64_t column, int64_t run, float* out) {
+                 const int64_t channel = kk / taps, tap = kk % taps;
+                 const int64_t u = g.u0 + (tap / g.taps_v) * g.stride, v = g.v0 + (tap % g.taps_v) * g.stride;
+                 const int64_t oy_times_stride = g.py + g.stride * row + g.pad_top - u;  // a multiple of s
+                 const int64_t oy = oy_times_stride / g.stride;
+                 if (oy_times_stride < 0 || oy >= g.out_height) {
+                   std::memset(out, 0, static_cast<size_t>(run) * sizeof(float));
+                   return;
+                 }
+                 const float* plane = image + channel * g.out_height * g.out_width;
+                 const int64_t ox0 = (g.px + g.stride * column + g.pad_left - v) / g.stride;  // exact
+                 copy_row_span(plane + oy * g.out_width, g.out_width, ox0, run, out);
+               });
 }
 
 // The output phases of a stride-s dx and the shared-buffer room their GEMMs take: the phases' compact weights
