@@ -4,8 +4,11 @@
 #include <catch2/catch.hpp>
 
 #include <cstring>
+#include <limits>
 
+#include "core/half.h"
 #include "ops/conv_direct.h"
+#include "ops/conv_winograd.h"
 #include "test_util.h"
 
 using namespace ddpm;
@@ -216,6 +219,64 @@ TEST_CASE("conv2d over few input channels (direct path) equals the GEMM path bit
     CHECK(std::memcmp(by_path[0].data(), by_path[1].data(), by_path[0].size() * sizeof(float)) == 0);
   }
   set_conv2d_direct_max_k(saved);
+}
+
+TEST_CASE("conv2d by Winograd F(2x2,3x3) matches direct convolution on tail shapes, every level", "[ops][conv]") {
+  struct Shape {
+    ConvShape conv;
+    DType weight_type;
+  };
+  const std::vector<Shape> shapes = {
+      {{1, 16, 8, 8, 16, 3, {1, 1, 1, 1, 1}, false}, DType::F32},    // the smallest channel counts
+      {{2, 17, 7, 9, 33, 3, {1, 1, 1, 1, 1}, true}, DType::F32},     // odd planes: half-empty edge tiles
+      {{1, 24, 5, 131, 20, 3, {1, 1, 1, 1, 1}, false}, DType::F32},  // 66 tiles across: past one segment
+      {{3, 16, 20, 22, 18, 3, {1, 1, 1, 1, 1}, true}, DType::F32},   // 330 tiles: two chunks
+      {{1, 32, 9, 10, 16, 3, {1, 0, 0, 0, 0}, false}, DType::F32},   // no padding
+      {{2, 16, 6, 7, 19, 3, {1, 2, 0, 1, 2}, true}, DType::F32},     // asymmetric padding
+      {{1, 20, 12, 12, 24, 3, {1, 1, 1, 1, 1}, true}, DType::F16},   // f16 weights
+  };
+  const int64_t saved = conv2d_winograd_min_tiles();
+  for (const Shape& shape : shapes) {
+    const ConvShape& s = shape.conv;
+    INFO("x [" << s.batch << "," << s.ci << "," << s.h << "," << s.w << "] -> " << s.co << " pads " << s.p.pad_top
+               << s.p.pad_left << s.p.pad_bottom << s.p.pad_right << " " << dtype_name(shape.weight_type)
+               << (s.residual ? " + residual" : ""));
+    Runner r;
+    ConvCase c = build_conv_case(r, s);
+    Tensor* w = c.y->src[1];
+    std::vector<uint16_t> half;
+    if (shape.weight_type == DType::F16) {
+      // The weights rounded to f16, and the reference recomputed from the rounded values.
+      std::vector<float>& values = r.buffers[1];
+      for (float& v : values) {
+        half.push_back(f32_to_f16(v));
+        v = f16_to_f32(half.back());
+      }
+      c.expected = conv_reference(r.data_of(c.x), values, &r.buffers[2], s.batch, s.ci, s.h, s.w, s.co, s.k, s.k, s.p,
+                                  &c.oh, &c.ow);
+      if (c.res) {
+        for (size_t i = 0; i < c.expected.size(); ++i) c.expected[i] += r.data_of(c.res)[i];
+      }
+      w->dtype = DType::F16;
+      w->data = half.data();
+    }
+    std::vector<float> by_path[3];  // GEMM; Winograd, filters transformed per call; Winograd, filters kept
+    for (int path = 0; path < 3; ++path) {
+      set_conv2d_winograd_min_tiles(path == 0 ? std::numeric_limits<int64_t>::max() : 1);
+      if (path == 2) w->flags |= kFlagFrozen;
+      CHECK((conv2d_winograd_shared_bytes(*c.y) > 0) == (path > 0));
+      check_all_levels(r, c.y, c.expected);  // kept filters: made at the first run, reused by the later ones
+      for (const kernels::KernelTable* level : all_levels()) {
+        std::vector<float> out = r.run(c.y, *level, 2);
+        by_path[path].insert(by_path[path].end(), out.begin(), out.end());
+      }
+    }
+    set_conv2d_winograd_min_tiles(saved);
+    const size_t bytes = by_path[0].size() * sizeof(float);
+    // Kept or not, the filters are the same transform; and the path really changed (rounding differs somewhere).
+    CHECK(std::memcmp(by_path[1].data(), by_path[2].data(), bytes) == 0);
+    CHECK(std::memcmp(by_path[0].data(), by_path[1].data(), bytes) != 0);
+  }
 }
 
 TEST_CASE("conv2d over a batch of small planes (one GEMM for the batch) equals per-image runs bit for bit",

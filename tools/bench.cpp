@@ -14,6 +14,7 @@
 #include <cstring>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <random>
@@ -26,6 +27,7 @@
 #include "kernels/registry.h"
 #include "model/unet.h"
 #include "model/ddpm_file.h"
+#include "ops/conv_winograd.h"
 #include "io/crc32c.h"
 #include <unistd.h>
 #include <sys/resource.h>
@@ -85,6 +87,8 @@ double time_it(const std::function<void()>& fn, long long reps) {
   return times[times.size() / 2];
 }
 
+constexpr int64_t kWinogradNever = std::numeric_limits<int64_t>::max();
+
 struct Case {
   std::string op, shape;
   double flops;  // per run
@@ -92,6 +96,8 @@ struct Case {
   std::function<Tensor*(Graph& g, std::vector<std::vector<float>>& storage)> build;
   // The equivalent sgemm (M, N, K), or M == 0 when there is none.
   int64_t M = 0, N = 0, K = 0;
+  // conv2d's Winograd rule while the case is planned and run: fewest tiles (kWinogradNever: off).
+  int64_t winograd_min_tiles = kWinogradNever;
 };
 
 std::vector<float>& random_buffer(std::vector<std::vector<float>>& storage, int64_t n, uint32_t seed) {
@@ -102,12 +108,17 @@ std::vector<float>& random_buffer(std::vector<std::vector<float>>& storage, int6
   return storage.back();
 }
 
-Case conv_case(int64_t ci, int64_t co, int64_t hw, int stride, int k, DType type = DType::F32) {
+// winograd: the case runs conv2d's Winograd path (a model's frozen weights, any tile count); otherwise the GEMM.
+Case conv_case(int64_t ci, int64_t co, int64_t hw, int stride, int k, DType type = DType::F32, bool winograd = false) {
   Case c;
   const int pad = k == 3 ? 1 : 0;
   const int64_t out = (hw + 2 * pad - k) / stride + 1;
   c.op = k == 3 ? (stride == 1 ? "conv3x3" : "conv3x3/s2") : "conv1x1";
   if (type != DType::F32) c.op = c.op + " " + dtype_name(type);
+  if (winograd) {
+    c.op += " winograd";
+    c.winograd_min_tiles = 1;
+  }
   c.shape = std::to_string(ci) + "->" + std::to_string(co) + " @" + std::to_string(hw) + "x" + std::to_string(hw);
   c.flops = 2.0 * co * ci * k * k * out * out;
   c.M = co;
@@ -124,6 +135,7 @@ Case conv_case(int64_t ci, int64_t co, int64_t hw, int stride, int k, DType type
       weights = s.back().data();
     }
     Tensor* w = g.param("w", type, {co, ci, k, k}, weights);
+    w->flags |= kFlagFrozen;
     Tensor* b = g.param("b", DType::F32, {co}, random_buffer(s, co, 3).data());
     return conv2d(g, x, w, b, {stride, pad, pad, pad, pad});
   };
@@ -136,6 +148,11 @@ std::vector<Case> all_cases() {
   for (auto [ci, co, hw] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
            {128, 128, 32}, {256, 256, 16}, {256, 256, 8}, {512, 256, 16}, {64, 64, 28}, {32, 32, 28}, {1, 32, 28}}) {
     cases.push_back(conv_case(ci, co, hw, 1, 3));
+  }
+  // The same by Winograd F(2×2, 3×3) (GFLOP/s counts the direct convolution's multiply-adds).
+  for (auto [ci, co, hw] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {128, 128, 32}, {256, 256, 16}, {256, 256, 8}, {256, 256, 4}, {512, 256, 16}, {64, 64, 28}, {32, 32, 28}}) {
+    cases.push_back(conv_case(ci, co, hw, 1, 3, DType::F32, true));
   }
   cases.push_back(conv_case(128, 128, 32, 2, 3));
   cases.push_back(conv_case(384, 128, 32, 1, 1));
@@ -250,6 +267,12 @@ int bench_ops(const BenchSettings& settings) {
   for (const Case& c : cases) {
     if (!settings.filter.empty() && c.op.find(settings.filter) == std::string::npos) continue;
     std::vector<std::vector<float>> storage;
+    const int64_t saved_min_tiles = conv2d_winograd_min_tiles();
+    set_conv2d_winograd_min_tiles(c.winograd_min_tiles);
+    struct Restore {
+      int64_t tiles;
+      ~Restore() { set_conv2d_winograd_min_tiles(tiles); }
+    } restore{saved_min_tiles};
     Graph g;
     Tensor* out = c.build(g, storage);
     g.set_output(out);
@@ -348,6 +371,7 @@ int bench_unet(const BenchSettings& settings) {
       out->dtype = matrix ? type : DType::F32;
       out->rank = static_cast<int>(expected.size());
       for (int i = 0; i < out->rank; ++i) out->shape[i] = expected[i];
+      out->frozen = true;  // as a loaded model's: unchanged while the benchmark's graphs live
       if (!matrix) {
         out->data = weights.at(name).data();
         return Status();

@@ -59,6 +59,9 @@ enum TensorFlags : uint8_t {
   // A param whose data is a read-only file mapping (a model file): once the executor keeps the weight in another
   // form (block types decoded for the integer GEMM), it may hand the file's pages back to the OS.
   kFlagMapped = 8,
+  // A param whose data does not change while the graph lives (a loaded model's weights, unlike a trainer's): the
+  // executor may keep forms derived from f32/f16 data across compute() calls (Winograd-transformed filters).
+  kFlagFrozen = 16,
 };
 
 struct Tensor {

@@ -135,6 +135,7 @@ WeightLookup Model::weights() const {
     for (int i = 0; i < t->rank; ++i) out->shape[i] = t->shape[i];
     out->data = t->data;
     out->mapped = file_.is_mapped();
+    out->frozen = true;  // the model's bytes are read-only for its lifetime
     return Status();
   };
 }

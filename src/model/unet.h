@@ -22,6 +22,7 @@ struct WeightRef {
   int64_t shape[kMaxRank] = {0, 0, 0, 0};
   const void* data = nullptr;
   bool mapped = false;  // data lies in a read-only file mapping (kFlagMapped)
+  bool frozen = false;  // data does not change while a graph uses it (kFlagFrozen)
 };
 
 // Returns the weight `name`, or an error when it does not exist. `expected` is the shape the network needs (the

@@ -12,6 +12,7 @@
 
 #include "ddpm/ops.h"
 #include "ops/conv_direct.h"
+#include "ops/conv_winograd.h"
 #include "ops/gemm.h"
 #include "ops/qgemm.h"
 #include "quant/blocks.h"
@@ -269,7 +270,9 @@ size_t merged_output_bytes(const Tensor& node) {
 size_t shared_conv2d(const Tensor& node) {
   const Tensor& w = *node.src[1];
   if (quant::is_block_type(w.dtype)) return qgemm_shared_bytes_max(w.shape[0], w.shape[1] * w.shape[2] * w.shape[3]);
-  // f32/f16 weights: room for the merged GEMM's output when some compiled level would merge.
+  // f32/f16 weights: the Winograd path's transforms, or room for the merged GEMM's output when some compiled level
+  // would merge.
+  if (const size_t winograd = conv2d_winograd_shared_bytes(node)) return winograd;
   const kernels::KernelTable* tables[8];
   const int count = kernels::available_tables(tables, 8);
   for (int i = 0; i < count; ++i) {
@@ -336,6 +339,7 @@ static void compute_conv2d_merged(const Tensor& node, ExecContext& ctx) {
 Status compute_conv2d(const Tensor& node, ExecContext& ctx) {
   if (quant::is_block_type(node.src[1]->dtype)) return compute_conv2d_quantized(node, ctx);
   if (run_conv2d_direct(node, ctx)) return Status();  // few input channels (see conv_direct.cpp)
+  if (run_conv2d_winograd(node, ctx)) return Status();  // wide 3×3 stride-1 layers (see conv_winograd.cpp)
   if (merges_batch(node, ctx.kernels.gemm.nr) && ctx.shared && ctx.shared_bytes >= merged_output_bytes(node)) {
     compute_conv2d_merged(node, ctx);
     return Status();

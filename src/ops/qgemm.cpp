@@ -567,7 +567,7 @@ void run_qgemm(const QGemmProblem& p, ExecContext& ctx) {
 
 bool PackedWeights::Key::operator<(const Key& o) const {
   const auto address = reinterpret_cast<uintptr_t>(weight), other = reinterpret_cast<uintptr_t>(o.weight);
-  return std::tie(address, type, rows, padded_k, mr) < std::tie(other, o.type, o.rows, o.padded_k, o.mr);
+  return std::tie(address, type, rows, padded_k, mr, form) < std::tie(other, o.type, o.rows, o.padded_k, o.mr, o.form);
 }
 
 const uint8_t* PackedWeights::find(const Key& key) const {

@@ -78,12 +78,18 @@ QGemmPlan plan_qgemm(const QGemmProblem& problem, const kernels::QGemmMicroKerne
 // again). Not thread-safe: run_qgemm is called by one thread at a time per graph.
 class PackedWeights {
  public:
-  // What identifies a weight's panels: its bytes, its type and shape, and the kernel's rows per panel.
+  // Which derived form of a weight an entry holds.
+  enum class Form : uint8_t {
+    kQGemmPanels,     // block types decoded into QGemmPanelA panels (run_qgemm)
+    kWinogradF2x2_3,  // f32/f16 3×3 filters transformed for Winograd F(2×2, 3×3), [16][Co][Ci] f32 (conv_winograd.cpp)
+  };
+  // What identifies a weight's derived form: its bytes, its type and shape, and the kernel's rows per panel.
   struct Key {
     const void* weight;
     DType type;
     int64_t rows, padded_k;
     int mr;
+    Form form = Form::kQGemmPanels;
     bool operator<(const Key& o) const;
   };
   const uint8_t* find(const Key& key) const;

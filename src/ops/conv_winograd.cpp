@@ -1,0 +1,324 @@
+// Winograd F(2×2, 3×3) for stride-1 3×3 convolutions (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+// Networks", 2015): a 2×2 output tile Y of one output channel is Aᵀ [Σ_ci (G g Gᵀ) ⊙ (Bᵀ d B)] A, where d is the 4×4
+// input patch under the tile and g the 3×3 filter, with
+//
+//   Bᵀ = | 1  0 -1  0 |    G = | 1    0    0   |    Aᵀ = | 1  1  1  0 |
+//        | 0  1  1  0 |        | 1/2  1/2  1/2 |         | 0  1 -1 -1 |
+//        | 0 -1  1  0 |        | 1/2 -1/2  1/2 |
+//        | 0  1  0 -1 |        | 0    0    1   |
+//
+// So the sum over input channels becomes 16 independent GEMMs, one per position f of the 4×4 transformed tile:
+// M_f[Co × tiles] = U_f[Co × Ci] · V_f[Ci × tiles], 16 multiply-adds per tile and channel pair instead of the
+// implicit GEMM's 36 (2.25× fewer). The transforms only add and halve, so the results stay within a few ulp of the
+// direct sum (the reference tests hold it to the same tolerance as the GEMM path).
+//
+// Why it pays here: the implicit GEMM already runs at ~95 % of the FMA peak (`ddpm bench ops`), and 3×3 convs are
+// ~90 % of a U-Net forward, so only fewer multiply-adds make it faster. Why not F(4×4, 3×3) (4× fewer): its
+// transforms have coefficients up to 8 and lose about two more decimal digits, past what the conformance tests
+// against diffusers allow (relative L2 ≤ 1e-5).
+//
+// Work, per call: U for every (co, ci) is computed from the weights into the graph's shared buffer (it is 16/9 of
+// the weights, so it is not kept: a model's f32 weights stay mapped from its file, and an f32 generate must stay
+// within 1.2 × the file size). Then the output tiles are taken in chunks of whole tile rows: the chunk's input is
+// transformed into V, the 16 GEMMs run through the blocked driver (its own split over threads), and the output
+// transform adds bias and residual while writing y. The chunking depends only on the shape, and every step computes
+// each value in a fixed order, so the thread count never changes a bit; nor does the batch split (tiles never mix
+// images).
+//
+// The rule: a 3×3 stride-1 conv with f32/f16 weights, at least kMinChannels in and out, and enough tiles per image
+// (`conv2d_winograd_min_tiles`, 64: a 16×16 output) for the 16 GEMMs to fill their column panels: below that they
+// stream U (16/9 of the weights) for little work and lose to the GEMM (`ddpm bench ops`: 256→256 @8×8 runs at 0.9×,
+// @16×16 at 1.6×).
+#include "ops/conv_winograd.h"
+
+#include <algorithm>
+#include <atomic>
+
+#include "core/half.h"
+#include "io/mapped_file.h"
+#include "ops/gemm.h"
+#include "ops/qgemm.h"
+
+namespace ddpm {
+namespace {
+
+constexpr int64_t kDefaultMinTiles = 64;
+constexpr int64_t kMinChannels = 16;
+// Output tiles per chunk: V and M for 256 tiles of a 384 → 128 conv take 8 MiB, within the shared L3; fewer tiles
+// would leave the GEMMs' column panels short.
+constexpr int64_t kChunkTiles = 256;
+// Tiles of one tile row handled per pass of the input and output transforms (their staging lives on the stack).
+constexpr int64_t kSegment = 64;
+constexpr int kPositions = 16;  // the 4×4 transformed tile
+
+std::atomic<int64_t> min_tiles{kDefaultMinTiles};
+
+// A frozen weight's transformed filters are kept by the graph (ExecContext::packed_weights) instead of being
+// rebuilt in the shared buffer at every call.
+bool keeps_filters(const Tensor& weight) { return (weight.flags & kFlagParam) && (weight.flags & kFlagFrozen); }
+
+// iparams of a Conv2d node (conv.cpp).
+enum ConvParam { kStride = 0, kPadTop, kPadLeft };
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t align_floats(int64_t n) { return ceil_div(n, 16) * 16; }
+
+struct Geometry {
+  int64_t batch, ci, height, width, co, pad_top, pad_left, out_h, out_w;
+  int64_t tiles_h, tiles_w;  // 2×2 output tiles per image, down and across
+  int64_t chunk_rows;        // tile rows per chunk
+  int64_t tile_rows() const { return batch * tiles_h; }
+  int64_t chunk_tiles() const { return chunk_rows * tiles_w; }
+  // Shared buffer, in floats: U [16][Co][Ci] (unless kept), V [16][Ci][chunk tiles], M [16][Co][chunk tiles].
+  bool kept_filters = false;
+  int64_t u_floats() const { return kept_filters ? 0 : align_floats(kPositions * co * ci); }
+  int64_t v_floats() const { return align_floats(kPositions * ci * chunk_tiles()); }
+  int64_t m_floats() const { return align_floats(kPositions * co * chunk_tiles()); }
+};
+
+Geometry geometry(const Tensor& node) {
+  const Tensor& x = *node.src[0];
+  Geometry g;
+  g.batch = x.shape[0];
+  g.ci = x.shape[1];
+  g.height = x.shape[2];
+  g.width = x.shape[3];
+  g.co = node.shape[1];
+  g.pad_top = node.iparams[kPadTop];
+  g.pad_left = node.iparams[kPadLeft];
+  g.out_h = node.shape[2];
+  g.out_w = node.shape[3];
+  g.tiles_h = ceil_div(g.out_h, 2);
+  g.tiles_w = ceil_div(g.out_w, 2);
+  g.chunk_rows = std::clamp<int64_t>(kChunkTiles / g.tiles_w, 1, g.tile_rows());
+  g.kept_filters = keeps_filters(*node.src[1]);
+  return g;
+}
+
+bool applies(const Tensor& node) {
+  const Tensor& w = *node.src[1];
+  if (w.dtype != DType::F32 && w.dtype != DType::F16) return false;
+  if (node.src[2] && node.src[2]->dtype != DType::F32 && node.src[2]->dtype != DType::F16) return false;
+  if (w.shape[2] != 3 || w.shape[3] != 3 || node.iparams[kStride] != 1) return false;
+  if (w.shape[0] < kMinChannels || w.shape[1] < kMinChannels) return false;
+  // Per image, not per batch: the path must not depend on the batch size, or a batch of n images would differ
+  // from n single runs in the last bits.
+  const int64_t tiles = ceil_div(node.shape[2], 2) * ceil_div(node.shape[3], 2);
+  return tiles >= min_tiles.load(std::memory_order_relaxed);
+}
+
+// U_f[co][ci] = (G g Gᵀ)_f for every filter, tasks over output channels.
+void transform_weights(const Geometry& g, const Tensor& w, float* u, ExecContext& ctx) {
+  const int64_t filters_per_task = std::max<int64_t>(1, 4096 / g.ci);
+  const int64_t tasks = ceil_div(g.co, filters_per_task);
+  const int64_t position_stride = g.co * g.ci;
+  ctx.pool.run(tasks, [&](int64_t task, int) {
+    const int64_t co_end = std::min(g.co, (task + 1) * filters_per_task);
+    for (int64_t co = task * filters_per_task; co < co_end; ++co) {
+      for (int64_t ci = 0; ci < g.ci; ++ci) {
+        const int64_t first = (co * g.ci + ci) * 9;
+        float k[9];
+        if (w.dtype == DType::F16) {
+          for (int i = 0; i < 9; ++i) k[i] = f16_to_f32(static_cast<const uint16_t*>(w.data)[first + i]);
+        } else {
+          for (int i = 0; i < 9; ++i) k[i] = w.f32()[first + i];
+        }
+        float a[4][3];  // G g: rows of the filter combined
+        for (int x = 0; x < 3; ++x) {
+          a[0][x] = k[x];
+          a[1][x] = 0.5f * (k[x] + k[3 + x] + k[6 + x]);
+          a[2][x] = 0.5f * (k[x] - k[3 + x] + k[6 + x]);
+          a[3][x] = k[6 + x];
+        }
+        float* out = u + co * g.ci + ci;
+        for (int i = 0; i < 4; ++i) {  // (G g) Gᵀ: columns combined
+          out[(4 * i + 0) * position_stride] = a[i][0];
+          out[(4 * i + 1) * position_stride] = 0.5f * (a[i][0] + a[i][1] + a[i][2]);
+          out[(4 * i + 2) * position_stride] = 0.5f * (a[i][0] - a[i][1] + a[i][2]);
+          out[(4 * i + 3) * position_stride] = a[i][2];
+        }
+      }
+    }
+  });
+}
+
+// V_f[ci][t] = (Bᵀ d B)_f for the chunk's tiles t (tile rows [row0, row0 + rows), tile t = (row - row0)·tiles_w + tx).
+// Input columns are split into even and odd ones, so the patch of tile tx is even[tx], odd[tx], even[tx+1],
+// odd[tx+1] and every step below is a contiguous loop over tx.
+void transform_input(const Geometry& g, const float* x, int64_t row0, int64_t rows, float* v, ExecContext& ctx) {
+  const int64_t chunk_tiles = rows * g.tiles_w;
+  const int64_t position_stride = g.ci * chunk_tiles;
+  const int64_t units = g.ci * rows;  // (channel, tile row)
+  const int64_t tasks = std::min<int64_t>(units, 64);
+  ctx.pool.run(tasks, [&](int64_t task, int) {
+    int64_t begin, end;
+    split_range(units, tasks, task, &begin, &end);
+    float even[4][kSegment + 1], odd[4][kSegment + 1];
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t ci = unit / rows, row = row0 + unit % rows;
+      const int64_t b = row / g.tiles_h, ty = row % g.tiles_h;
+      const float* plane = x + (b * g.ci + ci) * g.height * g.width;
+      float* out_row = v + ci * chunk_tiles + (row - row0) * g.tiles_w;
+      for (int64_t tx0 = 0; tx0 < g.tiles_w; tx0 += kSegment) {
+        const int64_t n = std::min(kSegment, g.tiles_w - tx0);
+        for (int i = 0; i < 4; ++i) {
+          const int64_t iy = 2 * ty - g.pad_top + i;
+          const bool inside = iy >= 0 && iy < g.height;
+          const float* src = plane + (inside ? iy : 0) * g.width;
+          for (int64_t k = 0; k <= n; ++k) {
+            const int64_t ix = 2 * (tx0 + k) - g.pad_left;
+            even[i][k] = inside && ix >= 0 && ix < g.width ? src[ix] : 0.0f;
+            odd[i][k] = inside && ix + 1 >= 0 && ix + 1 < g.width ? src[ix + 1] : 0.0f;
+          }
+        }
+        float row_e[4][kSegment + 1], row_o[4][kSegment + 1];  // Bᵀ d: rows combined
+        for (int64_t k = 0; k <= n; ++k) {
+          row_e[0][k] = even[0][k] - even[2][k];
+          row_e[1][k] = even[1][k] + even[2][k];
+          row_e[2][k] = even[2][k] - even[1][k];
+          row_e[3][k] = even[1][k] - even[3][k];
+          row_o[0][k] = odd[0][k] - odd[2][k];
+          row_o[1][k] = odd[1][k] + odd[2][k];
+          row_o[2][k] = odd[2][k] - odd[1][k];
+          row_o[3][k] = odd[1][k] - odd[3][k];
+        }
+        for (int i = 0; i < 4; ++i) {  // (Bᵀ d) B: columns combined
+          const float* e = row_e[i];
+          const float* o = row_o[i];
+          float* v0 = out_row + (4 * i + 0) * position_stride + tx0;
+          float* v1 = out_row + (4 * i + 1) * position_stride + tx0;
+          float* v2 = out_row + (4 * i + 2) * position_stride + tx0;
+          float* v3 = out_row + (4 * i + 3) * position_stride + tx0;
+          for (int64_t k = 0; k < n; ++k) {
+            v0[k] = e[k] - e[k + 1];
+            v1[k] = o[k] + e[k + 1];
+            v2[k] = e[k + 1] - o[k];
+            v3[k] = o[k] - o[k + 1];
+          }
+        }
+      }
+    }
+  });
+}
+
+// y = Aᵀ M A + bias (+ residual) for the chunk's tiles, tasks over (output channel, tile row).
+void transform_output(const Geometry& g, const float* m, int64_t row0, int64_t rows, const Tensor& node,
+                      ExecContext& ctx) {
+  const Tensor* bias = node.src[2];
+  const Tensor* residual = node.src[3];
+  float* y = node.f32();
+  const int64_t chunk_tiles = rows * g.tiles_w;
+  const int64_t position_stride = g.co * chunk_tiles;
+  const int64_t units = g.co * rows;
+  const int64_t tasks = std::min<int64_t>(units, 64);
+  ctx.pool.run(tasks, [&](int64_t task, int) {
+    int64_t begin, end;
+    split_range(units, tasks, task, &begin, &end);
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t co = unit / rows, row = row0 + unit % rows;
+      const int64_t b = row / g.tiles_h, ty = row % g.tiles_h;
+      float bias_value = 0.0f;
+      if (bias) {
+        bias_value = bias->dtype == DType::F16 ? f16_to_f32(static_cast<const uint16_t*>(bias->data)[co])
+                                               : bias->f32()[co];
+      }
+      const int64_t plane_offset = (b * g.co + co) * g.out_h * g.out_w;
+      const float* in_row = m + co * chunk_tiles + (row - row0) * g.tiles_w;
+      for (int64_t tx0 = 0; tx0 < g.tiles_w; tx0 += kSegment) {
+        const int64_t n = std::min(kSegment, g.tiles_w - tx0);
+        float s[2][4][kSegment];  // Aᵀ M: rows combined
+        for (int j = 0; j < 4; ++j) {
+          const float* m0 = in_row + (0 + j) * position_stride + tx0;
+          const float* m1 = in_row + (4 + j) * position_stride + tx0;
+          const float* m2 = in_row + (8 + j) * position_stride + tx0;
+          const float* m3 = in_row + (12 + j) * position_stride + tx0;
+          for (int64_t k = 0; k < n; ++k) {
+            s[0][j][k] = m0[k] + m1[k] + m2[k];
+            s[1][j][k] = m1[k] - m2[k] - m3[k];
+          }
+        }
+        for (int r = 0; r < 2; ++r) {  // (Aᵀ M) A: columns combined, then bias, then residual
+          const int64_t oy = 2 * ty + r;
+          if (oy >= g.out_h) break;
+          float left[kSegment], right[kSegment];
+          for (int64_t k = 0; k < n; ++k) {
+            left[k] = s[r][0][k] + s[r][1][k] + s[r][2][k] + bias_value;
+            right[k] = s[r][1][k] - s[r][2][k] - s[r][3][k] + bias_value;
+          }
+          const int64_t ox0 = 2 * tx0, width = std::min<int64_t>(2 * n, g.out_w - ox0);
+          float* dst = y + plane_offset + oy * g.out_w + ox0;
+          const float* res = residual ? residual->f32() + plane_offset + oy * g.out_w + ox0 : nullptr;
+          for (int64_t k = 0; 2 * k < width; ++k) {
+            dst[2 * k] = res ? left[k] + res[2 * k] : left[k];
+            if (2 * k + 1 < width) dst[2 * k + 1] = res ? right[k] + res[2 * k + 1] : right[k];
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+int64_t conv2d_winograd_min_tiles() { return min_tiles.load(std::memory_order_relaxed); }
+void set_conv2d_winograd_min_tiles(int64_t tiles) { min_tiles.store(tiles, std::memory_order_relaxed); }
+
+size_t conv2d_winograd_shared_bytes(const Tensor& node) {
+  if (!applies(node)) return 0;
+  const Geometry g = geometry(node);
+  return static_cast<size_t>(g.u_floats() + g.v_floats() + g.m_floats()) * sizeof(float);
+}
+
+bool run_conv2d_winograd(const Tensor& node, ExecContext& ctx) {
+  if (!applies(node)) return false;
+  const Geometry g = geometry(node);
+  if (!ctx.shared || ctx.shared_bytes < conv2d_winograd_shared_bytes(node)) return false;
+  const Tensor& w = *node.src[1];
+  float* v = reinterpret_cast<float*>(ctx.shared) + g.u_floats();
+  float* m = v + g.v_floats();
+  const float* u = nullptr;
+  if (g.kept_filters) {
+    if (!ctx.packed_weights) return false;
+    const PackedWeights::Key key{w.data, w.dtype, g.co, g.ci, 0, PackedWeights::Form::kWinogradF2x2_3};
+    u = reinterpret_cast<const float*>(ctx.packed_weights->find(key));
+    if (!u) {
+      float* kept = reinterpret_cast<float*>(
+          ctx.packed_weights->add(key, static_cast<size_t>(kPositions * g.co * g.ci) * sizeof(float)));
+      if (!kept) return false;  // out of memory: the GEMM path needs none
+      transform_weights(g, w, kept, ctx);
+      // The filters are only read through their transform from now on: a model file's pages can go.
+      if (w.flags & kFlagMapped) release_mapped_pages(w.data, dtype_tensor_bytes(w.dtype, w.rank, w.shape));
+      u = kept;
+    }
+  } else {
+    float* shared_u = reinterpret_cast<float*>(ctx.shared);
+    transform_weights(g, w, shared_u, ctx);
+    u = shared_u;
+  }
+  const float* x = node.src[0]->f32();
+  for (int64_t row0 = 0; row0 < g.tile_rows(); row0 += g.chunk_rows) {
+    const int64_t rows = std::min(g.chunk_rows, g.tile_rows() - row0);
+    const int64_t tiles = rows * g.tiles_w;
+    transform_input(g, x, row0, rows, v, ctx);
+    StridedB b{v, DType::F32, g.ci * tiles, tiles, 1, ctx.kernels.gemm.gather_rows};
+    GemmProblem p;
+    p.batch = kPositions;
+    p.M = g.co;
+    p.N = tiles;
+    p.K = g.ci;
+    p.a = u;
+    p.a_batch_stride = g.co * g.ci;
+    p.a_row_stride = g.ci;
+    p.a_col_stride = 1;
+    p.pack_b = pack_b_strided;
+    p.pack_b_context = &b;
+    p.c = m;
+    p.c_batch_stride = g.co * tiles;
+    p.ldc = tiles;
+    run_gemm(p, ctx);
+    transform_output(g, m, row0, rows, node, ctx);
+  }
+  return true;
+}
+
+}  // namespace ddpm

@@ -1,0 +1,28 @@
+// 3×3 stride-1 convolutions by Winograd's minimal filtering F(2×2, 3×3): the conv2d compute path chosen for f32/f16
+// weights when the layer is wide and the image has enough 2×2 output tiles (see conv_winograd.cpp for the rule).
+// It does 16 multiply-adds per output tile and input channel where the implicit GEMM does 36, at the price of
+// transforming weights, inputs and outputs; results differ from the GEMM path by rounding only (a few ulp of the
+// sum's magnitude), and are the same for any thread count and any batch split.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "ddpm/tensor.h"
+#include "ops/op_exec.h"
+
+namespace ddpm {
+
+// Fewest 2×2 output tiles per image for which conv2d takes the Winograd path. Settable for tests and
+// benchmarks that compare the two paths (a huge value: never); a graph must be planned after a change for its shared
+// buffer to follow (until then the node keeps the GEMM).
+int64_t conv2d_winograd_min_tiles();
+void set_conv2d_winograd_min_tiles(int64_t tiles);
+
+// ExecContext::shared bytes the Winograd path needs for a Conv2d node, or 0 when the rule does not pick it.
+size_t conv2d_winograd_shared_bytes(const Tensor& node);
+// Runs the node by Winograd and returns true, or returns false (nothing done) when the rule does not pick it or the
+// shared buffer is too small.
+bool run_conv2d_winograd(const Tensor& node, ExecContext& ctx);
+
+}  // namespace ddpm
