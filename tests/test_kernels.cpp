@@ -260,6 +260,8 @@ TEST_CASE("every table fills every entry", "[kernels]") {
     CHECK(t->f32_to_f16);
     CHECK(t->conv_direct);
     CHECK(t->transpose);
+    CHECK(t->winograd_input);
+    CHECK(t->winograd_output);
   }
 }
 
@@ -287,6 +289,60 @@ TEST_CASE("transpose: every level copies exactly what the reference does, tiles 
         CHECK(same);    // padding between output rows untouched too
         CHECK(placed);  // and the reference is a transpose
       }
+    }
+  }
+}
+
+TEST_CASE("winograd tile-row transforms: every level gives the reference's bits; the reference is B^T d B, A^T m A",
+          "[kernels]") {
+  const kernels::KernelTable& ref = kernels::reference();
+  // Around each level's widths (16, 8, 4, then one by one): short, exact, over, and mixed remainders.
+  const int64_t tile_counts[] = {1, 2, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17, 23, 28, 31, 32, 33, 64};
+  for (int64_t tiles : tile_counts) for (Data data : {Data::Random, Data::Special}) {
+    const int64_t row_stride = 2 * tiles + 2 + 3, out_stride = tiles + 5;  // padded: strides are honoured
+    const std::vector<float> rows = make_input(4 * row_stride, static_cast<uint32_t>(tiles * 31 + 1), 1.0f, data);
+    const std::vector<float> m = make_input(16 * out_stride, static_cast<uint32_t>(tiles * 31 + 2), 1.0f, data);
+    std::vector<float> v_expected(static_cast<size_t>(16 * out_stride), -1.0f);
+    std::vector<float> y_expected(static_cast<size_t>(2 * (2 * tiles + 1)), -1.0f);
+    ref.winograd_input(rows.data(), row_stride, tiles, v_expected.data(), out_stride);
+    ref.winograd_output(m.data(), out_stride, tiles, 0.25f, y_expected.data(), 2 * tiles + 1);
+    // The reference against the matrices, in double, on finite data (a few rounded adds: within 1e-6 of the scale).
+    const double bt[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+    const double at[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+    bool transformed = true;
+    for (int64_t t = 0; data == Data::Random && t < tiles; ++t) {
+      for (int i = 0; i < 4; ++i) {
+        for (int j = 0; j < 4; ++j) {
+          double v = 0.0;
+          for (int r = 0; r < 4; ++r) {
+            for (int c = 0; c < 4; ++c) v += bt[i][r] * rows[r * row_stride + 2 * t + c] * bt[j][c];
+          }
+          const double got = v_expected[(4 * i + j) * out_stride + t];
+          transformed = transformed && std::fabs(got - v) <= 1e-6 * (1.0 + std::fabs(v));
+        }
+      }
+      for (int r = 0; r < 2; ++r) {
+        for (int c = 0; c < 2; ++c) {
+          double y = 0.25;
+          for (int i = 0; i < 4; ++i) {
+            for (int j = 0; j < 4; ++j) y += at[r][i] * m[(4 * i + j) * out_stride + t] * at[c][j];
+          }
+          transformed = transformed && std::fabs(y_expected[r * (2 * tiles + 1) + 2 * t + c] - y) <= 1e-5 * (1.0 + std::fabs(y));
+        }
+      }
+    }
+    INFO("tiles " << tiles << (data == Data::Special ? " with special values" : ""));
+    CHECK(transformed);
+    for (const kernels::KernelTable* level : simd_levels()) {
+      INFO(level->isa_name);
+      std::vector<float> v(v_expected.size(), -1.0f), y(y_expected.size(), -1.0f);
+      level->winograd_input(rows.data(), row_stride, tiles, v.data(), out_stride);
+      level->winograd_output(m.data(), out_stride, tiles, 0.25f, y.data(), 2 * tiles + 1);
+      bool same_v = true, same_y = true;
+      for (size_t i = 0; i < v.size(); ++i) same_v = same_v && same_float(v[i], v_expected[i]);
+      for (size_t i = 0; i < y.size(); ++i) same_y = same_y && same_float(y[i], y_expected[i]);
+      CHECK(same_v);  // padding between output rows untouched too
+      CHECK(same_y);
     }
   }
 }

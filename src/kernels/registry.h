@@ -184,6 +184,18 @@ struct KernelTable {
   // of activations, weight reorders). Copies only, so every level gives the reference's bits.
   void (*transpose)(int64_t rows, int64_t cols, const float* src, int64_t src_stride, float* dst,
                     int64_t dst_stride) = nullptr;
+
+  // Winograd F(2×2, 3×3) transforms of one row of `tiles` tiles (src/ops/conv_winograd.cpp; shared loops in
+  // winograd_tiles.h, so every level gives the reference's bits).
+  //   winograd_input: four input rows at rows + r·row_stride, zero-padded by the caller, each 2·tiles + 2 floats
+  //   (tile t covers columns 2t .. 2t+3); writes position f = 4i + j of (Bᵀ d B) for tile t to
+  //   out[f·out_stride + t].
+  //   winograd_output: position f of tile t at m[f·m_stride + t]; writes (Aᵀ M A) + bias, the tile's two output
+  //   rows, to out[r·out_stride + 2t + c] (r, c in {0, 1}): 2·tiles floats per row.
+  void (*winograd_input)(const float* rows, int64_t row_stride, int64_t tiles, float* out,
+                         int64_t out_stride) = nullptr;
+  void (*winograd_output)(const float* m, int64_t m_stride, int64_t tiles, float bias, float* out,
+                          int64_t out_stride) = nullptr;
 };
 
 const char* isa_name(Isa isa);

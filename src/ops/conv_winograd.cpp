@@ -160,18 +160,20 @@ void transform_weights(const Geometry& g, const Tensor& w, float* u, ExecContext
   });
 }
 
-// V_f[ci][t] = (Bᵀ d B)_f for the chunk's tiles t (tile rows [row0, row0 + rows), tile t = (row - row0)·tiles_w + tx).
-// Input columns are split into even and odd ones, so the patch of tile tx is even[tx], odd[tx], even[tx+1],
-// odd[tx+1] and every step below is a contiguous loop over tx.
+// V_f[ci][t] = (Bᵀ d B)_f for the chunk's tiles t (tile rows [row0, row0 + rows), tile t = (row - row0)·tiles_w + tx),
+// tasks over (input channel, tile row). Each segment of a tile row stages its four input rows zero-padded, then
+// the level's winograd_input transforms them.
 void transform_input(const Geometry& g, const float* x, int64_t row0, int64_t rows, float* v, ExecContext& ctx) {
   const int64_t chunk_tiles = rows * g.tiles_w;
   const int64_t position_stride = g.ci * chunk_tiles;
   const int64_t units = g.ci * rows;  // (channel, tile row)
   const int64_t tasks = std::min<int64_t>(units, 64);
+  const auto transform = ctx.kernels.winograd_input;
   ctx.pool.run(tasks, [&](int64_t task, int) {
     int64_t begin, end;
     split_range(units, tasks, task, &begin, &end);
-    float even[4][kSegment + 1], odd[4][kSegment + 1];
+    constexpr int64_t kStaged = 2 * kSegment + 2;
+    float staged[4][kStaged];
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t ci = unit / rows, row = row0 + unit % rows;
       const int64_t b = row / g.tiles_h, ty = row % g.tiles_h;
@@ -179,47 +181,29 @@ void transform_input(const Geometry& g, const float* x, int64_t row0, int64_t ro
       float* out_row = v + ci * chunk_tiles + (row - row0) * g.tiles_w;
       for (int64_t tx0 = 0; tx0 < g.tiles_w; tx0 += kSegment) {
         const int64_t n = std::min(kSegment, g.tiles_w - tx0);
-        for (int i = 0; i < 4; ++i) {
-          const int64_t iy = 2 * ty - g.pad_top + i;
-          const bool inside = iy >= 0 && iy < g.height;
-          const float* src = plane + (inside ? iy : 0) * g.width;
-          for (int64_t k = 0; k <= n; ++k) {
-            const int64_t ix = 2 * (tx0 + k) - g.pad_left;
-            even[i][k] = inside && ix >= 0 && ix < g.width ? src[ix] : 0.0f;
-            odd[i][k] = inside && ix + 1 >= 0 && ix + 1 < g.width ? src[ix + 1] : 0.0f;
+        // Staged column j is input column 2·tx0 - pad_left + j, for j < 2n + 2.
+        const int64_t ix0 = 2 * tx0 - g.pad_left, lead = std::clamp<int64_t>(-ix0, 0, 2 * n + 2);
+        const int64_t valid_end = std::clamp<int64_t>(g.width - ix0, lead, 2 * n + 2);
+        for (int r = 0; r < 4; ++r) {
+          const int64_t iy = 2 * ty - g.pad_top + r;
+          float* dst = staged[r];
+          if (iy < 0 || iy >= g.height) {
+            std::memset(dst, 0, sizeof(staged[r]));
+            continue;
           }
+          for (int64_t j = 0; j < lead; ++j) dst[j] = 0.0f;
+          std::memcpy(dst + lead, plane + iy * g.width + ix0 + lead, static_cast<size_t>(valid_end - lead) * sizeof(float));
+          for (int64_t j = valid_end; j < 2 * n + 2; ++j) dst[j] = 0.0f;
         }
-        float row_e[4][kSegment + 1], row_o[4][kSegment + 1];  // Bᵀ d: rows combined
-        for (int64_t k = 0; k <= n; ++k) {
-          row_e[0][k] = even[0][k] - even[2][k];
-          row_e[1][k] = even[1][k] + even[2][k];
-          row_e[2][k] = even[2][k] - even[1][k];
-          row_e[3][k] = even[1][k] - even[3][k];
-          row_o[0][k] = odd[0][k] - odd[2][k];
-          row_o[1][k] = odd[1][k] + odd[2][k];
-          row_o[2][k] = odd[2][k] - odd[1][k];
-          row_o[3][k] = odd[1][k] - odd[3][k];
-        }
-        for (int i = 0; i < 4; ++i) {  // (Bᵀ d) B: columns combined
-          const float* e = row_e[i];
-          const float* o = row_o[i];
-          float* v0 = out_row + (4 * i + 0) * position_stride + tx0;
-          float* v1 = out_row + (4 * i + 1) * position_stride + tx0;
-          float* v2 = out_row + (4 * i + 2) * position_stride + tx0;
-          float* v3 = out_row + (4 * i + 3) * position_stride + tx0;
-          for (int64_t k = 0; k < n; ++k) {
-            v0[k] = e[k] - e[k + 1];
-            v1[k] = o[k] + e[k + 1];
-            v2[k] = e[k + 1] - o[k];
-            v3[k] = o[k] - o[k + 1];
-          }
-        }
+        transform(staged[0], kStaged, n, out_row + tx0, position_stride);
       }
     }
   });
 }
 
-// y = Aᵀ M A + bias (+ residual) for the chunk's tiles, tasks over (output channel, tile row).
+// y = Aᵀ M A + bias (+ residual) for the chunk's tiles, tasks over (output channel, tile row): the level's
+// winograd_output writes both output rows of a segment to the stack, whence they are copied (or added to the
+// residual) into y, cut at the output's width and height.
 void transform_output(const Geometry& g, const float* m, int64_t row0, int64_t rows, const Tensor& node,
                       ExecContext& ctx) {
   const Tensor* bias = node.src[2];
@@ -229,9 +213,13 @@ void transform_output(const Geometry& g, const float* m, int64_t row0, int64_t r
   const int64_t position_stride = g.co * chunk_tiles;
   const int64_t units = g.co * rows;
   const int64_t tasks = std::min<int64_t>(units, 64);
+  const auto transform = ctx.kernels.winograd_output;
+  const auto add = ctx.kernels.add;
   ctx.pool.run(tasks, [&](int64_t task, int) {
     int64_t begin, end;
     split_range(units, tasks, task, &begin, &end);
+    constexpr int64_t kStaged = 2 * kSegment;
+    float staged[2][kStaged];
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t co = unit / rows, row = row0 + unit % rows;
       const int64_t b = row / g.tiles_h, ty = row % g.tiles_h;
@@ -244,31 +232,14 @@ void transform_output(const Geometry& g, const float* m, int64_t row0, int64_t r
       const float* in_row = m + co * chunk_tiles + (row - row0) * g.tiles_w;
       for (int64_t tx0 = 0; tx0 < g.tiles_w; tx0 += kSegment) {
         const int64_t n = std::min(kSegment, g.tiles_w - tx0);
-        float s[2][4][kSegment];  // Aᵀ M: rows combined
-        for (int j = 0; j < 4; ++j) {
-          const float* m0 = in_row + (0 + j) * position_stride + tx0;
-          const float* m1 = in_row + (4 + j) * position_stride + tx0;
-          const float* m2 = in_row + (8 + j) * position_stride + tx0;
-          const float* m3 = in_row + (12 + j) * position_stride + tx0;
-          for (int64_t k = 0; k < n; ++k) {
-            s[0][j][k] = m0[k] + m1[k] + m2[k];
-            s[1][j][k] = m1[k] - m2[k] - m3[k];
-          }
-        }
-        for (int r = 0; r < 2; ++r) {  // (Aᵀ M) A: columns combined, then bias, then residual
-          const int64_t oy = 2 * ty + r;
-          if (oy >= g.out_h) break;
-          float left[kSegment], right[kSegment];
-          for (int64_t k = 0; k < n; ++k) {
-            left[k] = s[r][0][k] + s[r][1][k] + s[r][2][k] + bias_value;
-            right[k] = s[r][1][k] - s[r][2][k] - s[r][3][k] + bias_value;
-          }
-          const int64_t ox0 = 2 * tx0, width = std::min<int64_t>(2 * n, g.out_w - ox0);
-          float* dst = y + plane_offset + oy * g.out_w + ox0;
-          const float* res = residual ? residual->f32() + plane_offset + oy * g.out_w + ox0 : nullptr;
-          for (int64_t k = 0; 2 * k < width; ++k) {
-            dst[2 * k] = res ? left[k] + res[2 * k] : left[k];
-            if (2 * k + 1 < width) dst[2 * k + 1] = res ? right[k] + res[2 * k + 1] : right[k];
+        transform(in_row + tx0, position_stride, n, bias_value, staged[0], kStaged);
+        const int64_t width = std::min<int64_t>(2 * n, g.out_w - 2 * tx0);
+        for (int r = 0; r < 2 && 2 * ty + r < g.out_h; ++r) {
+          const int64_t offset = plane_offset + (2 * ty + r) * g.out_w + 2 * tx0;
+          if (residual) {
+            add(width, staged[r], residual->f32() + offset, y + offset);
+          } else {
+            std::memcpy(y + offset, staged[r], static_cast<size_t>(width) * sizeof(float));
           }
         }
       }

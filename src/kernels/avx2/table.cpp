@@ -26,6 +26,8 @@ __attribute__((target("no-sse3"))) KernelTable make_avx2_table() {
   t.f16_to_f32 = avx2::f16_to_f32;
   t.f32_to_f16 = avx2::f32_to_f16;
   t.transpose = avx2::transpose;
+  t.winograd_input = avx2::winograd_input;
+  t.winograd_output = avx2::winograd_output;
   t.conv_direct = avx2::conv_direct;
   return t;
 }

@@ -34,5 +34,8 @@ void conv_direct(const DirectConv& conv);
 
 // Transposing copy (transpose.cpp); contract: KernelTable::transpose.
 void transpose(int64_t rows, int64_t cols, const float* src, int64_t src_stride, float* dst, int64_t dst_stride);
+// Winograd F(2×2, 3×3) tile-row transforms (winograd.cpp); contracts: KernelTable::winograd_input / _output.
+void winograd_input(const float* rows, int64_t row_stride, int64_t tiles, float* out, int64_t out_stride);
+void winograd_output(const float* m, int64_t m_stride, int64_t tiles, float bias, float* out, int64_t out_stride);
 
 }  // namespace ddpm::kernels::avx512

@@ -26,6 +26,8 @@ __attribute__((target("no-sse3"))) KernelTable make_avx512_table() {
   t.f16_to_f32 = avx512::f16_to_f32;
   t.f32_to_f16 = avx512::f32_to_f16;
   t.transpose = avx512::transpose;
+  t.winograd_input = avx512::winograd_input;
+  t.winograd_output = avx512::winograd_output;
   t.conv_direct = avx512::conv_direct;
   return t;
 }

@@ -25,6 +25,8 @@ KernelTable make_neon_table() {
   t.f16_to_f32 = neon::f16_to_f32;
   t.f32_to_f16 = neon::f32_to_f16;
   t.transpose = neon::transpose;
+  t.winograd_input = neon::winograd_input;
+  t.winograd_output = neon::winograd_output;
   t.conv_direct = neon::conv_direct;
   return t;
 }

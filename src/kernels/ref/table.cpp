@@ -23,6 +23,8 @@ KernelTable make_reference_table() {
   t.f16_to_f32 = ref::f16_to_f32;
   t.f32_to_f16 = ref::f32_to_f16;
   t.transpose = ref::transpose;
+  t.winograd_input = ref::winograd_input;
+  t.winograd_output = ref::winograd_output;
   t.conv_direct = ref::conv_direct;
   return t;
 }
