@@ -17,18 +17,18 @@
 // transforms have coefficients up to 8 and lose about two more decimal digits, past what the conformance tests
 // against diffusers allow (relative L2 ≤ 1e-5).
 //
-// Work, per call: U for every (co, ci) is computed from the weights into the graph's shared buffer (it is 16/9 of
-// the weights, so it is not kept: a model's f32 weights stay mapped from its file, and an f32 generate must stay
-// within 1.2 × the file size). Then the output tiles are taken in chunks of whole tile rows: the chunk's input is
-// transformed into V, the 16 GEMMs run through the blocked driver (its own split over threads), and the output
-// transform adds bias and residual while writing y. The chunking depends only on the shape, and every step computes
+// Work, per call: U for every (co, ci), 16/9 of the weights, is taken from the graph's kept filters (a loaded
+// model's layers below kKeepBelowTiles tiles per image, made at the first call) or computed into the graph's shared
+// buffer. Then the output tiles are taken in chunks of whole tile rows: the chunk's input is transformed into V
+// (the level's winograd_input), the 16 GEMMs run through the blocked driver (its own split over threads), and the
+// output transform (winograd_output) adds bias and residual while writing y. The chunking depends only on the shape, and every step computes
 // each value in a fixed order, so the thread count never changes a bit; nor does the batch split (tiles never mix
 // images).
 //
 // The rule: a 3×3 stride-1 conv with f32/f16 weights, at least kMinChannels in and out, and enough tiles per image
 // (`conv2d_winograd_min_tiles`, 64: a 16×16 output) for the 16 GEMMs to fill their column panels: below that they
-// stream U (16/9 of the weights) for little work and lose to the GEMM (`ddpm bench ops`: 256→256 @8×8 runs at 0.9×,
-// @16×16 at 1.6×).
+// stream U (16/9 of the weights) for little work and lose to the GEMM (`ddpm bench ops -t 1`, AVX-512, against the
+// GEMM path: 256→256 @8×8 0.93×, @16×16 1.87×, 128→128 @32×32 1.61×, 64→64 @28×28 1.33×, 32→32 @28×28 1.03×).
 #include "ops/conv_winograd.h"
 
 #include <algorithm>
@@ -192,7 +192,10 @@ void transform_input(const Geometry& g, const float* x, int64_t row0, int64_t ro
             continue;
           }
           for (int64_t j = 0; j < lead; ++j) dst[j] = 0.0f;
-          std::memcpy(dst + lead, plane + iy * g.width + ix0 + lead, static_cast<size_t>(valid_end - lead) * sizeof(float));
+          if (valid_end > lead) {  // (no pointer formed past the row otherwise)
+            const float* src = plane + iy * g.width + ix0 + lead;
+            std::memcpy(dst + lead, src, static_cast<size_t>(valid_end - lead) * sizeof(float));
+          }
           for (int64_t j = valid_end; j < 2 * n + 2; ++j) dst[j] = 0.0f;
         }
         transform(staged[0], kStaged, n, out_row + tx0, position_stride);
