@@ -30,7 +30,7 @@
 namespace ddpm {
 
 class ThreadPool;
-class PackedWeights;  // internal: block-typed weights kept decoded (src/ops/qgemm.h)
+class PackedWeights;  // internal: weights kept in a derived form (src/ops/qgemm.h)
 
 class Graph {
  public:
@@ -41,7 +41,8 @@ class Graph {
 
   // Constant tensor whose memory is owned by the caller (model weights); data must outlive the graph. A block-typed
   // (q8_0, q4_0, …) param is decoded into the integer GEMM's layout at the first compute() and kept in that form,
-  // so its data must not change afterwards; f32/f16 params are read at every compute() (training updates them).
+  // so its data must not change afterwards; f32/f16 params are read at every compute() (training updates them),
+  // unless flagged kFlagFrozen (a loaded model's weights), whose conv filters may be kept Winograd-transformed.
   Tensor* param(const std::string& name, DType dtype, std::initializer_list<int64_t> shape, const void* data);
   Tensor* param(const std::string& name, DType dtype, int rank, const int64_t* shape, const void* data);
   // Tensor placed in the arena by plan() and filled by the caller before each compute().
@@ -61,7 +62,7 @@ class Graph {
   size_t scratch_bytes_per_thread() const { return scratch_per_thread_; }
   // Bytes of the one scratch buffer all threads of an op share (e.g. unpacked quantised weights).
   size_t shared_scratch_bytes() const { return shared_bytes_; }
-  // Bytes of block-typed weights kept decoded for the integer GEMM (see param), after a compute().
+  // Bytes of weights kept in a derived form (see param: decoded block types, Winograd filters), after a compute().
   size_t packed_weight_bytes() const;
   // Runs the graph. `pool` decides the thread count; results do not depend on it.
   Status compute(ThreadPool& pool);

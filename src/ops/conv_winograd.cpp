@@ -9,8 +9,9 @@
 //
 // So the sum over input channels becomes 16 independent GEMMs, one per position f of the 4×4 transformed tile:
 // M_f[Co × tiles] = U_f[Co × Ci] · V_f[Ci × tiles], 16 multiply-adds per tile and channel pair instead of the
-// implicit GEMM's 36 (2.25× fewer). The transforms only add and halve, so the results stay within a few ulp of the
-// direct sum (the reference tests hold it to the same tolerance as the GEMM path).
+// implicit GEMM's 36 (2.25× fewer). The transforms only add and halve, so the results differ from the direct sum by
+// rounding relative to the products' magnitudes (the reference tests hold it to the same tolerance as the GEMM
+// path; against diffusers' outputs it is as close as the GEMM path).
 //
 // Why it pays here: the implicit GEMM already runs at ~95 % of the FMA peak (`ddpm bench ops`), and 3×3 convs are
 // ~90 % of a U-Net forward, so only fewer multiply-adds make it faster. Why not F(4×4, 3×3) (4× fewer): its
@@ -21,9 +22,10 @@
 // model's layers below kKeepBelowTiles tiles per image, made at the first call) or computed into the graph's shared
 // buffer. Then the output tiles are taken in chunks of whole tile rows: the chunk's input is transformed into V
 // (the level's winograd_input), the 16 GEMMs run through the blocked driver (its own split over threads), and the
-// output transform (winograd_output) adds bias and residual while writing y. The chunking depends only on the shape, and every step computes
-// each value in a fixed order, so the thread count never changes a bit; nor does the batch split (tiles never mix
-// images).
+// output transform (winograd_output) adds bias and residual while writing y. Every value is computed in a fixed
+// order whatever the thread count: each tile's transforms are independent of the others, and each GEMM column is
+// one k-ordered FMA chain (gemm.h) whichever chunk or split it falls in, so neither the thread count nor the batch
+// split (chunks may span images) changes a bit.
 //
 // The rule: a 3×3 stride-1 conv with f32/f16 weights, at least kMinChannels in and out, and enough tiles per image
 // (`conv2d_winograd_min_tiles`, 64: a 16×16 output) for the 16 GEMMs to fill their column panels: below that they
@@ -56,9 +58,9 @@ std::atomic<int64_t> min_tiles{kDefaultMinTiles};
 
 // A frozen weight's transformed filters are kept by the graph (ExecContext::packed_weights) instead of being
 // rebuilt in the shared buffer at every call, where rebuilding them costs much against the layer's GEMMs: below
-// kKeepBelowTiles tiles per image. Kept filters take 16/9 of the weights' memory (an f32 generate with the cifar10
-// U-Net: +24 MB for its 16×16 layers; keeping the 32×32 ones too would add 32 MB more to save ~10 % of their time).
-// Kept or rebuilt, they are the same bits.
+// kKeepBelowTiles tiles per image. Kept filters are f32, 16/9 of f32 weights' memory (32/9 of f16 ones; an f32
+// generate with the cifar10 U-Net: +24 MB for its 16×16 layers, keeping the 32×32 ones too would add 32 MB more to
+// save ~10 % of their time). Kept or rebuilt, they are the same bits.
 constexpr int64_t kKeepBelowTiles = 256;
 bool keeps_filters(const Tensor& weight, int64_t tiles_per_image) {
   return (weight.flags & kFlagParam) && (weight.flags & kFlagFrozen) && tiles_per_image < kKeepBelowTiles;
@@ -264,7 +266,10 @@ size_t conv2d_winograd_shared_bytes(const Tensor& node) {
 bool run_conv2d_winograd(const Tensor& node, ExecContext& ctx) {
   if (!applies(node)) return false;
   const Geometry g = geometry(node);
-  if (!ctx.shared || ctx.shared_bytes < conv2d_winograd_shared_bytes(node)) return false;
+  // Sized from this geometry, not by asking the rule again (a concurrent set_conv2d_winograd_min_tiles could answer
+  // differently in between).
+  const size_t needed = static_cast<size_t>(g.u_floats() + g.v_floats() + g.m_floats()) * sizeof(float);
+  if (!ctx.shared || ctx.shared_bytes < needed) return false;
   const Tensor& w = *node.src[1];
   float* v = reinterpret_cast<float*>(ctx.shared) + g.u_floats();
   float* m = v + g.v_floats();
@@ -276,7 +281,9 @@ bool run_conv2d_winograd(const Tensor& node, ExecContext& ctx) {
     if (!u) {
       float* kept = reinterpret_cast<float*>(
           ctx.packed_weights->add(key, static_cast<size_t>(kPositions * g.co * g.ci) * sizeof(float)));
-      if (!kept) return false;  // out of memory: the GEMM path needs none
+      // Out of memory: the GEMM path needs none. (This call's bits then differ from a normal run's in the last
+      // place, as the GEMM's would; only under memory pressure.)
+      if (!kept) return false;
       transform_weights(g, w, kept, ctx);
       // The filters are only read through their transform from now on: a model file's pages can go.
       if (w.flags & kFlagMapped) release_mapped_pages(w.data, dtype_tensor_bytes(w.dtype, w.rank, w.shape));

@@ -1,8 +1,8 @@
 // 3×3 stride-1 convolutions by Winograd's minimal filtering F(2×2, 3×3): the conv2d compute path chosen for f32/f16
 // weights when the layer is wide and the image has enough 2×2 output tiles (see conv_winograd.cpp for the rule).
 // It does 16 multiply-adds per output tile and input channel where the implicit GEMM does 36, at the price of
-// transforming weights, inputs and outputs; results differ from the GEMM path by rounding only (a few ulp of the
-// sum's magnitude), and are the same for any thread count and any batch split.
+// transforming weights, inputs and outputs; results differ from the GEMM path by rounding only (relative to the
+// products' magnitudes), and are the same for any thread count and any batch split.
 #pragma once
 
 #include <cstddef>
@@ -15,7 +15,7 @@ namespace ddpm {
 
 // Fewest 2×2 output tiles per image for which conv2d takes the Winograd path. Settable for tests and
 // benchmarks that compare the two paths (a huge value: never); a graph must be planned after a change for its shared
-// buffer to follow (until then the node keeps the GEMM).
+// buffer to follow (until then a node takes whichever path the current rule and the planned buffer allow).
 int64_t conv2d_winograd_min_tiles();
 void set_conv2d_winograd_min_tiles(int64_t tiles);
 

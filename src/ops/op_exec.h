@@ -23,7 +23,8 @@ struct ExecContext {
   // once per op instead of once per task (run_qgemm). Ops must work, maybe slower, without it.
   uint8_t* shared = nullptr;
   size_t shared_bytes = 0;
-  // Weights decoded once and kept across compute() calls (run_qgemm); null: decoded at every use.
+  // Weights decoded or transformed once and kept across compute() calls (run_qgemm, run_conv2d_winograd); null:
+  // derived again at every use.
   PackedWeights* packed_weights = nullptr;
 };
 

@@ -74,8 +74,10 @@ QGemmPlan plan_qgemm(const QGemmProblem& problem, const kernels::QGemmMicroKerne
 // use, and kept for every later compute() of the graph that owns them: the decoding otherwise costs about a seventh
 // of a quantised U-Net forward on one thread. The panels take 1.31 bytes per weight (int8 values plus an f32
 // scale, an int16 sum and an f32 minimum coefficient per 32; q4_1 also its f32 minima: 1.44), against 1.06 for
-// q8_0 and 0.56 for q4_0 stored; with a_mapped the stored bytes leave memory once decoded. Keyed by the weight's address and the kernel's row count (a forced ISA level packs
-// again). Not thread-safe: run_qgemm is called by one thread at a time per graph.
+// q8_0 and 0.56 for q4_0 stored; with a_mapped the stored bytes leave memory once decoded. Keyed by the weight's
+// address and the kernel's row count (a forced ISA level packs again). Also holds frozen f32/f16 filters
+// transformed for Winograd (Form::kWinogradF2x2_3, conv_winograd.cpp). Not thread-safe: run_qgemm and
+// run_conv2d_winograd are called by one thread at a time per graph.
 class PackedWeights {
  public:
   // Which derived form of a weight an entry holds.

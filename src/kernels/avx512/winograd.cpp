@@ -1,8 +1,8 @@
 // AVX-512 Winograd F(2×2, 3×3) tile-row transforms: 16 tiles per vector, columns split into even and odd ones by
 // two-source permutes (and merged back the same way); shorter rows 8 and 4 at a time (avx2/winograd_lanes.h).
 #include "kernels/avx512/avx512.h"
-#include "kernels/avx2/winograd_lanes.h"
 #include "kernels/avx512/vec.h"  // <immintrin.h>, without GCC 12's false uninitialized warnings
+#include "kernels/avx2/winograd_lanes.h"
 #include "kernels/winograd_tiles.h"
 
 namespace ddpm::kernels::avx512 {
