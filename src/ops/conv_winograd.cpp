@@ -69,7 +69,6 @@ bool keeps_filters(const Tensor& weight, int64_t tiles_per_image) {
 // iparams of a Conv2d node (conv.cpp).
 enum ConvParam { kStride = 0, kPadTop, kPadLeft };
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t align_floats(int64_t n) { return ceil_div(n, 16) * 16; }
 
 struct Geometry {

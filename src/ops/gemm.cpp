@@ -30,7 +30,6 @@ constexpr double kPackBCost = 6.0, kPackACost = 8.0, kRereadACost = 2.0, kConver
 // Below this many multiply-adds (~2 µs of work on one core) a second thread costs more than it saves.
 constexpr double kMinParallelWork = 64.0 * 1024.0;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t column_block(int nr) { return std::max<int64_t>(nr, kNcTarget / nr * nr); }
 size_t floats_aligned(int64_t floats) { return static_cast<size_t>(ceil_div(floats, 16) * 16); }
 

@@ -78,6 +78,8 @@ enum class UnaryOp : int64_t { Silu = 0, Scale = 1 };
 // Binary op codes (iparams[0]).
 enum class BinaryOp : int64_t { Add = 0, Mul = 1 };
 
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 // Splits [0, n) into `parts` nearly equal ranges; range `i` is [begin, end).
 inline void split_range(int64_t n, int64_t parts, int64_t i, int64_t* begin, int64_t* end) {
   const int64_t base = n / parts, extra = n % parts;

@@ -34,7 +34,6 @@ constexpr double kQuantizeBCost = 40.0, kUnpackACost = 30.0, kReadACost = 8.0, k
 // Below this many multiply-adds a second thread costs more than it saves.
 constexpr double kMinParallelWork = 256.0 * 1024.0;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 size_t aligned64(size_t bytes) { return (bytes + 63) / 64 * 64; }
 
 inline float load_element(const void* base, DType dtype, int64_t index) {
