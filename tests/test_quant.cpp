@@ -571,6 +571,21 @@ TEST_CASE("type names and the per-tensor policy", "[quant]") {
     CHECK(q8.decide("down_blocks.0.resnets.0.conv1.weight", 4, w, DType::F32).type == DType::Q8_0);
     CHECK(q8.decide("down_blocks.0.resnets.0.conv1.weight", 4, w, DType::F32).reason == "conv weight");
     CHECK(q8.decide("down_blocks.0.downsamplers.0.conv.weight", 4, w, DType::F32).type == DType::Q8_0);
+    // Under q8_0 only the last up block's resnet shortcuts and conv2 go up, to f16, once that block is known.
+    CHECK(q8.decide("up_blocks.3.resnets.2.conv2.weight", 4, w, DType::F32).type == DType::Q8_0);
+    q8.set_tensor_names({"up_blocks.3.resnets.2.conv2.weight", "up_blocks.2.resnets.0.conv2.weight"});
+    const auto conv2 = q8.decide("up_blocks.3.resnets.2.conv2.weight", 4, w, DType::F32);
+    CHECK(conv2.type == DType::F16);
+    CHECK(conv2.reason == "last up block's shortcut or conv2 (f16 under q8_0)");
+    CHECK(q8.decide("up_blocks.3.resnets.2.conv2.weight", 4, w, DType::F16).type == DType::F16);
+    CHECK(q8.decide("up_blocks.3.resnets.2.conv2.weight", 4, w, DType::F16).reason == conv2.reason);
+    CHECK(q8.decide("up_blocks.3.resnets.2.conv2.weight", 4, w, DType::Q8_0).type == DType::Q8_0);  // not larger
+    const int64_t s[4] = {128, 256, 1, 1};
+    CHECK(q8.decide("up_blocks.3.resnets.0.conv_shortcut.weight", 4, s, DType::F32).type == DType::F16);
+    CHECK(q8.decide("up_blocks.3.resnets.0.conv1.weight", 4, w, DType::F32).type == DType::Q8_0);
+    CHECK(q8.decide("up_blocks.2.resnets.0.conv2.weight", 4, w, DType::F32).type == DType::Q8_0);
+    CHECK(q8.decide("up_blocks.2.resnets.0.conv_shortcut.weight", 4, s, DType::F32).type == DType::Q8_0);
+    CHECK(q8.decide("up_blocks.3.upsamplers.0.conv.weight", 4, w, DType::F32).type == DType::Q8_0);
   }
   CHECK(decide("time_embedding.linear_1.weight", {512, 128}) == DType::Q4_0);
   CHECK(decide("class_embedding.linear_1.weight", {512, 128}) == DType::Q4_0);  // a timestep-style class MLP
@@ -584,7 +599,8 @@ TEST_CASE("type names and the per-tensor policy", "[quant]") {
         "q4_0 (conv and linear weights; norms, biases, embeddings, conv_in and conv_out keep their type; q8_0: resnet "
         "shortcuts and the full-resolution resnet convs; q5_0: resampling convs and attention projections)");
   CHECK(TypePolicy(DType::Q8_0).recipe() ==
-        "q8_0 (conv and linear weights; norms, biases, embeddings, conv_in and conv_out keep their type)");
+        "q8_0 (conv and linear weights; norms, biases, embeddings, conv_in and conv_out keep their type; f16: the last "
+        "up block's resnet shortcuts and conv2)");
 
   SECTION("overrides come first, then --keep; block types never go to rank-1 tensors") {
     REQUIRE(policy.add_override("attentions=q8_0").ok());

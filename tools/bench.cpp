@@ -28,6 +28,7 @@
 #include "model/unet.h"
 #include "model/ddpm_file.h"
 #include "ops/conv_winograd.h"
+#include "quant/policy.h"
 #include "io/crc32c.h"
 #include <unistd.h>
 #include <sys/resource.h>
@@ -363,12 +364,19 @@ int bench_unet(const BenchSettings& settings) {
     w.resize(static_cast<size_t>(n));
     for (float& v : w) v = dist(rng);
   }
-  // Conv and linear weights (rank >= 2) in each benchmarked type; norms and biases stay f32.
+  // Each benchmarked type as `ddpm quantize --type T` would give it from an f32 file: the default policy decides
+  // per tensor (norms, biases, conv_in and conv_out stay f32; the sensitive groups go up a type).
+  std::vector<std::string> names;
+  for (const ParamSpec& spec : specs) names.push_back(spec.name);
   std::map<std::string, std::vector<uint8_t>> converted;
   auto lookup_for = [&](DType type) -> WeightLookup {
-    return [&, type](const std::string& name, const std::vector<int64_t>& expected, WeightRef* out) {
-      const bool matrix = expected.size() >= 2 && type != DType::F32;
-      out->dtype = matrix ? type : DType::F32;
+    auto policy = std::make_shared<quant::TypePolicy>(type);
+    policy->set_tensor_names(names);
+    return [&, policy](const std::string& name, const std::vector<int64_t>& expected, WeightRef* out) {
+      const DType chosen =
+          policy->decide(name, static_cast<int>(expected.size()), expected.data(), DType::F32).type;
+      const bool matrix = chosen != DType::F32;
+      out->dtype = chosen;
       out->rank = static_cast<int>(expected.size());
       for (int i = 0; i < out->rank; ++i) out->shape[i] = expected[i];
       out->frozen = true;  // as a loaded model's: unchanged while the benchmark's graphs live
@@ -376,9 +384,9 @@ int bench_unet(const BenchSettings& settings) {
         out->data = weights.at(name).data();
         return Status();
       }
-      const std::string key = std::string(dtype_name(type)) + ":" + name;
+      const std::string key = std::string(dtype_name(chosen)) + ":" + name;
       auto it = converted.find(key);
-      if (it == converted.end()) it = converted.emplace(key, convert_weight(type, expected, weights.at(name).data())).first;
+      if (it == converted.end()) it = converted.emplace(key, convert_weight(chosen, expected, weights.at(name).data())).first;
       out->data = it->second.data();
       return Status();
     };

@@ -39,6 +39,7 @@ int run_quantize(int argc, char** argv) {
                 "  (conv_shortcut) and the resnet convs of down_blocks.0 and the last up block get q8_0: they carry\n"
                 "  most of the output error (docs/QUANT.md); the resampling convs and attention projections go one\n"
                 "  step up (q5_0, or q8_0 under q5_0); --tensor-type 'resnets|samplers|attentions=q4_0' undoes both.\n"
+                "  Under q8_0 the last up block's resnet shortcuts and conv2 stay f16 ('resnets=q8_0' undoes it).\n"
                 "  Regexes (ECMAScript) are searched in tensor names; --tensor-type is tried before --keep",
                 options);
     return 0;
