@@ -27,9 +27,9 @@ ALL_FLAGS := $(BASE_FLAGS) $(CXXFLAGS)
 
 # Kernels for other ISAs are left out; each ISA directory is compiled with its own flags so that one binary runs
 # on any CPU of its architecture and picks the level at start-up.
-ISA_DIRS_x86_64  := src/kernels/avx2 src/kernels/avx512 src/kernels/avx512vnni
+ISA_DIRS_x86_64  := src/kernels/avx2 src/kernels/avxvnni src/kernels/avx512 src/kernels/avx512vnni
 ISA_DIRS_aarch64 := src/kernels/neon src/kernels/neon_dotprod
-ALL_ISA_DIRS     := src/kernels/avx2 src/kernels/avx512 src/kernels/avx512vnni src/kernels/neon src/kernels/neon_dotprod
+ALL_ISA_DIRS     := src/kernels/avx2 src/kernels/avxvnni src/kernels/avx512 src/kernels/avx512vnni src/kernels/neon src/kernels/neon_dotprod
 KEEP_ISA_DIRS    := $(if $(filter 1,$(NO_SIMD)),,$(ISA_DIRS_$(TARGET_ARCH_NAME)))
 DROP_ISA_DIRS    := $(filter-out $(KEEP_ISA_DIRS),$(ALL_ISA_DIRS))
 
@@ -42,6 +42,8 @@ TOOL_OBJS := $(TOOL_SRCS:%.cpp=$(BUILD)/%.o)
 TEST_OBJS := $(TEST_SRCS:%.cpp=$(BUILD)/%.o)
 
 FLAGS_src/kernels/avx2   := -mavx2 -mfma -mf16c
+# AVX-VNNI (VEX) without any AVX-512 flag: its kernel runs on CPUs that have no AVX-512 at all.
+FLAGS_src/kernels/avxvnni := -mavx2 -mfma -mf16c -mavxvnni
 # VNNI only in its own directory: a Skylake-X without it must never meet a vpdpbusd the compiler chose.
 FLAGS_src/kernels/avx512 := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c
 FLAGS_src/kernels/avx512vnni := -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c

@@ -5,7 +5,8 @@
 #   3. from a build without any SIMD code (NO_SIMD=1);
 #   4. for ARM64, cross-compiled and run under qemu-aarch64 as a Cortex-A76 (dotprod) and, kernel and quantisation
 #      tests only, as a Cortex-A72 (no dotprod) (NEON kernels proven, not assumed);
-#   5. under AddressSanitizer + UndefinedBehaviorSanitizer.
+#   5. under AddressSanitizer + UndefinedBehaviorSanitizer;
+#   and checks the x86 kernel objects for instructions their CPUs lack (tests/check_isa_objects.sh).
 # Ends with one line "check: N passed, M failed" summing the test cases of every run; exit code 0 only if all passed.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +51,7 @@ build_and_test() {  # build_and_test BUILD_DIR [make vars...]
 }
 
 run "native"        build_and_test build
+run "isa-objects"   bash tests/check_isa_objects.sh build
 run "native-scalar" env DDPM_ISA=scalar DDPM_BIN=../build/ddpm bash -c 'cd tests && ../build/ddpm_tests'
 run "no-simd"       build_and_test build-nosimd NO_SIMD=1
 # ARM64 twice (the trainer's tests, ISA-independent end-to-end runs that take minutes under qemu, are left to the

@@ -374,6 +374,26 @@ TEST_CASE("qgemm driver: every variant on M/N/K tails, each type, epilogues; thr
   }
 }
 
+#if !defined(DDPM_NO_SIMD) && defined(__x86_64__)
+TEST_CASE("x86 qgemm kernels are the ones this CPU may run, and the VNNI ones are tested where they can run",
+          "[qgemm]") {
+  const kernels::CpuFeatures& cpu = kernels::cpu_features();
+  if (const kernels::KernelTable* table = kernels::table_for(kernels::Isa::Avx2)) {
+    // AVX-VNNI (VEX) only where CPUID says so: an AVX2 CPU without it must get the vpmaddubsw kernel.
+    CHECK(std::string(table->qgemm.name) == (cpu.avx_vnni ? "avxvnni" : "avx2"));
+  }
+  if (const kernels::KernelTable* table = kernels::table_for(kernels::Isa::Avx512)) {
+    CHECK(std::string(table->qgemm.name) == (cpu.avx512_vnni ? "avx512vnni" : "avx512bw"));
+  }
+  CHECK(cpu.avx_vnni <= cpu.avx2_fma_f16c);
+  // The 256-bit VNNI source must be among the variants the other tests compare with the reference wherever either
+  // encoding can run; otherwise nothing here would ever execute it.
+  bool vnni256 = false;
+  for (const auto& v : variants()) vnni256 |= std::string(v.name).rfind("avxvnni", 0) == 0;
+  CHECK(vnni256 == (cpu.avx_vnni || cpu.avx512_vnni));
+}
+#endif
+
 TEST_CASE("qgemm plan: the weight is unpacked once only when a panel would be unpacked more than once", "[qgemm]") {
   const kernels::QGemmMicroKernel kernel = kernels::active().qgemm;
   QGemmProblem p;

@@ -34,9 +34,14 @@ CpuFeatures detect() {
   const bool avx512f = ebx & (1u << 16), avx512dq = ebx & (1u << 17), avx512bw = ebx & (1u << 30),
              avx512vl = ebx & (1u << 31);
   const bool vnni = ecx & (1u << 11);
+  const unsigned max_subleaf = eax;
   f.avx2_fma_f16c = os_ymm && avx2 && fma && f16c;
   f.avx512 = f.avx2_fma_f16c && os_zmm && avx512f && avx512dq && avx512bw && avx512vl;
   f.avx512_vnni = f.avx512 && vnni;
+  if (max_subleaf >= 1) {
+    __cpuid_count(7, 1, eax, ebx, ecx, edx);
+    f.avx_vnni = f.avx2_fma_f16c && (eax & (1u << 4));
+  }
   return f;
 }
 #elif defined(__aarch64__)

@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <string>
 
 namespace ddpm::kernels {
 namespace {
@@ -13,6 +14,20 @@ struct Registry {
   KernelTable reference = make_reference_table();
   std::optional<KernelTable> avx2, avx512, neon;
   const KernelTable* active = nullptr;
+  // DDPM_QGEMM: every level chosen afterwards runs this quantised micro-kernel instead of its own (benchmarks).
+  std::optional<QGemmMicroKernel> forced_qgemm;
+  std::optional<KernelTable> with_forced_qgemm;
+
+  void activate(const KernelTable* table) {
+    if (!forced_qgemm) {
+      active = table;
+      return;
+    }
+    KernelTable copy = *table;
+    copy.qgemm = *forced_qgemm;
+    with_forced_qgemm = copy;
+    active = &*with_forced_qgemm;
+  }
 
   Registry() {
     const CpuFeatures& cpu = cpu_features();
@@ -100,6 +115,10 @@ int available_qgemm_kernels(QGemmMicroKernel* out, int capacity) {
 #if !defined(DDPM_NO_SIMD) && defined(__x86_64__)
   // The AVX-512 table holds the VNNI kernel where the CPU has it; the AVX-512BW one must stay tested there too.
   if (table_for(Isa::Avx512)) add(avx512_qgemm());
+  // Likewise the AVX2 table's VNNI kernel and the one without; and the AVX-VNNI kernel's arithmetic through its
+  // EVEX build, where only AVX-512 VNNI can run it.
+  if (table_for(Isa::Avx2)) add(avx2_qgemm());
+  if (cpu_features().avx512_vnni) add(avxvnni_evex_qgemm());
 #endif
 #if !defined(DDPM_NO_SIMD) && defined(__aarch64__)
   // The NEON table holds the dotprod kernel where the CPU has it; the one without must stay tested there too.
@@ -110,7 +129,7 @@ int available_qgemm_kernels(QGemmMicroKernel* out, int capacity) {
 
 Status select(const char* name) {
   if (std::strcmp(name, "auto") == 0) {
-    registry().active = registry().best();
+    registry().activate(registry().best());
     return Status();
   }
   Isa isa;
@@ -119,11 +138,30 @@ Status select(const char* name) {
   }
   const KernelTable* table = table_for(isa);
   if (!table) return errorf("instruction set '%s' is not available on this CPU or in this build", name);
-  registry().active = table;
+  registry().activate(table);
   return Status();
 }
 
 Status init_from_environment() {
+  if (const char* qgemm = std::getenv("DDPM_QGEMM"); qgemm && *qgemm) {
+    QGemmMicroKernel kernels[16];
+    const int count = available_qgemm_kernels(kernels, 16);
+    std::string names;
+    for (int i = 0; i < count; ++i) {
+      if (std::strcmp(kernels[i].name, qgemm) == 0) {
+        registry().forced_qgemm = kernels[i];
+        const KernelTable* level = table_for(registry().active->isa);
+        registry().activate(level ? level : registry().best());
+        names.clear();
+        break;
+      }
+      names += (names.empty() ? "" : ", ") + std::string(kernels[i].name);
+    }
+    if (!names.empty()) {
+      return errorf("DDPM_QGEMM: no quantised kernel '%s' on this CPU or in this build (available: %s)", qgemm,
+                    names.c_str());
+    }
+  }
   const char* forced = std::getenv("DDPM_ISA");
   if (!forced || !*forced) return Status();
   Status status = select(forced);

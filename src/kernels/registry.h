@@ -142,6 +142,10 @@ GemmMicroKernel avx512_gemm();
 QGemmMicroKernel avx2_qgemm();        // src/kernels/avx2/qgemm.cpp
 QGemmMicroKernel avx512_qgemm();      // src/kernels/avx512/qgemm.cpp: AVX-512BW, for CPUs without VNNI
 QGemmMicroKernel avx512vnni_qgemm();  // src/kernels/avx512vnni/: call only if cpu_features().avx512_vnni
+QGemmMicroKernel avxvnni_qgemm();     // src/kernels/avxvnni/: 256-bit, call only if cpu_features().avx_vnni
+// The same 256-bit kernel's source EVEX-encoded (src/kernels/avx512vnni/qgemm_ymm.cpp): tests and benchmarks only,
+// call only if cpu_features().avx512_vnni.
+QGemmMicroKernel avxvnni_evex_qgemm();
 #endif
 #if !defined(DDPM_NO_SIMD) && defined(__aarch64__)
 GemmMicroKernel neon_gemm();
@@ -215,7 +219,8 @@ int available_qgemm_kernels(QGemmMicroKernel* out, int capacity);
 
 // Chooses the level by name ("scalar", "avx2", "avx512", "neon", or "auto"); error if unknown or unsupported.
 Status select(const char* name);
-// Applies DDPM_ISA when set.
+// Applies DDPM_ISA when set, and DDPM_QGEMM (the name of a kernel available_qgemm_kernels lists: every level then
+// runs that quantised micro-kernel instead of its own; for benchmarks, e.g. DDPM_QGEMM=avxvnni-evex).
 Status init_from_environment();
 
 // Per-level tables, defined in each ISA directory (only those compiled for this architecture exist).
@@ -233,6 +238,7 @@ struct CpuFeatures {
   bool avx2_fma_f16c = false;
   bool avx512 = false;       // F + BW + VL + DQ
   bool avx512_vnni = false;
+  bool avx_vnni = false;     // AVX-VNNI: VEX-encoded 256-bit vpdpbusd, with AVX2 (Alder Lake, Zen 5; no AVX-512 needed)
   bool neon = false;
   bool neon_dotprod = false;
 };

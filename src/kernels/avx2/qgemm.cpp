@@ -1,34 +1,28 @@
 // AVX2 quantised GEMM (4×8 tile): each block's int8 dot products with vpmaddubsw (unsigned × signed bytes, pairs
 // summed to int16) and vpmaddwd by ones (to int32). The sign trick keeps B signed: |b| is the unsigned operand and
 // vpsignb moves b's sign (or zero) onto the broadcast weight; |b|, |w| ≤ 127 keep each pair sum within int16.
-// B holds q = u - 127, so the sums start at 127·Σw to make them Σ w·u (the contract's sum).
-#include <immintrin.h>
-
+// B holds q = u - 127, so the sums start at 127·Σw to make them Σ w·u (the contract's sum). Also the 8-column B
+// quantiser that the 256-bit VNNI kernels share.
 #include <cmath>
-#include <cstring>
 
+#include "kernels/avx2/qgemm_tile.h"
 #include "kernels/registry.h"
 
-namespace ddpm::kernels {
+namespace ddpm::kernels::avx2 {
 namespace {
-
-constexpr int kMR = 4, kNR = 8;
-
-inline int32_t load_quad(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
 
 // 8 columns of one block per step: four consecutive k packed into one 32-byte vector, byte j of lane n =
 // q[k + j][n] (the [kc/4][NR][4] layout).
+template <bool kBiased>
 void quantize_b8(int64_t kc, const float* b_panel, uint8_t* q_panel) {
+  constexpr int kNR = kQGemmNR;
   const int64_t blocks = kc / 32;
   float* scales = reinterpret_cast<float*>(q_panel + kc * kNR);
   float* sums = scales + blocks * kNR;
   float* minima = sums + blocks * kNR;
   const __m256 zero = _mm256_setzero_ps(), top = _mm256_set1_ps(254.0f);
-  const __m256i bias = _mm256_set1_epi32(127), byte = _mm256_set1_epi32(0xff);
+  // Stored as q = u - 127, or biased as q + 128 = u + 1.
+  const __m256i bias = _mm256_set1_epi32(kBiased ? -1 : 127), byte = _mm256_set1_epi32(0xff);
   for (int64_t b = 0; b < blocks; ++b) {
     const float* x = b_panel + b * 32 * kNR;
     __m256 lo = _mm256_set1_ps(INFINITY), hi = _mm256_set1_ps(-INFINITY);
@@ -63,16 +57,9 @@ void quantize_b8(int64_t kc, const float* b_panel, uint8_t* q_panel) {
 
 void run(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int64_t ldc, bool accumulate,
          const GemmEpilogue* epilogue) {
-  const int64_t blocks = kc / 32;
-  const float* b_scale = reinterpret_cast<const float*>(q_panel + kc * kNR);
-  const float* b_sum = b_scale + blocks * kNR;
-  const float* b_lo = b_sum + blocks * kNR;
+  constexpr int kMR = kQGemmMR, kNR = kQGemmNR;
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256 f[kMR];
-#pragma GCC unroll 4
-  for (int m = 0; m < kMR; ++m) f[m] = accumulate ? _mm256_loadu_ps(c + m * ldc) : _mm256_setzero_ps();
-  for (int64_t b = 0; b < blocks; ++b) {
-    __m256i acc[kMR];
+  qgemm_tile(kc, a, q_panel, c, ldc, accumulate, epilogue, [&](int64_t b, __m256i* acc) {
     if (a.small_q) {
       // |w| <= 16: the block's eight pair sums stay within int16 (QGemmPanelA::small_q); widen once per block.
       __m256i acc16[kMR];
@@ -85,68 +72,52 @@ void run(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int
         const int8_t* w = a.q + (b * 8 + quad) * kMR * 4;
 #pragma GCC unroll 4
         for (int m = 0; m < kMR; ++m) {
-          const __m256i signed_w = _mm256_sign_epi8(_mm256_set1_epi32(load_quad(w + m * 4)), bv);
+          const __m256i signed_w = _mm256_sign_epi8(_mm256_set1_epi32(load_weight_quad(w + m * 4)), bv);
           acc16[m] = _mm256_add_epi16(acc16[m], _mm256_maddubs_epi16(b_abs, signed_w));
         }
       }
 #pragma GCC unroll 4
       for (int m = 0; m < kMR; ++m)
         acc[m] = _mm256_add_epi32(_mm256_madd_epi16(acc16[m], ones), _mm256_set1_epi32(127 * a.qsum[b * kMR + m]));
-    } else {
+      return;
+    }
 #pragma GCC unroll 4
-      for (int m = 0; m < kMR; ++m) acc[m] = _mm256_set1_epi32(127 * a.qsum[b * kMR + m]);
-      // Not unrolled: across unrolled quads GCC re-associates the int32 adds into a tree of 32 live products and
-      // spills them; one quad at a time keeps everything in the 16 registers.
+    for (int m = 0; m < kMR; ++m) acc[m] = _mm256_set1_epi32(127 * a.qsum[b * kMR + m]);
+    // Not unrolled: across unrolled quads GCC re-associates the int32 adds into a tree of 32 live products and
+    // spills them; one quad at a time keeps everything in the 16 registers.
 #pragma GCC unroll 1
-      for (int quad = 0; quad < 8; ++quad) {
-        const __m256i bv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q_panel + (b * 8 + quad) * 4 * kNR));
-        const __m256i b_abs = _mm256_abs_epi8(bv);
-        const int8_t* w = a.q + (b * 8 + quad) * kMR * 4;
+    for (int quad = 0; quad < 8; ++quad) {
+      const __m256i bv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q_panel + (b * 8 + quad) * 4 * kNR));
+      const __m256i b_abs = _mm256_abs_epi8(bv);
+      const int8_t* w = a.q + (b * 8 + quad) * kMR * 4;
 #pragma GCC unroll 4
-        for (int m = 0; m < kMR; ++m) {
-          const __m256i signed_w = _mm256_sign_epi8(_mm256_set1_epi32(load_quad(w + m * 4)), bv);
-          acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(_mm256_maddubs_epi16(b_abs, signed_w), ones));
-        }
+      for (int m = 0; m < kMR; ++m) {
+        const __m256i signed_w = _mm256_sign_epi8(_mm256_set1_epi32(load_weight_quad(w + m * 4)), bv);
+        acc[m] = _mm256_add_epi32(acc[m], _mm256_madd_epi16(_mm256_maddubs_epi16(b_abs, signed_w), ones));
       }
     }
-    const __m256 ad = _mm256_loadu_ps(b_scale + b * kNR);
-#pragma GCC unroll 4
-    for (int m = 0; m < kMR; ++m) {
-      const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(a.d[b * kMR + m]), ad);
-      f[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[m]), scale, f[m]);
-    }
-    const __m256 alo = _mm256_loadu_ps(b_lo + b * kNR);
-#pragma GCC unroll 4
-    for (int m = 0; m < kMR; ++m) f[m] = _mm256_fmadd_ps(_mm256_set1_ps(a.lo_coef[b * kMR + m]), alo, f[m]);
-    if (a.min) {
-      const __m256 as = _mm256_loadu_ps(b_sum + b * kNR);
-#pragma GCC unroll 4
-      for (int m = 0; m < kMR; ++m) f[m] = _mm256_fmadd_ps(_mm256_set1_ps(a.min[b * kMR + m]), as, f[m]);
-    }
-  }
-  if (epilogue) {
-#pragma GCC unroll 4
-    for (int m = 0; m < kMR; ++m) {
-      if (epilogue->row_bias) f[m] = _mm256_add_ps(f[m], _mm256_set1_ps(epilogue->row_bias[m]));
-      if (epilogue->col_bias) f[m] = _mm256_add_ps(f[m], _mm256_loadu_ps(epilogue->col_bias));
-      if (epilogue->residual)
-        f[m] = _mm256_add_ps(f[m], _mm256_loadu_ps(epilogue->residual + m * epilogue->residual_ld));
-    }
-  }
-#pragma GCC unroll 4
-  for (int m = 0; m < kMR; ++m) _mm256_storeu_ps(c + m * ldc, f[m]);
+  });
 }
 
 }  // namespace
 
+void qgemm_quantize_b8(int64_t kc, const float* b_panel, uint8_t* q_panel) { quantize_b8<false>(kc, b_panel, q_panel); }
+void qgemm_quantize_b8_biased(int64_t kc, const float* b_panel, uint8_t* q_panel) {
+  quantize_b8<true>(kc, b_panel, q_panel);
+}
+
+}  // namespace ddpm::kernels::avx2
+
+namespace ddpm::kernels {
+
 __attribute__((target("no-sse3"))) QGemmMicroKernel avx2_qgemm() {
   QGemmMicroKernel k;
   k.name = "avx2";
-  k.mr = kMR;
-  k.nr = kNR;
+  k.mr = avx2::kQGemmMR;
+  k.nr = avx2::kQGemmNR;
   k.b_biased = false;
-  k.quantize_b = quantize_b8;
-  k.run = run;
+  k.quantize_b = avx2::qgemm_quantize_b8;
+  k.run = avx2::run;
   return k;
 }
 

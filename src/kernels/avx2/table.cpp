@@ -11,7 +11,7 @@ __attribute__((target("no-sse3"))) KernelTable make_avx2_table() {
   t.isa = Isa::Avx2;
   t.isa_name = "avx2";
   t.gemm = avx2_gemm();
-  t.qgemm = avx2_qgemm();
+  t.qgemm = cpu_features().avx_vnni ? avxvnni_qgemm() : avx2_qgemm();
   t.silu = avx2::silu;
   t.add = avx2::add;
   t.mul = avx2::mul;

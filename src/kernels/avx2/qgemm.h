@@ -1,0 +1,17 @@
+// AVX2 quantised-GEMM pieces shared with the 256-bit VNNI kernels (src/kernels/avxvnni/, and its EVEX build in
+// src/kernels/avx512vnni/): the same 4×8 tile and 8-column B panels.
+#pragma once
+
+#include <cstdint>
+
+namespace ddpm::kernels::avx2 {
+
+constexpr int kQGemmMR = 4;
+constexpr int kQGemmNR = 8;
+
+// QGemmMicroKernel::quantize_b for NR = 8, values stored as int8 q = u - 127 or, `biased`, as q + 128 = u + 1
+// (unsigned, for vpdpbusd).
+void qgemm_quantize_b8(int64_t kc, const float* b_panel, uint8_t* q_panel);
+void qgemm_quantize_b8_biased(int64_t kc, const float* b_panel, uint8_t* q_panel);
+
+}  // namespace ddpm::kernels::avx2
