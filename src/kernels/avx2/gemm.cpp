@@ -107,6 +107,10 @@ struct GatherChunk {
   int64_t dst_offset, src_offset;  // src_offset is lane 0's, possibly before the row (integer arithmetic only)
   __m256i store, valid;
 };
+
+// A chunk of 8 lanes all inside the row: plain loads and stores. The masked ones (vmaskmovps) cost several cycles
+// each on AMD CPUs (Zen 2 to 4), where a masked store of 8 floats is slower than storing them one by one.
+inline bool full_chunk(int width, int valid_begin, int valid_end) { return width == 8 && valid_begin <= 0 && valid_end >= 8; }
 constexpr int kMaxChunks = 128;
 
 // Step-1 runs copied row by row. Source rows a multiple of 4 KiB apart (32×32 and 64×64 planes) share their low 12
@@ -115,15 +119,16 @@ constexpr int kMaxChunks = 128;
 // chunks than fit, leaving the work to the caller.
 bool gather_rows_by_row(const GatherRun* runs, int64_t count, const float* src, int64_t src_stride, float* dst,
                         int64_t dst_stride, int64_t rows) {
+  // Full chunks from the front, masked ones from the back of the same array.
   GatherChunk chunks[kMaxChunks];
-  int n = 0;
+  int n = 0, masked = kMaxChunks;
   for (int64_t i = 0; i < count; ++i) {
     const GatherRun& run = runs[i];
     for (int lane = 0; lane < run.length; lane += 8) {
-      if (n == kMaxChunks) return false;
+      if (n == masked) return false;
       const int width = run.length - lane < 8 ? run.length - lane : 8;
       const int valid_end = run.length - run.trail - lane;
-      GatherChunk& chunk = chunks[n++];
+      GatherChunk& chunk = full_chunk(width, run.lead - lane, valid_end) ? chunks[n++] : chunks[--masked];
       chunk.store = lane_mask(0, width);
       chunk.valid = lane_mask(run.lead - lane, valid_end < width ? valid_end : width);
       chunk.dst_offset = run.dst_offset + lane;
@@ -131,9 +136,10 @@ bool gather_rows_by_row(const GatherRun* runs, int64_t count, const float* src, 
     }
   }
   for (int64_t r = 0; r < rows; ++r) {
-    const float* in = lane_address(src, r * src_stride);
+    const float* in = src + r * src_stride;
     float* out = dst + r * dst_stride;
-    for (int i = 0; i < n; ++i) {
+    for (int i = 0; i < n; ++i) _mm256_storeu_ps(out + chunks[i].dst_offset, _mm256_loadu_ps(in + chunks[i].src_offset));
+    for (int i = masked; i < kMaxChunks; ++i) {
       const GatherChunk& chunk = chunks[i];
       _mm256_maskstore_ps(out + chunk.dst_offset, chunk.store,
                           _mm256_maskload_ps(lane_address(in, chunk.src_offset), chunk.valid));
@@ -156,7 +162,9 @@ void gather_rows(const GatherRun* runs, int64_t count, int64_t step, const float
       const int valid_begin = run.lead - chunk, valid_end = run.length - run.trail - chunk;
       float* out = dst + run.dst_offset + chunk;
       const float* in = lane_address(first, (chunk - run.lead) * step);
-      if (step == 1) {
+      if (step == 1 && full_chunk(width, valid_begin, valid_end)) {
+        for (int64_t r = 0; r < rows; ++r) _mm256_storeu_ps(out + r * dst_stride, _mm256_loadu_ps(in + r * src_stride));
+      } else if (step == 1) {
         const __m256i store_mask = lane_mask(0, width);
         const __m256i valid = lane_mask(valid_begin, valid_end < width ? valid_end : width);
         for (int64_t r = 0; r < rows; ++r) {

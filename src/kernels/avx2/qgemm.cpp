@@ -59,7 +59,7 @@ void run(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int
          const GemmEpilogue* epilogue) {
   constexpr int kMR = kQGemmMR, kNR = kQGemmNR;
   const __m256i ones = _mm256_set1_epi16(1);
-  qgemm_tile(kc, a, q_panel, c, ldc, accumulate, epilogue, [&](int64_t b, __m256i* acc) {
+  qgemm_tile<kMR>(kc, a, q_panel, c, ldc, accumulate, epilogue, [&](int64_t b, __m256i* acc) {
     if (a.small_q) {
       // |w| <= 16: the block's eight pair sums stay within int16 (QGemmPanelA::small_q); widen once per block.
       __m256i acc16[kMR];

@@ -8,6 +8,9 @@ namespace ddpm::kernels::avx2 {
 
 constexpr int kQGemmMR = 4;
 constexpr int kQGemmNR = 8;
+// The VNNI kernels need no registers for the sign trick: six rows fit the 16 ymm registers (6 int32 + 6 float
+// accumulators, the B vector and a broadcast).
+constexpr int kQGemmVnniMR = 6;
 
 // QGemmMicroKernel::quantize_b for NR = 8, values stored as int8 q = u - 127 or, `biased`, as q + 128 = u + 1
 // (unsigned, for vpdpbusd).

@@ -21,39 +21,39 @@ inline int32_t load_weight_quad(const int8_t* p) {
   return v;
 }
 
-// C[4×8] (+)= A·B: block_dot(b, acc) sets acc[m] to Σ_i wq·u over block b of row m (8 columns per vector); the
+// C[MR×8] (+)= A·B: block_dot(b, acc) sets acc[m] to Σ_i wq·u over block b of row m (8 columns per vector); the
 // scales turn it into floats in block order, as the contract in kernels/registry.h says, the mul+add fused.
-template <class BlockDot>
+template <int MR, class BlockDot>
 inline void qgemm_tile(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int64_t ldc, bool accumulate,
                        const GemmEpilogue* epilogue, BlockDot block_dot) {
-  constexpr int MR = kQGemmMR, NR = kQGemmNR;
+  constexpr int NR = kQGemmNR;
   const int64_t blocks = kc / 32;
   const float* b_scale = reinterpret_cast<const float*>(q_panel + kc * NR);
   const float* b_sum = b_scale + blocks * NR;
   const float* b_lo = b_sum + blocks * NR;
   __m256 f[MR];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) f[m] = accumulate ? _mm256_loadu_ps(c + m * ldc) : _mm256_setzero_ps();
   for (int64_t b = 0; b < blocks; ++b) {
     __m256i acc[MR];
     block_dot(b, acc);
     const __m256 ad = _mm256_loadu_ps(b_scale + b * NR);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) {
       const __m256 scale = _mm256_mul_ps(_mm256_set1_ps(a.d[b * MR + m]), ad);
       f[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[m]), scale, f[m]);
     }
     const __m256 alo = _mm256_loadu_ps(b_lo + b * NR);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) f[m] = _mm256_fmadd_ps(_mm256_set1_ps(a.lo_coef[b * MR + m]), alo, f[m]);
     if (a.min) {
       const __m256 as = _mm256_loadu_ps(b_sum + b * NR);
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int m = 0; m < MR; ++m) f[m] = _mm256_fmadd_ps(_mm256_set1_ps(a.min[b * MR + m]), as, f[m]);
     }
   }
   if (epilogue) {
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) {
       if (epilogue->row_bias) f[m] = _mm256_add_ps(f[m], _mm256_set1_ps(epilogue->row_bias[m]));
       if (epilogue->col_bias) f[m] = _mm256_add_ps(f[m], _mm256_loadu_ps(epilogue->col_bias));
@@ -61,7 +61,7 @@ inline void qgemm_tile(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel,
         f[m] = _mm256_add_ps(f[m], _mm256_loadu_ps(epilogue->residual + m * epilogue->residual_ld));
     }
   }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) _mm256_storeu_ps(c + m * ldc, f[m]);
 }
 

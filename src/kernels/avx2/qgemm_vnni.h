@@ -17,18 +17,18 @@ namespace {
 template <class Dot>
 void run_vnni256(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float* c, int64_t ldc, bool accumulate,
                  const GemmEpilogue* epilogue, Dot dot) {
-  constexpr int MR = kQGemmMR, NR = kQGemmNR;
-  qgemm_tile(kc, a, q_panel, c, ldc, accumulate, epilogue, [&](int64_t b, __m256i* acc) {
-#pragma GCC unroll 4
+  constexpr int MR = kQGemmVnniMR, NR = kQGemmNR;
+  qgemm_tile<MR>(kc, a, q_panel, c, ldc, accumulate, epilogue, [&](int64_t b, __m256i* acc) {
+#pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) acc[m] = _mm256_setzero_si256();
 #pragma GCC unroll 8
     for (int quad = 0; quad < 8; ++quad) {
       const __m256i bv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q_panel + (b * 8 + quad) * 4 * NR));
       const int8_t* w = a.q + (b * 8 + quad) * MR * 4;
-#pragma GCC unroll 4
+#pragma GCC unroll 8
       for (int m = 0; m < MR; ++m) acc[m] = dot(acc[m], bv, _mm256_set1_epi32(load_weight_quad(w + m * 4)));
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) acc[m] = _mm256_sub_epi32(acc[m], _mm256_set1_epi32(a.qsum[b * MR + m]));
   });
 }

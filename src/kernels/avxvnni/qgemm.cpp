@@ -23,7 +23,7 @@ namespace ddpm::kernels {
 __attribute__((target("no-sse3"))) QGemmMicroKernel avxvnni_qgemm() {
   QGemmMicroKernel k;
   k.name = "avxvnni";
-  k.mr = avx2::kQGemmMR;
+  k.mr = avx2::kQGemmVnniMR;
   k.nr = avx2::kQGemmNR;
   k.b_biased = true;
   k.quantize_b = avx2::qgemm_quantize_b8_biased;
