@@ -35,7 +35,7 @@ run() {
   if "$@" 2>&1 | tee "$out" | grep -E '^(ddpm_tests|FAILED|.*: FAILED|.*error:)' ; then :; fi
   local status=${PIPESTATUS[0]}
   local line
-  line=$(grep -E '^ddpm_tests\[[a-z0-9]+\]: [0-9]+ passed, [0-9]+ failed' "$out" | tail -n 1)
+  line=$(grep -E '^ddpm_tests\[[a-z0-9-]+\]: [0-9]+ passed, [0-9]+ failed' "$out" | tail -n 1)
   if [ "$status" -ne 0 ] || [ -z "$line" ]; then
     echo "-- $name FAILED (exit $status); last output:"
     tail -n 40 "$out"

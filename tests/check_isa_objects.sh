@@ -2,8 +2,9 @@
 # Which instructions each x86 kernel directory's objects may hold (`make check`): the flags in the Makefile decide
 # that, and a wrong flag would only show as SIGILL on a CPU CI does not have. Checks, in BUILD (default build):
 #   avx2/     no EVEX encoding (first byte 0x62 in 64-bit mode), no vpdpbusd: runs on AVX2-only CPUs;
-#   avxvnni/  no EVEX, and its vpdpbusd VEX-encoded ({vex}): runs on AVX-VNNI CPUs without AVX-512, which QEMU
-#             cannot emulate, so this is the test that the AVX-VNNI kernel is what those CPUs can run;
+#   avxvnni/  no EVEX, and its vpdpbusd VEX-encoded (objdump, binutils >= 2.36, prints "{vex}"): runs on AVX-VNNI
+#             CPUs without AVX-512, which QEMU cannot emulate, so this is the test that the AVX-VNNI kernel is
+#             what those CPUs can run;
 #   avx512/   no vpdpbusd (AVX-512 without VNNI: Skylake-X).
 # Prints "ddpm_tests[isa-objects]: N passed, M failed" like the test suite.
 set -u -o pipefail
@@ -21,7 +22,11 @@ if [ "$(uname -m)" != x86_64 ]; then
   exit 0
 fi
 for dir in avx2 avxvnni avx512; do
-  ls "$build/src/kernels/$dir/"*.o >/dev/null 2>&1 || { check "$dir: no objects in $build (build first)" 1; continue; }
+  if ! ls "$build/src/kernels/$dir/"*.o >/dev/null 2>&1; then
+    echo "isa-objects: no objects in $build/src/kernels/$dir (build first)"
+    echo "ddpm_tests[isa-objects]: 0 passed, 1 failed"
+    exit 1
+  fi
 done
 objs() { ls "$build/src/kernels/$1/"*.o 2>/dev/null; }
 # shellcheck disable=SC2046

@@ -23,10 +23,11 @@ struct Result {
   std::string output;  // stdout + stderr
 };
 
-Result run(const std::string& args) {
+// `environment`: VAR=value assignments put before the command, for the variables read at start-up.
+Result run(const std::string& args, const std::string& environment = "") {
   const char* bin = std::getenv("DDPM_BIN");
   Result r;
-  const std::string command = std::string(bin) + " " + args + " 2>&1";
+  const std::string command = environment + " " + std::string(bin) + " " + args + " 2>&1";
   FILE* pipe = popen(command.c_str(), "r");
   REQUIRE(pipe);
   char buffer[4096];
@@ -75,6 +76,10 @@ TEST_CASE("ddpm CLI: happy paths", "[cli]") {
   Result version = run("--version");
   CHECK(version.exit_code == 0);
   CHECK(version.output.find("kernels: ") != std::string::npos);
+  // DDPM_QGEMM picks a listed quantised kernel for every level (benchmarks); the reference one is always listed.
+  Result forced = run("--version", "DDPM_QGEMM=scalar DDPM_ISA=scalar");
+  CHECK(forced.exit_code == 0);
+  CHECK(forced.output.find("kernels: scalar, qgemm: scalar") != std::string::npos);
   const std::string dir = model_path().substr(0, model_path().rfind('/'));
   Result info = run("info " + model_path());
   INFO(info.output);
@@ -136,6 +141,8 @@ TEST_CASE("ddpm CLI: bad input gets a one-line error and a non-zero exit", "[cli
   check_one_line_error(run("bench frobnicate"), 2, "expected a benchmark name");
   check_one_line_error(run("bench train --preset toy-mlp --reps 1"), 1, "not a U-Net");
   check_one_line_error(run("bench train --preset nosuch --reps 1"), 1, "nosuch");
+  check_one_line_error(run("--version", "DDPM_QGEMM=nosuch"), 2, "DDPM_QGEMM: no quantised kernel 'nosuch'");
+  check_one_line_error(run("--version", "DDPM_ISA=nosuch"), 2, "DDPM_ISA");
   Result help = run("generate --help");
   CHECK(help.exit_code == 0);
   CHECK(help.output.find("--steps") != std::string::npos);

@@ -48,7 +48,8 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "ddpm: %s\n", status.message().c_str());
       return 2;
     }
-    // The quantised-GEMM kernel too: a level may pick one of several by CPU feature (ARM64 dotprod, AVX-512 VNNI).
+    // The quantised-GEMM kernel too: a level may pick one of several by CPU feature (ARM64 dotprod, AVX-512 VNNI,
+    // AVX-VNNI) or DDPM_QGEMM.
     std::printf("ddpm.cpp %s (kernels: %s, qgemm: %s)\n", DDPM_VERSION, ddpm::kernels::active().isa_name,
                 ddpm::kernels::active().qgemm.name);
     return 0;

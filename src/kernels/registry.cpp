@@ -14,19 +14,22 @@ struct Registry {
   KernelTable reference = make_reference_table();
   std::optional<KernelTable> avx2, avx512, neon;
   const KernelTable* active = nullptr;
-  // DDPM_QGEMM: every level chosen afterwards runs this quantised micro-kernel instead of its own (benchmarks).
+  // DDPM_QGEMM: every level chosen afterwards runs this quantised micro-kernel instead of its own (benchmarks), from
+  // a copy of the level's table made once per level, so that each level keeps one address for its lifetime.
   std::optional<QGemmMicroKernel> forced_qgemm;
-  std::optional<KernelTable> with_forced_qgemm;
+  std::optional<KernelTable> with_forced_qgemm[4];  // by Isa
 
   void activate(const KernelTable* table) {
     if (!forced_qgemm) {
       active = table;
       return;
     }
-    KernelTable copy = *table;
-    copy.qgemm = *forced_qgemm;
-    with_forced_qgemm = copy;
-    active = &*with_forced_qgemm;
+    std::optional<KernelTable>& copy = with_forced_qgemm[static_cast<int>(table->isa)];
+    if (!copy) {
+      copy = *table;
+      copy->qgemm = *forced_qgemm;
+    }
+    active = &*copy;
   }
 
   Registry() {

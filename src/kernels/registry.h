@@ -238,7 +238,7 @@ struct CpuFeatures {
   bool avx2_fma_f16c = false;
   bool avx512 = false;       // F + BW + VL + DQ
   bool avx512_vnni = false;
-  bool avx_vnni = false;     // AVX-VNNI: VEX-encoded 256-bit vpdpbusd, with AVX2 (Alder Lake, Zen 5; no AVX-512 needed)
+  bool avx_vnni = false;     // AVX-VNNI: VEX-encoded 256-bit vpdpbusd with AVX2 (Intel since Alder Lake; no AVX-512)
   bool neon = false;
   bool neon_dotprod = false;
 };

@@ -483,11 +483,13 @@ size_t qgemm_scratch_bytes(const kernels::KernelTable& kernels) {
   return scratch_layout(kernels.qgemm.mr, kernels.qgemm.nr).total;
 }
 
+// Over every kernel available_qgemm_kernels lists, not only the tables' own: DDPM_QGEMM may put any of them in a
+// level.
 size_t qgemm_scratch_bytes_max() {
-  const kernels::KernelTable* tables[8];
-  const int count = kernels::available_tables(tables, 8);
+  kernels::QGemmMicroKernel all[16];
+  const int count = kernels::available_qgemm_kernels(all, 16);
   size_t bytes = 0;
-  for (int i = 0; i < count; ++i) bytes = std::max(bytes, qgemm_scratch_bytes(*tables[i]));
+  for (int i = 0; i < count; ++i) bytes = std::max(bytes, scratch_layout(all[i].mr, all[i].nr).total);
   return bytes;
 }
 
@@ -583,12 +585,12 @@ uint8_t* PackedWeights::add(const Key& key, size_t bytes) {
 }
 
 size_t qgemm_shared_bytes_max(int64_t M, int64_t K) {
-  const kernels::KernelTable* tables[8];
-  const int count = kernels::available_tables(tables, 8);
+  kernels::QGemmMicroKernel all[16];
+  const int count = kernels::available_qgemm_kernels(all, 16);
   size_t bytes = 0;
   const int64_t padded_k = ceil_div(std::max<int64_t>(K, 1), kBlock) * kBlock;
   for (int i = 0; i < count; ++i) {
-    const int mr = tables[i]->qgemm.mr;
+    const int mr = all[i].mr;
     if (mr > 0) bytes = std::max(bytes, shared_a_layout(ceil_div(M, mr), mr, padded_k, DType::Q4_1).total);
   }
   return bytes;

@@ -109,11 +109,12 @@ class PackedWeights {
   size_t bytes_ = 0;
 };
 
-// Per-thread scratch bytes run_qgemm needs with this table's qgemm kernel, and the most any compiled level needs.
+// Per-thread scratch bytes run_qgemm needs with this table's qgemm kernel, and the most any kernel this CPU can run
+// needs (kernels::available_qgemm_kernels).
 size_t qgemm_scratch_bytes(const kernels::KernelTable& kernels);
 size_t qgemm_scratch_bytes_max();
 // Bytes of ExecContext::shared with which run_qgemm unpacks an M×K weight once for all tasks (when it would
-// otherwise be unpacked more than once: several column chunks or batch items), for any compiled level.
+// otherwise be unpacked more than once: several column chunks or batch items), for any kernel this CPU can run.
 size_t qgemm_shared_bytes_max(int64_t M, int64_t K);
 // Runs with ctx.kernels.qgemm; ctx.scratch_bytes must be at least qgemm_scratch_bytes(ctx.kernels). With
 // ctx.shared_bytes >= qgemm_shared_bytes_max(M, K) the weight panels are unpacked once, by all threads, before the

@@ -120,7 +120,7 @@ TypePolicy::Decision TypePolicy::sensitive_type(const std::string& name) const {
   if (default_type_ == DType::Q8_0) {
     // The last up block's shortcuts and second resnet convs: the path into conv_out with the least averaging
     // after it. As f16 they take q8_0's output error from 1.16 % to 0.91 % on the cifar10-size U-Net for 0.4 %
-    // of f32 in size and ~4 % in speed (docs/QUANT.md).
+    // of f32 in size and ~7 % in speed (docs/QUANT.md).
     const bool last_up = last_up_block_ >= 0 && block_index(name, "up_blocks") == last_up_block_;
     if (last_up && name.find(".resnets.") != std::string::npos &&
         (ends_with(name, ".conv_shortcut.weight") || ends_with(name, ".conv2.weight"))) {

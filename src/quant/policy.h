@@ -12,7 +12,7 @@
 // of the cifar10 U-Net's weights and, as q4_0, four fifths of its output error (squared). A second tier, the
 // resampling convs (downsamplers, upsamplers) and the attention projections, 9 % of the weights, goes one step up
 // (q5_0 under q4_0/q4_1, q8_0 under q5_0): the next largest error per byte. Under q8_0 the last up block's
-// shortcuts and second resnet convs stay f16 (1.2 % of the cifar10 U-Net's weights; its q8_0 output error 1.16 →
+// shortcuts and second resnet convs stay f16 (1.6 % of the cifar10 U-Net's weights; its q8_0 output error 1.16 →
 // 0.91 %).
 // Users adjust the default with --keep REGEX (keep the type) and --tensor-type REGEX=TYPE (force a type; the first
 // matching override wins, and overrides are consulted before --keep). A block-type override never applies to a

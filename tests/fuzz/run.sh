@@ -37,7 +37,7 @@ fi
 # Only what the targets need: I/O, the .ddpm reader, key layouts and U-Net config, core (status, dtype) and the
 # kernel registry dtype.cpp uses.
 case "$(uname -m)" in
-  x86_64) isa_dirs="src/kernels/avx2 src/kernels/avx512 src/kernels/avx512vnni" ;;
+  x86_64) isa_dirs="src/kernels/avx2 src/kernels/avxvnni src/kernels/avx512 src/kernels/avx512vnni" ;;
   aarch64) isa_dirs="src/kernels/neon src/kernels/neon_dotprod" ;;
   *) isa_dirs="" ;;
 esac

@@ -1,5 +1,5 @@
 // AVX2 quantised-GEMM pieces shared with the 256-bit VNNI kernels (src/kernels/avxvnni/, and its EVEX build in
-// src/kernels/avx512vnni/): the same 4×8 tile and 8-column B panels.
+// src/kernels/avx512vnni/): the float half of the tile (qgemm_tile.h) and the 8-column B panels.
 #pragma once
 
 #include <cstdint>

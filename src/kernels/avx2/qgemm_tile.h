@@ -1,4 +1,4 @@
-// The float half of the 256-bit quantised micro-kernels (4×8 tile), shared by avx2/qgemm.cpp (vpmaddubsw) and the
+// The float half of the 256-bit quantised micro-kernels (MR×8 tiles), shared by avx2/qgemm.cpp (vpmaddubsw) and the
 // VNNI kernels (avxvnni/, avx512vnni/qgemm_ymm.cpp), which differ only in how they form each block's exact int32
 // dot products. Internal linkage on purpose: each directory compiles it with its own flags, and one shared inline
 // copy could otherwise carry VNNI or EVEX instructions into the code an AVX2-only CPU runs.

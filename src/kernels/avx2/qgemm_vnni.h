@@ -1,11 +1,11 @@
-// The 256-bit VNNI quantised micro-kernel (4×8 tile): vpdpbusd adds four u8×s8 products per int32 lane, 32 per
+// The 256-bit VNNI quantised micro-kernel (6×8 tile): vpdpbusd adds four u8×s8 products per int32 lane, 32 per
 // instruction, where AVX2 needs vpsignb + vpmaddubsw + vpmaddwd + vpaddd for the same work. One source, two
-// encodings: src/kernels/avxvnni/ builds it with AVX-VNNI (VEX, the laptop CPUs that have AVX2 and VNNI but no
-// AVX-512: Intel Alder Lake and later, AMD Zen 5) and src/kernels/avx512vnni/qgemm_ymm.cpp with AVX-512 VL+VNNI
+// encodings: src/kernels/avxvnni/ builds it with AVX-VNNI (VEX: the CPUs that have AVX2 and VNNI but no AVX-512,
+// Intel client CPUs since Alder Lake) and src/kernels/avx512vnni/qgemm_ymm.cpp with AVX-512 VL+VNNI
 // (EVEX), which is how this code is tested on a CPU without AVX-VNNI. `Dot` is the one instruction that differs.
 // B is stored biased (q + 128 = u + 1, unsigned, qgemm_quantize_b8_biased) and each weight row's 4 bytes are
 // broadcast as the signed operand; the bias adds Σw per block over the contract's Σ w·u, which subtracting qsum
-// takes back exactly. The int32 lanes cannot overflow: 32 products of at most 255·127.
+// takes back exactly. The int32 lanes cannot overflow: 32 products of at most 255·128 (q8_0 may hold -128).
 #pragma once
 
 #include "kernels/avx2/qgemm_tile.h"
