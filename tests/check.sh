@@ -6,7 +6,8 @@
 #   4. for ARM64, cross-compiled and run under qemu-aarch64 as a Cortex-A76 (dotprod) and, kernel and quantisation
 #      tests only, as a Cortex-A72 (no dotprod) (NEON kernels proven, not assumed);
 #   5. under AddressSanitizer + UndefinedBehaviorSanitizer;
-#   and checks the x86 kernel objects for instructions their CPUs lack (tests/check_isa_objects.sh).
+#   and checks the x86 kernel objects for instructions their CPUs lack (tests/check_isa_objects.sh); where the CPU
+#   has AVX-512 VNNI, the quantised-GEMM tests also run on the AVX2 level with the AVX-VNNI kernel's arithmetic.
 # Ends with one line "check: N passed, M failed" summing the test cases of every run; exit code 0 only if all passed.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +53,12 @@ build_and_test() {  # build_and_test BUILD_DIR [make vars...]
 
 run "native"        build_and_test build
 run "isa-objects"   bash tests/check_isa_objects.sh build
+# The AVX2 level with the AVX-VNNI kernel's arithmetic (its EVEX build), end to end through convs, linears and the
+# U-Net tests, wherever AVX-512 VNNI can run it: the CPUs that have AVX-VNNI itself are not in CI.
+if grep -qw avx512_vnni /proc/cpuinfo 2>/dev/null; then
+  run "avx2-vnni"   env DDPM_QGEMM=avxvnni-evex DDPM_ISA=avx2 DDPM_BIN=../build/ddpm \
+                      bash -c "cd tests && ../build/ddpm_tests '[qgemm],[unet],[conv]'"
+fi
 run "native-scalar" env DDPM_ISA=scalar DDPM_BIN=../build/ddpm bash -c 'cd tests && ../build/ddpm_tests'
 run "no-simd"       build_and_test build-nosimd NO_SIMD=1
 # ARM64 twice (the trainer's tests, ISA-independent end-to-end runs that take minutes under qemu, are left to the
