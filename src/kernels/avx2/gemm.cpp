@@ -110,7 +110,9 @@ struct GatherChunk {
 
 // A chunk of 8 lanes all inside the row: plain loads and stores. The masked ones (vmaskmovps) cost several cycles
 // each on AMD CPUs (Zen 2 to 4), where a masked store of 8 floats is slower than storing them one by one.
-inline bool full_chunk(int width, int valid_begin, int valid_end) { return width == 8 && valid_begin <= 0 && valid_end >= 8; }
+inline bool full_chunk(int width, int valid_begin, int valid_end) {
+  return width == 8 && valid_begin <= 0 && valid_end >= 8;
+}
 constexpr int kMaxChunks = 128;
 
 // Step-1 runs copied row by row. Source rows a multiple of 4 KiB apart (32×32 and 64×64 planes) share their low 12
@@ -138,7 +140,9 @@ bool gather_rows_by_row(const GatherRun* runs, int64_t count, const float* src, 
   for (int64_t r = 0; r < rows; ++r) {
     const float* in = src + r * src_stride;
     float* out = dst + r * dst_stride;
-    for (int i = 0; i < n; ++i) _mm256_storeu_ps(out + chunks[i].dst_offset, _mm256_loadu_ps(in + chunks[i].src_offset));
+    for (int i = 0; i < n; ++i) {
+      _mm256_storeu_ps(out + chunks[i].dst_offset, _mm256_loadu_ps(in + chunks[i].src_offset));
+    }
     for (int i = masked; i < kMaxChunks; ++i) {
       const GatherChunk& chunk = chunks[i];
       _mm256_maskstore_ps(out + chunk.dst_offset, chunk.store,
@@ -163,7 +167,9 @@ void gather_rows(const GatherRun* runs, int64_t count, int64_t step, const float
       float* out = dst + run.dst_offset + chunk;
       const float* in = lane_address(first, (chunk - run.lead) * step);
       if (step == 1 && full_chunk(width, valid_begin, valid_end)) {
-        for (int64_t r = 0; r < rows; ++r) _mm256_storeu_ps(out + r * dst_stride, _mm256_loadu_ps(in + r * src_stride));
+        for (int64_t r = 0; r < rows; ++r) {
+          _mm256_storeu_ps(out + r * dst_stride, _mm256_loadu_ps(in + r * src_stride));
+        }
       } else if (step == 1) {
         const __m256i store_mask = lane_mask(0, width);
         const __m256i valid = lane_mask(valid_begin, valid_end < width ? valid_end : width);

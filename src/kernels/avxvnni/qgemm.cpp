@@ -1,8 +1,8 @@
-// AVX-VNNI quantised GEMM (6×8 tile, kernels/avx2/qgemm_vnni.h): for CPUs with AVX2 and the VEX-encoded VNNI but
-// no AVX-512 (Intel client CPUs since Alder Lake, 2021). Compiled with -mavxvnni and no AVX-512 flag, so nothing here can be
-// EVEX-encoded (tests/check.sh looks at the object); the registry hands this kernel to the AVX2 table only when
-// cpu_features().avx_vnni. QEMU cannot run AVX-VNNI, so CI tests this source through its EVEX build
-// (avx512vnni/qgemm_ymm.cpp) on AVX-512 VNNI machines: the two differ in the vpdpbusd encoding only.
+// AVX-VNNI quantised GEMM (6×8 tile, kernels/avx2/qgemm_vnni.h): for CPUs with AVX2 and the VEX-encoded VNNI
+// but no AVX-512 (Intel client CPUs since Alder Lake, 2021). Compiled with -mavxvnni and no AVX-512 flag, so
+// nothing here can be EVEX-encoded (tests/check_isa_objects.sh looks at the object); the registry hands this kernel
+// to the AVX2 table only when cpu_features().avx_vnni. QEMU cannot run AVX-VNNI, so CI tests this source through
+// its EVEX build (avx512vnni/qgemm_ymm.cpp) on AVX-512 VNNI machines: the two differ in the vpdpbusd encoding only.
 #include "kernels/avx2/qgemm_vnni.h"
 #include "kernels/registry.h"
 
