@@ -153,8 +153,15 @@ void transform_weights(const Geometry& g, const Tensor& w, float* u, ExecContext
             out[4 * i + 3][c] = a[i][2][c];
           }
         }
+        // A whole row of lanes as a fixed-size copy: a variable-length memcpy of 64 bytes compiles to `rep movsq`,
+        // whose start-up cost made these stores a third of the transform (perf).
         for (int f = 0; f < kPositions; ++f) {
-          std::memcpy(u + f * position_stride + co * g.ci + ci0, out[f], static_cast<size_t>(lanes) * sizeof(float));
+          float* dst = u + f * position_stride + co * g.ci + ci0;
+          if (lanes == kLanes) {
+            std::memcpy(dst, out[f], sizeof out[f]);
+          } else {
+            std::memcpy(dst, out[f], static_cast<size_t>(lanes) * sizeof(float));
+          }
         }
       }
     }
