@@ -106,6 +106,18 @@ void qgemm_quantize_b8_biased(int64_t kc, const float* b_panel, uint8_t* q_panel
   quantize_b8<true>(kc, b_panel, q_panel);
 }
 
+__attribute__((target("no-sse3"))) QGemmMicroKernel vnni256_kernel(const char* name,
+                                                                    decltype(QGemmMicroKernel::run) run) {
+  QGemmMicroKernel k;
+  k.name = name;
+  k.mr = kQGemmVnniMR;
+  k.nr = kQGemmNR;
+  k.b_biased = true;
+  k.quantize_b = qgemm_quantize_b8_biased;
+  k.run = run;
+  return k;
+}
+
 }  // namespace ddpm::kernels::avx2
 
 namespace ddpm::kernels {

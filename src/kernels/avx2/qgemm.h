@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "kernels/registry.h"
+
 namespace ddpm::kernels::avx2 {
 
 constexpr int kQGemmMR = 4;
@@ -16,5 +18,9 @@ constexpr int kQGemmVnniMR = 6;
 // (unsigned, for vpdpbusd).
 void qgemm_quantize_b8(int64_t kc, const float* b_panel, uint8_t* q_panel);
 void qgemm_quantize_b8_biased(int64_t kc, const float* b_panel, uint8_t* q_panel);
+
+// The QGemmMicroKernel of a 256-bit VNNI build (qgemm_vnni.h): 6×8 tiles over biased B panels, `run` from the
+// build's own directory.
+QGemmMicroKernel vnni256_kernel(const char* name, decltype(QGemmMicroKernel::run) run);
 
 }  // namespace ddpm::kernels::avx2

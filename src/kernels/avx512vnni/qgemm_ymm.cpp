@@ -20,14 +20,7 @@ void run_avxvnni_evex(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, 
 namespace ddpm::kernels {
 
 __attribute__((target("no-sse3"))) QGemmMicroKernel avxvnni_evex_qgemm() {
-  QGemmMicroKernel k;
-  k.name = "avxvnni-evex";
-  k.mr = avx2::kQGemmVnniMR;
-  k.nr = avx2::kQGemmNR;
-  k.b_biased = true;
-  k.quantize_b = avx2::qgemm_quantize_b8_biased;
-  k.run = avx2::run_avxvnni_evex;
-  return k;
+  return avx2::vnni256_kernel("avxvnni-evex", avx2::run_avxvnni_evex);
 }
 
 }  // namespace ddpm::kernels

@@ -21,14 +21,7 @@ void run_avxvnni(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float
 namespace ddpm::kernels {
 
 __attribute__((target("no-sse3"))) QGemmMicroKernel avxvnni_qgemm() {
-  QGemmMicroKernel k;
-  k.name = "avxvnni";
-  k.mr = avx2::kQGemmVnniMR;
-  k.nr = avx2::kQGemmNR;
-  k.b_biased = true;
-  k.quantize_b = avx2::qgemm_quantize_b8_biased;
-  k.run = avx2::run_avxvnni;
-  return k;
+  return avx2::vnni256_kernel("avxvnni", avx2::run_avxvnni);
 }
 
 }  // namespace ddpm::kernels
