@@ -557,6 +557,42 @@ TEST_CASE("versions and flags", "[format][hostile]") {
   CHECK(parse(bytes).ok());
 }
 
+TEST_CASE("tap-major conv rows: header flag bit 0, set only when a tensor is eligible", "[format]") {
+  const std::vector<uint8_t> conv3(dtype_tensor_bytes(DType::Q8_0, 4, std::vector<int64_t>{8, 32, 3, 3}.data()));
+  const std::vector<uint8_t> conv1(dtype_tensor_bytes(DType::Q8_0, 4, std::vector<int64_t>{8, 32, 1, 1}.data()));
+  const std::vector<uint8_t> odd(dtype_tensor_bytes(DType::Q4_0, 4, std::vector<int64_t>{8, 48, 3, 3}.data()));
+  const std::vector<float> f32(8 * 32 * 9, 0.5f);
+  auto write = [&](bool tap_major, bool with_eligible) {
+    DdpmWriter w;
+    REQUIRE(w.set_metadata("ddpm.architecture", MetadataValue::string("unet2d")).ok());
+    w.set_tap_major_conv_rows(tap_major);
+    const int64_t s3[4] = {8, 32, 3, 3}, s1[4] = {8, 32, 1, 1}, s48[4] = {8, 48, 3, 3};
+    if (with_eligible) REQUIRE(w.add_tensor("conv3.weight", DType::Q8_0, 4, s3, conv3.data()).ok());
+    REQUIRE(w.add_tensor("conv1.weight", DType::Q8_0, 4, s1, conv1.data()).ok());
+    REQUIRE(w.add_tensor("odd.weight", DType::Q4_0, 4, s48, odd.data()).ok());
+    REQUIRE(w.add_tensor("f32.weight", DType::F32, 4, s3, f32.data()).ok());
+    std::vector<uint8_t> bytes;
+    REQUIRE(w.finish_to_bytes(&bytes).ok());
+    return bytes;
+  };
+  const std::vector<uint8_t> flagged = write(true, true);
+  CHECK(u32_at(flagged, 8) == kDdpmFlagTapMajorConvRows);
+  DdpmFile file;
+  REQUIRE(DdpmFile::from_bytes("t.ddpm", flagged, &file).ok());
+  // Only the block-typed 3×3 weight with a multiple of 32 input channels is stored tap-major.
+  CHECK(file.find("conv3.weight")->tap_major);
+  CHECK(!file.find("conv1.weight")->tap_major);
+  CHECK(!file.find("odd.weight")->tap_major);
+  CHECK(!file.find("f32.weight")->tap_major);
+  // Without an eligible tensor, or not asked for, the flag stays clear: such files remain readable by readers
+  // from before the flag.
+  CHECK(u32_at(write(true, false), 8) == 0);
+  const std::vector<uint8_t> plain = write(false, true);
+  CHECK(u32_at(plain, 8) == 0);
+  REQUIRE(DdpmFile::from_bytes("p.ddpm", plain, &file).ok());
+  CHECK(!file.find("conv3.weight")->tap_major);
+}
+
 TEST_CASE("hostile headers and tables are rejected with precise messages", "[format][hostile]") {
   Sample s;
   const std::vector<size_t> entries = table_entries(s.bytes);

@@ -25,6 +25,7 @@
 #include "model/unet.h"
 #include "ops/qgemm.h"
 #include "quant/blocks.h"
+#include "quant/retype.h"
 #include "test_util.h"
 
 using namespace ddpm;
@@ -604,6 +605,119 @@ TEST_CASE("conv2d with block weights: every form against the dequantised f32 wei
   }
 }
 
+TEST_CASE("conv2d with tap-major block weights: the input quantised once gives the explicit im2col GEMM's bits",
+          "[qgemm][conv]") {
+  struct Shape {
+    int64_t batch, ci, h, w, co;
+    Conv2dParams p;
+    bool residual;
+  };
+  const std::vector<Shape> shapes = {
+      {2, 32, 9, 7, 17, {1, 1, 1, 1, 1}, true},   // 63 pixels: runs across rows and panel tails; residual
+      {1, 64, 6, 6, 24, {1, 1, 1, 1, 1}, false},  // K = 576: two k blocks, the second starting inside a tap
+      {1, 32, 9, 9, 16, {2, 1, 1, 1, 1}, false},  // stride 2
+      {1, 32, 8, 8, 16, {2, 0, 0, 1, 1}, false},  // stride 2, right/bottom padding only
+      {2, 96, 4, 5, 8, {1, 0, 0, 0, 0}, false},   // no padding, three channel groups
+  };
+  for (DType type : kBlockTypes) {
+    for (const Shape& s : shapes) {
+      INFO(dtype_name(type) << " x [" << s.batch << "," << s.ci << "," << s.h << "," << s.w << "] -> " << s.co
+                            << " stride " << s.p.stride);
+      const int64_t taps = 9, K = s.ci * taps;
+      const int64_t oh = (s.h + s.p.pad_top + s.p.pad_bottom - 3) / s.p.stride + 1;
+      const int64_t ow = (s.w + s.p.pad_left + s.p.pad_right - 3) / s.p.stride + 1, N = oh * ow;
+      const int64_t weight_shape[4] = {s.co, s.ci, 3, 3};
+      const std::vector<float> values = random_vector(static_cast<size_t>(s.co * K), 23, 0.2f);
+      std::vector<uint8_t> bytes(dtype_tensor_bytes(type, 4, weight_shape));
+      REQUIRE(quant::encode_tensor("w", type, 4, weight_shape, values.data(), bytes.data(),
+                                   quant::ConvRows::kTapMajor).ok());
+      std::vector<float> dequantized(values.size());
+      quant::decode_tensor(type, 4, weight_shape, bytes.data(), dequantized.data(), quant::ConvRows::kTapMajor);
+      const std::vector<float> x = random_vector(static_cast<size_t>(s.batch * s.ci * s.h * s.w), 24);
+      const std::vector<float> bias = random_vector(static_cast<size_t>(s.co), 25);
+      const std::vector<float> residual = random_vector(static_cast<size_t>(s.batch * s.co * N), 26);
+      // im2col(x) with rows k = tap·Ci + ci, the tap-major weight rows' order.
+      std::vector<float> columns(static_cast<size_t>(s.batch * K * N), 0.0f);
+      for (int64_t b = 0; b < s.batch; ++b)
+        for (int64_t tap = 0; tap < taps; ++tap)
+          for (int64_t c = 0; c < s.ci; ++c)
+            for (int64_t oy = 0; oy < oh; ++oy)
+              for (int64_t ox = 0; ox < ow; ++ox) {
+                const int64_t iy = oy * s.p.stride + tap / 3 - s.p.pad_top, ix = ox * s.p.stride + tap % 3 - s.p.pad_left;
+                if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) continue;
+                columns[static_cast<size_t>((b * K + tap * s.ci + c) * N + oy * ow + ox)] =
+                    x[static_cast<size_t>(((b * s.ci + c) * s.h + iy) * s.w + ix)];
+              }
+      for (const kernels::KernelTable* level : all_levels()) {
+        INFO("level " << level->isa_name);
+        IsaGuard guard;
+        REQUIRE(kernels::select(level->isa_name).ok());
+        // 0: the conv with the flagged weight at 1 and 2 threads; 2: the same bytes as a [Co, K] matrix times the
+        // explicit columns, then the bias and residual adds of the conv's epilogue; 3: f32 with the dequantised
+        // weights in PyTorch's order.
+        std::vector<float> results[4];
+        for (int variant = 0; variant < 4; ++variant) {
+          Graph g;
+          Tensor* y = nullptr;
+          if (variant < 2) {
+            Tensor* w = g.param("w", type, {s.co, s.ci, 3, 3}, bytes.data());
+            w->flags |= kFlagTapMajor;
+            y = conv2d(g, g.param("x", DType::F32, {s.batch, s.ci, s.h, s.w}, x.data()), w,
+                       g.param("b", DType::F32, {s.co}, bias.data()), s.p,
+                       s.residual ? g.param("r", DType::F32, {s.batch, s.co, oh, ow}, residual.data()) : nullptr);
+          } else if (variant == 2) {
+            Tensor* w = g.param("w", type, {s.co, K}, bytes.data());
+            y = matmul(g, w, g.param("cols", DType::F32, {s.batch, K, N}, columns.data()));
+          } else {
+            y = conv2d(g, g.param("x", DType::F32, {s.batch, s.ci, s.h, s.w}, x.data()),
+                       g.param("w", DType::F32, {s.co, s.ci, 3, 3}, dequantized.data()),
+                       g.param("b", DType::F32, {s.co}, bias.data()), s.p,
+                       s.residual ? g.param("r", DType::F32, {s.batch, s.co, oh, ow}, residual.data()) : nullptr);
+          }
+          INFO(g.status().message());
+          REQUIRE(y);
+          g.set_output(y);
+          REQUIRE(g.plan().ok());
+          ThreadPool pool(variant == 1 ? 2 : 1);
+          REQUIRE(g.compute(pool).ok());
+          results[variant].assign(y->f32(), y->f32() + y->numel());
+        }
+        std::vector<float>& explicit_gemm = results[2];
+        for (int64_t b = 0; b < s.batch; ++b)
+          for (int64_t m = 0; m < s.co; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+              const size_t i = static_cast<size_t>((b * s.co + m) * N + n);
+              explicit_gemm[i] = explicit_gemm[i] + bias[static_cast<size_t>(m)];
+              if (s.residual) explicit_gemm[i] = explicit_gemm[i] + residual[i];
+            }
+        CHECK(std::memcmp(results[0].data(), explicit_gemm.data(), explicit_gemm.size() * sizeof(float)) == 0);
+        CHECK(std::memcmp(results[0].data(), results[1].data(), results[0].size() * sizeof(float)) == 0);
+        CHECK(relative_l2(results[0].data(), results[3].data(), results[3].size()) <= kActivationQuantRelativeL2);
+      }
+    }
+  }
+}
+
+TEST_CASE("tap-major conv weights are usable whole, by conv2d only", "[qgemm]") {
+  std::vector<uint8_t> bytes(dtype_tensor_bytes(DType::Q8_0, 4, std::vector<int64_t>{8, 32, 3, 3}.data()));
+  {
+    Graph g;
+    Tensor* w = g.param("w", DType::Q8_0, {8, 32, 3, 3}, bytes.data());
+    w->flags |= kFlagTapMajor;
+    CHECK(!reshape(g, w, {8, 288}));
+    CHECK(g.status().message() ==
+          "cannot take a view of 'w': a tap-major conv weight is only usable whole, by conv2d");
+  }
+  {
+    // A 1×1 weight has no taps to reorder: flagged, it is a caller's mistake.
+    Graph g;
+    Tensor* w = g.param("w1", DType::Q8_0, {8, 32, 1, 1}, bytes.data());
+    w->flags |= kFlagTapMajor;
+    CHECK(!conv2d(g, g.input("x", DType::F32, {1, 32, 4, 4}), w, nullptr, Conv2dParams{}));
+    CHECK(g.status().message().find("flagged tap-major") != std::string::npos);
+  }
+}
+
 TEST_CASE("linear, matmul and 1x1 projections with block weights against the dequantised f32 weights",
           "[qgemm][matmul]") {
   for (DType type : kBlockTypes) {
@@ -684,7 +798,10 @@ struct ModelFiles {
 // tests/data/unet/<name> as an f32 .ddpm, then re-written with `type` conv and linear weights (reference
 // quantisers), and once more with those weights dequantised to f32. The quantize tool does the same with a policy;
 // this keeps the test independent of it.
-void quantized_model(const std::string& name, DType type, ModelFiles* files) {
+// `rows`: how the block-typed 3×3 conv weights are stored (tap-major, as `ddpm quantize` writes them, or in the
+// PyTorch order of files written before it did).
+void quantized_model(const std::string& name, DType type, ModelFiles* files,
+                     quant::ConvRows rows = quant::ConvRows::kTapMajor) {
   char pattern[] = "/tmp/ddpm_qgemm_XXXXXX";
   REQUIRE(mkdtemp(pattern));
   const std::string f32_path = std::string(pattern) + "/" + name + ".ddpm";
@@ -702,6 +819,7 @@ void quantized_model(const std::string& name, DType type, ModelFiles* files) {
   std::unique_ptr<Model> model;
   REQUIRE(Model::load(f32_path, &model).ok());
   DdpmWriter writer, dequantized;
+  writer.set_tap_major_conv_rows(rows == quant::ConvRows::kTapMajor);
   writer.set_metadata(model->file().metadata());
   dequantized.set_metadata(model->file().metadata());
   std::deque<std::vector<uint8_t>> storage;
@@ -716,10 +834,11 @@ void quantized_model(const std::string& name, DType type, ModelFiles* files) {
       REQUIRE(dequantized.add_tensor(t.name, t.dtype, t.rank, t.shape, t.data).ok());
       continue;
     }
-    const std::vector<int64_t> shape(t.shape, t.shape + t.rank);
-    QuantizedWeight w = quantize_weight(type, shape, static_cast<const float*>(t.data));
-    storage.push_back(std::move(w.bytes));
-    values.push_back(std::move(w.dequantized));
+    storage.emplace_back(dtype_tensor_bytes(type, t.rank, t.shape));
+    values.emplace_back(static_cast<size_t>(t.numel()));
+    REQUIRE(quant::encode_tensor(t.name, type, t.rank, t.shape, static_cast<const float*>(t.data),
+                                 storage.back().data(), rows).ok());
+    quant::decode_tensor(type, t.rank, t.shape, storage.back().data(), values.back().data(), rows);
     REQUIRE(dequantized.add_tensor(t.name, DType::F32, t.rank, t.shape, values.back().data()).ok());
     Status added = writer.add_tensor(t.name, type, t.rank, t.shape, storage.back().data());
     INFO(t.name << ": " << added.message());
@@ -759,9 +878,10 @@ std::vector<float> forward(const std::string& path, int threads, const std::vect
 
 TEST_CASE("a U-Net with q8_0 conv and linear weights loads from .ddpm, runs and stays close to f32", "[qgemm][unet]") {
   for (const char* name : {"micro", "tiny"}) {
-    INFO("model " << name);
+   for (quant::ConvRows rows : {quant::ConvRows::kTapMajor, quant::ConvRows::kNatural}) {
+    INFO("model " << name << (rows == quant::ConvRows::kTapMajor ? ", tap-major convs" : ", PyTorch-order convs"));
     ModelFiles files;
-    quantized_model(name, DType::Q8_0, &files);
+    quantized_model(name, DType::Q8_0, &files, rows);
     std::unique_ptr<Model> model;
     REQUIRE(Model::load(files.f32, &model).ok());
     const int64_t batch = 2, size = model->info().height * model->info().width * model->info().channels;
@@ -787,6 +907,17 @@ TEST_CASE("a U-Net with q8_0 conv and linear weights loads from .ddpm, runs and 
       CHECK(activation_error <= 2e-2);
       CHECK(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)) == 0);
     }
+    // tiny's 32- and 64-channel 3×3 convs are stored as the file says and reach conv2d flagged so.
+    std::unique_ptr<Model> quantized;
+    REQUIRE(Model::load(files.quantized, &quantized).ok());
+    int tap_major = 0;
+    for (const DdpmTensorInfo& t : quantized->file().tensors()) tap_major += t.tap_major;
+    if (std::string(name) == "tiny" && rows == quant::ConvRows::kTapMajor) {
+      CHECK(tap_major > 10);
+    } else if (rows == quant::ConvRows::kNatural) {
+      CHECK(tap_major == 0);
+    }
+   }
   }
 }
 

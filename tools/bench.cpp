@@ -28,7 +28,9 @@
 #include "model/unet.h"
 #include "model/ddpm_file.h"
 #include "ops/conv_winograd.h"
+#include "quant/blocks.h"
 #include "quant/policy.h"
+#include "quant/retype.h"
 #include "io/crc32c.h"
 #include <unistd.h>
 #include <sys/resource.h>
@@ -52,19 +54,12 @@ struct BenchSettings {
 };
 
 // A weight [rows, ...] as `type`: rows padded to whole blocks for block types (dtype.h), f16 or f32 as is.
+// The stored bytes of a weight as `ddpm quantize` writes them (eligible conv weights tap-major).
 std::vector<uint8_t> convert_weight(DType type, const std::vector<int64_t>& shape, const float* data) {
   const int rank = static_cast<int>(shape.size());
   std::vector<uint8_t> out(dtype_tensor_bytes(type, rank, shape.data()));
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  const int64_t rows = rank >= 2 && dtype_traits(type).is_quantized ? shape[0] : 1;
-  const int64_t row = n / rows, padded = dtype_padded_row(type, row);
-  const size_t row_bytes = dtype_row_bytes(type, padded);
-  std::vector<float> buffer(static_cast<size_t>(padded), 0.0f);
-  for (int64_t r = 0; r < rows; ++r) {
-    std::copy(data + r * row, data + (r + 1) * row, buffer.begin());
-    dtype_traits(type).from_f32(buffer.data(), out.data() + r * row_bytes, padded);
-  }
+  const Status s = quant::encode_tensor("w", type, rank, shape.data(), data, out.data(), quant::ConvRows::kTapMajor);
+  DDPM_ASSERT(s.ok());
   return out;
 }
 
@@ -137,6 +132,8 @@ Case conv_case(int64_t ci, int64_t co, int64_t hw, int stride, int k, DType type
     }
     Tensor* w = g.param("w", type, {co, ci, k, k}, weights);
     w->flags |= kFlagFrozen;
+    const int64_t shape[4] = {co, ci, k, k};
+    if (quant::tap_major_eligible(type, 4, shape)) w->flags |= kFlagTapMajor;
     Tensor* b = g.param("b", DType::F32, {co}, random_buffer(s, co, 3).data());
     return conv2d(g, x, w, b, {stride, pad, pad, pad, pad});
   };
@@ -380,6 +377,7 @@ int bench_unet(const BenchSettings& settings) {
       out->rank = static_cast<int>(expected.size());
       for (int i = 0; i < out->rank; ++i) out->shape[i] = expected[i];
       out->frozen = true;  // as a loaded model's: unchanged while the benchmark's graphs live
+      out->tap_major = quant::tap_major_eligible(chosen, out->rank, out->shape);
       if (!matrix) {
         out->data = weights.at(name).data();
         return Status();

@@ -62,6 +62,9 @@ enum TensorFlags : uint8_t {
   // A param whose data does not change while the graph lives (a loaded model's weights, unlike a trainer's): the
   // executor may keep forms derived from f32/f16 data across compute() calls (Winograd-transformed filters).
   kFlagFrozen = 16,
+  // A block-typed conv weight [Co, Ci, kh, kw] whose rows are stored tap-major, values in (kh, kw, Ci) order
+  // (quant::tap_major_eligible; docs/FORMAT.md §6.8): set by the model loader for files that say so.
+  kFlagTapMajor = 32,
 };
 
 struct Tensor {

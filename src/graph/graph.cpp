@@ -177,6 +177,11 @@ Tensor* Graph::new_node(OpKind op, DType dtype, int rank, const int64_t* shape, 
 
 Tensor* Graph::new_view(Tensor* source, int rank, const int64_t* shape, const int64_t* stride, int64_t offset) {
   DDPM_ASSERT(rank >= 1 && rank <= kMaxRank);
+  if (storage_root(source)->flags & kFlagTapMajor) {
+    // Its rows are not in the order its shape says (kFlagTapMajor): only conv2d reads it, whole.
+    return fail(errorf("cannot take a view of '%s': a tap-major conv weight is only usable whole, by conv2d",
+                       storage_root(source)->name.c_str()));
+  }
   Tensor* t = add_tensor();
   t->op = OpKind::View;
   t->dtype = source->dtype;

@@ -259,6 +259,7 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
   }
 
   DdpmWriter writer;
+  writer.set_tap_major_conv_rows(true);  // block-typed conv weights are encoded tap-major below
   DdpmMetadata metadata;
   DDPM_TRY(model_info_to_metadata(info, &metadata));
   DDPM_TRY(metadata.set("provenance.tool", MetadataValue::string(std::string("ddpm.cpp ") + DDPM_VERSION)));
@@ -322,13 +323,14 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
         scratch.resize(n);
         loaded = load_tensor_f32(file, *t, scratch.data());
         if (loaded.ok()) {
-          loaded = quant::encode_tensor(specs[i].name, dtype, rank, shape.data(), scratch.data(), dst);
+          loaded = quant::encode_tensor(specs[i].name, dtype, rank, shape.data(), scratch.data(), dst,
+                                        quant::ConvRows::kTapMajor);
           loaded.with_context(weights);
         }
       }
       if (loaded.ok() && lossy && !measured[i]) {
         check.resize(n);
-        quant::decode_tensor(dtype, rank, shape.data(), dst, check.data());
+        quant::decode_tensor(dtype, rank, shape.data(), dst, check.data(), quant::ConvRows::kTapMajor);
         retype.tensors[i].relative_error = quant::relative_l2(scratch.data(), check.data(), t->numel());
         measured[i] = true;
       }

@@ -11,6 +11,7 @@
 #include "io/atomic_file.h"
 #include "io/crc32c.h"
 #include "io/json.h"
+#include "quant/blocks.h"
 
 // Tensor data is used in place from the mapping, and every multi-byte field is read with memcpy: both assume the
 // host stores numbers as the file does.
@@ -31,7 +32,8 @@ namespace {
 using Type = MetadataValue::Type;
 
 constexpr uint8_t kMagic[4] = {'D', 'D', 'P', 'M'};
-constexpr uint32_t kRequiredFlagsMask = 0x0000FFFFu;  // bits a reader must understand; none defined in version 1
+constexpr uint32_t kRequiredFlagsMask = 0x0000FFFFu;  // bits a reader must understand
+constexpr uint32_t kKnownRequiredFlags = kDdpmFlagTapMajorConvRows;
 constexpr uint64_t kChecksumFieldOffset = 12;
 constexpr uint64_t kTensorEntryFixedBytes = 56;
 // Smallest possible encodings, used to bound declared counts before anything is allocated for them.
@@ -1006,6 +1008,7 @@ Status parse_tensor_table(const char* name, const uint8_t* data, const Header& h
                     static_cast<ull>(h.data_bytes));
     }
     t.data = data + h.data_offset + t.offset;
+    t.tap_major = (h.flags & kDdpmFlagTapMajorConvRows) && quant::tap_major_eligible(t.dtype, t.rank, t.shape);
     tensors->push_back(std::move(t));
   }
   if (c.left() != 0) {
@@ -1072,9 +1075,9 @@ Status parse_ddpm(const uint8_t* data, uint64_t size, const std::string& file_na
     return errorf("%s: format version %u is newer than this ddpm.cpp supports (%u); update ddpm.cpp", name,
                   h.version, kDdpmFormatVersion);
   }
-  if ((h.flags & kRequiredFlagsMask) != 0) {
+  if ((h.flags & kRequiredFlagsMask & ~kKnownRequiredFlags) != 0) {
     return errorf("%s: uses format features this ddpm.cpp does not know (required flags 0x%04x); update ddpm.cpp",
-                  name, h.flags & kRequiredFlagsMask);
+                  name, h.flags & kRequiredFlagsMask & ~kKnownRequiredFlags);
   }
 
   // Sections in file order; each comparison is arranged so that nothing can overflow.
@@ -1266,7 +1269,10 @@ Status DdpmWriter::write_all(Sink& sink, const std::string& name) {
   uint8_t* fixed = header.data();
   std::memcpy(fixed, kMagic, 4);
   store<uint32_t>(fixed + 4, kDdpmFormatVersion);
-  store<uint32_t>(fixed + 8, 0);  // flags
+  bool tap_major = false;
+  for (const Pending& t : tensors_)
+    tap_major = tap_major || (tap_major_conv_rows_ && quant::tap_major_eligible(t.info.dtype, t.info.rank, t.info.shape));
+  store<uint32_t>(fixed + 8, tap_major ? kDdpmFlagTapMajorConvRows : 0u);
   store<uint64_t>(fixed + 16, metadata_.size());
   store<uint64_t>(fixed + 24, metadata_bytes);
   store<uint64_t>(fixed + 32, tensors_.size());

@@ -28,6 +28,9 @@ constexpr uint64_t kDdpmFileHeaderBytes = 64;   // the fixed part at offset 0
 constexpr size_t kDdpmMaxKeyBytes = 256;
 constexpr size_t kDdpmMaxTensorNameBytes = 512;
 constexpr int kDdpmMaxRank = 4;
+// Header flag bit 0 (required): every tensor quant::tap_major_eligible accepts (block-typed conv weights with a
+// multiple of 32 input channels and more than one tap) stores its rows tap-major (docs/FORMAT.md §6.8).
+constexpr uint32_t kDdpmFlagTapMajorConvRows = 0x0001u;
 
 // One metadata value: a scalar, a string, or an array whose elements all have one scalar or string type.
 // Arrays of arrays do not exist. Equality is exact (floats compare by bit pattern, so NaN == NaN and 0 != -0).
@@ -165,6 +168,9 @@ struct DdpmTensorInfo {
   uint64_t bytes = 0;                            // dtype_row_bytes(dtype, numel)
   uint32_t checksum = 0;                         // CRC-32C of the data
   const void* data = nullptr;                    // into the reader's mapping (null on the writer side)
+  // Rows in (kh, kw, Ci) order instead of (Ci, kh, kw): the file has kDdpmFlagTapMajorConvRows and the tensor is
+  // tap_major_eligible. Set by the reader.
+  bool tap_major = false;
 
   int64_t numel() const;
 };
@@ -212,6 +218,10 @@ class DdpmWriter {
   Status add_tensor(const std::string& name, DType dtype, int rank, const int64_t* shape,
                     DdpmTensorProducer producer);
   size_t tensor_count() const { return tensors_.size(); }
+  // The tensors' data stores eligible conv weights tap-major (quant::encode_tensor with ConvRows::kTapMajor):
+  // the file gets kDdpmFlagTapMajorConvRows when at least one tensor is eligible, so files without such weights
+  // stay readable by readers that predate the flag.
+  void set_tap_major_conv_rows(bool on) { tap_major_conv_rows_ = on; }
 
   Status finish(const std::string& path);
   // The same bytes, in memory (tests, fuzz corpora, small files sent elsewhere).
@@ -232,6 +242,7 @@ class DdpmWriter {
   std::vector<Pending> tensors_;
   std::unordered_map<std::string, size_t> index_;
   Status error_;
+  bool tap_major_conv_rows_ = false;
 };
 
 // A validated, opened .ddpm file. Tensor data stays in the mapping (or, for files that cannot be mapped, in one

@@ -136,6 +136,7 @@ WeightLookup Model::weights() const {
     out->data = t->data;
     out->mapped = file_.is_mapped();
     out->frozen = true;  // the model's bytes are read-only for its lifetime
+    out->tap_major = t->tap_major;
     return Status();
   };
 }

@@ -63,6 +63,7 @@ class Builder {
     Tensor* t = g_.param(name, ref.dtype, ref.rank, ref.shape, ref.data);
     if (t && ref.mapped) t->flags |= kFlagMapped;
     if (t && ref.frozen) t->flags |= kFlagFrozen;
+    if (t && ref.tap_major) t->flags |= kFlagTapMajor;
     return t;
   }
 

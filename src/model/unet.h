@@ -23,6 +23,7 @@ struct WeightRef {
   const void* data = nullptr;
   bool mapped = false;  // data lies in a read-only file mapping (kFlagMapped)
   bool frozen = false;  // data does not change while a graph uses it (kFlagFrozen)
+  bool tap_major = false;  // a block-typed conv weight stored tap-major (kFlagTapMajor)
 };
 
 // Returns the weight `name`, or an error when it does not exist. `expected` is the shape the network needs (the

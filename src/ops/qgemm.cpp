@@ -30,7 +30,7 @@ constexpr int kMaxMr = 32, kMaxNr = 64;
 // a task (waking, bookkeeping, ~1 µs) about 150000. kStraggler as in run_gemm: a late task stretches the end.
 // With the weight unpacked once beforehand, a task still reads its rows of it, often from another core's cache:
 // about 8.
-constexpr double kQuantizeBCost = 40.0, kUnpackACost = 30.0, kReadACost = 8.0, kTaskCost = 150000.0, kStraggler = 0.15;
+constexpr double kQuantizeBCost = 40.0, kGatherQuantizedBCost = 8.0, kUnpackACost = 30.0, kReadACost = 8.0, kTaskCost = 150000.0, kStraggler = 0.15;
 // Below this many multiply-adds a second thread costs more than it saves.
 constexpr double kMinParallelWork = 256.0 * 1024.0;
 
@@ -121,13 +121,14 @@ double split_cost(const QGemmProblem& p, const QGemmPlan& plan, int mr, int nr, 
   const double rows = static_cast<double>(plan.m_panels * mr), cols = static_cast<double>(plan.n_panels * nr);
   const double tasks = static_cast<double>(p.batch * m_chunks * n_chunks);
   const double unpack_per_task = unpack_once ? kReadACost : kUnpackACost;
+  const double quantize_b = p.pack_quantized_b ? kGatherQuantizedBCost : kQuantizeBCost;
   const double total = static_cast<double>(p.batch) * k *
-                           (rows * cols + kQuantizeBCost * cols * static_cast<double>(m_chunks) +
+                           (rows * cols + quantize_b * cols * static_cast<double>(m_chunks) +
                             unpack_per_task * rows * static_cast<double>(n_chunks)) +
                        tasks * kTaskCost;
   const double max_rows = static_cast<double>(ceil_div(plan.m_panels, m_chunks) * mr);
   const double max_cols = static_cast<double>(ceil_div(plan.n_panels, n_chunks) * nr);
-  const double largest = k * (max_rows * max_cols + kQuantizeBCost * max_cols + unpack_per_task * max_rows) + kTaskCost;
+  const double largest = k * (max_rows * max_cols + quantize_b * max_cols + unpack_per_task * max_rows) + kTaskCost;
   const double rounds = std::ceil(tasks / threads);
   // The unpacking phase: its share of the work per thread, and one more round of waking the threads.
   const double unpack = unpack_once && !prepacked ? k * kUnpackACost * rows / threads + kTaskCost : 0.0;
@@ -156,6 +157,10 @@ TaskRange task_range(const QGemmProblem& p, const QGemmPlan& plan, int nr, int64
 void quantize_b_block(const QGemmProblem& p, const kernels::QGemmMicroKernel& kernel, int64_t batch, int64_t k0,
                       int64_t kc, int64_t n_begin, int64_t n_end, const Scratch& s) {
   const int nr = kernel.nr;
+  if (p.pack_quantized_b) {
+    p.pack_quantized_b(p.pack_b_context, kernel, batch, k0, kc, n_begin, n_end - n_begin, s.b_block);
+    return;
+  }
   const int64_t k_valid = std::min(kc, p.K - k0);
   const int64_t width = stage_cols(nr);
   const size_t panel_bytes = kernels::qgemm_b_panel_bytes(kc, nr);
@@ -500,6 +505,7 @@ void run_qgemm(const QGemmProblem& p, ExecContext& ctx) {
   DDPM_ASSERT(quant::is_block_type(p.a_dtype));
   DDPM_ASSERT(!p.residual || p.c_col_stride == 1);
   DDPM_ASSERT(ctx.scratch_bytes >= qgemm_scratch_bytes(ctx.kernels));
+  DDPM_ASSERT(p.pack_quantized_b ? p.K % kBlock == 0 : p.pack_b != nullptr);
   if (p.batch <= 0 || p.M <= 0 || p.N <= 0) return;
   if (p.K <= 0) {
     // No weights to multiply: C is the epilogue alone.

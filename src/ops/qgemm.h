@@ -29,6 +29,13 @@ struct QGemmProblem {
   DType a_dtype = DType::Q8_0;
   PackB pack_b = nullptr;
   const void* pack_b_context = nullptr;
+  // Instead of pack_b: B already quantised by the caller (conv2d with tap-major weights quantises each input pixel
+  // once per op), written straight into `panels`: ceil(nc / kernel.nr) consecutive panels of
+  // qgemm_b_panel_bytes(kc, kernel.nr) bytes for columns [n0, n0 + nc) and k values [k0, k0 + kc) (K a multiple
+  // of 32), the values, scales, sums and minima kernel.quantize_b gives for the same B, except that a padding
+  // column's or all-zero block's values may be any bytes (its scale, sum and minimum are 0, so they add nothing).
+  void (*pack_quantized_b)(const void* context, const kernels::QGemmMicroKernel& kernel, int64_t batch, int64_t k0,
+                           int64_t kc, int64_t n0, int64_t nc, uint8_t* panels) = nullptr;
   // C element (m, n) of batch item b: c + b*c_batch_stride + m*ldc + n*c_col_stride.
   float* c = nullptr;
   int64_t c_batch_stride = 0, ldc = 0, c_col_stride = 1;

@@ -347,4 +347,8 @@ bool is_block_type(DType type) {
   return type == DType::Q8_0 || type == DType::Q4_0 || type == DType::Q4_1 || type == DType::Q5_0;
 }
 
+bool tap_major_eligible(DType type, int rank, const int64_t* shape) {
+  return is_block_type(type) && rank == 4 && shape[1] % kQuantBlock == 0 && shape[2] * shape[3] > 1;
+}
+
 }  // namespace ddpm::quant

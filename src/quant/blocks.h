@@ -74,4 +74,10 @@ void unpack_blocks(DType type, const void* row, int64_t block_count, int8_t* q, 
 // True for the block types above.
 bool is_block_type(DType type);
 
+// Conv weights that a file may store tap-major (docs/FORMAT.md §6.8, header flag bit 0): block types of rank 4
+// [Co, Ci, kh, kw] with Ci a multiple of 32 and more than one tap. Their rows then hold values in (kh, kw, Ci)
+// order instead of PyTorch's (Ci, kh, kw), so each 32-value block is one tap's weights for 32 input channels and
+// conv2d can quantise every input pixel's activations once per op instead of once per tap.
+bool tap_major_eligible(DType type, int rank, const int64_t* shape);
+
 }  // namespace ddpm::quant

@@ -84,41 +84,70 @@ Status check_encodable(const std::string& name, DType type, int rank, const int6
   return Status();
 }
 
+namespace {
+
+// Row r's values in (kh, kw, Ci) order from (Ci, kh, kw) (to_tap_major) or back.
+void reorder_row(const int64_t* shape, const float* src, float* dst, bool to_tap_major) {
+  const int64_t channels = shape[1], taps = shape[2] * shape[3];
+  for (int64_t ci = 0; ci < channels; ++ci) {
+    for (int64_t tap = 0; tap < taps; ++tap) {
+      const int64_t natural = ci * taps + tap, tap_major = tap * channels + ci;
+      if (to_tap_major) {
+        dst[tap_major] = src[natural];
+      } else {
+        dst[natural] = src[tap_major];
+      }
+    }
+  }
+}
+
+}  // namespace
+
 Status encode_tensor(const std::string& name, DType type, int rank, const int64_t* shape, const float* values,
-                     void* dst) {
+                     void* dst, ConvRows rows) {
   DDPM_TRY(check_encodable(name, type, rank, shape, values));
   const DTypeTraits& traits = dtype_traits(type);
-  int64_t rows, row_values;
-  rows_of(rank, shape, &rows, &row_values);
+  int64_t row_count, row_values;
+  rows_of(rank, shape, &row_count, &row_values);
   if (!traits.is_quantized) {
-    traits.from_f32(values, dst, rows * row_values);
+    traits.from_f32(values, dst, row_count * row_values);
     return Status();
   }
   const int64_t padded = dtype_padded_row(type, row_values);
   const size_t row_bytes = dtype_row_bytes(type, padded);
+  const bool tap_major = rows == ConvRows::kTapMajor && tap_major_eligible(type, rank, shape);
   std::vector<float> row(static_cast<size_t>(padded), 0.0f);  // the zeros past row_values are the padding
-  for (int64_t r = 0; r < rows; ++r) {
-    std::copy(values + r * row_values, values + (r + 1) * row_values, row.begin());
+  for (int64_t r = 0; r < row_count; ++r) {
+    if (tap_major) {
+      reorder_row(shape, values + r * row_values, row.data(), true);
+    } else {
+      std::copy(values + r * row_values, values + (r + 1) * row_values, row.begin());
+    }
     traits.from_f32(row.data(), static_cast<uint8_t*>(dst) + r * row_bytes, padded);
   }
   return Status();
 }
 
-void decode_tensor(DType type, int rank, const int64_t* shape, const void* src, float* values) {
+void decode_tensor(DType type, int rank, const int64_t* shape, const void* src, float* values, ConvRows rows) {
   const DTypeTraits& traits = dtype_traits(type);
   DDPM_ASSERT(traits.to_f32 != nullptr);
-  int64_t rows, row_values;
-  rows_of(rank, shape, &rows, &row_values);
+  int64_t row_count, row_values;
+  rows_of(rank, shape, &row_count, &row_values);
   if (!traits.is_quantized) {
-    traits.to_f32(src, values, rows * row_values);
+    traits.to_f32(src, values, row_count * row_values);
     return;
   }
   const int64_t padded = dtype_padded_row(type, row_values);
   const size_t row_bytes = dtype_row_bytes(type, padded);
+  const bool tap_major = rows == ConvRows::kTapMajor && tap_major_eligible(type, rank, shape);
   std::vector<float> row(static_cast<size_t>(padded));
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = 0; r < row_count; ++r) {
     traits.to_f32(static_cast<const uint8_t*>(src) + r * row_bytes, row.data(), padded);
-    std::copy(row.begin(), row.begin() + row_values, values + r * row_values);
+    if (tap_major) {
+      reorder_row(shape, row.data(), values + r * row_values, false);
+    } else {
+      std::copy(row.begin(), row.begin() + row_values, values + r * row_values);
+    }
   }
 }
 
@@ -153,9 +182,20 @@ Status retype_model(const std::string& input, const std::string& output, TypePol
   // The writer calls each producer twice (checksums, then bytes); the error is measured on the first call only.
   std::vector<bool> measured(tensors.size(), false);
   std::vector<float> source, check;
+  std::vector<TypePolicy::Decision> decisions;
+  // Eligible conv weights are written tap-major (ConvRows), unless one is copied unchanged from a file that stores
+  // them in PyTorch's order: a file has one row order for all of them, and copies keep their bytes.
+  bool tap_major = true;
+  for (const DdpmTensorInfo& t : tensors) {
+    decisions.push_back(policy.decide(t.name, t.rank, t.shape, t.dtype));
+    const bool copied = decisions.back().type == t.dtype;
+    if (copied && tap_major_eligible(t.dtype, t.rank, t.shape) && !t.tap_major) tap_major = false;
+  }
+  const ConvRows rows_out = tap_major ? ConvRows::kTapMajor : ConvRows::kNatural;
+  writer.set_tap_major_conv_rows(tap_major);
   for (size_t i = 0; i < tensors.size(); ++i) {
     const DdpmTensorInfo& t = tensors[i];
-    const TypePolicy::Decision decision = policy.decide(t.name, t.rank, t.shape, t.dtype);
+    const TypePolicy::Decision& decision = decisions[i];
     TensorRetype& entry = report->tensors[i];
     entry.name = t.name;
     entry.rank = t.rank;
@@ -179,12 +219,13 @@ Status retype_model(const std::string& input, const std::string& output, TypePol
       TensorRetype& e = report->tensors[i];
       const size_t n = static_cast<size_t>(src.numel());
       source.resize(n);
-      decode_tensor(src.dtype, src.rank, src.shape, src.data, source.data());
-      Status s = encode_tensor(src.name, e.to, src.rank, src.shape, source.data(), dst);
+      decode_tensor(src.dtype, src.rank, src.shape, src.data, source.data(),
+                    src.tap_major ? ConvRows::kTapMajor : ConvRows::kNatural);
+      Status s = encode_tensor(src.name, e.to, src.rank, src.shape, source.data(), dst, rows_out);
       if (!s.ok()) return s.with_context(input);
       if (!measured[i]) {
         check.resize(n);
-        decode_tensor(e.to, src.rank, src.shape, dst, check.data());
+        decode_tensor(e.to, src.rank, src.shape, dst, check.data(), rows_out);
         e.relative_error = relative_l2(source.data(), check.data(), src.numel());
         measured[i] = true;
       }

@@ -19,12 +19,20 @@ namespace ddpm::quant {
 // "tensor 'x': value 17 (row 0) is nan: quantised types need finite weights".
 Status check_encodable(const std::string& name, DType type, int rank, const int64_t* shape, const float* values);
 
+// How a stored tensor's rows order their values: as the shape says, or, for tensors tap_major_eligible accepts
+// (block-typed conv weights), tap-major — (kh, kw, Ci) within each row (docs/FORMAT.md §6.8). kTapMajor leaves
+// every other tensor as it is, so a whole file is written and read with one setting.
+enum class ConvRows : uint8_t { kNatural, kTapMajor };
+
 // Writes the numel(shape) row-major `values` as `type` into `dst` (dtype_tensor_bytes(type, rank, shape) bytes),
-// zero-padding each row of a block type to whole blocks. Runs check_encodable first.
+// zero-padding each row of a block type to whole blocks. Runs check_encodable first. `values` are always in the
+// shape's order; `rows` says how `dst` stores them.
 Status encode_tensor(const std::string& name, DType type, int rank, const int64_t* shape, const float* values,
-                     void* dst);
-// The inverse: numel(shape) f32 values (row padding dropped). `type` is f32, f16 or a block type.
-void decode_tensor(DType type, int rank, const int64_t* shape, const void* src, float* values);
+                     void* dst, ConvRows rows = ConvRows::kNatural);
+// The inverse: numel(shape) f32 values (row padding dropped) in the shape's order. `type` is f32, f16 or a block
+// type.
+void decode_tensor(DType type, int rank, const int64_t* shape, const void* src, float* values,
+                   ConvRows rows = ConvRows::kNatural);
 
 // ‖approx − ref‖₂ / ‖ref‖₂ in double precision; the absolute norm ‖approx‖₂ when ref is all zeros.
 double relative_l2(const float* ref, const float* approx, int64_t n);

@@ -89,8 +89,8 @@ def read(path):
     m_count, m_bytes, t_count, t_bytes, data_offset, data_bytes = struct.unpack_from("<6Q", data, 16)
     if version != 1:
         raise ValueError("format version %d" % version)
-    if flags & 0xFFFF:
-        raise ValueError("unknown required flags 0x%04x" % (flags & 0xFFFF))
+    if flags & 0xFFFE:  # bit 0: tap-major block conv rows (FORMAT.md §6.8), which this reader passes through
+        raise ValueError("unknown required flags 0x%04x" % (flags & 0xFFFE))
     header_end = 64 + m_bytes + t_bytes
     if data_offset != (header_end + 63) // 64 * 64 or data_offset + data_bytes != len(data):
         raise ValueError("section sizes do not match the file")
