@@ -145,8 +145,16 @@ TEST_CASE("every quantize_b matches the reference bit for bit on NaN, infinity, 
           const QuantColumn &w = want[static_cast<size_t>(n)], &g = got[static_cast<size_t>(n)];
           bool same = w.q == g.q;
           for (size_t b = 0; b < w.d.size(); ++b) {
-            same &= bits_of(w.d[b]) == bits_of(g.d[b]) && bits_of(w.s[b]) == bits_of(g.s[b]) &&
-                    bits_of(w.lo[b]) == bits_of(g.lo[b]);
+            // Biased kernels describe the same grid by the stored u + 1: d·Σ(u + 1) and lo − d (b_biased).
+            float want_s = w.s[b], want_lo = w.lo[b];
+            if (kernel.b_biased) {
+              int32_t u_sum = 0;
+              for (int64_t i = 0; i < kBlock; ++i) u_sum += w.q[b * kBlock + static_cast<size_t>(i)] + 127;
+              want_s = w.d[b] * static_cast<float>(u_sum + static_cast<int32_t>(kBlock));
+              want_lo = w.lo[b] - w.d[b];
+            }
+            same &= bits_of(w.d[b]) == bits_of(g.d[b]) && bits_of(want_s) == bits_of(g.s[b]) &&
+                    bits_of(want_lo) == bits_of(g.lo[b]);
           }
           if (!same) bad = n;
         }

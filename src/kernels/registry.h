@@ -96,7 +96,8 @@ struct GemmMicroKernel {
 //   u_i = fmin(fmax(nearbyint((x_i - lo) * id), 0), 254)   (NaN -> 0; nearbyint rounds to nearest even, as
 //                                                           cvtps2dq / fcvtns do); q_i = u_i - 127 (int8, |q| <= 127)
 //   s = d * (float)(Σ_i u_i)
-// so x_i ≈ lo + d·u_i. Every kernel's quantize_b gives these q (or u, see b_biased), d, s and lo bit for bit.
+// so x_i ≈ lo + d·u_i. Every kernel's quantize_b gives these q (or u, see b_biased), d, s and lo bit for bit
+// (biased kernels: u + 1, lo − d and d·(Σ u + 32), see b_biased).
 // Output element (m, n): acc = accumulate ? C[m][n] : 0; then per block b in increasing order
 //   acc = acc + (float)(Σ_i wq[m][32b+i]·u[n][32b+i]) * (wd[b][m] * d[b][n]);   (the int32 sum is exact)
 //   acc = acc + lo_coef[b][m] * lo[b][n];
@@ -120,7 +121,12 @@ struct QGemmPanelA {     // MR weight rows × kc values (kc a multiple of 32), f
 struct QGemmMicroKernel {
   const char* name = nullptr;  // added to the agreed interface: tells variants of one level apart in tests/benches
   int mr = 0, nr = 0;
-  bool b_biased = false;  // quantize_b stores activation values as q + 128 = u + 1 (uint8), for u8×s8 instructions
+  // quantize_b stores activations as v = u + 1 = q + 128 (uint8, for u8×s8 instructions) on the grid x ≈ lo' +
+  // d·v: with lo' = lo − d (one f32 subtraction) in place of lo and s' = d·(float)(Σ u + 32) in place of s. The
+  // contract's arithmetic with (v, lo', s') for (u, lo, s) is the same sum (lo_coef = wd·Σ wq + 32·wmin takes
+  // back exactly what the +1 adds), so the kernel needs no integer correction per block; it differs from the
+  // reference by roundings only.
+  bool b_biased = false;
   // kc×NR f32 panel (b_panel[k*NR + n], as PackB writes it) -> this kernel's B panel of qgemm_b_panel_bytes(kc, NR)
   // bytes: [kc/4][NR][4] int8 q (or biased uint8) values, then [kc/32][NR] f32 scales d, [kc/32][NR] f32 sums s
   // and [kc/32][NR] f32 minima lo.

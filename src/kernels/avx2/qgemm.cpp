@@ -50,8 +50,10 @@ void quantize_b8(int64_t kc, const float* b_panel, uint8_t* q_panel) {
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(q_panel + (b * 8 + quad) * 4 * kNR), packed);
     }
     _mm256_storeu_ps(scales + b * kNR, d);
+    // Biased: the sum of the stored u + 1 and the minimum lo − d (QGemmMicroKernel::b_biased).
+    if (kBiased) sum = _mm256_add_epi32(sum, _mm256_set1_epi32(32));
     _mm256_storeu_ps(sums + b * kNR, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sum)));
-    _mm256_storeu_ps(minima + b * kNR, lo);
+    _mm256_storeu_ps(minima + b * kNR, kBiased ? _mm256_sub_ps(lo, d) : lo);
   }
 }
 

@@ -4,8 +4,9 @@
 // Intel client CPUs since Alder Lake) and src/kernels/avx512vnni/qgemm_ymm.cpp with AVX-512 VL+VNNI
 // (EVEX), which is how this code is tested on a CPU without AVX-VNNI. `Dot` is the one instruction that differs.
 // B is stored biased (q + 128 = u + 1, unsigned, qgemm_quantize_b8_biased) and each weight row's 4 bytes are
-// broadcast as the signed operand; the bias adds Σw per block over the contract's Σ w·u, which subtracting qsum
-// takes back exactly. The int32 lanes cannot overflow: 32 products of at most 255·128 (q8_0 may hold -128).
+// broadcast as the signed operand; the bias adds Σw per block over the contract's Σ w·u, which the minimum the
+// quantiser stores, lo − d, takes back in the float half (QGemmMicroKernel::b_biased): no integer correction per
+// block. The int32 lanes cannot overflow: 32 products of at most 255·128 (q8_0 may hold -128).
 #pragma once
 
 #include "kernels/avx2/qgemm_tile.h"
@@ -28,8 +29,6 @@ void run_vnni256(int64_t kc, const QGemmPanelA& a, const uint8_t* q_panel, float
 #pragma GCC unroll 8
       for (int m = 0; m < MR; ++m) acc[m] = dot(acc[m], bv, _mm256_set1_epi32(load_weight_quad(w + m * 4)));
     }
-#pragma GCC unroll 8
-    for (int m = 0; m < MR; ++m) acc[m] = _mm256_sub_epi32(acc[m], _mm256_set1_epi32(a.qsum[b * MR + m]));
   });
 }
 

@@ -49,8 +49,10 @@ void quantize_b16(int64_t kc, const float* b_panel, uint8_t* q_panel) {
       _mm512_storeu_si512(q_panel + (b * 8 + quad) * 4 * NR, packed);
     }
     _mm512_storeu_ps(scales + b * NR, d);
+    // Biased: the sum of the stored u + 1 and the minimum lo − d (QGemmMicroKernel::b_biased).
+    if (kBiased) sum = _mm512_add_epi32(sum, _mm512_set1_epi32(32));
     _mm512_storeu_ps(sums + b * NR, _mm512_mul_ps(d, _mm512_cvtepi32_ps(sum)));
-    _mm512_storeu_ps(minima + b * NR, lo);
+    _mm512_storeu_ps(minima + b * NR, kBiased ? _mm512_sub_ps(lo, d) : lo);
   }
 }
 
