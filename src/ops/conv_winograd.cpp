@@ -128,12 +128,18 @@ void transform_weights(const Geometry& g, const Tensor& w, float* u, ExecContext
       for (int64_t ci0 = 0; ci0 < g.ci; ci0 += kLanes) {
         const int64_t lanes = std::min<int64_t>(kLanes, g.ci - ci0);
         const int64_t first = (co * g.ci + ci0) * 9;
+        // The lanes' filters are 9·lanes consecutive values: f16 ones widened by the level's row converter (F16C /
+        // NEON; exact, as every f16 → f32 conversion is), which per element was most of an f16 layer's transform.
+        float raw[9 * kLanes];
+        const float* filters = raw;
+        if (w.dtype == DType::F16) {
+          ctx.kernels.f16_to_f32(9 * lanes, static_cast<const uint16_t*>(w.data) + first, raw);
+        } else {
+          filters = w.f32() + first;
+        }
         float k[9][kLanes] = {};
         for (int64_t c = 0; c < lanes; ++c) {
-          for (int t = 0; t < 9; ++t) {
-            k[t][c] = w.dtype == DType::F16 ? f16_to_f32(static_cast<const uint16_t*>(w.data)[first + c * 9 + t])
-                                            : w.f32()[first + c * 9 + t];
-          }
+          for (int t = 0; t < 9; ++t) k[t][c] = filters[c * 9 + t];
         }
         float a[4][3][kLanes];  // G g: rows of the filter combined
         for (int x = 0; x < 3; ++x) {
