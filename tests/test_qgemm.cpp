@@ -23,6 +23,7 @@
 #include "model/ddpm_file.h"
 #include "model/model.h"
 #include "model/unet.h"
+#include "ops/op_exec.h"
 #include "ops/qgemm.h"
 #include "quant/blocks.h"
 #include "quant/retype.h"
@@ -619,25 +620,28 @@ TEST_CASE("conv2d with block weights: every form against the dequantised f32 wei
 TEST_CASE("conv2d with tap-major block weights: the input quantised once gives the explicit im2col GEMM's bits",
           "[qgemm][conv]") {
   struct Shape {
-    int64_t batch, ci, h, w, co;
+    int64_t batch, ci, h, w, co, kh, kw;
     Conv2dParams p;
     bool residual;
   };
   const std::vector<Shape> shapes = {
-      {2, 32, 9, 7, 17, {1, 1, 1, 1, 1}, true},   // 63 pixels: runs across rows and panel tails; residual
-      {1, 64, 6, 6, 24, {1, 1, 1, 1, 1}, false},  // K = 576: two k blocks, the second starting inside a tap
-      {1, 32, 9, 9, 16, {2, 1, 1, 1, 1}, false},  // stride 2
-      {1, 32, 8, 8, 16, {2, 0, 0, 1, 1}, false},  // stride 2, right/bottom padding only
-      {2, 96, 4, 5, 8, {1, 0, 0, 0, 0}, false},   // no padding, three channel groups
+      {2, 32, 9, 7, 17, 3, 3, {1, 1, 1, 1, 1}, true},   // 63 pixels: runs across rows and panel tails; residual
+      {1, 64, 6, 6, 24, 3, 3, {1, 1, 1, 1, 1}, false},  // K = 576: two k blocks, the second starting inside a tap
+      {1, 32, 9, 9, 16, 3, 3, {2, 1, 1, 1, 1}, false},  // stride 2
+      {1, 32, 8, 8, 16, 3, 3, {2, 0, 0, 1, 1}, false},  // stride 2, right/bottom padding only
+      {2, 96, 4, 5, 8, 3, 3, {1, 0, 0, 0, 0}, false},   // no padding, three channel groups
+      {1, 32, 32, 32, 9, 3, 3, {1, 1, 1, 1, 1}, true},  // 32×32: the by-row gather; 32k values: quantised in parallel
+      {1, 32, 11, 10, 8, 2, 2, {3, 1, 0, 0, 1}, false},  // 2×2 taps, stride 3, asymmetric padding
+      {2, 64, 5, 9, 8, 1, 3, {1, 0, 1, 0, 1}, false},   // 1×3 taps
   };
   for (DType type : kBlockTypes) {
     for (const Shape& s : shapes) {
       INFO(dtype_name(type) << " x [" << s.batch << "," << s.ci << "," << s.h << "," << s.w << "] -> " << s.co
-                            << " stride " << s.p.stride);
-      const int64_t taps = 9, K = s.ci * taps;
-      const int64_t oh = (s.h + s.p.pad_top + s.p.pad_bottom - 3) / s.p.stride + 1;
-      const int64_t ow = (s.w + s.p.pad_left + s.p.pad_right - 3) / s.p.stride + 1, N = oh * ow;
-      const int64_t weight_shape[4] = {s.co, s.ci, 3, 3};
+                            << " " << s.kh << "x" << s.kw << " stride " << s.p.stride);
+      const int64_t taps = s.kh * s.kw, K = s.ci * taps;
+      const int64_t oh = (s.h + s.p.pad_top + s.p.pad_bottom - s.kh) / s.p.stride + 1;
+      const int64_t ow = (s.w + s.p.pad_left + s.p.pad_right - s.kw) / s.p.stride + 1, N = oh * ow;
+      const int64_t weight_shape[4] = {s.co, s.ci, s.kh, s.kw};
       const std::vector<float> values = random_vector(static_cast<size_t>(s.co * K), 23, 0.2f);
       std::vector<uint8_t> bytes(dtype_tensor_bytes(type, 4, weight_shape));
       REQUIRE(quant::encode_tensor("w", type, 4, weight_shape, values.data(), bytes.data(),
@@ -654,7 +658,8 @@ TEST_CASE("conv2d with tap-major block weights: the input quantised once gives t
           for (int64_t c = 0; c < s.ci; ++c)
             for (int64_t oy = 0; oy < oh; ++oy)
               for (int64_t ox = 0; ox < ow; ++ox) {
-                const int64_t iy = oy * s.p.stride + tap / 3 - s.p.pad_top, ix = ox * s.p.stride + tap % 3 - s.p.pad_left;
+                const int64_t iy = oy * s.p.stride + tap / s.kw - s.p.pad_top;
+                const int64_t ix = ox * s.p.stride + tap % s.kw - s.p.pad_left;
                 if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) continue;
                 columns[static_cast<size_t>((b * K + tap * s.ci + c) * N + oy * ow + ox)] =
                     x[static_cast<size_t>(((b * s.ci + c) * s.h + iy) * s.w + ix)];
@@ -665,13 +670,14 @@ TEST_CASE("conv2d with tap-major block weights: the input quantised once gives t
         REQUIRE(kernels::select(level->isa_name).ok());
         // 0: the conv with the flagged weight at 1 and 2 threads; 2: the same bytes as a [Co, K] matrix times the
         // explicit columns, then the bias and residual adds of the conv's epilogue; 3: f32 with the dequantised
-        // weights in PyTorch's order.
-        std::vector<float> results[4];
+        // weights in PyTorch's order; 4: variant 0's node run again without a shared buffer (the tap-major f32
+        // im2col, quantised per panel).
+        std::vector<float> results[5];
         for (int variant = 0; variant < 4; ++variant) {
           Graph g;
           Tensor* y = nullptr;
           if (variant < 2) {
-            Tensor* w = g.param("w", type, {s.co, s.ci, 3, 3}, bytes.data());
+            Tensor* w = g.param("w", type, {s.co, s.ci, s.kh, s.kw}, bytes.data());
             w->flags |= kFlagTapMajor;
             y = conv2d(g, g.param("x", DType::F32, {s.batch, s.ci, s.h, s.w}, x.data()), w,
                        g.param("b", DType::F32, {s.co}, bias.data()), s.p,
@@ -681,7 +687,7 @@ TEST_CASE("conv2d with tap-major block weights: the input quantised once gives t
             y = matmul(g, w, g.param("cols", DType::F32, {s.batch, K, N}, columns.data()));
           } else {
             y = conv2d(g, g.param("x", DType::F32, {s.batch, s.ci, s.h, s.w}, x.data()),
-                       g.param("w", DType::F32, {s.co, s.ci, 3, 3}, dequantized.data()),
+                       g.param("w", DType::F32, {s.co, s.ci, s.kh, s.kw}, dequantized.data()),
                        g.param("b", DType::F32, {s.co}, bias.data()), s.p,
                        s.residual ? g.param("r", DType::F32, {s.batch, s.co, oh, ow}, residual.data()) : nullptr);
           }
@@ -692,6 +698,15 @@ TEST_CASE("conv2d with tap-major block weights: the input quantised once gives t
           ThreadPool pool(variant == 1 ? 2 : 1);
           REQUIRE(g.compute(pool).ok());
           results[variant].assign(y->f32(), y->f32() + y->numel());
+          if (variant == 0) {
+            const size_t bytes_per_thread = op_exec(OpKind::Conv2d).scratch_bytes(*y);
+            std::vector<uint8_t> scratch(bytes_per_thread + 64);
+            uint8_t* aligned[1] = {scratch.data() + (64 - reinterpret_cast<uintptr_t>(scratch.data()) % 64) % 64};
+            ExecContext no_shared{pool, aligned, bytes_per_thread, kernels::active()};
+            std::fill(y->f32(), y->f32() + y->numel(), -3.0f);
+            REQUIRE(compute_conv2d(*y, no_shared).ok());
+            results[4].assign(y->f32(), y->f32() + y->numel());
+          }
         }
         std::vector<float>& explicit_gemm = results[2];
         for (int64_t b = 0; b < s.batch; ++b)
@@ -703,6 +718,7 @@ TEST_CASE("conv2d with tap-major block weights: the input quantised once gives t
             }
         CHECK(std::memcmp(results[0].data(), explicit_gemm.data(), explicit_gemm.size() * sizeof(float)) == 0);
         CHECK(std::memcmp(results[0].data(), results[1].data(), results[0].size() * sizeof(float)) == 0);
+        CHECK(std::memcmp(results[0].data(), results[4].data(), results[0].size() * sizeof(float)) == 0);
         CHECK(relative_l2(results[0].data(), results[3].data(), results[3].size()) <= kActivationQuantRelativeL2);
       }
     }
@@ -889,46 +905,46 @@ std::vector<float> forward(const std::string& path, int threads, const std::vect
 
 TEST_CASE("a U-Net with q8_0 conv and linear weights loads from .ddpm, runs and stays close to f32", "[qgemm][unet]") {
   for (const char* name : {"micro", "tiny"}) {
-   for (quant::ConvRows rows : {quant::ConvRows::kTapMajor, quant::ConvRows::kNatural}) {
-    INFO("model " << name << (rows == quant::ConvRows::kTapMajor ? ", tap-major convs" : ", PyTorch-order convs"));
-    ModelFiles files;
-    quantized_model(name, DType::Q8_0, &files, rows);
-    std::unique_ptr<Model> model;
-    REQUIRE(Model::load(files.f32, &model).ok());
-    const int64_t batch = 2, size = model->info().height * model->info().width * model->info().channels;
-    const std::vector<float> x = random_vector(static_cast<size_t>(batch * size), 8);
-    const float timesteps[2] = {10.0f, 700.0f};
-    const std::vector<float> reference = forward(files.f32, 1, x, timesteps, batch);
-    const std::vector<float> same_weights = forward(files.dequantized, 1, x, timesteps, batch);
-    const double weight_error = relative_l2(same_weights.data(), reference.data(), reference.size());
-    for (const kernels::KernelTable* level : all_levels()) {
-      INFO("level " << level->isa_name);
-      IsaGuard guard;
-      REQUIRE(kernels::select(level->isa_name).ok());
-      const std::vector<float> one = forward(files.quantized, 1, x, timesteps, batch);
-      const std::vector<float> two = forward(files.quantized, 2, x, timesteps, batch);
-      const double error = relative_l2(one.data(), reference.data(), one.size());
-      const double activation_error = relative_l2(one.data(), same_weights.data(), one.size());
-      INFO("relative L2 vs f32 " << error << " (weights alone " << weight_error << ", activations alone "
-                                 << activation_error << ")");
-      // These test models have random weights, whose quantisation errors add up through every layer: about 2 %
-      // against f32, half from the weights, half from the activations (the issue's 1 % budget for q8_0 is for
-      // the trained cifar10 model, measured with `ddpm quantize`). 3 % / 2 % catch any wrong scale or block.
-      CHECK(error <= 3e-2);
-      CHECK(activation_error <= 2e-2);
-      CHECK(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)) == 0);
+    for (quant::ConvRows rows : {quant::ConvRows::kTapMajor, quant::ConvRows::kNatural}) {
+      INFO("model " << name << (rows == quant::ConvRows::kTapMajor ? ", tap-major convs" : ", PyTorch-order convs"));
+      ModelFiles files;
+      quantized_model(name, DType::Q8_0, &files, rows);
+      std::unique_ptr<Model> model;
+      REQUIRE(Model::load(files.f32, &model).ok());
+      const int64_t batch = 2, size = model->info().height * model->info().width * model->info().channels;
+      const std::vector<float> x = random_vector(static_cast<size_t>(batch * size), 8);
+      const float timesteps[2] = {10.0f, 700.0f};
+      const std::vector<float> reference = forward(files.f32, 1, x, timesteps, batch);
+      const std::vector<float> same_weights = forward(files.dequantized, 1, x, timesteps, batch);
+      const double weight_error = relative_l2(same_weights.data(), reference.data(), reference.size());
+      for (const kernels::KernelTable* level : all_levels()) {
+        INFO("level " << level->isa_name);
+        IsaGuard guard;
+        REQUIRE(kernels::select(level->isa_name).ok());
+        const std::vector<float> one = forward(files.quantized, 1, x, timesteps, batch);
+        const std::vector<float> two = forward(files.quantized, 2, x, timesteps, batch);
+        const double error = relative_l2(one.data(), reference.data(), one.size());
+        const double activation_error = relative_l2(one.data(), same_weights.data(), one.size());
+        INFO("relative L2 vs f32 " << error << " (weights alone " << weight_error << ", activations alone "
+                                   << activation_error << ")");
+        // These test models have random weights, whose quantisation errors add up through every layer: about 2 %
+        // against f32, half from the weights, half from the activations (the issue's 1 % budget for q8_0 is for
+        // the trained cifar10 model, measured with `ddpm quantize`). 3 % / 2 % catch any wrong scale or block.
+        CHECK(error <= 3e-2);
+        CHECK(activation_error <= 2e-2);
+        CHECK(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)) == 0);
+      }
+      // tiny's 32- and 64-channel 3×3 convs are stored as the file says and reach conv2d flagged so.
+      std::unique_ptr<Model> quantized;
+      REQUIRE(Model::load(files.quantized, &quantized).ok());
+      int tap_major = 0;
+      for (const DdpmTensorInfo& t : quantized->file().tensors()) tap_major += t.tap_major;
+      if (std::string(name) == "tiny" && rows == quant::ConvRows::kTapMajor) {
+        CHECK(tap_major > 10);
+      } else if (rows == quant::ConvRows::kNatural) {
+        CHECK(tap_major == 0);
+      }
     }
-    // tiny's 32- and 64-channel 3×3 convs are stored as the file says and reach conv2d flagged so.
-    std::unique_ptr<Model> quantized;
-    REQUIRE(Model::load(files.quantized, &quantized).ok());
-    int tap_major = 0;
-    for (const DdpmTensorInfo& t : quantized->file().tensors()) tap_major += t.tap_major;
-    if (std::string(name) == "tiny" && rows == quant::ConvRows::kTapMajor) {
-      CHECK(tap_major > 10);
-    } else if (rows == quant::ConvRows::kNatural) {
-      CHECK(tap_major == 0);
-    }
-   }
   }
 }
 

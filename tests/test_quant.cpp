@@ -714,7 +714,8 @@ TEST_CASE("ddpm quantize: policy applied, everything else kept, same bytes every
     // Block-typed 3×3 convs are stored tap-major, everything else as its shape says.
     CHECK(b.tap_major == (b.rank == 4 && b.shape[2] == 3));
     std::vector<float> back(static_cast<size_t>(a.numel()));
-    decode_tensor(b.dtype, b.rank, b.shape, b.data, back.data(), b.tap_major ? ConvRows::kTapMajor : ConvRows::kNatural);
+    decode_tensor(b.dtype, b.rank, b.shape, b.data, back.data(),
+                  b.tap_major ? ConvRows::kTapMajor : ConvRows::kNatural);
     const double error = relative_l2(static_cast<const float*>(a.data), back.data(), a.numel());
     CHECK(error == Approx(r.relative_error).epsilon(1e-12));
     CHECK(error <= real_weight_budget(b.dtype));

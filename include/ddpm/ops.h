@@ -3,7 +3,9 @@
 // so a whole network can be built and checked once at the end.
 //
 // Layout conventions: images are [B, C, H, W]; linear layers take [.., in] rows; weights use PyTorch's layouts
-// (conv [Co, Ci, kh, kw], linear [out, in]) so checkpoint tensors are used as they are.
+// (conv [Co, Ci, kh, kw], linear [out, in]) so checkpoint tensors are used as they are. One exception: a
+// block-typed conv weight flagged kFlagTapMajor (as .ddpm files store them, docs/FORMAT.md §6.8) keeps the shape
+// [Co, Ci, kh, kw] but holds each row in (kh, kw, Ci) order.
 #pragma once
 
 #include <cstdint>
@@ -20,8 +22,9 @@ struct Conv2dParams {
 };
 inline Conv2dParams conv_same3x3() { return {1, 1, 1, 1, 1}; }
 
-// y = conv(x, weight) + bias (+ residual). x [B,Ci,H,W], weight [Co,Ci,kh,kw] f32|f16, bias [Co] or null,
-// residual [B,Co,Ho,Wo] or null (fused skip connection).
+// y = conv(x, weight) + bias (+ residual). x [B,Ci,H,W], weight [Co,Ci,kh,kw] f32|f16 or a block type (q8_0, …;
+// contiguous, maybe kFlagTapMajor), bias [Co] f32|f16 or null, residual [B,Co,Ho,Wo] or null (fused skip
+// connection).
 Tensor* conv2d(Graph& g, Tensor* x, Tensor* weight, Tensor* bias, const Conv2dParams& params,
                Tensor* residual = nullptr);
 

@@ -75,7 +75,8 @@ struct DirectConv {
 // micro-kernel only ever sees full tiles.
 //   gather_rows: the B packers' inner loop (im2col, strided and transposed matrices): for r < rows and every run,
 //   fills the run's lanes of dst + r*dst_stride from src + r*src_stride, zero lanes included. Lanes outside the
-//   runs are left alone. Step 1 and 2 (stride-2 convolutions) are the fast cases.
+//   runs are left alone. Step 1 and 2 (stride-2 convolutions) are the fast cases. A copy of bits: any 32-bit
+//   pattern arrives unchanged (the quantised conv gathers 4-byte groups of int8 values through it).
 struct GemmMicroKernel {
   int mr = 0;
   int nr = 0;
@@ -105,8 +106,8 @@ struct GemmMicroKernel {
 // where lo_coef = wd·(float)Σ_i wq (+ 32·wmin for q4_1) comes with the weights (QGemmPanelA); after the last k
 // block the epilogue's three separately rounded adds (GemmEpilogue). Kernels that keep B signed form Σ wq·u as
 // Σ wq·q + 127·Σ wq. SIMD kernels may fuse the mul+add pairs into FMAs, which is the only difference from the
-// reference. Since each element is the same chain of per-block adds, blocking K (in multiples of 32) or splitting
-// M and N changes no bit.
+// reference besides the roundings of b_biased kernels' (u + 1, lo − d) description. Since each element is the
+// same chain of per-block adds, blocking K (in multiples of 32) or splitting M and N changes no bit.
 struct QGemmPanelA {     // MR weight rows × kc values (kc a multiple of 32), filled by the driver from unpack_blocks
   const int8_t* q;       // [kc/4][MR][4]: values k..k+3 of row m at q + (k/4)*MR*4 + m*4
   const float* d;        // [kc/32][MR] block scales

@@ -1270,8 +1270,10 @@ Status DdpmWriter::write_all(Sink& sink, const std::string& name) {
   std::memcpy(fixed, kMagic, 4);
   store<uint32_t>(fixed + 4, kDdpmFormatVersion);
   bool tap_major = false;
-  for (const Pending& t : tensors_)
-    tap_major = tap_major || (tap_major_conv_rows_ && quant::tap_major_eligible(t.info.dtype, t.info.rank, t.info.shape));
+  for (const Pending& t : tensors_) {
+    tap_major = tap_major ||
+                (tap_major_conv_rows_ && quant::tap_major_eligible(t.info.dtype, t.info.rank, t.info.shape));
+  }
   store<uint32_t>(fixed + 8, tap_major ? kDdpmFlagTapMajorConvRows : 0u);
   store<uint64_t>(fixed + 16, metadata_.size());
   store<uint64_t>(fixed + 24, metadata_bytes);

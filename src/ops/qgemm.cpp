@@ -30,7 +30,9 @@ constexpr int kMaxMr = 32, kMaxNr = 64;
 // a task (waking, bookkeeping, ~1 µs) about 150000. kStraggler as in run_gemm: a late task stretches the end.
 // With the weight unpacked once beforehand, a task still reads its rows of it, often from another core's cache:
 // about 8.
-constexpr double kQuantizeBCost = 40.0, kGatherQuantizedBCost = 8.0, kUnpackACost = 30.0, kReadACost = 8.0, kTaskCost = 150000.0, kStraggler = 0.15;
+// Gathering an already quantised B element (pack_quantized_b: a quarter of the bytes, no arithmetic) about 8.
+constexpr double kQuantizeBCost = 40.0, kGatherQuantizedBCost = 8.0, kUnpackACost = 30.0, kReadACost = 8.0,
+                 kTaskCost = 150000.0, kStraggler = 0.15;
 // Below this many multiply-adds a second thread costs more than it saves.
 constexpr double kMinParallelWork = 256.0 * 1024.0;
 

@@ -1,7 +1,8 @@
 // The quantised GEMM driver: C[M×N] = A[M×K] · B[K×N] (+ bias) (+ residual), where A is a block-quantised weight
 // (q8_0, q4_0, q4_1, q5_0: rows of K values padded with zeros to a whole number of 32-value blocks) and B comes
 // from the same PackB callbacks as run_gemm (src/ops/gemm.h), as f32 panels that the driver quantises to 8 bits per
-// column and block of 32 k values (kernels/registry.h, QGemmMicroKernel, has the exact arithmetic).
+// column and block of 32 k values (kernels/registry.h, QGemmMicroKernel, has the exact arithmetic), or already
+// quantised by the caller (pack_quantized_b: conv2d with tap-major weights quantises its input once per op).
 //
 // Work is cut into tasks of (batch item, chunk of columns, chunk of rows). A task quantises its columns' B block
 // once per k block and multiplies it with MR-row panels of A decoded from the weight rows into int8 values (those

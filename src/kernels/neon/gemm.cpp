@@ -2,6 +2,8 @@
 // vectors and uses it lane by lane (fmla by element), which saves the broadcast loads.
 #include <arm_neon.h>
 
+#include <cstring>
+
 #include "kernels/neon/neon.h"
 #include "kernels/registry.h"
 
@@ -108,7 +110,7 @@ void gather_rows(const GatherRun* runs, int64_t count, int64_t step, const float
       if (step == 1) {
         for (; lane + 4 <= valid_end; lane += 4) vst1q_f32(out + lane, vld1q_f32(in + (lane - run.lead)));
       }
-      for (; lane < valid_end; ++lane) out[lane] = in[(lane - run.lead) * step];
+      for (; lane < valid_end; ++lane) std::memcpy(out + lane, in + (lane - run.lead) * step, sizeof(float));
       for (; lane + 4 <= run.length; lane += 4) vst1q_f32(out + lane, zero);
       for (; lane < run.length; ++lane) out[lane] = 0.0f;
     }

@@ -1,3 +1,5 @@
+#include <cstring>
+
 #include "kernels/ref/ref.h"
 #include "kernels/registry.h"
 
@@ -34,7 +36,10 @@ void gather_rows(const GatherRun* runs, int64_t count, int64_t step, const float
       float* out = dst + r * dst_stride + run.dst_offset;
       const float* in = src + r * src_stride + run.src_offset;
       for (int32_t lane = 0; lane < run.lead; ++lane) out[lane] = 0.0f;
-      for (int32_t lane = run.lead; lane < valid_end; ++lane) out[lane] = in[(lane - run.lead) * step];
+      // Copied as bytes: the quantised conv gathers int8 quads through here, and a float copy may quiet a
+      // signalling-NaN pattern on some targets (x87).
+      for (int32_t lane = run.lead; lane < valid_end; ++lane)
+        std::memcpy(out + lane, in + (lane - run.lead) * step, sizeof(float));
       for (int32_t lane = valid_end; lane < run.length; ++lane) out[lane] = 0.0f;
     }
   }

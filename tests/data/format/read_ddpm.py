@@ -158,7 +158,10 @@ def main():
         if "--dump" in sys.argv and dtype == "f32":
             print("    ", struct.unpack("<%df" % (nbytes // 4), payload))
         if "--dump" in sys.argv and dtype.startswith("q"):
-            print("    ", dequantize(dtype, payload))
+            # FORMAT.md §6.8: with flag bit 0, a rank-4 block tensor with dims[1] % 32 == 0 and dims[2]·dims[3] > 1
+            # holds each row in (kh, kw, in) order; the values are printed as stored.
+            tap_major = header[1] & 1 and len(dims) == 4 and dims[1] % 32 == 0 and dims[2] * dims[3] > 1
+            print("    ", "(rows tap-major)" if tap_major else "", dequantize(dtype, payload))
 
 
 if __name__ == "__main__":
