@@ -222,6 +222,12 @@ TEST_CASE("ddpm quantize and convert --type with block types", "[cli][quant]") {
   CHECK(convert.exit_code == 0);
   CHECK(convert.output.find("q4_0 ") != std::string::npos);
   CHECK(exists(dir + "/micro_q4.ddpm"));
+  // tiny's 3×3 convs have 32·n input channels: stored tap-major, and info says so.
+  CHECK(run("convert data/unet/tiny -o " + dir + "/tiny_q8.ddpm --type q8_0 -q").exit_code == 0);
+  const Result tiny = run("info " + dir + "/tiny_q8.ddpm --tensors");
+  CHECK(tiny.output.find("block-typed conv weights with rows tap-major") != std::string::npos);
+  CHECK(tiny.output.find("down_blocks.0.resnets.0.conv1.weight") != std::string::npos);
+  CHECK(tiny.output.find("x 3 x 3 (tap-major)") != std::string::npos);
   CHECK(run("quantize --help").output.find("--tensor-type REGEX=TYPE") != std::string::npos);
   CHECK(run("--help").output.find("quantize") != std::string::npos);
 

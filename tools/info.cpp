@@ -94,11 +94,15 @@ int info_ddpm(const std::string& path, const InfoSettings& settings) {
                 totals.parameters ? 8.0 * static_cast<double>(totals.bytes) / static_cast<double>(totals.parameters) : 0.0,
                 dtype_traits(type).is_quantized ? " (block-quantised)" : "");
   }
+  int tap_major = 0;
+  for (const DdpmTensorInfo& t : file.tensors()) tap_major += t.tap_major;
+  if (tap_major > 0) std::printf("  %d block-typed conv weights with rows tap-major (docs/FORMAT.md §6.8)\n", tap_major);
   if (settings.all_tensors) {
     for (const DdpmTensorInfo& t : file.tensors()) {
       std::string shape;
       for (int i = 0; i < t.rank; ++i) shape += (i ? " x " : "") + std::to_string(t.shape[i]);
-      std::printf("  %-60s %-5s %s\n", t.name.c_str(), dtype_name(t.dtype), shape.c_str());
+      std::printf("  %-60s %-5s %s%s\n", t.name.c_str(), dtype_name(t.dtype), shape.c_str(),
+                  t.tap_major ? " (tap-major)" : "");
     }
   }
   ModelInfo info;
