@@ -948,6 +948,50 @@ TEST_CASE("a U-Net with q8_0 conv and linear weights loads from .ddpm, runs and 
   }
 }
 
+TEST_CASE("re-typing a PyTorch-order file: copied conv weights keep its order, a full re-encode writes tap-major",
+          "[qgemm][quant]") {
+  ModelFiles files;
+  quantized_model("tiny", DType::Q8_0, &files, quant::ConvRows::kNatural);  // as written before the flag existed
+  DdpmFile in;
+  REQUIRE(DdpmFile::open(files.quantized, &in).ok());
+  const std::string dir = files.quantized.substr(0, files.quantized.rfind('/'));
+  // q8_0 copies the weights; q4_0 copies the ones its policy keeps at q8_0 (the tiers); with the tiers overridden
+  // it re-encodes every one. Any copy keeps the file in PyTorch's order, since its bytes are kept as they are.
+  for (int config = 0; config < 3; ++config) {
+    const DType type = config == 0 ? DType::Q8_0 : DType::Q4_0;
+    INFO("to " << dtype_name(type) << (config == 2 ? " without tiers" : ""));
+    const std::string out_path = dir + "/requantized_" + std::to_string(config) + ".ddpm";
+    quant::TypePolicy policy(type);
+    if (config == 2) REQUIRE(policy.add_override("resnets|samplers|attentions=q4_0").ok());
+    const bool copies = config < 2;
+    quant::RetypeReport report;
+    const Status s = quant::retype_model(files.quantized, out_path, policy, &report);
+    INFO(s.message());
+    REQUIRE(s.ok());
+    DdpmFile out;
+    REQUIRE(DdpmFile::open(out_path, &out).ok());
+    int eligible = 0;
+    for (const DdpmTensorInfo& t : out.tensors()) {
+      if (!quant::tap_major_eligible(t.dtype, t.rank, t.shape)) continue;
+      ++eligible;
+      const DdpmTensorInfo* source = in.find(t.name);
+      REQUIRE(source);
+      INFO(t.name);
+      CHECK(t.tap_major == !copies);
+      if (source->dtype == t.dtype) {
+        CHECK(std::memcmp(source->data, t.data, t.bytes) == 0);
+        continue;
+      }
+      std::vector<float> before(static_cast<size_t>(t.numel())), after(before.size());
+      quant::decode_tensor(source->dtype, source->rank, source->shape, source->data, before.data());
+      quant::decode_tensor(t.dtype, t.rank, t.shape, t.data, after.data(),
+                           t.tap_major ? quant::ConvRows::kTapMajor : quant::ConvRows::kNatural);
+      CHECK(relative_l2(after.data(), before.data(), t.numel()) < 0.12);  // q4_0's rounding, in the right order
+    }
+    CHECK(eligible > 10);
+  }
+}
+
 TEST_CASE("ddpm generate runs a model with q4_0 weights", "[qgemm][cli]") {
   const char* bin = std::getenv("DDPM_BIN");
   if (!bin) {

@@ -404,7 +404,7 @@ static void quantize_input(const Tensor& node, const QuantizedInput& q, ExecCont
   const float* x = node.src[0]->f32();
   const int64_t batch = node.src[0]->shape[0], channels = q.groups * quant::kQuantBlock;
   constexpr int64_t kTaskPixels = 1024;
-  // About 0.7 ns per value (perf, AVX-512): below this many values waking the other threads costs more than it saves.
+  // About 0.7 ns per value (perf, AVX-512): below this many, waking the other threads costs more than it saves.
   constexpr int64_t kMinParallelValues = 16384;
   const int64_t pixel_chunks = ceil_div(q.plane, kTaskPixels), tasks = batch * q.groups * pixel_chunks;
   auto quantize = [&](int64_t task, int thread) {
@@ -426,7 +426,8 @@ static void quantize_input(const Tensor& node, const QuantizedInput& q, ExecCont
       for (int64_t j = 0; j < 8; ++j)
         copy_lanes(words + j * q.plane + p0, panel + j * nr * 4, static_cast<size_t>(n) * 4);
       for (int64_t f = 0; f < 3; ++f) {
-        copy_lanes(scales + f * q.groups * q.plane + p0, scale_panel + f * nr, static_cast<size_t>(n) * sizeof(float));
+        copy_lanes(scales + f * q.groups * q.plane + p0, scale_panel + f * nr,
+                   static_cast<size_t>(n) * sizeof(float));
       }
     }
   };
