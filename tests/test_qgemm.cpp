@@ -55,6 +55,16 @@ constexpr double kF32ChainRelativeL2 = 4e-6;
 // about (max - min) / (254·√12) / rms ≈ 0.5 % on Gaussian data; 1 % is the budget for a layer computed with quantised activations against the same layer with
 // the dequantised weights in f32.
 constexpr double kActivationQuantRelativeL2 = 1e-2;
+// 8-bit Winograd against the f32 conv of the same (dequantised) weights: the transformed filters are quantised
+// again (q8_0, amax scale) and so are the transformed inputs, whose four-term sums and differences span a range
+// about twice the input's; the output transform then adds up to nine of those products, each with its rounding.
+// Measured on the shapes below (random weights and inputs): at most 1.2e-2; bound with 2.5× headroom.
+constexpr double kInt8WinogradRelativeL2 = 3e-2;
+// The same conv on two kernel levels: the same kept filters, but the levels' input transforms and B quantisers
+// round differently (kBiasedRelativeL2), which now and then moves a transformed input across a quantisation
+// level: a step of 1/255 of its block's range in a value. Measured (AVX2, AVX-512 against scalar): at most 1.7e-6;
+// the bound leaves room for a few such steps.
+constexpr double kInt8WinogradLevelRelativeL2 = 2e-4;
 
 std::vector<kernels::QGemmMicroKernel> variants() {
   kernels::QGemmMicroKernel out[16];
@@ -382,6 +392,85 @@ TEST_CASE("qgemm driver: every variant on M/N/K tails, each type, epilogues; thr
             CHECK(std::memcmp(got.data(), got4.data(), got.size() * sizeof(float)) == 0);
           }
         }
+      }
+    }
+  }
+}
+
+TEST_CASE("qgemm driver: a per-item A (a_per_batch) gives each batch item's own GEMM bit for bit, however unpacked",
+          "[qgemm]") {
+  Context ctx_holder(2);
+  const int64_t batch = 3, k = 288;
+  for (const kernels::QGemmMicroKernel& v : variants()) {
+    INFO("variant " << v.name);
+    kernels::KernelTable table = kernels::active();
+    table.qgemm = v;
+    for (DType type : kBlockTypes) {
+      INFO("type " << dtype_name(type));
+      const int64_t m = v.mr + 1, n = v.nr + 3;
+      BlockMatrix a(type, batch * m, k, 61);  // item b's rows: [b·m, (b+1)·m)
+      const Problem p = make_problem(batch, m, n, k, true, 62);
+      auto problem = [&](std::vector<float>* c, const StridedB* packer) {
+        QGemmProblem q;
+        q.batch = batch;
+        q.M = m;
+        q.N = n;
+        q.K = k;
+        q.a = a.bytes.data();
+        q.a_dtype = type;
+        q.a_per_batch = true;
+        q.pack_b = pack_b_strided;
+        q.pack_b_context = packer;
+        q.c = c->data();
+        q.c_batch_stride = m * n;
+        q.ldc = n;
+        q.bias_row = p.row_bias.data();
+        q.residual = p.residual.data();
+        q.residual_ld = n;
+        q.residual_batch_stride = m * n;
+        return q;
+      };
+      const StridedB packer{p.b.data(), DType::F32, k * n, n, 1, table.gemm.gather_rows};
+      // Expected: one single-item GEMM per batch item with its own rows, B, C and residual.
+      std::vector<float> expected(static_cast<size_t>(batch * m * n), -7.0f);
+      for (int64_t b = 0; b < batch; ++b) {
+        ExecContext ctx{ctx_holder.pool, ctx_holder.scratch.data(), ctx_holder.bytes, table};
+        const StridedB item_packer{p.b.data() + b * k * n, DType::F32, k * n, n, 1, table.gemm.gather_rows};
+        QGemmProblem q = problem(&expected, &item_packer);
+        q.batch = 1;
+        q.a_per_batch = false;
+        q.a = a.bytes.data() + static_cast<size_t>(b * m) * a.row_bytes;
+        q.c = expected.data() + b * m * n;
+        q.residual = p.residual.data() + b * m * n;
+        run_qgemm(q, ctx);
+      }
+      for (int how = 0; how < 3; ++how) {  // decoded per task, once into a shared buffer, kept
+        INFO("unpacked " << (how == 0 ? "per task" : how == 1 ? "once" : "kept"));
+        const size_t shared_bytes = how == 1 ? qgemm_shared_bytes_max(batch * m, k) : 0;
+        std::unique_ptr<uint8_t, decltype(&std::free)> shared(
+            shared_bytes ? static_cast<uint8_t*>(std::aligned_alloc(64, (shared_bytes + 63) / 64 * 64)) : nullptr,
+            &std::free);
+        PackedWeights packs;
+        ExecContext ctx{ctx_holder.pool, ctx_holder.scratch.data(), ctx_holder.bytes, table, shared.get(),
+                        shared_bytes, how == 2 ? &packs : nullptr};
+        std::vector<float> c(expected.size(), -7.0f);
+        QGemmProblem q = problem(&c, &packer);
+        q.a_constant = how == 2;
+        if (how == 2) {
+          // Kept under a caller's name, then used without A's bytes (conv_winograd.cpp's way).
+          int anchor = 0;
+          q.a_key = &anchor;
+          q.a_form = PackedWeights::Form::kWinogradQ8Panels;
+          CHECK_FALSE(qgemm_panels_kept(q, ctx));
+          REQUIRE(keep_qgemm_panels(q, ctx));
+          CHECK(qgemm_panels_kept(q, ctx));
+          q.a = nullptr;
+          run_qgemm(q, ctx);
+          CHECK(packs.count() == 1);
+        } else {
+          run_qgemm(q, ctx);
+        }
+        CHECK(std::memcmp(c.data(), expected.data(), c.size() * sizeof(float)) == 0);
       }
     }
   }
@@ -725,6 +814,145 @@ TEST_CASE("conv2d with tap-major block weights: the input quantised once gives t
   }
 }
 
+namespace {
+
+struct WinogradShape {
+  int64_t batch, ci, h, w, co;
+  int pad;
+  bool residual;
+};
+
+// One shape, type and row order on every kernel level (see the TEST_CASE below).
+void check_int8_winograd(DType type, quant::ConvRows rows, const WinogradShape& s) {
+  const bool tap_major = rows == quant::ConvRows::kTapMajor;
+  INFO(dtype_name(type) << (tap_major ? " tap-major" : " natural") << " x [" << s.batch << "," << s.ci << ","
+                        << s.h << "," << s.w << "] -> " << s.co << " pad " << s.pad);
+  const Conv2dParams params{1, s.pad, s.pad, s.pad, s.pad};
+  const int64_t oh = s.h + 2 * s.pad - 2, ow = s.w + 2 * s.pad - 2;
+  const int64_t weight_shape[4] = {s.co, s.ci, 3, 3};
+  const std::vector<float> values = random_vector(static_cast<size_t>(s.co * s.ci * 9), 31, 0.2f);
+  std::vector<uint8_t> bytes(dtype_tensor_bytes(type, 4, weight_shape));
+  REQUIRE(quant::encode_tensor("w", type, 4, weight_shape, values.data(), bytes.data(), rows).ok());
+  std::vector<float> dequantized(values.size());
+  quant::decode_tensor(type, 4, weight_shape, bytes.data(), dequantized.data(), rows);
+  const std::vector<float> x = random_vector(static_cast<size_t>(s.batch * s.ci * s.h * s.w), 32);
+  const std::vector<float> bias = random_vector(static_cast<size_t>(s.co), 33);
+  const std::vector<float> residual = random_vector(static_cast<size_t>(s.batch * s.co * oh * ow), 34);
+  // One conv of images [first, first + count) with weight flags `flags` (0: f32 dequantised weights), computed
+  // `computes` times (each must give the same bits); *kept: the graph's kept weight bytes afterwards.
+  auto run = [&](int64_t first, int64_t count, uint8_t flags, int threads, int computes, size_t* kept) {
+    Graph g;
+    const int64_t image = s.ci * s.h * s.w, out_image = s.co * oh * ow;
+    Tensor* w = flags ? g.param("w", type, {s.co, s.ci, 3, 3}, bytes.data())
+                      : g.param("w", DType::F32, {s.co, s.ci, 3, 3}, dequantized.data());
+    if (flags) w->flags |= flags;
+    if (flags && tap_major) w->flags |= kFlagTapMajor;
+    Tensor* y = conv2d(g, g.param("x", DType::F32, {count, s.ci, s.h, s.w}, x.data() + first * image), w,
+                       g.param("b", DType::F32, {s.co}, bias.data()), params,
+                       s.residual ? g.param("r", DType::F32, {count, s.co, oh, ow}, residual.data() + first * out_image)
+                                  : nullptr);
+    REQUIRE(y);
+    g.set_output(y);
+    REQUIRE(g.plan().ok());
+    ThreadPool pool(threads);
+    std::vector<float> out;
+    for (int call = 0; call < computes; ++call) {
+      std::fill(y->f32(), y->f32() + y->numel(), -3.0f);
+      REQUIRE(g.compute(pool).ok());
+      if (call > 0) CHECK(std::memcmp(out.data(), y->f32(), out.size() * sizeof(float)) == 0);
+      out.assign(y->f32(), y->f32() + y->numel());
+    }
+    if (kept) *kept = g.packed_weight_bytes();
+    return out;
+  };
+  const uint8_t winograd = kFlagFrozen | kFlagInt8Winograd;
+  std::vector<float> first_level;
+  const std::vector<const kernels::KernelTable*> levels = all_levels();
+  for (const kernels::KernelTable* level : levels) {
+    INFO("level " << level->isa_name);
+    IsaGuard guard;
+    REQUIRE(kernels::select(level->isa_name).ok());
+    size_t kept = 0;
+    const std::vector<float> got = run(0, s.batch, winograd, 1, 2, &kept);  // the second call: kept filters
+    // 16 q8_0 matrices of Co × Ci as kept panels: at least the values themselves.
+    CHECK(kept >= static_cast<size_t>(16 * s.co * s.ci));
+    const std::vector<float> two_threads = run(0, s.batch, winograd, 2, 1, nullptr);
+    CHECK(std::memcmp(got.data(), two_threads.data(), got.size() * sizeof(float)) == 0);
+    if (s.batch > 1) {
+      std::vector<float> split;
+      for (int64_t b = 0; b < s.batch; ++b) {
+        const std::vector<float> one = run(b, 1, winograd, 2, 1, nullptr);
+        split.insert(split.end(), one.begin(), one.end());
+      }
+      CHECK(std::memcmp(got.data(), split.data(), got.size() * sizeof(float)) == 0);
+    }
+    const std::vector<float> f32 = run(0, s.batch, 0, 1, 1, nullptr);
+    const std::vector<float> direct = run(0, s.batch, kFlagFrozen, 1, 1, nullptr);
+    CHECK(relative_l2(got.data(), f32.data(), f32.size()) <= kInt8WinogradRelativeL2);
+    // The Winograd path really ran (its roundings differ from the direct integer GEMM's), and only for frozen
+    // weights: the flag on a trainer's weight leaves the direct path.
+    CHECK(std::memcmp(got.data(), direct.data(), got.size() * sizeof(float)) != 0);
+    const std::vector<float> not_frozen = run(0, s.batch, kFlagInt8Winograd, 1, 1, nullptr);
+    CHECK(std::memcmp(not_frozen.data(), direct.data(), direct.size() * sizeof(float)) == 0);
+    if (first_level.empty()) {
+      first_level = got;
+    } else {
+      CHECK(relative_l2(got.data(), first_level.data(), got.size()) <= kInt8WinogradLevelRelativeL2);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("conv2d by 8-bit Winograd (kFlagInt8Winograd): near f32, the same bits for any threads, batch split or call",
+          "[qgemm][conv]") {
+  const WinogradShape shapes[] = {
+      {1, 32, 16, 16, 24, 1, true},   // 64 tiles: the fewest the rule takes; fused residual
+      {2, 64, 17, 15, 40, 1, false},  // odd sizes: partial tiles at the right and bottom; two images in one chunk
+      {1, 96, 18, 18, 16, 0, false},  // no padding; three channel blocks
+      {1, 32, 32, 24, 16, 1, true},   // 192 tiles: two chunks
+  };
+  for (DType type : kBlockTypes) {
+    for (quant::ConvRows rows : {quant::ConvRows::kTapMajor, quant::ConvRows::kNatural}) {
+      for (const WinogradShape& s : shapes) check_int8_winograd(type, rows, s);
+    }
+  }
+}
+
+TEST_CASE("8-bit Winograd leaves other convs alone: 1x1, stride 2, channels not a multiple of 32, few tiles",
+          "[qgemm][conv]") {
+  struct Shape {
+    int64_t ci, h, co, k, stride;
+  };
+  const std::vector<Shape> shapes = {{32, 16, 16, 1, 1}, {32, 33, 16, 3, 2}, {48, 16, 16, 3, 1}, {32, 12, 16, 3, 1}};
+  for (const Shape& s : shapes) {
+    INFO("ci " << s.ci << " " << s.h << "x" << s.h << " k " << s.k << " stride " << s.stride);
+    const int64_t weight_shape[4] = {s.co, s.ci, s.k, s.k};
+    const std::vector<float> values = random_vector(static_cast<size_t>(s.co * s.ci * s.k * s.k), 35, 0.2f);
+    std::vector<uint8_t> bytes(dtype_tensor_bytes(DType::Q8_0, 4, weight_shape));
+    REQUIRE(quant::encode_tensor("w", DType::Q8_0, 4, weight_shape, values.data(), bytes.data(),
+                                 quant::ConvRows::kNatural).ok());
+    const std::vector<float> x = random_vector(static_cast<size_t>(s.ci * s.h * s.h), 36);
+    std::vector<float> results[2];
+    for (int flagged = 0; flagged < 2; ++flagged) {
+      Graph g;
+      Tensor* w = g.param("w", DType::Q8_0, {s.co, s.ci, s.k, s.k}, bytes.data());
+      w->flags |= kFlagFrozen | (flagged ? kFlagInt8Winograd : 0);
+      const int64_t pad = s.k / 2;
+      Tensor* y = conv2d(g, g.param("x", DType::F32, {1, s.ci, s.h, s.h}, x.data()), w, nullptr,
+                         Conv2dParams{static_cast<int>(s.stride), static_cast<int>(pad), static_cast<int>(pad),
+                                      static_cast<int>(pad), static_cast<int>(pad)});
+      REQUIRE(y);
+      g.set_output(y);
+      REQUIRE(g.plan().ok());
+      ThreadPool pool(1);
+      REQUIRE(g.compute(pool).ok());
+      results[flagged].assign(y->f32(), y->f32() + y->numel());
+    }
+    CHECK(std::memcmp(results[0].data(), results[1].data(), results[0].size() * sizeof(float)) == 0);
+  }
+}
+
 TEST_CASE("tap-major conv weights are usable whole, by conv2d only", "[qgemm]") {
   std::vector<uint8_t> bytes(dtype_tensor_bytes(DType::Q8_0, 4, std::vector<int64_t>{8, 32, 3, 3}.data()));
   {
@@ -1015,4 +1243,44 @@ TEST_CASE("ddpm generate runs a model with q4_0 weights", "[qgemm][cli]") {
   CHECK(WEXITSTATUS(status) == 0);
   CHECK(std::ifstream(png).good());
   std::remove(png.c_str());
+  // --int8-winograd takes auto, on or off; anything else is a usage error that names the option.
+  for (const char* mode : {"on", "off", "sometimes"}) {
+    INFO("--int8-winograd " << mode);
+    const std::string run = std::string(bin) + " generate -m " + files.quantized + " -n 1 --steps 2 -t 1 -o " + png +
+                            " --int8-winograd " + mode + " 2>&1";
+    FILE* p = popen(run.c_str(), "r");
+    REQUIRE(p);
+    std::string text;
+    while ((n = fread(buffer, 1, sizeof buffer, p)) > 0) text.append(buffer, n);
+    const int code = pclose(p);
+    INFO(text);
+    const bool valid = std::string(mode) != "sometimes";
+    CHECK(WIFEXITED(code));
+    CHECK(WEXITSTATUS(code) == (valid ? 0 : 2));
+    if (!valid) CHECK(text.find("--int8-winograd: 'sometimes' is not auto, on or off") != std::string::npos);
+    std::remove(png.c_str());
+  }
+}
+
+TEST_CASE("a model takes 8-bit Winograd convs by default when its 3x3 conv weights are mostly 4-bit", "[qgemm][unet]") {
+  const std::pair<DType, bool> cases[] = {
+      {DType::Q8_0, false}, {DType::Q5_0, false}, {DType::Q4_1, true}, {DType::Q4_0, true}};
+  for (const auto& [type, expected] : cases) {
+    INFO(dtype_name(type));
+    ModelFiles files;
+    quantized_model("tiny", type, &files);
+    std::unique_ptr<Model> model;
+    REQUIRE(Model::load(files.quantized, &model).ok());
+    CHECK(model->int8_winograd() == expected);
+    std::unique_ptr<Model> f32;
+    REQUIRE(Model::load(files.f32, &f32).ok());
+    CHECK_FALSE(f32->int8_winograd());
+    // The choice reaches the weights the U-Net builder gets (which flags block-typed ones only, unet.cpp).
+    for (bool on : {false, true}) {
+      model->set_int8_winograd(on);
+      WeightRef ref;
+      REQUIRE(model->weights()("down_blocks.0.resnets.0.conv1.weight", {}, &ref).ok());
+      CHECK(ref.int8_winograd == on);
+    }
+  }
 }

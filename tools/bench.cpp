@@ -25,6 +25,7 @@
 #include "ddpm/ops.h"
 #include "ddpm/threadpool.h"
 #include "kernels/registry.h"
+#include "model/model.h"
 #include "model/unet.h"
 #include "model/ddpm_file.h"
 #include "ops/conv_winograd.h"
@@ -48,7 +49,15 @@ struct BenchSettings {
   long long repetitions = 0;  // 0: enough for ~0.3 s per case
   std::string filter;
   bool openblas = true;
-  std::vector<DType> types = {DType::F32};  // bench unet: weight types, side by side
+  // bench unet: weight types side by side, each with its --int8-winograd choice ("auto", "on", "off").
+  struct UNetVariant {
+    DType type;
+    std::string int8_winograd;
+    std::string label() const {
+      return dtype_name(type) + (int8_winograd == "auto" ? std::string() : ":" + int8_winograd);
+    }
+  };
+  std::vector<UNetVariant> types = {{DType::F32, "auto"}};
   std::string preset = "fashion-mnist";     // bench train
   long long batch = 64;                     // bench train
 };
@@ -366,7 +375,10 @@ int bench_unet(const BenchSettings& settings) {
   std::vector<std::string> names;
   for (const ParamSpec& spec : specs) names.push_back(spec.name);
   std::map<std::string, std::vector<uint8_t>> converted;
-  auto lookup_for = [&](DType type) -> WeightLookup {
+  auto lookup_for = [&](const BenchSettings::UNetVariant& variant) -> WeightLookup {
+    const DType type = variant.type;
+    const bool int8_winograd = variant.int8_winograd == "auto" ? Model::prefers_int8_winograd(type)
+                                                               : variant.int8_winograd == "on";
     auto policy = std::make_shared<quant::TypePolicy>(type);
     policy->set_tensor_names(names);
     return [&, policy](const std::string& name, const std::vector<int64_t>& expected, WeightRef* out) {
@@ -378,6 +390,7 @@ int bench_unet(const BenchSettings& settings) {
       for (int i = 0; i < out->rank; ++i) out->shape[i] = expected[i];
       out->frozen = true;  // as a loaded model's: unchanged while the benchmark's graphs live
       out->tap_major = quant::tap_major_eligible(chosen, out->rank, out->shape);
+      out->int8_winograd = int8_winograd;
       if (!matrix) {
         out->data = weights.at(name).data();
         return Status();
@@ -393,7 +406,7 @@ int bench_unet(const BenchSettings& settings) {
   const double gflop_per_image = 12.44;
   std::printf("ddpm bench unet — google/ddpm-cifar10-32 architecture (random weights, %lld parameters), kernels: %s\n",
               (long long)parameters, kernels::active().isa_name);
-  std::printf("%5s %3s %6s %12s %12s %10s %8s %14s\n", "batch", "thr", "type", "ms/forward", "images/s", "GFLOP/s",
+  std::printf("%5s %3s %8s %12s %12s %10s %8s %14s\n", "batch", "thr", "type", "ms/forward", "images/s", "GFLOP/s",
               "vs f32", "activations MB");
   std::vector<int> thread_counts = {1};
   if (max_threads > 1) thread_counts.push_back(max_threads);
@@ -407,7 +420,7 @@ int bench_unet(const BenchSettings& settings) {
     for (size_t i = 0; i < settings.types.size(); ++i) {
       s = UNet::build(config, lookup_for(settings.types[i]), batch, 32, 32, &nets[i]);
       if (!s.ok()) {
-        std::fprintf(stderr, "ddpm bench: %s: %s\n", dtype_name(settings.types[i]), s.message().c_str());
+        std::fprintf(stderr, "ddpm bench: %s: %s\n", settings.types[i].label().c_str(), s.message().c_str());
         return 1;
       }
     }
@@ -426,11 +439,11 @@ int bench_unet(const BenchSettings& settings) {
       }
       double f32_seconds = 0.0;
       for (size_t i = 0; i < nets.size(); ++i) {
-        if (settings.types[i] == DType::F32) f32_seconds = best[i];
+        if (settings.types[i].type == DType::F32) f32_seconds = best[i];
       }
       for (size_t i = 0; i < nets.size(); ++i) {
         const double seconds = best[i];
-        std::printf("%5d %3d %6s %12.2f %12.1f %10.1f", batch, threads, dtype_name(settings.types[i]), seconds * 1e3,
+        std::printf("%5d %3d %8s %12.2f %12.1f %10.1f", batch, threads, settings.types[i].label().c_str(), seconds * 1e3,
                     batch / seconds, gflop_per_image * batch / seconds);
         if (f32_seconds > 0) std::printf(" %7.2fx", f32_seconds / seconds);
         else std::printf(" %8s", "-");
@@ -553,18 +566,27 @@ int run_bench(int argc, char** argv) {
                        settings.filter = v;
                        return Status();
                      }});
-  options.push_back({"type", 0, "T,T…", "bench unet: weight types side by side (f32,f16,q8_0,q5_0,q4_1,q4_0; default f32)",
+  options.push_back({"type", 0, "T,T…",
+                     "bench unet: weight types side by side (f32,f16,q8_0,q5_0,q4_1,q4_0; default f32), each may end "
+                     "in :on or :off to force --int8-winograd (e.g. q8_0,q8_0:on)",
                      [&](const std::string& v) {
                        settings.types.clear();
                        size_t start = 0;
                        while (start <= v.size()) {
                          const size_t comma = std::min(v.find(',', start), v.size());
-                         const std::string name = v.substr(start, comma - start);
+                         std::string name = v.substr(start, comma - start), mode = "auto";
+                         const size_t colon = name.find(':');
+                         if (colon != std::string::npos) {
+                           mode = name.substr(colon + 1);
+                           name = name.substr(0, colon);
+                           if (mode != "on" && mode != "off")
+                             return errorf("--type: '%s' ends in ':%s', expected :on or :off", name.c_str(), mode.c_str());
+                         }
                          DType type;
                          if (!dtype_from_name(name.c_str(), &type) || type == DType::I32) {
                            return errorf("--type: unknown weight type '%s' (f32, f16, q8_0, q5_0, q4_1, q4_0)", name.c_str());
                          }
-                         settings.types.push_back(type);
+                         settings.types.push_back({type, mode});
                          start = comma + 1;
                        }
                        return Status();

@@ -17,10 +17,12 @@ namespace ddpm::tools {
 
 int run_eval(int argc, char** argv) {
   CommonSettings common;
+  std::string int8_winograd = "auto";
   std::string model_path, data_path, labels_path;
   long long count = 1000, batch = 50, seed = 0;
   std::vector<Option> options;
   add_common_options(&options, &common);
+  add_int8_winograd_option(&options, &int8_winograd);
   options.push_back({"model", 'm', "FILE", "model file (.ddpm)", text(&model_path)});
   options.push_back({"data", 0, "PATH", "IDX images (raw or .gz) or a folder of PNGs (class sub-folders)", text(&data_path)});
   options.push_back({"labels", 0, "FILE", "IDX labels for --data (IDX only)", text(&labels_path)});
@@ -47,6 +49,7 @@ int run_eval(int argc, char** argv) {
   }
   std::unique_ptr<Model> model;
   s = Model::load(model_path, &model);
+  if (s.ok()) apply_int8_winograd(int8_winograd, model.get());
   Dataset data;
   if (s.ok()) {
     ImageFit fit;

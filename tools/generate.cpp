@@ -65,6 +65,7 @@ std::string numbered_path(const std::string& path, int index) {
 
 int run_generate(int argc, char** argv) {
   CommonSettings common;
+  std::string int8_winograd = "auto";
   std::string model_path, output = "output.png", sampler = "", spacing, rng = "philox", class_text, raw_path;
   long long count = 1, batch = 0, steps = 0, scale = 1, uncond_class = -1, grid_columns = 0;
   double eta = 0, cfg = std::nan("");
@@ -72,6 +73,7 @@ int run_generate(int argc, char** argv) {
   uint64_t seed = 0;
   std::vector<Option> options;
   add_common_options(&options, &common);
+  add_int8_winograd_option(&options, &int8_winograd);
   options.push_back({"model", 'm', "FILE", "model file (.ddpm)", text(&model_path)});
   options.push_back({"count", 'n', "N", "number of images (default 1)", [&](const std::string& v) {
                        return parse_int("--count", v, 1, 100000, &count);
@@ -130,6 +132,7 @@ int run_generate(int argc, char** argv) {
   const auto t_load = std::chrono::steady_clock::now();
   std::unique_ptr<Model> model;
   s = Model::load(model_path, &model);
+  if (s.ok()) apply_int8_winograd(int8_winograd, model.get());
   if (!s.ok()) {
     std::fprintf(stderr, "ddpm generate: %s\n", s.message().c_str());
     return 1;

@@ -91,9 +91,11 @@ int run_schedule(int argc, char** argv) {
 
 int run_forward(int argc, char** argv) {
   CommonSettings common;
+  std::string int8_winograd = "auto";
   std::string model_path, input, output, shape_text, timesteps_text, labels_text;
   std::vector<Option> options;
   add_common_options(&options, &common);
+  add_int8_winograd_option(&options, &int8_winograd);
   options.push_back({"model", 'm', "FILE", "model file (.ddpm)", text(&model_path)});
   options.push_back({"input", 0, "FILE", "input sample, little-endian float32 NCHW", text(&input)});
   options.push_back({"shape", 0, "B,C,H,W", "input shape", text(&shape_text)});
@@ -123,6 +125,7 @@ int run_forward(int argc, char** argv) {
   if (!s.ok()) return fail("forward", 2, s);
   std::unique_ptr<Model> model;
   s = Model::load(model_path, &model);
+  if (s.ok()) apply_int8_winograd(int8_winograd, model.get());
   if (!s.ok()) return fail("forward", 1, s);
   const ModelInfo& info = model->info();
   const int64_t b = static_cast<int64_t>(shape[0]), c = static_cast<int64_t>(shape[1]), h = static_cast<int64_t>(shape[2]),

@@ -9,6 +9,10 @@
 
 #include "ddpm/status.h"
 
+namespace ddpm {
+class Model;
+}
+
 namespace ddpm::tools {
 
 struct Option {
@@ -28,6 +32,13 @@ struct CommonSettings {
 void add_common_options(std::vector<Option>* options, CommonSettings* settings);
 // Applies --isa (after DDPM_ISA from the environment); call once options are parsed.
 Status apply_common_settings(const CommonSettings& settings);
+
+// --int8-winograd auto|on|off, for the subcommands that run a model (generate, eval, forward): whether its
+// block-typed 3×3 convs run by Winograd with 8-bit transformed filters (Model::set_int8_winograd). The handler
+// accepts only those three words.
+void add_int8_winograd_option(std::vector<Option>* options, std::string* mode);
+// "on"/"off" set the loaded model's choice; "auto" keeps the one Model::load made.
+void apply_int8_winograd(const std::string& mode, Model* model);
 
 // Parses argv[first..argc): "--name value", "--name=value", "-x value", flags. Unknown options, missing values and
 // handler errors become a Status naming the option. Non-option arguments go to `positional`.

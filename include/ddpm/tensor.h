@@ -65,6 +65,9 @@ enum TensorFlags : uint8_t {
   // A block-typed conv weight [Co, Ci, kh, kw] whose rows are stored tap-major, values in (kh, kw, Ci) order
   // (quant::tap_major_eligible; docs/FORMAT.md §6.8): set by the model loader for files that say so.
   kFlagTapMajor = 32,
+  // A frozen block-typed 3×3 conv weight that conv2d may run by Winograd F(2×2, 3×3) with 8-bit transformed
+  // filters (src/ops/conv_winograd.cpp): faster, at some extra output error; set by the model loader when asked.
+  kFlagInt8Winograd = 64,
 };
 
 struct Tensor {

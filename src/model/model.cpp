@@ -122,8 +122,23 @@ Status Model::load(const std::string& path, std::unique_ptr<Model>* out, bool ve
                     expected.c_str());
     }
   }
+  model->int8_winograd_ = prefers_int8_winograd(model->file_);
   *out = std::move(model);
   return Status();
+}
+
+bool Model::prefers_int8_winograd(const DdpmFile& file) {
+  // Values of 3×3 conv weights by block type: the type most of them have decides.
+  int64_t values[static_cast<int>(DType::kCount)] = {};
+  for (const DdpmTensorInfo& t : file.tensors()) {
+    if (t.rank == 4 && t.shape[2] == 3 && t.shape[3] == 3 && dtype_traits(t.dtype).is_quantized)
+      values[static_cast<int>(t.dtype)] += t.numel();
+  }
+  int best = -1;
+  for (int type = 0; type < static_cast<int>(DType::kCount); ++type) {
+    if (values[type] > 0 && (best < 0 || values[type] > values[best])) best = type;
+  }
+  return best >= 0 && prefers_int8_winograd(static_cast<DType>(best));
 }
 
 WeightLookup Model::weights() const {
@@ -137,6 +152,7 @@ WeightLookup Model::weights() const {
     out->mapped = file_.is_mapped();
     out->frozen = true;  // the model's bytes are read-only for its lifetime
     out->tap_major = t->tap_major;
+    out->int8_winograd = int8_winograd_;
     return Status();
   };
 }

@@ -64,6 +64,7 @@ class Builder {
     if (t && ref.mapped) t->flags |= kFlagMapped;
     if (t && ref.frozen) t->flags |= kFlagFrozen;
     if (t && ref.tap_major) t->flags |= kFlagTapMajor;
+    if (t && ref.int8_winograd && block_type) t->flags |= kFlagInt8Winograd;
     return t;
   }
 

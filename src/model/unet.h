@@ -24,6 +24,7 @@ struct WeightRef {
   bool mapped = false;  // data lies in a read-only file mapping (kFlagMapped)
   bool frozen = false;  // data does not change while a graph uses it (kFlagFrozen)
   bool tap_major = false;  // a block-typed conv weight stored tap-major (kFlagTapMajor)
+  bool int8_winograd = false;  // a block-typed weight that 3×3 convs may run by 8-bit Winograd (kFlagInt8Winograd)
 };
 
 // Returns the weight `name`, or an error when it does not exist. `expected` is the shape the network needs (the

@@ -369,8 +369,11 @@ static size_t quantized_input_bytes(const Tensor& node) {
 
 size_t shared_conv2d(const Tensor& node) {
   const Tensor& w = *node.src[1];
-  if (quant::is_block_type(w.dtype))
-    return quantized_input_bytes(node) + qgemm_shared_bytes_max(w.shape[0], w.shape[1] * w.shape[2] * w.shape[3]);
+  if (quant::is_block_type(w.dtype)) {
+    // The Winograd path's V and M, or (without kept filters) the direct path's.
+    return std::max(conv2d_winograd_shared_bytes(node),
+                    quantized_input_bytes(node) + qgemm_shared_bytes_max(w.shape[0], w.shape[1] * w.shape[2] * w.shape[3]));
+  }
   // f32/f16 weights: the Winograd path's transforms, or room for the merged GEMM's output when some compiled level
   // would merge.
   if (const size_t winograd = conv2d_winograd_shared_bytes(node)) return winograd;
@@ -511,7 +514,10 @@ static void compute_conv2d_merged(const Tensor& node, ExecContext& ctx) {
 }
 
 Status compute_conv2d(const Tensor& node, ExecContext& ctx) {
-  if (quant::is_block_type(node.src[1]->dtype)) return compute_conv2d_quantized(node, ctx);
+  if (quant::is_block_type(node.src[1]->dtype)) {
+    if (run_conv2d_winograd(node, ctx)) return Status();  // wide 3×3 stride-1 layers of a frozen model
+    return compute_conv2d_quantized(node, ctx);
+  }
   if (run_conv2d_direct(node, ctx)) return Status();  // few input channels (see conv_direct.cpp)
   if (run_conv2d_winograd(node, ctx)) return Status();  // wide 3×3 stride-1 layers (see conv_winograd.cpp)
   if (merges_batch(node, ctx.kernels.gemm.nr) && ctx.shared && ctx.shared_bytes >= merged_output_bytes(node)) {

@@ -27,6 +27,15 @@
 // one k-ordered FMA chain (gemm.h) whichever chunk or split it falls in, so neither the thread count nor the batch
 // split (chunks may span images) changes a bit.
 //
+// Block-typed weights (q8_0, q4_0, …) take the same path when the model asks for it (kFlagInt8Winograd, set by the
+// loader: Model::set_int8_winograd) and the weight is frozen with Ci a multiple of 32: U is computed once from the
+// dequantised filters, each position's [Co × Ci] matrix quantised to q8_0 (amax scale) and kept as the integer
+// GEMM's panels (run_quantized); the 16 GEMMs then run in 8 bits (run_qgemm quantises V per tile and 32 channels,
+// like any B). That is 2.25× fewer 8-bit multiply-adds than the direct integer conv, at the price of a second
+// rounding of the filters and a coarser one of the inputs (V's four-term sums span about twice their range): on
+// the cifar10 U-Net +0.2 (q4_0) to +0.85 (q8_0) points of relative output error (docs/QUANT.md), which is why the
+// loader only chooses it for 4-bit models. Its kept panels take 16/9 of the direct path's.
+//
 // The rule: a 3×3 stride-1 conv with f32/f16 weights, at least kMinChannels in and out, and enough tiles per image
 // (`conv2d_winograd_min_tiles`, 64: a 16×16 output) for the 16 GEMMs to fill their column panels: below that they
 // stream U (16/9 of the weights) for little work and lose to the GEMM (`ddpm bench ops -t 1`, AVX-512, against the
@@ -36,11 +45,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <vector>
 
 #include "core/half.h"
 #include "io/mapped_file.h"
 #include "ops/gemm.h"
 #include "ops/qgemm.h"
+#include "quant/blocks.h"
 
 namespace ddpm {
 namespace {
@@ -50,6 +61,9 @@ constexpr int64_t kMinChannels = 16;
 // Output tiles per chunk: V and M for 256 tiles of a 384 → 128 conv take 8 MiB, within the shared L3; fewer tiles
 // would leave the GEMMs' column panels short.
 constexpr int64_t kChunkTiles = 256;
+// Block-typed weights' GEMMs fill their panels with fewer tiles, and a quarter of the chunk keeps V and M (the
+// largest part of a q4_0 generate's memory after the weights) to ~3 MB.
+constexpr int64_t kQuantizedChunkTiles = 128;
 // Tiles of one tile row handled per pass of the input and output transforms (their staging lives on the stack).
 constexpr int64_t kSegment = 64;
 constexpr int kPositions = 16;  // the 4×4 transformed tile
@@ -62,8 +76,10 @@ std::atomic<int64_t> min_tiles{kDefaultMinTiles};
 // generate with the cifar10 U-Net: +24 MB for its 16×16 layers, keeping the 32×32 ones too would add 32 MB more to
 // save ~10 % of their time). Kept or rebuilt, they are the same bits.
 constexpr int64_t kKeepBelowTiles = 256;
+bool frozen(const Tensor& weight) { return (weight.flags & kFlagParam) && (weight.flags & kFlagFrozen); }
 bool keeps_filters(const Tensor& weight, int64_t tiles_per_image) {
-  return (weight.flags & kFlagParam) && (weight.flags & kFlagFrozen) && tiles_per_image < kKeepBelowTiles;
+  if (quant::is_block_type(weight.dtype)) return true;  // always kept (run_quantized)
+  return frozen(weight) && tiles_per_image < kKeepBelowTiles;
 }
 
 // iparams of a Conv2d node (conv.cpp).
@@ -82,6 +98,11 @@ struct Geometry {
   int64_t u_floats() const { return kept_filters ? 0 : align_floats(kPositions * co * ci); }
   int64_t v_floats() const { return align_floats(kPositions * ci * chunk_tiles()); }
   int64_t m_floats() const { return align_floats(kPositions * co * chunk_tiles()); }
+  int64_t u_q8_bytes = 0;  // block-typed filters: their q8_0 transform at the first call (run_quantized)
+  size_t shared_bytes() const {
+    return std::max(static_cast<size_t>(u_floats() + v_floats() + m_floats()) * sizeof(float),
+                    static_cast<size_t>(u_q8_bytes));
+  }
 };
 
 Geometry geometry(const Tensor& node) {
@@ -98,14 +119,24 @@ Geometry geometry(const Tensor& node) {
   g.out_w = node.shape[3];
   g.tiles_h = ceil_div(g.out_h, 2);
   g.tiles_w = ceil_div(g.out_w, 2);
-  g.chunk_rows = std::clamp<int64_t>(kChunkTiles / g.tiles_w, 1, g.tile_rows());
+  const bool quantized = quant::is_block_type(node.src[1]->dtype);
+  g.chunk_rows = std::clamp<int64_t>((quantized ? kQuantizedChunkTiles : kChunkTiles) / g.tiles_w, 1, g.tile_rows());
   g.kept_filters = keeps_filters(*node.src[1], g.tiles_h * g.tiles_w);
+  // The first call of a quantised layer makes its q8_0 filters in the shared buffer, before V and M are used.
+  if (quantized) g.u_q8_bytes = static_cast<int64_t>(kPositions * g.co) * static_cast<int64_t>(dtype_row_bytes(DType::Q8_0, g.ci));
   return g;
 }
 
 bool applies(const Tensor& node) {
   const Tensor& w = *node.src[1];
-  if (w.dtype != DType::F32 && w.dtype != DType::F16) return false;
+  if (quant::is_block_type(w.dtype)) {
+    // Block-typed filters go through Winograd as 8-bit transformed filters, made once and kept (run_quantized):
+    // when the model asks for it (kFlagInt8Winograd), only for a frozen model's weights, and for whole 32-channel
+    // blocks (no padding inside a position's rows).
+    if (!(w.flags & kFlagInt8Winograd) || !frozen(w) || w.shape[1] % quant::kQuantBlock != 0) return false;
+  } else if (w.dtype != DType::F32 && w.dtype != DType::F16) {
+    return false;
+  }
   if (node.src[2] && node.src[2]->dtype != DType::F32 && node.src[2]->dtype != DType::F16) return false;
   if (w.shape[2] != 3 || w.shape[3] != 3 || node.iparams[kStride] != 1) return false;
   if (w.shape[0] < kMinChannels || w.shape[1] < kMinChannels) return false;
@@ -113,6 +144,29 @@ bool applies(const Tensor& node) {
   // from n single runs in the last bits.
   const int64_t tiles = ceil_div(node.shape[2], 2) * ceil_div(node.shape[3], 2);
   return tiles >= min_tiles.load(std::memory_order_relaxed);
+}
+
+// G g Gᵀ for kLanes filters side by side: k[t][c] is tap t (row-major 3×3) of filter c, out[f][c] position f of
+// its 4×4 transform. Each step is one fixed-length loop over the lanes (vectorised by the compiler).
+template <int kLanes>
+void transform_filter_lanes(const float (&k)[9][kLanes], float (&out)[kPositions][kLanes]) {
+  float a[4][3][kLanes];  // G g: rows of the filter combined
+  for (int x = 0; x < 3; ++x) {
+    for (int c = 0; c < kLanes; ++c) {
+      a[0][x][c] = k[x][c];
+      a[1][x][c] = 0.5f * (k[x][c] + k[3 + x][c] + k[6 + x][c]);
+      a[2][x][c] = 0.5f * (k[x][c] - k[3 + x][c] + k[6 + x][c]);
+      a[3][x][c] = k[6 + x][c];
+    }
+  }
+  for (int i = 0; i < 4; ++i) {  // (G g) Gᵀ: columns combined
+    for (int c = 0; c < kLanes; ++c) {
+      out[4 * i + 0][c] = a[i][0][c];
+      out[4 * i + 1][c] = 0.5f * (a[i][0][c] + a[i][1][c] + a[i][2][c]);
+      out[4 * i + 2][c] = 0.5f * (a[i][0][c] - a[i][1][c] + a[i][2][c]);
+      out[4 * i + 3][c] = a[i][2][c];
+    }
+  }
 }
 
 // U_f[co][ci] = (G g Gᵀ)_f for every filter, tasks over output channels. Filters go kLanes input channels at a
@@ -141,24 +195,8 @@ void transform_weights(const Geometry& g, const Tensor& w, float* u, ExecContext
         for (int64_t c = 0; c < lanes; ++c) {
           for (int t = 0; t < 9; ++t) k[t][c] = filters[c * 9 + t];
         }
-        float a[4][3][kLanes];  // G g: rows of the filter combined
-        for (int x = 0; x < 3; ++x) {
-          for (int c = 0; c < kLanes; ++c) {
-            a[0][x][c] = k[x][c];
-            a[1][x][c] = 0.5f * (k[x][c] + k[3 + x][c] + k[6 + x][c]);
-            a[2][x][c] = 0.5f * (k[x][c] - k[3 + x][c] + k[6 + x][c]);
-            a[3][x][c] = k[6 + x][c];
-          }
-        }
-        float out[kPositions][kLanes];  // (G g) Gᵀ: columns combined
-        for (int i = 0; i < 4; ++i) {
-          for (int c = 0; c < kLanes; ++c) {
-            out[4 * i + 0][c] = a[i][0][c];
-            out[4 * i + 1][c] = 0.5f * (a[i][0][c] + a[i][1][c] + a[i][2][c]);
-            out[4 * i + 2][c] = 0.5f * (a[i][0][c] - a[i][1][c] + a[i][2][c]);
-            out[4 * i + 3][c] = a[i][2][c];
-          }
-        }
+        float out[kPositions][kLanes];
+        transform_filter_lanes(k, out);
         // A whole row of lanes as a fixed-size copy: a variable-length memcpy of 64 bytes compiles to `rep movsq`,
         // whose start-up cost made these stores a third of the transform (perf).
         for (int f = 0; f < kPositions; ++f) {
@@ -264,6 +302,101 @@ void transform_output(const Geometry& g, const float* m, int64_t row0, int64_t r
   });
 }
 
+// The output tiles in chunks of whole tile rows: V for the chunk (transform_input), then `gemms(tiles, B)` makes
+// M from V (as a StridedB over its 16 positions), then y from M (transform_output).
+template <typename Gemms>
+void for_each_chunk(const Geometry& g, const Tensor& node, float* v, float* m, ExecContext& ctx, Gemms&& gemms) {
+  const float* x = node.src[0]->f32();
+  for (int64_t row0 = 0; row0 < g.tile_rows(); row0 += g.chunk_rows) {
+    const int64_t rows = std::min(g.chunk_rows, g.tile_rows() - row0);
+    const int64_t tiles = rows * g.tiles_w;
+    transform_input(g, x, row0, rows, v, ctx);
+    const StridedB b{v, DType::F32, g.ci * tiles, tiles, 1, ctx.kernels.gemm.gather_rows};
+    gemms(tiles, &b);
+    transform_output(g, m, row0, rows, node, ctx);
+  }
+}
+
+// Block-typed filters: U_f = G g Gᵀ from the dequantised filter g, each position's [Co × Ci] matrix quantised to
+// q8_0 rows (row f·Co + co, Ci values), tasks over output channels. The 16 values of a (co, ci) pair come from the
+// same f32 arithmetic as transform_weights; each position's 32 channels then make one q8_0 block.
+void transform_block_weights(const Geometry& g, const Tensor& w, uint8_t* u, ExecContext& ctx) {
+  constexpr int kLanes = quant::kQuantBlock;
+  const bool tap_major = (w.flags & kFlagTapMajor) != 0;
+  const int64_t row_values = g.ci * 9;
+  const size_t w_row_bytes = dtype_row_bytes(w.dtype, dtype_padded_row(w.dtype, row_values));
+  const size_t u_row_bytes = dtype_row_bytes(DType::Q8_0, g.ci);
+  const auto to_f32 = dtype_traits(w.dtype).to_f32;
+  const int64_t filters_per_task = std::max<int64_t>(1, 4096 / g.ci);
+  const int64_t tasks = ceil_div(g.co, filters_per_task);
+  ctx.pool.run(tasks, [&](int64_t task, int) {
+    std::vector<float> row(static_cast<size_t>(dtype_padded_row(w.dtype, row_values)));
+    const int64_t co_end = std::min(g.co, (task + 1) * filters_per_task);
+    for (int64_t co = task * filters_per_task; co < co_end; ++co) {
+      to_f32(static_cast<const uint8_t*>(w.data) + co * w_row_bytes, row.data(), static_cast<int64_t>(row.size()));
+      for (int64_t ci0 = 0; ci0 < g.ci; ci0 += kLanes) {
+        float k[9][kLanes];  // tap t of input channel ci0 + c
+        for (int t = 0; t < 9; ++t) {
+          for (int64_t c = 0; c < kLanes; ++c)
+            k[t][c] = tap_major ? row[t * g.ci + ci0 + c] : row[(ci0 + c) * 9 + t];
+        }
+        float out[kPositions][kLanes];
+        transform_filter_lanes(k, out);
+        for (int f = 0; f < kPositions; ++f) {
+          uint8_t* dst = u + (f * g.co + co) * u_row_bytes + (ci0 / kLanes) * sizeof(quant::BlockQ8_0);
+          quant::quantize_row_q8_0_amax(out[f], dst, kLanes);
+        }
+      }
+    }
+  });
+}
+
+// The transformed filters as a QGemm A: 16 matrices of Co q8_0 rows, one per batch item (position), named in
+// PackedWeights by the weight they come from.
+QGemmProblem quantized_problem(const Geometry& g, const Tensor& w) {
+  QGemmProblem p;
+  p.batch = kPositions;
+  p.M = g.co;
+  p.K = g.ci;
+  p.a_dtype = DType::Q8_0;
+  p.a_per_batch = true;
+  p.a_key = w.data;
+  p.a_form = PackedWeights::Form::kWinogradQ8Panels;
+  p.a_constant = true;
+  return p;
+}
+
+// Block-typed weights: the 16 GEMMs in 8-bit integers (run_qgemm: V quantised per tile column and 32 channels, as
+// any B), with the transformed filters quantised once, at the first call, and kept as panels.
+bool run_quantized(const Geometry& g, const Tensor& node, ExecContext& ctx, float* v, float* m) {
+  const Tensor& w = *node.src[1];
+  if (!ctx.packed_weights) return false;
+  QGemmProblem p = quantized_problem(g, w);
+  // The q8_0 filters, until run_qgemm has made its kept panels of them at the first chunk: in the shared buffer,
+  // whose V and M the first chunk's input transform only writes after that.
+  if (!qgemm_panels_kept(p, ctx)) {
+    transform_block_weights(g, w, ctx.shared, ctx);
+    p.a = ctx.shared;
+    if (!keep_qgemm_panels(p, ctx)) return false;  // out of memory: the direct path needs none (nothing written yet)
+    p.a = nullptr;
+    // From now on the filters are read through their kept transform only: a model file's pages can go.
+    if (w.flags & kFlagMapped) release_mapped_pages(w.data, dtype_tensor_bytes(w.dtype, w.rank, w.shape));
+  }
+  ExecContext gemm_ctx = ctx;  // the shared buffer holds V and M; kept panels need none
+  gemm_ctx.shared = nullptr;
+  gemm_ctx.shared_bytes = 0;
+  for_each_chunk(g, node, v, m, ctx, [&](int64_t tiles, const StridedB* b) {
+    p.N = tiles;
+    p.pack_b = pack_b_strided;
+    p.pack_b_context = b;
+    p.c = m;
+    p.c_batch_stride = g.co * tiles;
+    p.ldc = tiles;
+    run_qgemm(p, gemm_ctx);
+  });
+  return true;
+}
+
 }  // namespace
 
 int64_t conv2d_winograd_min_tiles() { return min_tiles.load(std::memory_order_relaxed); }
@@ -272,7 +405,7 @@ void set_conv2d_winograd_min_tiles(int64_t tiles) { min_tiles.store(tiles, std::
 size_t conv2d_winograd_shared_bytes(const Tensor& node) {
   if (!applies(node)) return 0;
   const Geometry g = geometry(node);
-  return static_cast<size_t>(g.u_floats() + g.v_floats() + g.m_floats()) * sizeof(float);
+  return g.shared_bytes();
 }
 
 bool run_conv2d_winograd(const Tensor& node, ExecContext& ctx) {
@@ -280,11 +413,12 @@ bool run_conv2d_winograd(const Tensor& node, ExecContext& ctx) {
   const Geometry g = geometry(node);
   // Sized from this geometry, not by asking the rule again (a concurrent set_conv2d_winograd_min_tiles could answer
   // differently in between).
-  const size_t needed = static_cast<size_t>(g.u_floats() + g.v_floats() + g.m_floats()) * sizeof(float);
+  const size_t needed = g.shared_bytes();
   if (!ctx.shared || ctx.shared_bytes < needed) return false;
   const Tensor& w = *node.src[1];
   float* v = reinterpret_cast<float*>(ctx.shared) + g.u_floats();
   float* m = v + g.v_floats();
+  if (quant::is_block_type(w.dtype)) return run_quantized(g, node, ctx, v, m);
   const float* u = nullptr;
   if (g.kept_filters) {
     if (!ctx.packed_weights) return false;
@@ -306,12 +440,7 @@ bool run_conv2d_winograd(const Tensor& node, ExecContext& ctx) {
     transform_weights(g, w, shared_u, ctx);
     u = shared_u;
   }
-  const float* x = node.src[0]->f32();
-  for (int64_t row0 = 0; row0 < g.tile_rows(); row0 += g.chunk_rows) {
-    const int64_t rows = std::min(g.chunk_rows, g.tile_rows() - row0);
-    const int64_t tiles = rows * g.tiles_w;
-    transform_input(g, x, row0, rows, v, ctx);
-    StridedB b{v, DType::F32, g.ci * tiles, tiles, 1, ctx.kernels.gemm.gather_rows};
+  for_each_chunk(g, node, v, m, ctx, [&](int64_t tiles, const StridedB* b) {
     GemmProblem p;
     p.batch = kPositions;
     p.M = g.co;
@@ -322,13 +451,12 @@ bool run_conv2d_winograd(const Tensor& node, ExecContext& ctx) {
     p.a_row_stride = g.ci;
     p.a_col_stride = 1;
     p.pack_b = pack_b_strided;
-    p.pack_b_context = &b;
+    p.pack_b_context = b;
     p.c = m;
     p.c_batch_stride = g.co * tiles;
     p.ldc = tiles;
     run_gemm(p, ctx);
-    transform_output(g, m, row0, rows, node, ctx);
-  }
+  });
   return true;
 }
 

@@ -2,7 +2,8 @@
 // weights when the layer is wide and the image has enough 2×2 output tiles (see conv_winograd.cpp for the rule).
 // It does 16 multiply-adds per output tile and input channel where the implicit GEMM does 36, at the price of
 // transforming weights, inputs and outputs; results differ from the GEMM path by rounding only (relative to the
-// products' magnitudes), and are the same for any thread count and any batch split.
+// products' magnitudes), and are the same for any thread count and any batch split. Block-typed weights flagged
+// kFlagInt8Winograd take it too, with 8-bit transformed filters and inputs (more error; see conv_winograd.cpp).
 #pragma once
 
 #include <cstddef>

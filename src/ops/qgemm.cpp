@@ -115,6 +115,9 @@ Scratch carve_scratch(uint8_t* base, int mr, int nr) {
 
 bool has_epilogue(const QGemmProblem& p) { return p.bias_row || p.bias_col || p.residual; }
 
+// How many M-row matrices A holds: one per batch item with a_per_batch, else one for all.
+int64_t a_matrices(const QGemmProblem& p) { return p.a_per_batch ? p.batch : 1; }
+
 // With `unpack_once` the tasks read the weight unpacked beforehand: once in all, spread over the threads, unless
 // it was `prepacked` by an earlier call.
 double split_cost(const QGemmProblem& p, const QGemmPlan& plan, int mr, int nr, int64_t m_chunks, int64_t n_chunks,
@@ -133,7 +136,9 @@ double split_cost(const QGemmProblem& p, const QGemmPlan& plan, int mr, int nr, 
   const double largest = k * (max_rows * max_cols + quantize_b * max_cols + unpack_per_task * max_rows) + kTaskCost;
   const double rounds = std::ceil(tasks / threads);
   // The unpacking phase: its share of the work per thread, and one more round of waking the threads.
-  const double unpack = unpack_once && !prepacked ? k * kUnpackACost * rows / threads + kTaskCost : 0.0;
+  const double unpack =
+      unpack_once && !prepacked ? k * kUnpackACost * rows * static_cast<double>(a_matrices(p)) / threads + kTaskCost
+                                : 0.0;
   return unpack + std::max(rounds * total / tasks, largest) + (threads > 1 ? kStraggler * largest : 0.0);
 }
 
@@ -221,12 +226,12 @@ struct FifthBitTable {
 };
 constexpr FifthBitTable kFifthBits;
 
-inline float load_f16(const uint8_t* p) { return f16_to_f32(static_cast<uint16_t>(p[0] | p[1] << 8)); }
+inline uint16_t load_u16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | p[1] << 8); }
 
-// Returns Σ of the block's 32 values.
-int32_t decode_block(DType type, const uint8_t* block, int8_t* q, int64_t quad_stride, float* d, float* min) {
-  *d = load_f16(block);
-  *min = 0.0f;
+// Returns Σ of the block's 32 values; *d and *min get the stored f16 scale and minimum (0 for types without).
+int32_t decode_block(DType type, const uint8_t* block, int8_t* q, int64_t quad_stride, uint16_t* d, uint16_t* min) {
+  *d = load_u16(block);
+  *min = 0;
   uint64_t lanes = 0;
   switch (type) {
     case DType::Q8_0:
@@ -240,7 +245,7 @@ int32_t decode_block(DType type, const uint8_t* block, int8_t* q, int64_t quad_s
     case DType::Q4_1: {
       const bool offset = type == DType::Q4_0;
       const uint8_t* qs = block + (offset ? 2 : 4);
-      if (!offset) *min = load_f16(block + 2);
+      if (!offset) *min = load_u16(block + 2);
       for (int i = 0; i < 2; ++i) {
         const uint64_t packed = load_u64(qs + 8 * i);
         const uint64_t lo = packed & kLowNibbles, hi = (packed >> 4) & kLowNibbles;
@@ -272,25 +277,38 @@ int32_t decode_block(DType type, const uint8_t* block, int8_t* q, int64_t quad_s
 }
 
 // Where an unpacked A panel goes: values [blocks*8][mr][4], then per block and row the scale, minimum (null for
-// types without), Σq and lo_coef (QGemmPanelA), each [blocks][mr].
+// types without), Σq and lo_coef (QGemmPanelA), each [blocks][mr]. A kept or shared panel (d16 set) holds the
+// scale and minimum as their stored f16 bits and no lo_coef, a sixth less memory: run_task widens them into
+// scratch for the k block at hand (expand_panel), the same floats either way.
 struct APanel {
   int8_t* q;
   float* d;
   float* min;
   int16_t* qsum;
   float* lo_coef;
+  uint16_t* d16 = nullptr;
+  uint16_t* min16 = nullptr;
 };
 
-// Rows m0 .. m0+mr of A, blocks [k0/32, (k0+kc)/32), into the kernel's panel layout. Rows past M repeat the last
-// row: they only feed tile rows that are never copied out.
-void unpack_a_panel(const QGemmProblem& p, int mr, size_t row_bytes, int64_t m0, int64_t k0, int64_t kc,
-                    const APanel& out) {
+// lo_coef from a block's scale, Σq and minimum: Σ_k w_k·(lo + d·u_k) = wd·d·Σ wq·u + lo·(wd·Σ wq + 32·wmin) +
+// wmin·d·Σ u, the weight side of the lo term. 32·wmin is exact, so the fma rounds the sum once, as any contraction
+// by the compiler would too.
+inline float lo_coefficient(float d, int16_t qsum, float min, bool has_min) {
+  const float lo_coef = d * static_cast<float>(qsum);
+  return has_min ? std::fma(32.0f, min, lo_coef) : lo_coef;
+}
+
+// Rows m0 .. m0+mr of A's matrix starting at row `first_row` (0, or b·M for batch item b with a_per_batch), blocks
+// [k0/32, (k0+kc)/32), into the kernel's panel layout. Rows past M repeat the last row: they only feed tile rows
+// that are never copied out.
+void unpack_a_panel(const QGemmProblem& p, int mr, size_t row_bytes, int64_t first_row, int64_t m0, int64_t k0,
+                    int64_t kc, const APanel& out) {
   const int64_t blocks = kc / kBlock;
   const size_t block_bytes = dtype_traits(p.a_dtype).block_bytes;
   const int64_t quad_stride = 4 * mr, block_stride = 8 * quad_stride;
   const int64_t span = blocks * static_cast<int64_t>(block_bytes);
   for (int m = 0; m < mr; ++m) {
-    const int64_t row = std::min<int64_t>(m0 + m, p.M - 1);
+    const int64_t row = first_row + std::min<int64_t>(m0 + m, p.M - 1);
     const uint8_t* src = static_cast<const uint8_t*>(p.a) + row * row_bytes + (k0 / kBlock) * block_bytes;
     // The weights stream from memory once per column chunk, a few hundred bytes from each of mr rows far apart:
     // fetch the next panel's piece of this row while this one is decoded, or every row waits for DRAM.
@@ -299,26 +317,29 @@ void unpack_a_panel(const QGemmProblem& p, int mr, size_t row_bytes, int64_t m0,
     }
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t i = b * mr + m;
-      float min = 0.0f;
-      const int32_t sum = decode_block(p.a_dtype, src + b * block_bytes, out.q + b * block_stride + m * 4,
-                                       quad_stride, &out.d[i], &min);
+      uint16_t d = 0, min = 0;
+      const int32_t sum =
+          decode_block(p.a_dtype, src + b * block_bytes, out.q + b * block_stride + m * 4, quad_stride, &d, &min);
       out.qsum[i] = static_cast<int16_t>(sum);  // |sum| <= 32·128 (q8_0 may hold -128)
-      if (out.min) out.min[i] = min;
-      // Σ_k w_k·(lo + d·u_k) = wd·d·Σ wq·u + lo·(wd·Σ wq + 32·wmin) + wmin·d·Σ u: the weight side of the lo term.
-      // 32·wmin is exact, so the fma rounds the sum once, as any contraction by the compiler would too.
-      const float lo_coef = out.d[i] * static_cast<float>(sum);
-      out.lo_coef[i] = p.a_dtype == DType::Q4_1 ? std::fma(32.0f, min, lo_coef) : lo_coef;
+      if (out.d16) {
+        out.d16[i] = d;
+        if (out.min16) out.min16[i] = min;
+        continue;
+      }
+      out.d[i] = f16_to_f32(d);
+      if (out.min) out.min[i] = f16_to_f32(min);
+      out.lo_coef[i] = lo_coefficient(out.d[i], out.qsum[i], f16_to_f32(min), out.min != nullptr);
     }
   }
 }
 
 // The whole weight unpacked once (run_qgemm with ExecContext::shared or PackedWeights): panel after panel over all
-// of the padded K, in five regions (values, scales, minima — empty for types without —, sums, lo_coef). A k block
-// of a panel is a contiguous piece of it.
+// of the padded K, in four regions (values, f16 scales, f16 minima — empty for types without —, sums): 1.125 bytes
+// per weight (q4_1: 1.19). A k block of a panel is a contiguous piece of it.
 struct SharedALayout {
   int64_t padded_k = 0, blocks = 0, rows = 0;
   bool has_min = false;
-  size_t offsets[5] = {};
+  size_t offsets[4] = {};
   size_t total = 0;
 };
 
@@ -329,10 +350,9 @@ SharedALayout shared_a_layout(int64_t m_panels, int mr, int64_t padded_k, DType 
   l.rows = m_panels * mr;
   l.has_min = type == DType::Q4_1;
   const size_t per_block = static_cast<size_t>(l.rows * l.blocks);
-  const size_t sizes[5] = {static_cast<size_t>(l.rows * padded_k), per_block * sizeof(float),
-                           l.has_min ? per_block * sizeof(float) : 0, per_block * sizeof(int16_t),
-                           per_block * sizeof(float)};
-  for (int i = 0; i < 5; ++i) {
+  const size_t sizes[4] = {static_cast<size_t>(l.rows * padded_k), per_block * sizeof(uint16_t),
+                           l.has_min ? per_block * sizeof(uint16_t) : 0, per_block * sizeof(int16_t)};
+  for (int i = 0; i < 4; ++i) {
     l.offsets[i] = l.total;
     l.total += aligned64(sizes[i]);
   }
@@ -343,20 +363,38 @@ SharedALayout shared_a_layout(int64_t m_panels, int mr, int64_t padded_k, DType 
 APanel shared_a_panel(const uint8_t* const_base, const SharedALayout& l, int mr, int64_t panel, int64_t k0) {
   uint8_t* base = const_cast<uint8_t*>(const_base);  // APanel is written by the unpacker, read by the tasks
   const int64_t first = panel * mr * l.blocks + (k0 / kBlock) * mr;  // [panel][blocks][mr]
-  APanel a;
+  APanel a{};
   a.q = reinterpret_cast<int8_t*>(base + l.offsets[0]) + panel * mr * l.padded_k + k0 * mr;
-  a.d = reinterpret_cast<float*>(base + l.offsets[1]) + first;
-  a.min = l.has_min ? reinterpret_cast<float*>(base + l.offsets[2]) + first : nullptr;
+  a.d16 = reinterpret_cast<uint16_t*>(base + l.offsets[1]) + first;
+  a.min16 = l.has_min ? reinterpret_cast<uint16_t*>(base + l.offsets[2]) + first : nullptr;
   a.qsum = reinterpret_cast<int16_t*>(base + l.offsets[3]) + first;
-  a.lo_coef = reinterpret_cast<float*>(base + l.offsets[4]) + first;
   return a;
+}
+
+// A shared or kept panel's k block as the kernel reads it: its f16 scales and minima widened by the level's row
+// converter into the task's scratch, lo_coef computed there (`count` = blocks · mr values).
+void expand_panel(const APanel& compact, int64_t count, decltype(kernels::KernelTable::f16_to_f32) f16_to_f32_row,
+                  const Scratch& s, APanel* out) {
+  out->q = compact.q;
+  out->qsum = compact.qsum;
+  out->d = s.a_d;
+  out->lo_coef = s.a_lo_coef;
+  out->min = compact.min16 ? s.a_min : nullptr;
+  f16_to_f32_row(count, compact.d16, s.a_d);
+  if (compact.min16) {
+    f16_to_f32_row(count, compact.min16, s.a_min);
+    for (int64_t i = 0; i < count; ++i) s.a_lo_coef[i] = lo_coefficient(s.a_d[i], compact.qsum[i], s.a_min[i], true);
+  } else {
+    for (int64_t i = 0; i < count; ++i) s.a_lo_coef[i] = lo_coefficient(s.a_d[i], compact.qsum[i], 0.0f, false);
+  }
 }
 
 // The problem and the plan are copied so that tasks on other threads do not keep reading lines of the caller's
 // stack (see run_gemm).
 // `unpacked`: the whole weight unpacked beforehand (shared_a_layout), or null to unpack each panel here.
 void run_task(const QGemmProblem& problem, const QGemmPlan& shared_plan, const kernels::QGemmMicroKernel& shared_kernel,
-              const TaskRange& r, const Scratch& s, const uint8_t* unpacked) {
+              const TaskRange& r, const Scratch& s, const uint8_t* unpacked,
+              decltype(kernels::KernelTable::f16_to_f32) f16_to_f32_row) {
   const QGemmProblem p = problem;
   const QGemmPlan plan = shared_plan;
   const kernels::QGemmMicroKernel kernel = shared_kernel;
@@ -372,7 +410,8 @@ void run_task(const QGemmProblem& problem, const QGemmPlan& shared_plan, const k
     for (int64_t n = 0; n < nc; ++n) s.col_bias[n] = load_element(p.bias_col, p.bias_dtype, r.n_begin + n);
     for (int64_t n = nc; n < ceil_div(nc, nr) * nr; ++n) s.col_bias[n] = 0.0f;
   }
-  const SharedALayout layout = unpacked ? shared_a_layout(plan.m_panels, mr, padded_k, p.a_dtype) : SharedALayout();
+  const SharedALayout layout =
+      unpacked ? shared_a_layout(a_matrices(p) * plan.m_panels, mr, padded_k, p.a_dtype) : SharedALayout();
   for (int64_t block = 0; block < plan.k_blocks; ++block) {
     const int64_t k0 = block * plan.kc, kc = std::min(plan.kc, padded_k - k0);
     const bool accumulate = block > 0, last = block + 1 == plan.k_blocks;
@@ -383,9 +422,11 @@ void run_task(const QGemmProblem& problem, const QGemmPlan& shared_plan, const k
       const int mr_valid = static_cast<int>(std::min<int64_t>(mr, p.M - m0));
       APanel unpacked_panel{s.a_q, s.a_d, has_min ? s.a_min : nullptr, s.a_qsum, s.a_lo_coef};
       if (unpacked) {
-        unpacked_panel = shared_a_panel(unpacked, layout, mr, panel, k0);
+        const int64_t global_panel = (p.a_per_batch ? r.batch * plan.m_panels : 0) + panel;
+        expand_panel(shared_a_panel(unpacked, layout, mr, global_panel, k0), kc / kBlock * mr, f16_to_f32_row, s,
+                     &unpacked_panel);
       } else {
-        unpack_a_panel(p, mr, row_bytes, m0, k0, kc, unpacked_panel);
+        unpack_a_panel(p, mr, row_bytes, p.a_per_batch ? r.batch * p.M : 0, m0, k0, kc, unpacked_panel);
       }
       kernels::QGemmPanelA a;
       a.q = unpacked_panel.q;
@@ -467,7 +508,7 @@ QGemmPlan plan_qgemm(const QGemmProblem& p, const kernels::QGemmMicroKernel& ker
       if (n_chunks == previous_n_chunks) continue;
       previous_n_chunks = n_chunks;
       // Unpacking once only pays when a panel would otherwise be unpacked more than once.
-      if (once && !prepacked && p.batch * n_chunks == 1) continue;
+      if (once && !prepacked && (p.batch / a_matrices(p)) * n_chunks == 1) continue;
       for (int64_t m_chunks = 1; m_chunks <= max_m_chunks; ++m_chunks) {
         const double cost =
             split_cost(p, plan, kernel.mr, kernel.nr, m_chunks, n_chunks, plan.threads, once, prepacked);
@@ -500,6 +541,59 @@ size_t qgemm_scratch_bytes_max() {
   return bytes;
 }
 
+namespace {
+PackedWeights::Key kept_key(const QGemmProblem& p, int mr) {
+  return PackedWeights::Key{p.a_key ? p.a_key : p.a, p.a_dtype, a_matrices(p) * p.M, dtype_padded_row(p.a_dtype, p.K),
+                            mr, p.a_form};
+}
+
+size_t a_bytes(const QGemmProblem& p) {
+  return static_cast<size_t>(a_matrices(p) * p.M) * dtype_row_bytes(p.a_dtype, dtype_padded_row(p.a_dtype, p.K));
+}
+
+// Every panel of A (all its matrices) unpacked into `into` (shared_a_layout), in `parts` tasks.
+void unpack_all_panels(const QGemmProblem& p, ExecContext& ctx, int parts_wanted, uint8_t* into) {
+  DDPM_ASSERT(p.a != nullptr);
+  const int mr = ctx.kernels.qgemm.mr;
+  const int64_t padded_k = dtype_padded_row(p.a_dtype, p.K);
+  const int64_t m_panels = ceil_div(p.M, mr), panels = a_matrices(p) * m_panels;
+  const SharedALayout layout = shared_a_layout(panels, mr, padded_k, p.a_dtype);
+  const size_t row_bytes = dtype_row_bytes(p.a_dtype, padded_k);
+  auto unpack_panels = [&](int64_t part, int64_t parts) {
+    int64_t begin, end;
+    split_range(panels, parts, part, &begin, &end);
+    for (int64_t panel = begin; panel < end; ++panel) {
+      const int64_t matrix = panel / m_panels, local = panel % m_panels;
+      unpack_a_panel(p, mr, row_bytes, matrix * p.M, local * mr, 0, padded_k, shared_a_panel(into, layout, mr, panel, 0));
+    }
+  };
+  const int64_t parts = std::min<int64_t>(panels, parts_wanted);
+  if (parts <= 1) {
+    unpack_panels(0, 1);
+  } else {
+    ctx.pool.run(parts, [&](int64_t part, int) { unpack_panels(part, parts); });
+  }
+}
+}  // namespace
+
+bool qgemm_panels_kept(const QGemmProblem& p, const ExecContext& ctx) {
+  return p.a_constant && ctx.packed_weights && ctx.packed_weights->find(kept_key(p, ctx.kernels.qgemm.mr));
+}
+
+bool keep_qgemm_panels(const QGemmProblem& p, ExecContext& ctx) {
+  if (!p.a_constant || !ctx.packed_weights) return false;
+  const int mr = ctx.kernels.qgemm.mr;
+  const PackedWeights::Key key = kept_key(p, mr);
+  if (ctx.packed_weights->find(key)) return true;
+  const size_t bytes =
+      shared_a_layout(a_matrices(p) * ceil_div(p.M, mr), mr, dtype_padded_row(p.a_dtype, p.K), p.a_dtype).total;
+  uint8_t* into = ctx.packed_weights->add(key, bytes);
+  if (!into) return false;
+  unpack_all_panels(p, ctx, ctx.pool.size(), into);
+  if (p.a_mapped) release_mapped_pages(p.a, a_bytes(p));
+  return true;
+}
+
 void run_qgemm(const QGemmProblem& p, ExecContext& ctx) {
   const kernels::QGemmMicroKernel& kernel = ctx.kernels.qgemm;
   const int mr = kernel.mr, nr = kernel.nr;
@@ -527,11 +621,12 @@ void run_qgemm(const QGemmProblem& p, ExecContext& ctx) {
   // A weight that several tasks' column chunks (or batch items) would each unpack again is unpacked once, by all
   // threads, into the shared buffer, and read from there; a constant one is unpacked at its first use and kept.
   const int64_t padded_k = dtype_padded_row(p.a_dtype, p.K);
-  const SharedALayout layout = shared_a_layout(ceil_div(p.M, mr), mr, padded_k, p.a_dtype);
+  const int64_t m_panels = ceil_div(p.M, mr), matrices = a_matrices(p);
+  const SharedALayout layout = shared_a_layout(matrices * m_panels, mr, padded_k, p.a_dtype);
   const uint8_t* unpacked = nullptr;
   uint8_t* unpack_into = nullptr;
   PackedWeights* packs = p.a_constant ? ctx.packed_weights : nullptr;
-  const PackedWeights::Key key{p.a, p.a_dtype, p.M, padded_k, mr};
+  const PackedWeights::Key key = kept_key(p, mr);
   if (packs) {
     unpacked = packs->find(key);
     if (!unpacked) unpack_into = packs->add(key, layout.total);  // out of memory: decode per op, as without
@@ -546,31 +641,19 @@ void run_qgemm(const QGemmProblem& p, ExecContext& ctx) {
   DDPM_ASSERT(!unpack_into || plan.unpack_once);  // a kept entry must be filled now
   if (plan.unpack_once && !unpacked) {
     if (!unpack_into) unpack_into = ctx.shared;
-    const size_t row_bytes = dtype_row_bytes(p.a_dtype, padded_k);
-    auto unpack_panels = [&](int64_t part, int64_t parts) {
-      int64_t begin, end;
-      split_range(plan.m_panels, parts, part, &begin, &end);
-      for (int64_t panel = begin; panel < end; ++panel) {
-        unpack_a_panel(p, mr, row_bytes, panel * mr, 0, padded_k, shared_a_panel(unpack_into, layout, mr, panel, 0));
-      }
-    };
-    const int64_t parts = std::min<int64_t>(plan.m_panels, std::max(plan.threads, ctx.pool.size()));
-    if (parts == 1) {
-      unpack_panels(0, 1);
-    } else {
-      ctx.pool.run(parts, [&](int64_t part, int) { unpack_panels(part, parts); });
-    }
+    unpack_all_panels(p, ctx, std::max(plan.threads, ctx.pool.size()), unpack_into);
     unpacked = unpack_into;
-    if (unpack_into != ctx.shared && p.a_mapped) release_mapped_pages(p.a, static_cast<size_t>(p.M) * row_bytes);
+    if (unpack_into != ctx.shared && p.a_mapped) release_mapped_pages(p.a, a_bytes(p));
   }
   if (plan.threads == 1) {
     const Scratch s = carve_scratch(ctx.scratch[0], mr, nr);
     for (int64_t task = 0; task < plan.tasks; ++task)
-      run_task(p, plan, kernel, task_range(p, plan, nr, task), s, unpacked);
+      run_task(p, plan, kernel, task_range(p, plan, nr, task), s, unpacked, ctx.kernels.f16_to_f32);
     return;
   }
   ctx.pool.run(plan.tasks, [&](int64_t task, int thread) {
-    run_task(p, plan, kernel, task_range(p, plan, nr, task), carve_scratch(ctx.scratch[thread], mr, nr), unpacked);
+    run_task(p, plan, kernel, task_range(p, plan, nr, task), carve_scratch(ctx.scratch[thread], mr, nr), unpacked,
+             ctx.kernels.f16_to_f32);
   });
 }
 

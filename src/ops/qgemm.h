@@ -23,9 +23,51 @@
 
 namespace ddpm {
 
+// Constant block-typed weights decoded into the micro-kernels' panel layout (QGemmPanelA) once, at their first
+// use, and kept for every later compute() of the graph that owns them: the decoding otherwise costs about a seventh
+// of a quantised U-Net forward on one thread. The panels take 1.125 bytes per weight (int8 values plus the f16
+// scale and an int16 sum per 32; q4_1 also its f16 minima: 1.19), against 1.06 for q8_0 and 0.56 for q4_0 stored;
+// each task widens a panel's scales for the k block at hand. With a_mapped the stored bytes leave memory once
+// decoded. Keyed by the weight's address (or the caller's QGemmProblem::a_key) and the kernel's row count (a
+// forced ISA level packs again). Also holds frozen f32/f16 filters transformed for Winograd
+// (Form::kWinogradF2x2_3) and block-typed ones as 8-bit panels (Form::kWinogradQ8Panels, conv_winograd.cpp). Not
+// thread-safe: run_qgemm and run_conv2d_winograd are called by one thread at a time per graph.
+class PackedWeights {
+ public:
+  // Which derived form of a weight an entry holds.
+  enum class Form : uint8_t {
+    kQGemmPanels,     // block types decoded into QGemmPanelA panels (run_qgemm)
+    kWinogradF2x2_3,  // f32/f16 3×3 filters transformed for Winograd F(2×2, 3×3), [16][Co][Ci] f32 (conv_winograd.cpp)
+    kWinogradQ8Panels,  // block-typed 3×3 filters transformed for Winograd, as q8_0, decoded into QGemmPanelA panels
+  };
+  // What identifies a weight's derived form: its bytes, its type and shape, and the kernel's rows per panel.
+  struct Key {
+    const void* weight;
+    DType type;
+    int64_t rows, padded_k;
+    int mr;
+    Form form = Form::kQGemmPanels;
+    bool operator<(const Key& o) const;
+  };
+  const uint8_t* find(const Key& key) const;
+  // Room for a weight's panels (64-byte aligned), owned by this object; null when out of memory. The caller fills
+  // it before the next find().
+  uint8_t* add(const Key& key, size_t bytes);
+  size_t bytes() const { return bytes_; }
+  size_t count() const { return panels_.size(); }
+
+ private:
+  struct Free {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  std::map<Key, std::unique_ptr<uint8_t[], Free>> panels_;
+  size_t bytes_ = 0;
+};
+
 struct QGemmProblem {
   int64_t batch = 1, M = 0, N = 0, K = 0;
-  // A row m: the bytes at a + m * dtype_row_bytes(a_dtype, dtype_padded_row(a_dtype, K)); shared by all batch items.
+  // A row m: the bytes at a + m * dtype_row_bytes(a_dtype, dtype_padded_row(a_dtype, K)); shared by all batch items
+  // unless a_per_batch.
   const void* a = nullptr;
   DType a_dtype = DType::Q8_0;
   PackB pack_b = nullptr;
@@ -46,6 +88,14 @@ struct QGemmProblem {
   DType bias_dtype = DType::F32;
   const float* residual = nullptr;  // element (m, n) at residual + b*residual_batch_stride + m*residual_ld + n
   int64_t residual_batch_stride = 0, residual_ld = 0;
+  // Batch item b multiplies rows [b·M, (b+1)·M) of A (Winograd's 16 transformed-filter matrices, one per
+  // position); otherwise every batch item multiplies rows [0, M).
+  bool a_per_batch = false;
+  // What names A's kept panels in ExecContext::packed_weights: A's own address unless a_key is set. A caller whose
+  // A is a transient derived from a weight names the weight and the form instead, and once the panels are kept
+  // (qgemm_panels_kept) may leave `a` null.
+  const void* a_key = nullptr;
+  PackedWeights::Form a_form = PackedWeights::Form::kQGemmPanels;
   // A is a graph parameter, constant from one compute() to the next: its unpacked panels may be kept in
   // ExecContext::packed_weights and reused instead of decoded again.
   bool a_constant = false;
@@ -78,44 +128,6 @@ enum class AUnpacking { kPerTask, kCanUnpackOnce, kPrepacked };
 QGemmPlan plan_qgemm(const QGemmProblem& problem, const kernels::QGemmMicroKernel& kernel, int threads,
                      AUnpacking unpacking = AUnpacking::kPerTask);
 
-// Constant block-typed weights decoded into the micro-kernels' panel layout (QGemmPanelA) once, at their first
-// use, and kept for every later compute() of the graph that owns them: the decoding otherwise costs about a seventh
-// of a quantised U-Net forward on one thread. The panels take 1.31 bytes per weight (int8 values plus an f32
-// scale, an int16 sum and an f32 minimum coefficient per 32; q4_1 also its f32 minima: 1.44), against 1.06 for
-// q8_0 and 0.56 for q4_0 stored; with a_mapped the stored bytes leave memory once decoded. Keyed by the weight's
-// address and the kernel's row count (a forced ISA level packs again). Also holds frozen f32/f16 filters
-// transformed for Winograd (Form::kWinogradF2x2_3, conv_winograd.cpp). Not thread-safe: run_qgemm and
-// run_conv2d_winograd are called by one thread at a time per graph.
-class PackedWeights {
- public:
-  // Which derived form of a weight an entry holds.
-  enum class Form : uint8_t {
-    kQGemmPanels,     // block types decoded into QGemmPanelA panels (run_qgemm)
-    kWinogradF2x2_3,  // f32/f16 3×3 filters transformed for Winograd F(2×2, 3×3), [16][Co][Ci] f32 (conv_winograd.cpp)
-  };
-  // What identifies a weight's derived form: its bytes, its type and shape, and the kernel's rows per panel.
-  struct Key {
-    const void* weight;
-    DType type;
-    int64_t rows, padded_k;
-    int mr;
-    Form form = Form::kQGemmPanels;
-    bool operator<(const Key& o) const;
-  };
-  const uint8_t* find(const Key& key) const;
-  // Room for a weight's panels (64-byte aligned), owned by this object; null when out of memory. The caller fills
-  // it before the next find().
-  uint8_t* add(const Key& key, size_t bytes);
-  size_t bytes() const { return bytes_; }
-  size_t count() const { return panels_.size(); }
-
- private:
-  struct Free {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
-  std::map<Key, std::unique_ptr<uint8_t[], Free>> panels_;
-  size_t bytes_ = 0;
-};
 
 // Per-thread scratch bytes run_qgemm needs with this table's qgemm kernel, and the most any kernel this CPU can run
 // needs (kernels::available_qgemm_kernels).
@@ -129,5 +141,10 @@ size_t qgemm_shared_bytes_max(int64_t M, int64_t K);
 // tasks run; with ctx.packed_weights and problem.a_constant they are unpacked at the first call only and kept.
 // The result is the same bit for bit.
 void run_qgemm(const QGemmProblem& problem, ExecContext& ctx);
+// Whether run_qgemm with ctx would find A's panels kept (p.a_constant, ctx.packed_weights, an earlier call).
+bool qgemm_panels_kept(const QGemmProblem& problem, const ExecContext& ctx);
+// Makes A's kept panels now, as run_qgemm would at its first call (p.a_constant, ctx.packed_weights), so that a
+// caller can then reuse the memory p.a points to; false when they cannot be kept (no PackedWeights, out of memory).
+bool keep_qgemm_panels(const QGemmProblem& problem, ExecContext& ctx);
 
 }  // namespace ddpm

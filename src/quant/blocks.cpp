@@ -227,6 +227,19 @@ void quantize_row_q8_0(const float* x, void* blocks, int64_t n) {
   }
 }
 
+void quantize_row_q8_0_amax(const float* x, void* blocks, int64_t n) {
+  DDPM_ASSERT(n % kQuantBlock == 0);
+  auto* out = static_cast<BlockQ8_0*>(blocks);
+  for (int64_t b = 0; b < n / kQuantBlock; ++b, x += kQuantBlock) {
+    float amax = 0.0f;
+    for (int i = 0; i < kQuantBlock; ++i) amax = std::max(amax, std::fabs(x[i]));  // (NaNs ignored, as by fmaxf)
+    SymmetricBlock block;
+    quantise_symmetric(x, amax / kSearchQ8_0.top, kSearchQ8_0.lo, kSearchQ8_0.hi, &block);
+    out[b].d = block.d;
+    std::memcpy(out[b].qs, block.q, kQuantBlock);
+  }
+}
+
 void quantize_row_q4_0(const float* x, void* blocks, int64_t n) {
   DDPM_ASSERT(n % kQuantBlock == 0);
   auto* out = static_cast<BlockQ4_0*>(blocks);

@@ -62,6 +62,9 @@ void quantize_row_q8_0(const float* x, void* blocks, int64_t n);
 void quantize_row_q4_0(const float* x, void* blocks, int64_t n);
 void quantize_row_q4_1(const float* x, void* blocks, int64_t n);
 void quantize_row_q5_0(const float* x, void* blocks, int64_t n);
+// q8_0 with the amax scale only (the block's extreme on level ±127), without quantize_row_q8_0's search for a
+// better step: a sixteenth of its time, for conversions made at run time (Winograd-transformed filters).
+void quantize_row_q8_0_amax(const float* x, void* blocks, int64_t n);
 void dequantize_row_q8_0(const void* blocks, float* y, int64_t n);
 void dequantize_row_q4_0(const void* blocks, float* y, int64_t n);
 void dequantize_row_q4_1(const void* blocks, float* y, int64_t n);
