@@ -18,14 +18,16 @@
 # Environment: DDPM (binary, default build/ddpm), THREADS (default 1), WORK (scratch dir, default a fresh temp dir;
 # the cifar10 checkpoint is cached there), SAMPLES (images per DDIM run, default 4), EVAL_N (default 500),
 # FASHION (directory of the Fashion-MNIST IDX files, default /usr/share/datasets/fashion-mnist),
-# MODELS (subset of "micro tiny cifar10 trained"). Bench-only: the python3 here prepares inputs and compares
-# floats; nothing in the runtime needs it.
+# MODELS (subset of "micro tiny cifar10 trained"), INT8_WINOGRAD (auto, on or off: `--int8-winograd` for every
+# forward, generate and eval; default auto, each type as its users get it). Bench-only: the python3 here prepares
+# inputs and compares floats; nothing in the runtime needs it.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 DDPM=${DDPM:-$repo/build/ddpm}
 THREADS=${THREADS:-1}
+INT8_WINOGRAD=${INT8_WINOGRAD:-auto}
 SAMPLES=${SAMPLES:-4}
 EVAL_N=${EVAL_N:-500}
 FASHION=${FASHION:-/usr/share/datasets/fashion-mnist}
@@ -130,17 +132,17 @@ measure() {
       # shellcheck disable=SC2086
       quiet "$DDPM" quantize "$f32" "$m" --type "$type" -q ${QUANTIZE_ARGS:-}
     fi
-    quiet "$DDPM" forward -t "$THREADS" -m "$m" --input "$dir/x.f32" --shape "$b,$c,$h,$w" --timesteps "$ts" \
-      "${labels_args[@]}" -o "$dir/y_$type.f32"
+    quiet "$DDPM" forward -t "$THREADS" --int8-winograd "$INT8_WINOGRAD" -m "$m" --input "$dir/x.f32" \
+      --shape "$b,$c,$h,$w" --timesteps "$ts" "${labels_args[@]}" -o "$dir/y_$type.f32"
     local bytes errs sample="-" loss="-"
     bytes=$(stat -c %s "$m")
     errs=$(rel_l2 "$dir/y_f32.f32" "$dir/y_$type.f32" 3)
     if [ "$kind" = trained ]; then
-      quiet "$DDPM" generate -t "$THREADS" -m "$m" -n "$SAMPLES" --seed 7 --sampler ddim --steps 50 \
-        --save-raw "$dir/s_$type.f32" -o "$dir/s_$type.png"
+      quiet "$DDPM" generate -t "$THREADS" --int8-winograd "$INT8_WINOGRAD" -m "$m" -n "$SAMPLES" --seed 7 \
+        --sampler ddim --steps 50 --save-raw "$dir/s_$type.f32" -o "$dir/s_$type.png"
       sample=$(rel_l2 "$dir/s_f32.f32" "$dir/s_$type.f32" 1 | cut -d' ' -f1)
-      loss=$("$DDPM" eval -t "$THREADS" -m "$m" --data "$FASHION/t10k-images-idx3-ubyte.gz" \
-               --labels "$FASHION/t10k-labels-idx1-ubyte.gz" -n "$EVAL_N" | sed -n 's/.*: loss \([0-9.]*\).*/\1/p')
+      loss=$("$DDPM" eval -t "$THREADS" --int8-winograd "$INT8_WINOGRAD" -m "$m" \
+               --data "$FASHION/t10k-images-idx3-ubyte.gz" --labels "$FASHION/t10k-labels-idx1-ubyte.gz" -n "$EVAL_N" | sed -n 's/.*: loss \([0-9.]*\).*/\1/p')
     fi
     # shellcheck disable=SC2086
     printf "%-8s %-5s %9.2f %6.1f%% %7s%% %7s%% %7s%% %7s%% %8s %10s\n" "$name" "$type" \

@@ -228,6 +228,9 @@ TEST_CASE("ddpm quantize and convert --type with block types", "[cli][quant]") {
   CHECK(tiny.output.find("block-typed conv weights with rows tap-major") != std::string::npos);
   CHECK(tiny.output.find("down_blocks.0.resnets.0.conv1.weight") != std::string::npos);
   CHECK(tiny.output.find("x 3 x 3 (tap-major)") != std::string::npos);
+  CHECK(tiny.output.find("3x3 convs by 8-bit Winograd: off by default") != std::string::npos);  // a q8_0 model
+  CHECK(run("info " + dir + "/micro_q4.ddpm").output.find("3x3 convs by 8-bit Winograd: on by default") !=
+        std::string::npos);
   CHECK(run("quantize --help").output.find("--tensor-type REGEX=TYPE") != std::string::npos);
   CHECK(run("--help").output.find("quantize") != std::string::npos);
 

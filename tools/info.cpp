@@ -7,6 +7,7 @@
 //                     and whether the tensors match it.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -97,6 +98,11 @@ int info_ddpm(const std::string& path, const InfoSettings& settings) {
   int tap_major = 0;
   for (const DdpmTensorInfo& t : file.tensors()) tap_major += t.tap_major;
   if (tap_major > 0) std::printf("  %d block-typed conv weights with rows tap-major (docs/FORMAT.md §6.8)\n", tap_major);
+  if (by_type.end() != std::find_if(by_type.begin(), by_type.end(),
+                                    [](const auto& entry) { return dtype_traits(entry.first).is_quantized; })) {
+    std::printf("  3x3 convs by 8-bit Winograd: %s by default (--int8-winograd; docs/QUANT.md)\n",
+                Model::prefers_int8_winograd(file) ? "on" : "off");
+  }
   if (settings.all_tensors) {
     for (const DdpmTensorInfo& t : file.tensors()) {
       std::string shape;
