@@ -9,7 +9,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <limits>
+#include <map>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -407,7 +409,8 @@ TEST_CASE("qgemm driver: a per-item A (a_per_batch) gives each batch item's own 
     table.qgemm = v;
     for (DType type : kBlockTypes) {
       INFO("type " << dtype_name(type));
-      const int64_t m = v.mr + 1, n = v.nr + 3;
+      // More columns than one task's chunk holds (kMaxChunkCols, 1024), so unpacking the weight once pays.
+      const int64_t m = 4 * v.mr + 1, n = 1040;
       BlockMatrix a(type, batch * m, k, 61);  // item b's rows: [b·m, (b+1)·m)
       const Problem p = make_problem(batch, m, n, k, true, 62);
       auto problem = [&](std::vector<float>* c, const StridedB* packer) {
@@ -446,7 +449,7 @@ TEST_CASE("qgemm driver: a per-item A (a_per_batch) gives each batch item's own 
       }
       for (int how = 0; how < 3; ++how) {  // decoded per task, once into a shared buffer, kept
         INFO("unpacked " << (how == 0 ? "per task" : how == 1 ? "once" : "kept"));
-        const size_t shared_bytes = how == 1 ? qgemm_shared_bytes_max(batch * m, k) : 0;
+        const size_t shared_bytes = how == 1 ? qgemm_shared_bytes_max(m, k, batch) : 0;
         std::unique_ptr<uint8_t, decltype(&std::free)> shared(
             shared_bytes ? static_cast<uint8_t*>(std::aligned_alloc(64, (shared_bytes + 63) / 64 * 64)) : nullptr,
             &std::free);
@@ -468,6 +471,7 @@ TEST_CASE("qgemm driver: a per-item A (a_per_batch) gives each batch item's own 
           run_qgemm(q, ctx);
           CHECK(packs.count() == 1);
         } else {
+          if (how == 1) CHECK(plan_qgemm(q, v, ctx_holder.pool.size(), AUnpacking::kCanUnpackOnce).unpack_once);
           run_qgemm(q, ctx);
         }
         CHECK(std::memcmp(c.data(), expected.data(), c.size() * sizeof(float)) == 0);
@@ -1243,11 +1247,16 @@ TEST_CASE("ddpm generate runs a model with q4_0 weights", "[qgemm][cli]") {
   CHECK(WEXITSTATUS(status) == 0);
   CHECK(std::ifstream(png).good());
   std::remove(png.c_str());
-  // --int8-winograd takes auto, on or off; anything else is a usage error that names the option.
-  for (const char* mode : {"on", "off", "sometimes"}) {
+  // --int8-winograd takes auto, on or off; anything else is a usage error that names the option. tiny's 32- and
+  // 64-channel 3×3 convs at 32×32 can take 8-bit Winograd: on (q4_0's default) and off give different pixels.
+  ModelFiles tiny;
+  quantized_model("tiny", DType::Q4_0, &tiny);
+  std::map<std::string, std::string> raw;
+  for (const char* mode : {"auto", "on", "off", "sometimes"}) {
     INFO("--int8-winograd " << mode);
-    const std::string run = std::string(bin) + " generate -m " + files.quantized + " -n 1 --steps 2 -t 1 -o " + png +
-                            " --int8-winograd " + mode + " 2>&1";
+    const std::string raw_path = tiny.quantized + "." + mode + ".f32";
+    const std::string run = std::string(bin) + " generate -m " + tiny.quantized + " -n 1 --steps 2 --seed 3 -t 1" +
+                            " -o " + png + " --save-raw " + raw_path + " --int8-winograd " + mode + " 2>&1";
     FILE* p = popen(run.c_str(), "r");
     REQUIRE(p);
     std::string text;
@@ -1258,8 +1267,15 @@ TEST_CASE("ddpm generate runs a model with q4_0 weights", "[qgemm][cli]") {
     CHECK(WIFEXITED(code));
     CHECK(WEXITSTATUS(code) == (valid ? 0 : 2));
     if (!valid) CHECK(text.find("--int8-winograd: 'sometimes' is not auto, on or off") != std::string::npos);
+    std::ifstream in(raw_path, std::ios::binary);
+    raw[mode] = std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
     std::remove(png.c_str());
+    std::remove(raw_path.c_str());
   }
+  CHECK(!raw["on"].empty());
+  CHECK(raw["auto"] == raw["on"]);
+  CHECK(raw["on"] != raw["off"]);
+  CHECK(raw["sometimes"].empty());  // nothing written
 }
 
 TEST_CASE("a model takes 8-bit Winograd convs by default when its 3x3 conv weights are mostly 4-bit", "[qgemm][unet]") {

@@ -381,7 +381,7 @@ int bench_unet(const BenchSettings& settings) {
                                                                : variant.int8_winograd == "on";
     auto policy = std::make_shared<quant::TypePolicy>(type);
     policy->set_tensor_names(names);
-    return [&, policy](const std::string& name, const std::vector<int64_t>& expected, WeightRef* out) {
+    return [&, policy, int8_winograd](const std::string& name, const std::vector<int64_t>& expected, WeightRef* out) {
       const DType chosen =
           policy->decide(name, static_cast<int>(expected.size()), expected.data(), DType::F32).type;
       const bool matrix = chosen != DType::F32;

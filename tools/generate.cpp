@@ -225,6 +225,8 @@ int run_generate(int argc, char** argv) {
              << (o.sampler.steps ? o.sampler.steps : (sampler == "ddpm" ? 1000 : 50)) << ", eta " << eta << ", seed "
              << seed << ", rng " << rng << ", size " << w << "x" << h << ", count " << o.count;
   if (info.unet.has_class_table()) parameters << ", class " << (class_text.empty() ? "cycle" : class_text) << ", cfg " << o.guidance_scale;
+  // It changes the pixels of quantised models (docs/QUANT.md), so a rerun needs it.
+  if (model->int8_winograd()) parameters << ", int8-winograd on";
   if (!raw_path.empty()) {
     s = write_file_atomically(raw_path, images.data(), images.size() * sizeof(float));
     if (!s.ok()) {

@@ -54,8 +54,9 @@ class Model {
   int64_t parameter_count() const;
 
   // Whether the model's block-typed 3×3 convs run by Winograd with 8-bit transformed filters (kFlagInt8Winograd;
-  // src/ops/conv_winograd.cpp) in the graphs built from weights() after this is set: ~1.15× faster on a
-  // cifar10-size U-Net, at ~1.4 % (relative L2) more output error. Load chooses prefers_int8_winograd().
+  // src/ops/conv_winograd.cpp) in the graphs built from weights() after this is set: on the cifar10-size U-Net
+  // ~1.17× faster, at +0.2–0.3 points of relative output error for q4_0/q4_1 models and +0.85 for q8_0 (docs/
+  // QUANT.md). Load chooses prefers_int8_winograd().
   void set_int8_winograd(bool on) { int8_winograd_ = on; }
   bool int8_winograd() const { return int8_winograd_; }
   // The default: on for models whose block-typed conv weights are mostly 4-bit (q4_0, q4_1), whose own error

@@ -675,14 +675,14 @@ uint8_t* PackedWeights::add(const Key& key, size_t bytes) {
   return data;
 }
 
-size_t qgemm_shared_bytes_max(int64_t M, int64_t K) {
+size_t qgemm_shared_bytes_max(int64_t M, int64_t K, int64_t matrices) {
   kernels::QGemmMicroKernel all[16];
   const int count = kernels::available_qgemm_kernels(all, 16);
   size_t bytes = 0;
   const int64_t padded_k = ceil_div(std::max<int64_t>(K, 1), kBlock) * kBlock;
   for (int i = 0; i < count; ++i) {
     const int mr = all[i].mr;
-    if (mr > 0) bytes = std::max(bytes, shared_a_layout(ceil_div(M, mr), mr, padded_k, DType::Q4_1).total);
+    if (mr > 0) bytes = std::max(bytes, shared_a_layout(matrices * ceil_div(M, mr), mr, padded_k, DType::Q4_1).total);
   }
   return bytes;
 }
