@@ -371,8 +371,9 @@ size_t shared_conv2d(const Tensor& node) {
   const Tensor& w = *node.src[1];
   if (quant::is_block_type(w.dtype)) {
     // The Winograd path's V and M, or (without kept filters) the direct path's.
-    return std::max(conv2d_winograd_shared_bytes(node),
-                    quantized_input_bytes(node) + qgemm_shared_bytes_max(w.shape[0], w.shape[1] * w.shape[2] * w.shape[3]));
+    const size_t direct =
+        quantized_input_bytes(node) + qgemm_shared_bytes_max(w.shape[0], w.shape[1] * w.shape[2] * w.shape[3]);
+    return std::max(conv2d_winograd_shared_bytes(node), direct);
   }
   // f32/f16 weights: the Winograd path's transforms, or room for the merged GEMM's output when some compiled level
   // would merge.

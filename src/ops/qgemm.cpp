@@ -564,7 +564,8 @@ void unpack_all_panels(const QGemmProblem& p, ExecContext& ctx, int parts_wanted
     split_range(panels, parts, part, &begin, &end);
     for (int64_t panel = begin; panel < end; ++panel) {
       const int64_t matrix = panel / m_panels, local = panel % m_panels;
-      unpack_a_panel(p, mr, row_bytes, matrix * p.M, local * mr, 0, padded_k, shared_a_panel(into, layout, mr, panel, 0));
+      unpack_a_panel(p, mr, row_bytes, matrix * p.M, local * mr, 0, padded_k,
+                     shared_a_panel(into, layout, mr, panel, 0));
     }
   };
   const int64_t parts = std::min<int64_t>(panels, parts_wanted);

@@ -139,7 +139,8 @@ size_t qgemm_scratch_bytes_max();
 size_t qgemm_shared_bytes_max(int64_t M, int64_t K, int64_t matrices = 1);
 // Runs with ctx.kernels.qgemm; ctx.scratch_bytes must be at least qgemm_scratch_bytes(ctx.kernels). With
 // ctx.shared_bytes >= qgemm_shared_bytes_max(M, K) (with a_per_batch: (M, K, batch)) the weight panels are
-// unpacked once, by all threads, before the tasks run, when the plan finds it pays; with ctx.packed_weights and problem.a_constant they are unpacked at the first call only and kept.
+// unpacked once, by all threads, before the tasks run, when the plan finds it pays; with ctx.packed_weights and
+// problem.a_constant they are unpacked at the first call only and kept.
 // The result is the same bit for bit.
 void run_qgemm(const QGemmProblem& problem, ExecContext& ctx);
 // Whether run_qgemm with ctx would find A's panels kept (p.a_constant, ctx.packed_weights, an earlier call).
