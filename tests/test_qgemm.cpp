@@ -26,6 +26,7 @@
 #include "model/model.h"
 #include "model/unet.h"
 #include "ops/op_exec.h"
+#include "ops/conv_winograd.h"
 #include "ops/qgemm.h"
 #include "quant/blocks.h"
 #include "quant/retype.h"
@@ -882,6 +883,17 @@ void check_int8_winograd(DType type, quant::ConvRows rows, const WinogradShape& 
     CHECK(kept >= static_cast<size_t>(16 * s.co * s.ci));
     const std::vector<float> two_threads = run(0, s.batch, winograd, 2, 1, nullptr);
     CHECK(std::memcmp(got.data(), two_threads.data(), got.size() * sizeof(float)) == 0);
+    {
+      // V quantised straight into the GEMM's panels (the default) gives the bits of V kept in f32 and quantised by
+      // the GEMM as any B.
+      struct RestoreFused {
+        ~RestoreFused() { set_conv2d_winograd_fused_input(true); }
+      } restore;
+      REQUIRE(conv2d_winograd_fused_input());
+      set_conv2d_winograd_fused_input(false);
+      const std::vector<float> unfused = run(0, s.batch, winograd, 2, 1, nullptr);
+      CHECK(std::memcmp(got.data(), unfused.data(), got.size() * sizeof(float)) == 0);
+    }
     if (s.batch > 1) {
       std::vector<float> split;
       for (int64_t b = 0; b < s.batch; ++b) {
@@ -914,7 +926,8 @@ TEST_CASE("conv2d by 8-bit Winograd (kFlagInt8Winograd): near f32, the same bits
       {1, 32, 16, 16, 24, 1, true},   // 64 tiles: the fewest the rule takes; fused residual
       {2, 64, 17, 15, 40, 1, false},  // odd sizes: partial tiles at the right and bottom; two images in one chunk
       {1, 96, 18, 18, 16, 0, false},  // no padding; three channel blocks
-      {1, 32, 32, 24, 16, 1, true},   // 192 tiles: two chunks
+      {1, 32, 32, 24, 16, 1, true},   // 192 tiles
+      {1, 32, 40, 34, 16, 1, true},   // 20 × 17 tiles: two chunks, column panels across tile rows
   };
   for (DType type : kBlockTypes) {
     for (quant::ConvRows rows : {quant::ConvRows::kTapMajor, quant::ConvRows::kNatural}) {

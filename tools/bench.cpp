@@ -1,7 +1,7 @@
 // `ddpm bench ops`: times each op on the shapes of real DDPM U-Nets, at 1 thread and at N threads, and (when
 // libopenblas is installed) the OpenBLAS sgemm of the equivalent im2col GEMM side by side. OpenBLAS is loaded with
 // dlopen only here, for comparison; the library never links it. Convolutions also run with q8_0 / q4_0 weights.
-// `ddpm bench unet`: the cifar10-32 U-Net forward at batch 1 and 8, 1 and N threads, for each --type of its conv
+// `ddpm bench unet`: the cifar10-32 U-Net forward at batch 1 and 8 (or --batch), 1 and N threads, for each --type of its conv
 // and linear weights side by side, with the speed-up over f32 measured in the same run.
 // `ddpm bench train`: training steps of a network preset on synthetic data, timed as bench/pytorch_unet.py times
 // PyTorch (one warm-up step, then the median step: element n/2 of the sorted times), so the two compare directly.
@@ -59,7 +59,7 @@ struct BenchSettings {
   };
   std::vector<UNetVariant> types = {{DType::F32, "auto"}};
   std::string preset = "fashion-mnist";     // bench train
-  long long batch = 64;                     // bench train
+  long long batch = 0;                      // bench train: 0 is 64; bench unet: 0 is both 1 and 8
 };
 
 // A weight [rows, ...] as `type`: rows padded to whole blocks for block types (dtype.h), f16 or f32 as is.
@@ -410,7 +410,9 @@ int bench_unet(const BenchSettings& settings) {
               "vs f32", "activations MB");
   std::vector<int> thread_counts = {1};
   if (max_threads > 1) thread_counts.push_back(max_threads);
-  for (int batch : {1, 8}) {
+  std::vector<int> batches = {1, 8};
+  if (settings.batch > 0) batches = {static_cast<int>(settings.batch)};
+  for (int batch : batches) {
     std::vector<float> x(static_cast<size_t>(batch) * 3 * 32 * 32), out(x.size()), t(static_cast<size_t>(batch), 500.0f);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (float& v : x) v = normal(rng);
@@ -513,7 +515,8 @@ int bench_train(const BenchSettings& settings) {
   // Random 8-bit images and labels of the preset's geometry and classes (the null class, if any, excluded).
   Dataset data;
   const int64_t classes = net.class_embeds() > 0 ? net.class_embeds() - 1 : 0;
-  data.count = 2 * settings.batch;
+  const long long batch = settings.batch > 0 ? settings.batch : 64;
+  data.count = 2 * batch;
   data.channels = net.channels;
   data.height = net.height;
   data.width = net.width;
@@ -524,7 +527,7 @@ int bench_train(const BenchSettings& settings) {
   for (int64_t c = 0; c < classes; ++c) data.class_names.push_back("class " + std::to_string(c));
   for (int64_t i = 0; classes > 0 && i < data.count; ++i) data.labels.push_back(static_cast<int32_t>(i % classes));
   TrainOptions options;
-  options.batch = settings.batch;
+  options.batch = batch;
   options.warmup = 0;
   if (classes == 0) options.cond_drop = 0;
   std::unique_ptr<Trainer> trainer;
@@ -546,10 +549,10 @@ int bench_train(const BenchSettings& settings) {
   std::sort(seconds.begin(), seconds.end());
   const double median = seconds[seconds.size() / 2];
   std::printf("ddpm bench train — %s preset (%lld parameters), batch %lld, %d threads, kernels: %s\n",
-              settings.preset.c_str(), (long long)trainer->weights().size(), settings.batch, threads,
+              settings.preset.c_str(), (long long)trainer->weights().size(), batch, threads,
               kernels::active().isa_name);
   std::printf("  %.1f ms/step (median of %lld after %d warm-up step; fastest %.1f, slowest %.1f), %.1f images/s\n",
-              median * 1e3, reps, kWarmup, seconds.front() * 1e3, seconds.back() * 1e3, settings.batch / median);
+              median * 1e3, reps, kWarmup, seconds.front() * 1e3, seconds.back() * 1e3, batch / median);
   return 0;
 }
 
@@ -592,7 +595,7 @@ int run_bench(int argc, char** argv) {
                        return Status();
                      }});
   options.push_back({"preset", 0, "NAME", "bench train: network preset (default fashion-mnist)", text(&settings.preset)});
-  options.push_back({"batch", 0, "N", "bench train: images per step (default 64)", [&](const std::string& v) {
+  options.push_back({"batch", 0, "N", "bench train: images per step (default 64); bench unet: only this batch (default 1 and 8)", [&](const std::string& v) {
                        return parse_int("--batch", v, 1, 4096, &settings.batch);
                      }});
   options.push_back({"no-blas", 0, "", "do not compare with OpenBLAS", [&](const std::string&) {

@@ -387,7 +387,8 @@ size_t shared_conv2d(const Tensor& node) {
 }
 
 size_t scratch_conv2d(const Tensor& node) {
-  return std::max({gemm_scratch_bytes_max(), conv2d_direct_scratch_bytes(node), scratch_conv2d_quantized(node)});
+  return std::max({gemm_scratch_bytes_max(), conv2d_direct_scratch_bytes(node), scratch_conv2d_quantized(node),
+                   conv2d_winograd_scratch_bytes(node)});
 }
 
 // memcpy with the common whole-panel sizes (nr = 16 or 8 lanes) as constants, so they compile to a few moves

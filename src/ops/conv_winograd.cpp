@@ -61,15 +61,16 @@ constexpr int64_t kMinChannels = 16;
 // Output tiles per chunk: V and M for 256 tiles of a 384 → 128 conv take 8 MiB, within the shared L3; fewer tiles
 // would leave the GEMMs' column panels short.
 constexpr int64_t kChunkTiles = 256;
-// Block-typed weights' GEMMs fill their panels with fewer tiles, and half the chunk keeps V and M (after the
-// weights, the largest part of a q4_0 generate's memory) at ~4 MB: cifar10 q4_0 peaks at 63.3 MB (256 tiles: 66 MB,
-// ~2 % faster; 64 tiles: 62 MB, ~2 % slower).
-constexpr int64_t kQuantizedChunkTiles = 128;
+// Block-typed weights: V is held quantised (1.375 bytes per value instead of 4), so the same chunk keeps it and M
+// (after the weights, the largest part of a q4_0 generate's memory) at ~4 MB for the widest layer (384 → 128). With
+// V in f32 (set_conv2d_winograd_fused_input(false)) half the chunk did: 256 tiles took cifar10 q4_0 to 66 MB.
+constexpr int64_t kQuantizedChunkTiles = 256;
 // Tiles of one tile row handled per pass of the input and output transforms (their staging lives on the stack).
 constexpr int64_t kSegment = 64;
 constexpr int kPositions = 16;  // the 4×4 transformed tile
 
 std::atomic<int64_t> min_tiles{kDefaultMinTiles};
+std::atomic<bool> fused_input{true};
 
 // A frozen weight's transformed filters are kept by the graph (ExecContext::packed_weights) instead of being
 // rebuilt in the shared buffer at every call, where rebuilding them costs much against the layer's GEMMs: below
@@ -94,17 +95,52 @@ struct Geometry {
   int64_t chunk_rows;        // tile rows per chunk
   int64_t tile_rows() const { return batch * tiles_h; }
   int64_t chunk_tiles() const { return chunk_rows * tiles_w; }
-  // Shared buffer, in floats: U [16][Co][Ci] (unless kept), V [16][Ci][chunk tiles], M [16][Co][chunk tiles].
+  // Shared buffer, in floats: U [16][Co][Ci] (unless kept), V [16][Ci][chunk tiles] (or, quantised, v_q8_bytes),
+  // M [16][Co][chunk tiles].
   bool kept_filters = false;
   int64_t u_floats() const { return kept_filters ? 0 : align_floats(kPositions * co * ci); }
-  int64_t v_floats() const { return align_floats(kPositions * ci * chunk_tiles()); }
+  int64_t v_floats() const {
+    return v_q8_bytes ? ceil_div(v_q8_bytes, 64) * 16 : align_floats(kPositions * ci * chunk_tiles());
+  }
   int64_t m_floats() const { return align_floats(kPositions * co * chunk_tiles()); }
   int64_t u_q8_bytes = 0;  // block-typed filters: their q8_0 transform at the first call (run_quantized)
+  int64_t v_q8_bytes = 0;  // block-typed filters, fused input: V as B panels for any qgemm kernel (QuantizedV)
   size_t shared_bytes() const {
     return std::max(static_cast<size_t>(u_floats() + v_floats() + m_floats()) * sizeof(float),
                     static_cast<size_t>(u_q8_bytes));
   }
 };
+
+// Block-typed filters: the chunk's V quantised once, as the integer GEMM's B would quantise it (per tile and 32
+// input channels, kernel.quantize_b), and stored so that any (k block, column panel) the GEMM asks for is a few
+// copies (pack_quantized_v). Per position f, column panel j (nr tiles) and 32-channel block kb:
+//   values [f][j][kb]: the panel's 32·nr value bytes ([8][nr][4]), so consecutive blocks are consecutive bytes;
+//   scales [f][j][e][kb]: nr floats each of d (e = 0), s (1) and lo (2).
+struct QuantizedV {
+  int nr = 0;
+  int64_t k_blocks = 0, n_panels = 0;
+  uint8_t* values = nullptr;
+  float* scales = nullptr;
+  static int64_t bytes(int64_t ci, int64_t tiles, int nr) {
+    const int64_t k_blocks = ci / quant::kQuantBlock, n_panels = ceil_div(tiles, nr);
+    return kPositions * n_panels * k_blocks * nr * (quant::kQuantBlock + 3 * static_cast<int64_t>(sizeof(float)));
+  }
+  uint8_t* block_values(int64_t f, int64_t j, int64_t kb) const {
+    return values + ((f * n_panels + j) * k_blocks + kb) * quant::kQuantBlock * nr;
+  }
+  float* block_scales(int64_t f, int64_t j, int e, int64_t kb) const {
+    return scales + (((f * n_panels + j) * 3 + e) * k_blocks + kb) * nr;
+  }
+};
+
+// QuantizedV bytes for the chunk on whichever qgemm kernel runs (the planner does not know which).
+int64_t quantized_v_bytes_max(int64_t ci, int64_t tiles) {
+  kernels::QGemmMicroKernel all[16];
+  const int count = kernels::available_qgemm_kernels(all, 16);
+  int64_t bytes = 0;
+  for (int i = 0; i < count; ++i) bytes = std::max(bytes, QuantizedV::bytes(ci, tiles, all[i].nr));
+  return bytes;
+}
 
 Geometry geometry(const Tensor& node) {
   const Tensor& x = *node.src[0];
@@ -126,6 +162,7 @@ Geometry geometry(const Tensor& node) {
   // The first call of a quantised layer makes its q8_0 filters in the shared buffer, before V and M are used.
   if (quantized) {
     g.u_q8_bytes = static_cast<int64_t>(kPositions * g.co) * static_cast<int64_t>(dtype_row_bytes(DType::Q8_0, g.ci));
+    if (fused_input.load(std::memory_order_relaxed)) g.v_q8_bytes = quantized_v_bytes_max(g.ci, g.chunk_tiles());
   }
   return g;
 }
@@ -215,6 +252,29 @@ void transform_weights(const Geometry& g, const Tensor& w, float* u, ExecContext
   });
 }
 
+// The four input rows under tiles [tx0, tx0 + n) (n <= kSegment) of tile row ty of one channel's plane, zero-padded:
+// staged column j is input column 2·tx0 - pad_left + j, for j < 2n + 2 (winograd_input's rows).
+constexpr int64_t kStaged = 2 * kSegment + 2;
+void stage_input_rows(const Geometry& g, const float* plane, int64_t ty, int64_t tx0, int64_t n,
+                      float (&staged)[4][kStaged]) {
+  const int64_t ix0 = 2 * tx0 - g.pad_left, lead = std::clamp<int64_t>(-ix0, 0, 2 * n + 2);
+  const int64_t valid_end = std::clamp<int64_t>(g.width - ix0, lead, 2 * n + 2);
+  for (int r = 0; r < 4; ++r) {
+    const int64_t iy = 2 * ty - g.pad_top + r;
+    float* dst = staged[r];
+    if (iy < 0 || iy >= g.height) {
+      std::memset(dst, 0, static_cast<size_t>(2 * n + 2) * sizeof(float));
+      continue;
+    }
+    for (int64_t j = 0; j < lead; ++j) dst[j] = 0.0f;
+    if (valid_end > lead) {  // (no pointer formed past the row otherwise)
+      const float* src = plane + iy * g.width + ix0 + lead;
+      std::memcpy(dst + lead, src, static_cast<size_t>(valid_end - lead) * sizeof(float));
+    }
+    for (int64_t j = valid_end; j < 2 * n + 2; ++j) dst[j] = 0.0f;
+  }
+}
+
 // V_f[ci][t] = (Bᵀ d B)_f for the chunk's tiles t (tile rows [row0, row0 + rows), tile t = (row - row0)·tiles_w + tx),
 // tasks over (input channel, tile row). Each segment of a tile row stages its four input rows zero-padded, then
 // the level's winograd_input transforms them.
@@ -227,7 +287,6 @@ void transform_input(const Geometry& g, const float* x, int64_t row0, int64_t ro
   ctx.pool.run(tasks, [&](int64_t task, int) {
     int64_t begin, end;
     split_range(units, tasks, task, &begin, &end);
-    constexpr int64_t kStaged = 2 * kSegment + 2;
     float staged[4][kStaged];
     for (int64_t unit = begin; unit < end; ++unit) {
       const int64_t ci = unit / rows, row = row0 + unit % rows;
@@ -236,27 +295,80 @@ void transform_input(const Geometry& g, const float* x, int64_t row0, int64_t ro
       float* out_row = v + ci * chunk_tiles + (row - row0) * g.tiles_w;
       for (int64_t tx0 = 0; tx0 < g.tiles_w; tx0 += kSegment) {
         const int64_t n = std::min(kSegment, g.tiles_w - tx0);
-        // Staged column j is input column 2·tx0 - pad_left + j, for j < 2n + 2.
-        const int64_t ix0 = 2 * tx0 - g.pad_left, lead = std::clamp<int64_t>(-ix0, 0, 2 * n + 2);
-        const int64_t valid_end = std::clamp<int64_t>(g.width - ix0, lead, 2 * n + 2);
-        for (int r = 0; r < 4; ++r) {
-          const int64_t iy = 2 * ty - g.pad_top + r;
-          float* dst = staged[r];
-          if (iy < 0 || iy >= g.height) {
-            std::memset(dst, 0, sizeof(staged[r]));
-            continue;
-          }
-          for (int64_t j = 0; j < lead; ++j) dst[j] = 0.0f;
-          if (valid_end > lead) {  // (no pointer formed past the row otherwise)
-            const float* src = plane + iy * g.width + ix0 + lead;
-            std::memcpy(dst + lead, src, static_cast<size_t>(valid_end - lead) * sizeof(float));
-          }
-          for (int64_t j = valid_end; j < 2 * n + 2; ++j) dst[j] = 0.0f;
-        }
+        stage_input_rows(g, plane, ty, tx0, n, staged);
         transform(staged[0], kStaged, n, out_row + tx0, position_stride);
       }
     }
   });
+}
+
+// Scratch per thread for quantize_v: V of one column panel and 32 channels, [16][32][nr] f32, and the panel
+// kernel.quantize_b makes of one position's.
+size_t quantize_v_scratch_bytes(int nr) {
+  return static_cast<size_t>(kPositions * quant::kQuantBlock * nr) * sizeof(float) +
+         kernels::qgemm_b_panel_bytes(quant::kQuantBlock, nr);
+}
+
+// The chunk's V (as transform_input computes it, the same bits) quantised into q, tasks over (32-channel block,
+// column panel of nr tiles): each stages its panel's V for 32 channels and all 16 positions in the thread's scratch
+// (32 KB for nr = 16, so it never leaves L1/L2), quantises each position's [32 × nr] as the GEMM's B panel and
+// copies it out. The GEMM then gathers instead of quantising, and V never exists in f32 in memory.
+void quantize_v(const Geometry& g, const float* x, int64_t row0, int64_t rows, const QuantizedV& q,
+                ExecContext& ctx) {
+  const kernels::QGemmMicroKernel& kernel = ctx.kernels.qgemm;
+  const int nr = kernel.nr;
+  constexpr int64_t kLanes = quant::kQuantBlock;
+  const int64_t tiles = rows * g.tiles_w;
+  const int64_t units = q.k_blocks * q.n_panels;
+  const auto transform = ctx.kernels.winograd_input;
+  const int64_t position_stride = kLanes * nr;  // in the staged V: [f][c][t]
+  ctx.pool.run(units, [&](int64_t unit, int thread) {
+    const int64_t kb = unit / q.n_panels, j = unit % q.n_panels;
+    float* v = reinterpret_cast<float*>(ctx.scratch[thread]);
+    uint8_t* panel = ctx.scratch[thread] + static_cast<size_t>(kPositions * position_stride) * sizeof(float);
+    const int64_t t0 = j * nr, t1 = std::min(tiles, t0 + nr);
+    if (t1 - t0 < nr) {  // padding columns quantise to nothing (all-zero blocks)
+      for (int64_t r = 0; r < kPositions * kLanes; ++r) std::fill(v + r * nr + (t1 - t0), v + (r + 1) * nr, 0.0f);
+    }
+    float staged[4][kStaged];
+    for (int64_t t = t0; t < t1;) {  // the panel's tiles, one tile row's run at a time
+      const int64_t row = row0 + t / g.tiles_w, tx = t % g.tiles_w, n = std::min(t1 - t, g.tiles_w - tx);
+      const int64_t b = row / g.tiles_h, ty = row % g.tiles_h;
+      for (int64_t c = 0; c < kLanes; ++c) {
+        const float* plane = x + (b * g.ci + kb * kLanes + c) * g.height * g.width;
+        stage_input_rows(g, plane, ty, tx, n, staged);
+        transform(staged[0], kStaged, n, v + c * nr + (t - t0), position_stride);
+      }
+      t += n;
+    }
+    for (int f = 0; f < kPositions; ++f) {
+      kernel.quantize_b(kLanes, v + f * position_stride, panel);
+      std::memcpy(q.block_values(f, j, kb), panel, static_cast<size_t>(kLanes * nr));
+      for (int e = 0; e < 3; ++e) {
+        std::memcpy(q.block_scales(f, j, e, kb), panel + kLanes * nr + e * nr * sizeof(float),
+                    static_cast<size_t>(nr) * sizeof(float));
+      }
+    }
+  });
+}
+
+// QGemmProblem::pack_quantized_b over a QuantizedV: position `f`'s panels for k values [k0, k0 + kc) and columns
+// [n0, n0 + nc), one copy of values and three of scales per panel.
+void pack_quantized_v(const void* context, const kernels::QGemmMicroKernel& kernel, int64_t f, int64_t k0,
+                      int64_t kc, int64_t n0, int64_t nc, uint8_t* panels) {
+  const QuantizedV& q = *static_cast<const QuantizedV*>(context);
+  const int nr = q.nr;
+  DDPM_ASSERT(kernel.nr == nr && k0 % quant::kQuantBlock == 0 && kc % quant::kQuantBlock == 0 && n0 % nr == 0);
+  const int64_t kb0 = k0 / quant::kQuantBlock, blocks = kc / quant::kQuantBlock;
+  const size_t panel_bytes = kernels::qgemm_b_panel_bytes(kc, nr);
+  for (int64_t j = n0 / nr; j < ceil_div(n0 + nc, nr); ++j) {
+    uint8_t* dst = panels + (j - n0 / nr) * panel_bytes;
+    std::memcpy(dst, q.block_values(f, j, kb0), static_cast<size_t>(kc * nr));
+    for (int e = 0; e < 3; ++e) {
+      std::memcpy(dst + kc * nr + e * blocks * nr * static_cast<int64_t>(sizeof(float)), q.block_scales(f, j, e, kb0),
+                  static_cast<size_t>(blocks * nr) * sizeof(float));
+    }
+  }
 }
 
 // y = Aᵀ M A + bias (+ residual) for the chunk's tiles, tasks over (output channel, tile row): the level's
@@ -305,19 +417,23 @@ void transform_output(const Geometry& g, const float* m, int64_t row0, int64_t r
   });
 }
 
-// The output tiles in chunks of whole tile rows: V for the chunk (transform_input), then `gemms(tiles, B)` makes
-// M from V (as a StridedB over its 16 positions), then y from M (transform_output).
+// The output tiles in chunks of whole tile rows: `gemms(row0, rows, tiles)` makes M for the chunk's tiles, then y
+// from M (transform_output).
 template <typename Gemms>
-void for_each_chunk(const Geometry& g, const Tensor& node, float* v, float* m, ExecContext& ctx, Gemms&& gemms) {
-  const float* x = node.src[0]->f32();
+void for_each_chunk(const Geometry& g, const Tensor& node, float* m, ExecContext& ctx, Gemms&& gemms) {
   for (int64_t row0 = 0; row0 < g.tile_rows(); row0 += g.chunk_rows) {
     const int64_t rows = std::min(g.chunk_rows, g.tile_rows() - row0);
-    const int64_t tiles = rows * g.tiles_w;
-    transform_input(g, x, row0, rows, v, ctx);
-    const StridedB b{v, DType::F32, g.ci * tiles, tiles, 1, ctx.kernels.gemm.gather_rows};
-    gemms(tiles, &b);
+    gemms(row0, rows, rows * g.tiles_w);
     transform_output(g, m, row0, rows, node, ctx);
   }
+}
+
+// V for the chunk (transform_input) as the GEMMs' B: a StridedB over its 16 positions.
+StridedB transformed_input(const Geometry& g, const Tensor& node, int64_t row0, int64_t rows, float* v,
+                           ExecContext& ctx) {
+  transform_input(g, node.src[0]->f32(), row0, rows, v, ctx);
+  const int64_t tiles = rows * g.tiles_w;
+  return StridedB{v, DType::F32, g.ci * tiles, tiles, 1, ctx.kernels.gemm.gather_rows};
 }
 
 // Block-typed filters: U_f = G g Gᵀ from the dequantised filter g, each position's [Co × Ci] matrix quantised to
@@ -388,14 +504,32 @@ bool run_quantized(const Geometry& g, const Tensor& node, ExecContext& ctx, floa
   ExecContext gemm_ctx = ctx;  // the shared buffer holds V and M; kept panels need none
   gemm_ctx.shared = nullptr;
   gemm_ctx.shared_bytes = 0;
-  for_each_chunk(g, node, v, m, ctx, [&](int64_t tiles, const StridedB* b) {
+  const int nr = ctx.kernels.qgemm.nr;
+  // The fused input needs its V bytes planned for (g.v_q8_bytes) and room for quantize_v's staging.
+  const bool fused = g.v_q8_bytes > 0 && QuantizedV::bytes(g.ci, g.chunk_tiles(), nr) <= g.v_q8_bytes &&
+                     ctx.scratch_bytes >= quantize_v_scratch_bytes(nr);
+  for_each_chunk(g, node, m, ctx, [&](int64_t row0, int64_t rows, int64_t tiles) {
     p.N = tiles;
-    p.pack_b = pack_b_strided;
-    p.pack_b_context = b;
     p.c = m;
     p.c_batch_stride = g.co * tiles;
     p.ldc = tiles;
-    run_qgemm(p, gemm_ctx);
+    if (fused) {
+      QuantizedV q;
+      q.nr = nr;
+      q.k_blocks = g.ci / quant::kQuantBlock;
+      q.n_panels = ceil_div(tiles, nr);
+      q.values = reinterpret_cast<uint8_t*>(v);
+      q.scales = reinterpret_cast<float*>(q.values + q.n_panels * q.k_blocks * kPositions * quant::kQuantBlock * nr);
+      quantize_v(g, node.src[0]->f32(), row0, rows, q, ctx);
+      p.pack_quantized_b = pack_quantized_v;
+      p.pack_b_context = &q;
+      run_qgemm(p, gemm_ctx);
+    } else {
+      const StridedB b = transformed_input(g, node, row0, rows, v, ctx);
+      p.pack_b = pack_b_strided;
+      p.pack_b_context = &b;
+      run_qgemm(p, gemm_ctx);
+    }
   });
   return true;
 }
@@ -404,6 +538,17 @@ bool run_quantized(const Geometry& g, const Tensor& node, ExecContext& ctx, floa
 
 int64_t conv2d_winograd_min_tiles() { return min_tiles.load(std::memory_order_relaxed); }
 void set_conv2d_winograd_min_tiles(int64_t tiles) { min_tiles.store(tiles, std::memory_order_relaxed); }
+bool conv2d_winograd_fused_input() { return fused_input.load(std::memory_order_relaxed); }
+void set_conv2d_winograd_fused_input(bool fused) { fused_input.store(fused, std::memory_order_relaxed); }
+
+size_t conv2d_winograd_scratch_bytes(const Tensor& node) {
+  if (!quant::is_block_type(node.src[1]->dtype) || !applies(node)) return 0;
+  kernels::QGemmMicroKernel all[16];
+  const int count = kernels::available_qgemm_kernels(all, 16);
+  size_t bytes = 0;
+  for (int i = 0; i < count; ++i) bytes = std::max(bytes, quantize_v_scratch_bytes(all[i].nr));
+  return bytes;
+}
 
 size_t conv2d_winograd_shared_bytes(const Tensor& node) {
   if (!applies(node)) return 0;
@@ -443,7 +588,8 @@ bool run_conv2d_winograd(const Tensor& node, ExecContext& ctx) {
     transform_weights(g, w, shared_u, ctx);
     u = shared_u;
   }
-  for_each_chunk(g, node, v, m, ctx, [&](int64_t tiles, const StridedB* b) {
+  for_each_chunk(g, node, m, ctx, [&](int64_t row0, int64_t rows, int64_t tiles) {
+    const StridedB b = transformed_input(g, node, row0, rows, v, ctx);
     GemmProblem p;
     p.batch = kPositions;
     p.M = g.co;
@@ -454,7 +600,7 @@ bool run_conv2d_winograd(const Tensor& node, ExecContext& ctx) {
     p.a_row_stride = g.ci;
     p.a_col_stride = 1;
     p.pack_b = pack_b_strided;
-    p.pack_b_context = b;
+    p.pack_b_context = &b;
     p.c = m;
     p.c_batch_stride = g.co * tiles;
     p.ldc = tiles;

@@ -20,8 +20,15 @@ namespace ddpm {
 int64_t conv2d_winograd_min_tiles();
 void set_conv2d_winograd_min_tiles(int64_t tiles);
 
-// ExecContext::shared bytes the Winograd path needs for a Conv2d node, or 0 when the rule does not pick it.
+// Whether 8-bit Winograd quantises the transformed input straight into the integer GEMM's panels (the default)
+// or keeps it in f32 for the GEMM to quantise (the same bits, more memory and time): for tests; plan after a change.
+bool conv2d_winograd_fused_input();
+void set_conv2d_winograd_fused_input(bool fused);
+
+// ExecContext::shared bytes the Winograd path needs for a Conv2d node, or 0 when the rule does not pick it; and the
+// per-thread scratch bytes (8-bit Winograd's input staging).
 size_t conv2d_winograd_shared_bytes(const Tensor& node);
+size_t conv2d_winograd_scratch_bytes(const Tensor& node);
 // Runs the node by Winograd and returns true, or returns false (nothing done) when the rule does not pick it or the
 // shared buffer is too small.
 bool run_conv2d_winograd(const Tensor& node, ExecContext& ctx);

@@ -292,10 +292,16 @@ struct APanel {
 
 // lo_coef from a block's scale, Σq and minimum: Σ_k w_k·(lo + d·u_k) = wd·d·Σ wq·u + lo·(wd·Σ wq + 32·wmin) +
 // wmin·d·Σ u, the weight side of the lo term. 32·wmin is exact, so the fma rounds the sum once, as any contraction
-// by the compiler would too.
+// by the compiler would too; and so does a plain add of the exact product, which is what runs where the fma would
+// be a library call (x86-64 compiled for any CPU: std::fma was a third of a q4_1 task's own time, perf).
 inline float lo_coefficient(float d, int16_t qsum, float min, bool has_min) {
   const float lo_coef = d * static_cast<float>(qsum);
-  return has_min ? std::fma(32.0f, min, lo_coef) : lo_coef;
+  if (!has_min) return lo_coef;
+#if defined(__x86_64__) && !defined(__FMA__)
+  return lo_coef + 32.0f * min;  // no fma instruction here, so nothing can contract it into another rounding
+#else
+  return std::fma(32.0f, min, lo_coef);
+#endif
 }
 
 // Rows m0 .. m0+mr of A's matrix starting at row `first_row` (0, or b·M for batch item b with a_per_batch), blocks
