@@ -29,12 +29,13 @@
 //
 // Block-typed weights (q8_0, q4_0, …) take the same path when the model asks for it (kFlagInt8Winograd, set by the
 // loader: Model::set_int8_winograd) and the weight is frozen with Ci a multiple of 32: U is computed once from the
-// dequantised filters, each position's [Co × Ci] matrix quantised to q8_0 (amax scale) and kept as the integer
-// GEMM's panels (run_quantized); the 16 GEMMs then run in 8 bits (run_qgemm quantises V per tile and 32 channels,
-// like any B). That is 2.25× fewer 8-bit multiply-adds than the direct integer conv, at the price of a second
-// rounding of the filters and a coarser one of the inputs (V's four-term sums span about twice their range): on
-// the cifar10 U-Net +0.2 (q4_0) to +0.85 (q8_0) points of relative output error (docs/QUANT.md), which is why the
-// loader only chooses it for 4-bit models. Its kept panels take 16/9 of the direct path's.
+// dequantised filters, each position's [Co × Ci] matrix quantised to q8_0 (amax scale) and kept as the integer GEMM's
+// panels (run_quantized); each chunk's V is quantised per tile and 32 channels as the GEMM's B panels straight from
+// the transform (quantize_v: the bits run_qgemm would give an f32 V, without writing and reading it), and the 16
+// GEMMs run in 8 bits. That is 2.25× fewer 8-bit multiply-adds than the direct integer conv, at the price of a second
+// rounding of the filters and a coarser one of the inputs (V's four-term sums span about twice their range): on the
+// cifar10 U-Net +0.2 (q4_0) to +0.85 (q8_0) points of relative output error (docs/QUANT.md), which is why the loader
+// only chooses it for 4-bit models. Its kept panels take 16/9 of the direct path's.
 //
 // The rule: a 3×3 stride-1 conv with f32/f16 weights, at least kMinChannels in and out, and enough tiles per image
 // (`conv2d_winograd_min_tiles`, 64: a 16×16 output) for the 16 GEMMs to fill their column panels: below that they
@@ -61,10 +62,10 @@ constexpr int64_t kMinChannels = 16;
 // Output tiles per chunk: V and M for 256 tiles of a 384 → 128 conv take 8 MiB, within the shared L3; fewer tiles
 // would leave the GEMMs' column panels short.
 constexpr int64_t kChunkTiles = 256;
-// Block-typed weights: V is held quantised (1.375 bytes per value instead of 4), so the same chunk keeps it and M
-// (after the weights, the largest part of a q4_0 generate's memory) at ~4 MB for the widest layer (384 → 128). With
-// V in f32 (set_conv2d_winograd_fused_input(false)) half the chunk did: 256 tiles took cifar10 q4_0 to 66 MB.
-constexpr int64_t kQuantizedChunkTiles = 256;
+// Block-typed weights' GEMMs fill their panels with fewer tiles, and half the chunk keeps V (quantised, 1.375 bytes
+// per value) and M at ~2 MB for the widest layer: after the weights, the largest part of a q4_0 generate's memory.
+// cifar10 q4_0 peaks at 61.7 MB; 256 tiles: 64.7 MB, ~1.5 % faster (`ddpm bench unet --batch 1`, 3 rounds).
+constexpr int64_t kQuantizedChunkTiles = 128;
 // Tiles of one tile row handled per pass of the input and output transforms (their staging lives on the stack).
 constexpr int64_t kSegment = 64;
 constexpr int kPositions = 16;  // the 4×4 transformed tile
