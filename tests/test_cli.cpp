@@ -108,6 +108,12 @@ TEST_CASE("ddpm CLI: happy paths", "[cli]") {
   CHECK(bench.exit_code == 0);
   CHECK(bench.output.find("fashion-mnist preset (3940801 parameters), batch 2") != std::string::npos);
   CHECK(bench.output.find("ms/step (median of 1") != std::string::npos);
+  // bench unet --batch: only that batch size (the default runs 1 and 8).
+  Result unet = run("bench unet --batch 1 --reps 1 -t 1 --type q4_0:on");
+  INFO(unet.output);
+  CHECK(unet.exit_code == 0);
+  CHECK(unet.output.find("    1   1  q4_0:on ") != std::string::npos);
+  CHECK(unet.output.find("\n    8 ") == std::string::npos);
 }
 
 TEST_CASE("ddpm CLI: bad input gets a one-line error and a non-zero exit", "[cli]") {

@@ -55,7 +55,7 @@ class Model {
 
   // Whether the model's block-typed 3×3 convs run by Winograd with 8-bit transformed filters (kFlagInt8Winograd;
   // src/ops/conv_winograd.cpp) in the graphs built from weights() after this is set: on the cifar10-size U-Net
-  // ~1.17× faster, at +0.2–0.3 points of relative output error for q4_0/q4_1 models and +0.85 for q8_0 (docs/
+  // ~1.2× faster, at +0.2–0.3 points of relative output error for q4_0/q4_1 models and +0.85 for q8_0 (docs/
   // QUANT.md). Load chooses prefers_int8_winograd().
   void set_int8_winograd(bool on) { int8_winograd_ = on; }
   bool int8_winograd() const { return int8_winograd_; }
