@@ -890,8 +890,13 @@ void check_int8_winograd(DType type, quant::ConvRows rows, const WinogradShape& 
         ~RestoreFused() { set_conv2d_winograd_fused_input(true); }
       } restore;
       REQUIRE(conv2d_winograd_fused_input());
+      const int64_t fused_before = conv2d_winograd_fused_chunks();
+      (void)run(0, s.batch, winograd, 1, 1, nullptr);
+      CHECK(conv2d_winograd_fused_chunks() > fused_before);  // the fused path really ran
       set_conv2d_winograd_fused_input(false);
+      const int64_t unfused_before = conv2d_winograd_fused_chunks();
       const std::vector<float> unfused = run(0, s.batch, winograd, 2, 1, nullptr);
+      CHECK(conv2d_winograd_fused_chunks() == unfused_before);
       CHECK(std::memcmp(got.data(), unfused.data(), got.size() * sizeof(float)) == 0);
     }
     if (s.batch > 1) {
@@ -924,10 +929,11 @@ TEST_CASE("conv2d by 8-bit Winograd (kFlagInt8Winograd): near f32, the same bits
           "[qgemm][conv]") {
   const WinogradShape shapes[] = {
       {1, 32, 16, 16, 24, 1, true},   // 64 tiles: the fewest the rule takes; fused residual
-      {2, 64, 17, 15, 40, 1, false},  // odd sizes: partial tiles at the right and bottom; two images in one chunk
+      {2, 64, 17, 17, 40, 1, false},  // odd sizes: partial tiles at the right and bottom; 81 tiles per image, so
+                                      // a chunk and a column panel (any nr) span two images
       {1, 96, 18, 18, 16, 0, false},  // no padding; three channel blocks
-      {1, 32, 32, 24, 16, 1, true},   // 192 tiles
-      {1, 32, 40, 34, 16, 1, true},   // 20 × 17 tiles: two chunks, column panels across tile rows
+      {1, 32, 32, 24, 16, 1, true},   // 192 tiles: two chunks
+      {1, 32, 40, 34, 16, 1, true},   // 20 × 17 tiles: three chunks, column panels across tile rows
   };
   for (DType type : kBlockTypes) {
     for (quant::ConvRows rows : {quant::ConvRows::kTapMajor, quant::ConvRows::kNatural}) {

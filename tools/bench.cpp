@@ -1,8 +1,8 @@
 // `ddpm bench ops`: times each op on the shapes of real DDPM U-Nets, at 1 thread and at N threads, and (when
 // libopenblas is installed) the OpenBLAS sgemm of the equivalent im2col GEMM side by side. OpenBLAS is loaded with
 // dlopen only here, for comparison; the library never links it. Convolutions also run with q8_0 / q4_0 weights.
-// `ddpm bench unet`: the cifar10-32 U-Net forward at batch 1 and 8 (or --batch), 1 and N threads, for each --type of its conv
-// and linear weights side by side, with the speed-up over f32 measured in the same run.
+// `ddpm bench unet`: the cifar10-32 U-Net forward at batch 1 and 8 (or --batch), 1 and N threads, for each --type of
+// its conv and linear weights side by side, with the speed-up over f32 measured in the same run.
 // `ddpm bench train`: training steps of a network preset on synthetic data, timed as bench/pytorch_unet.py times
 // PyTorch (one warm-up step, then the median step: element n/2 of the sorted times), so the two compare directly.
 #include <dlfcn.h>
@@ -595,9 +595,9 @@ int run_bench(int argc, char** argv) {
                        return Status();
                      }});
   options.push_back({"preset", 0, "NAME", "bench train: network preset (default fashion-mnist)", text(&settings.preset)});
-  options.push_back({"batch", 0, "N", "bench train: images per step (default 64); bench unet: only this batch (default 1 and 8)", [&](const std::string& v) {
-                       return parse_int("--batch", v, 1, 4096, &settings.batch);
-                     }});
+  options.push_back({"batch", 0, "N",
+                     "bench train: images per step (default 64); bench unet: only this batch (default 1 and 8)",
+                     [&](const std::string& v) { return parse_int("--batch", v, 1, 4096, &settings.batch); }});
   options.push_back({"no-blas", 0, "", "do not compare with OpenBLAS", [&](const std::string&) {
                        settings.openblas = false;
                        return Status();

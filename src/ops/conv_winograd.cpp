@@ -64,7 +64,7 @@ constexpr int64_t kMinChannels = 16;
 constexpr int64_t kChunkTiles = 256;
 // Block-typed weights' GEMMs fill their panels with fewer tiles, and half the chunk keeps V (quantised, 1.375 bytes
 // per value) and M at ~2 MB for the widest layer: after the weights, the largest part of a q4_0 generate's memory.
-// cifar10 q4_0 peaks at 61.7 MB; 256 tiles: 64.7 MB, ~1.5 % faster (`ddpm bench unet --batch 1`, 3 rounds).
+// cifar10 q4_0 peaks at 61.8 MB; 256 tiles: 64.7 MB, ~1.5 % faster (`ddpm bench unet --batch 1`, 3 rounds).
 constexpr int64_t kQuantizedChunkTiles = 128;
 // Tiles of one tile row handled per pass of the input and output transforms (their staging lives on the stack).
 constexpr int64_t kSegment = 64;
@@ -72,6 +72,7 @@ constexpr int kPositions = 16;  // the 4×4 transformed tile
 
 std::atomic<int64_t> min_tiles{kDefaultMinTiles};
 std::atomic<bool> fused_input{true};
+std::atomic<int64_t> fused_chunks{0};
 
 // A frozen weight's transformed filters are kept by the graph (ExecContext::packed_weights) instead of being
 // rebuilt in the shared buffer at every call, where rebuilding them costs much against the layer's GEMMs: below
@@ -486,11 +487,20 @@ QGemmProblem quantized_problem(const Geometry& g, const Tensor& w) {
   return p;
 }
 
-// Block-typed weights: the 16 GEMMs in 8-bit integers (run_qgemm: V quantised per tile column and 32 channels, as
-// any B), with the transformed filters quantised once, at the first call, and kept as panels.
+// Block-typed weights: the 16 GEMMs in 8-bit integers, with the transformed filters quantised once, at the first
+// call, and kept as panels, and each chunk's V quantised as it is transformed (quantize_v), or, when the plan made
+// room for an f32 V instead (set_conv2d_winograd_fused_input(false)), by run_qgemm as any B.
 bool run_quantized(const Geometry& g, const Tensor& node, ExecContext& ctx, float* v, float* m) {
   const Tensor& w = *node.src[1];
   if (!ctx.packed_weights) return false;
+  const int nr = ctx.kernels.qgemm.nr;
+  const bool fused = g.v_q8_bytes > 0;
+  // V's room holds this kernel's quantised V (planned for every kernel's nr), and the staging fits the thread's
+  // scratch and the stack's rows: true by construction; otherwise the direct path, before anything is written.
+  if (fused && (QuantizedV::bytes(g.ci, g.chunk_tiles(), nr) > g.v_q8_bytes || nr > kSegment ||
+                ctx.scratch_bytes < quantize_v_scratch_bytes(nr))) {
+    return false;
+  }
   QGemmProblem p = quantized_problem(g, w);
   // At the first call the q8_0 filters go to the shared buffer (V and M are only written after that) and from there
   // into kept panels, before any output is written.
@@ -505,10 +515,6 @@ bool run_quantized(const Geometry& g, const Tensor& node, ExecContext& ctx, floa
   ExecContext gemm_ctx = ctx;  // the shared buffer holds V and M; kept panels need none
   gemm_ctx.shared = nullptr;
   gemm_ctx.shared_bytes = 0;
-  const int nr = ctx.kernels.qgemm.nr;
-  // The fused input needs its V bytes planned for (g.v_q8_bytes) and room for quantize_v's staging.
-  const bool fused = g.v_q8_bytes > 0 && QuantizedV::bytes(g.ci, g.chunk_tiles(), nr) <= g.v_q8_bytes &&
-                     ctx.scratch_bytes >= quantize_v_scratch_bytes(nr);
   for_each_chunk(g, node, m, ctx, [&](int64_t row0, int64_t rows, int64_t tiles) {
     p.N = tiles;
     p.c = m;
@@ -522,6 +528,7 @@ bool run_quantized(const Geometry& g, const Tensor& node, ExecContext& ctx, floa
       q.values = reinterpret_cast<uint8_t*>(v);
       q.scales = reinterpret_cast<float*>(q.values + q.n_panels * q.k_blocks * kPositions * quant::kQuantBlock * nr);
       quantize_v(g, node.src[0]->f32(), row0, rows, q, ctx);
+      fused_chunks.fetch_add(1, std::memory_order_relaxed);
       p.pack_quantized_b = pack_quantized_v;
       p.pack_b_context = &q;
       run_qgemm(p, gemm_ctx);
@@ -541,6 +548,7 @@ int64_t conv2d_winograd_min_tiles() { return min_tiles.load(std::memory_order_re
 void set_conv2d_winograd_min_tiles(int64_t tiles) { min_tiles.store(tiles, std::memory_order_relaxed); }
 bool conv2d_winograd_fused_input() { return fused_input.load(std::memory_order_relaxed); }
 void set_conv2d_winograd_fused_input(bool fused) { fused_input.store(fused, std::memory_order_relaxed); }
+int64_t conv2d_winograd_fused_chunks() { return fused_chunks.load(std::memory_order_relaxed); }
 
 size_t conv2d_winograd_scratch_bytes(const Tensor& node) {
   if (!quant::is_block_type(node.src[1]->dtype) || !applies(node)) return 0;

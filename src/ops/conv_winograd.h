@@ -24,6 +24,8 @@ void set_conv2d_winograd_min_tiles(int64_t tiles);
 // or keeps it in f32 for the GEMM to quantise (the same bits, more memory and time): for tests; plan after a change.
 bool conv2d_winograd_fused_input();
 void set_conv2d_winograd_fused_input(bool fused);
+// Chunks run with the fused input since the start (tests check that it really ran).
+int64_t conv2d_winograd_fused_chunks();
 
 // ExecContext::shared bytes the Winograd path needs for a Conv2d node, or 0 when the rule does not pick it; and the
 // per-thread scratch bytes (8-bit Winograd's input staging).

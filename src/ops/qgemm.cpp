@@ -298,7 +298,7 @@ inline float lo_coefficient(float d, int16_t qsum, float min, bool has_min) {
   const float lo_coef = d * static_cast<float>(qsum);
   if (!has_min) return lo_coef;
 #if defined(__x86_64__) && !defined(__FMA__)
-  return lo_coef + 32.0f * min;  // no fma instruction here, so nothing can contract it into another rounding
+  return lo_coef + 32.0f * min;  // 32·min is exact: one rounding, the fma's
 #else
   return std::fma(32.0f, min, lo_coef);
 #endif

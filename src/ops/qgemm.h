@@ -2,7 +2,8 @@
 // (q8_0, q4_0, q4_1, q5_0: rows of K values padded with zeros to a whole number of 32-value blocks) and B comes
 // from the same PackB callbacks as run_gemm (src/ops/gemm.h), as f32 panels that the driver quantises to 8 bits per
 // column and block of 32 k values (kernels/registry.h, QGemmMicroKernel, has the exact arithmetic), or already
-// quantised by the caller (pack_quantized_b: conv2d with tap-major weights quantises its input once per op).
+// quantised by the caller (pack_quantized_b: conv2d with tap-major weights quantises its input once per op, 8-bit
+// Winograd its transformed input as it makes it).
 //
 // Work is cut into tasks of (batch item, chunk of columns, chunk of rows). A task quantises its columns' B block
 // once per k block and multiplies it with MR-row panels of A decoded from the weight rows into int8 values (those
@@ -73,10 +74,11 @@ struct QGemmProblem {
   PackB pack_b = nullptr;
   const void* pack_b_context = nullptr;
   // Instead of pack_b: B already quantised by the caller (conv2d with tap-major weights quantises each input pixel
-  // once per op), written straight into `panels`: ceil(nc / kernel.nr) consecutive panels of
-  // qgemm_b_panel_bytes(kc, kernel.nr) bytes for columns [n0, n0 + nc) and k values [k0, k0 + kc) (K a multiple
-  // of 32), the values, scales, sums and minima kernel.quantize_b gives for the same B, except that a padding
-  // column's or all-zero block's values may be any bytes (its scale, sum and minimum are 0, so they add nothing).
+  // once per op; 8-bit Winograd its transformed input), written straight into `panels`: ceil(nc / kernel.nr)
+  // consecutive panels of qgemm_b_panel_bytes(kc, kernel.nr) bytes for columns [n0, n0 + nc) and k values
+  // [k0, k0 + kc) (K a multiple of 32; run_qgemm asks for k0 and kc multiples of 32 and n0 a multiple of nr), the
+  // values, scales, sums and minima kernel.quantize_b gives for the same B, except that a padding column's or
+  // all-zero block's values may be any bytes (its scale, sum and minimum are 0, so they add nothing).
   void (*pack_quantized_b)(const void* context, const kernels::QGemmMicroKernel& kernel, int64_t batch, int64_t k0,
                            int64_t kc, int64_t n0, int64_t nc, uint8_t* panels) = nullptr;
   // C element (m, n) of batch item b: c + b*c_batch_stride + m*ldc + n*c_col_stride.
