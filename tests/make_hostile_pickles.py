@@ -459,6 +459,9 @@ def write_hostile():
     corpus["negative_stride"] = wrap(state_dict_pickle(("w", tensor(storage_pid(), size=(4,), stride=(-1,)))))
     corpus["numel_overflow"] = wrap(state_dict_pickle(("w", tensor(storage_pid(), size=(1 << 40, 1 << 40, 1 << 40),
                                                                    stride=(0, 0, 0)))))
+    # A zero extent makes the element count 0 but not the other extents' product meaningful: still rejected.
+    corpus["zero_extent_overflow"] = wrap(state_dict_pickle(("w", tensor(storage_pid(), size=(0, 1 << 40, 1 << 40),
+                                                                         stride=(0, 0, 0)))))
     corpus["extent_overflow"] = wrap(state_dict_pickle(("w", tensor(storage_pid(), size=(3,), stride=(1 << 62,)))))
     corpus["storage_numel_overflow"] = wrap(state_dict_pickle(("w", tensor(storage_pid(numel=1 << 62)))))
     corpus["rank_9"] = wrap(state_dict_pickle(("w", tensor(storage_pid(), size=(1,) * 9, stride=(1,) * 9))))

@@ -486,6 +486,7 @@ TEST_CASE("hostile corpus: every file is rejected with a precise message and not
       {"stride_oob", "reaches past its storage"},
       {"negative_stride", "negative"},
       {"numel_overflow", "overflows"},
+      {"zero_extent_overflow", "overflows"},
       {"extent_overflow", "overflows"},
       {"storage_numel_overflow", "overflows"},
       {"rank_9", "rank 9"},

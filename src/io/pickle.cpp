@@ -8,6 +8,8 @@
 #include <iterator>
 #include <limits>
 
+#include "io/tensor_loader.h"
+
 namespace ddpm {
 namespace {
 
@@ -613,7 +615,7 @@ Status Machine::rebuild_tensor(const std::vector<PickleValuePtr>& args, const ch
   auto tensor = std::make_shared<PickleTensor>();
   tensor->storage = view.storage;
   tensor->requires_grad = requires_grad;
-  int64_t numel = 1, last = args[1]->int_value;
+  int64_t numel = 0, last = args[1]->int_value;
   for (size_t d = 0; d < size.items.size(); ++d) {
     const PickleValue& extent = *size.items[d];
     const PickleValue& step = *stride.items[d];
@@ -622,11 +624,13 @@ Status Machine::rebuild_tensor(const std::vector<PickleValuePtr>& args, const ch
     tensor->shape.push_back(extent.int_value);
     tensor->strides.push_back(step.int_value);
     int64_t reach = 0;
-    if (__builtin_mul_overflow(numel, extent.int_value, &numel) ||
-        (extent.int_value > 0 && (__builtin_mul_overflow(extent.int_value - 1, step.int_value, &reach) ||
-                                  __builtin_add_overflow(last, reach, &last))))
+    if (extent.int_value > 0 && (__builtin_mul_overflow(extent.int_value - 1, step.int_value, &reach) ||
+                                 __builtin_add_overflow(last, reach, &last)))
       return error("%s: size/stride arithmetic overflows", function);
   }
+  // The product of the non-zero extents must fit too, even when a zero extent makes the tensor empty: later stages
+  // multiply trailing extents (row sizes) without knowing about the zero.
+  if (!checked_numel(tensor->shape, &numel)) return error("%s: size arithmetic overflows", function);
   // An empty tensor addresses nothing; its offset only has to be a position inside the storage.
   bool inside = numel == 0 ? args[1]->int_value <= view.numel : last < view.numel;
   if (!inside)

@@ -4,6 +4,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "io/tensor_loader.h"
 #include "io/zip.h"
 
 namespace ddpm {
@@ -262,9 +263,11 @@ Status to_source_tensor(const std::string& name, const PickleTensor& tensor, Sou
       storage.file_bytes / static_cast<uint64_t>(storage.element_size) < static_cast<uint64_t>(storage.numel) ||
       tensor.element_offset < 0)
     return errorf("tensor '%s': inconsistent storage record", printable(name).c_str());
-  int64_t numel = 1, last = tensor.element_offset, reach = 0;
+  int64_t numel = 0, last = tensor.element_offset, reach = 0;
+  if (!checked_numel(tensor.shape, &numel))  // (also the non-zero extents' product, whatever a zero extent does)
+    return errorf("tensor '%s': bad shape or strides", printable(name).c_str());
   for (size_t d = 0; d < tensor.shape.size(); ++d) {
-    if (tensor.shape[d] < 0 || tensor.strides[d] < 0 || __builtin_mul_overflow(numel, tensor.shape[d], &numel) ||
+    if (tensor.strides[d] < 0 ||
         (tensor.shape[d] > 0 && (__builtin_mul_overflow(tensor.shape[d] - 1, tensor.strides[d], &reach) ||
                                  __builtin_add_overflow(last, reach, &last))))
       return errorf("tensor '%s': bad shape or strides", printable(name).c_str());
