@@ -137,11 +137,8 @@ struct QuantizedV {
 
 // QuantizedV bytes for the chunk on whichever qgemm kernel runs (the planner does not know which).
 int64_t quantized_v_bytes_max(int64_t ci, int64_t tiles) {
-  kernels::QGemmMicroKernel all[16];
-  const int count = kernels::available_qgemm_kernels(all, 16);
-  int64_t bytes = 0;
-  for (int i = 0; i < count; ++i) bytes = std::max(bytes, QuantizedV::bytes(ci, tiles, all[i].nr));
-  return bytes;
+  return static_cast<int64_t>(
+      max_over_qgemm_kernels([&](const kernels::QGemmMicroKernel& k) { return QuantizedV::bytes(ci, tiles, k.nr); }));
 }
 
 Geometry geometry(const Tensor& node) {
@@ -552,11 +549,7 @@ int64_t conv2d_winograd_fused_chunks() { return fused_chunks.load(std::memory_or
 
 size_t conv2d_winograd_scratch_bytes(const Tensor& node) {
   if (!quant::is_block_type(node.src[1]->dtype) || !applies(node)) return 0;
-  kernels::QGemmMicroKernel all[16];
-  const int count = kernels::available_qgemm_kernels(all, 16);
-  size_t bytes = 0;
-  for (int i = 0; i < count; ++i) bytes = std::max(bytes, quantize_v_scratch_bytes(all[i].nr));
-  return bytes;
+  return max_over_qgemm_kernels([](const kernels::QGemmMicroKernel& k) { return quantize_v_scratch_bytes(k.nr); });
 }
 
 size_t conv2d_winograd_shared_bytes(const Tensor& node) {

@@ -537,14 +537,8 @@ size_t qgemm_scratch_bytes(const kernels::KernelTable& kernels) {
   return scratch_layout(kernels.qgemm.mr, kernels.qgemm.nr).total;
 }
 
-// Over every kernel available_qgemm_kernels lists, not only the tables' own: DDPM_QGEMM may put any of them in a
-// level.
 size_t qgemm_scratch_bytes_max() {
-  kernels::QGemmMicroKernel all[16];
-  const int count = kernels::available_qgemm_kernels(all, 16);
-  size_t bytes = 0;
-  for (int i = 0; i < count; ++i) bytes = std::max(bytes, scratch_layout(all[i].mr, all[i].nr).total);
-  return bytes;
+  return max_over_qgemm_kernels([](const kernels::QGemmMicroKernel& k) { return scratch_layout(k.mr, k.nr).total; });
 }
 
 namespace {
@@ -683,15 +677,10 @@ uint8_t* PackedWeights::add(const Key& key, size_t bytes) {
 }
 
 size_t qgemm_shared_bytes_max(int64_t M, int64_t K, int64_t matrices) {
-  kernels::QGemmMicroKernel all[16];
-  const int count = kernels::available_qgemm_kernels(all, 16);
-  size_t bytes = 0;
   const int64_t padded_k = ceil_div(std::max<int64_t>(K, 1), kBlock) * kBlock;
-  for (int i = 0; i < count; ++i) {
-    const int mr = all[i].mr;
-    if (mr > 0) bytes = std::max(bytes, shared_a_layout(matrices * ceil_div(M, mr), mr, padded_k, DType::Q4_1).total);
-  }
-  return bytes;
+  return max_over_qgemm_kernels([&](const kernels::QGemmMicroKernel& k) -> size_t {
+    return k.mr > 0 ? shared_a_layout(matrices * ceil_div(M, k.mr), k.mr, padded_k, DType::Q4_1).total : 0;
+  });
 }
 
 }  // namespace ddpm

@@ -13,6 +13,7 @@
 // result does not depend on the thread count, the split or where the panels came from.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -135,6 +136,17 @@ QGemmPlan plan_qgemm(const QGemmProblem& problem, const kernels::QGemmMicroKerne
 // needs (kernels::available_qgemm_kernels).
 size_t qgemm_scratch_bytes(const kernels::KernelTable& kernels);
 size_t qgemm_scratch_bytes_max();
+// The largest `bytes(kernel)` over every quantised-GEMM kernel this CPU can run (kernels::available_qgemm_kernels,
+// not only the tables' own: DDPM_QGEMM may put any of them in a level): what a planner reserves, not knowing which
+// kernel will run.
+template <typename Bytes>
+size_t max_over_qgemm_kernels(Bytes&& bytes) {
+  kernels::QGemmMicroKernel all[16];
+  const int count = kernels::available_qgemm_kernels(all, 16);
+  size_t most = 0;
+  for (int i = 0; i < count; ++i) most = std::max(most, static_cast<size_t>(bytes(all[i])));
+  return most;
+}
 // Bytes of ExecContext::shared with which run_qgemm unpacks an M×K weight once for all tasks (when it would
 // otherwise be unpacked more than once: several column chunks or batch items), for any kernel this CPU can run;
 // `matrices` such weights for an a_per_batch A (one per batch item).
