@@ -154,6 +154,64 @@ TEST_CASE("ddpm CLI: bad input gets a one-line error and a non-zero exit", "[cli
   CHECK(help.output.find("--steps") != std::string::npos);
 }
 
+// Bytes of a file, for checking that a refused command left it alone.
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+TEST_CASE("ddpm CLI: no output overwrites an input or another output", "[cli]") {
+  if (!std::getenv("DDPM_BIN")) {
+    WARN("DDPM_BIN not set: CLI tests skipped");
+    return;
+  }
+  const std::string dir = model_path().substr(0, model_path().rfind('/'));
+  const std::string model = model_path(), before = file_bytes(model);
+  REQUIRE(symlink(model.c_str(), (dir + "/alias.ddpm").c_str()) == 0);
+  check_one_line_error(run("generate -m " + model + " --steps 1 -o " + model), 1,
+                       model + ": is also the model; choose another output path");
+  check_one_line_error(run("generate -m " + model + " --steps 1 -o " + dir + "/alias.ddpm"), 1,
+                       dir + "/alias.ddpm: is the same file as the model " + model);
+  check_one_line_error(run("generate -m " + model + " --steps 1 -o " + dir + "/g.png --save-raw " + dir + "/./g.png"), 1,
+                       dir + "/./g.png: is the same file as the output image " + dir + "/g.png");
+  check_one_line_error(run("generate -m " + model + " --steps 1 -n 3 --no-grid -o " + dir + "/n.png --save-raw " + dir +
+                           "/n_002.png"),
+                       1, "n_002.png: is also one of the image files");
+  check_one_line_error(run("quantize " + model + " " + model + " --type q8_0"), 1, ": is also the input model");
+  check_one_line_error(run("convert data/unet/micro -o data/unet/micro/config.json"), 1, "is also the config");
+  const std::string x = dir + "/x.f32";
+  std::ofstream(x, std::ios::binary) << std::string(4 * 3 * 8 * 8, '\0');
+  check_one_line_error(run("forward -m " + model + " --input " + x + " --shape 1,3,8,8 --timesteps 5 -o " + x), 1,
+                       x + ": is also the input");
+  CHECK(file_bytes(model) == before);
+  CHECK(!exists(dir + "/g.png"));
+  CHECK(!exists(dir + "/n_000.png"));
+  // A directory as the output or as a config: one line, no crash (libstdc++ throws reading a directory).
+  check_one_line_error(run("generate -m " + model + " --steps 1 -o " + dir), 1, dir + ": it is a directory");
+  check_one_line_error(run("convert data/unet/micro/diffusion_pytorch_model.safetensors --config " + dir + " -o " + dir +
+                           "/c.ddpm"),
+                       1, "cannot read " + dir + ": it is a directory");
+  check_one_line_error(run("info data/unet/micro/diffusion_pytorch_model.safetensors --config " + dir), 1,
+                       "it is a directory");
+  // Written to /dev/null in place: the device stays a device.
+  Result devnull = run("generate -m " + model + " --steps 1 -o /dev/null");
+  CHECK(devnull.exit_code == 0);
+  struct stat st;
+  REQUIRE(stat("/dev/null", &st) == 0);
+  CHECK(S_ISCHR(st.st_mode));
+  // A file no tool could load is not written: a null class of an unconditional model.
+  check_one_line_error(run("convert data/unet/micro -o " + dir + "/nc.ddpm --null-class 5"), 1,
+                       "--null-class 5: the model has 0 class embeddings");
+  CHECK(!exists(dir + "/nc.ddpm"));
+  // forward's flags are checked as flags.
+  check_one_line_error(run("forward -m " + model + " --input " + x + " --shape 1,3,-8,8 --timesteps 5 -o " + dir +
+                           "/y.f32"),
+                       2, "--shape: -8 is not a size");
+  check_one_line_error(run("forward -m " + model + " --input " + x + " --shape 1,3,8,8 --timesteps 5 --class-labels 1 -o " +
+                           dir + "/y.f32"),
+                       2, "--class-labels: " + model + " is not class-conditional");
+}
+
 TEST_CASE("ddpm info describes checkpoints without converting them", "[cli]") {
   if (!std::getenv("DDPM_BIN")) {
     WARN("DDPM_BIN not set: CLI tests skipped");

@@ -624,6 +624,19 @@ TEST_CASE("type names and the per-tensor policy", "[quant]") {
                                "--tensor-type '^conv_in=f16'; --tensor-type '^conv_out\\.=q8_0'; "
                                "--keep 'to_q|mid_block'") != std::string::npos);
   }
+  SECTION("a block-type override passes embedding tables, norms and biases by, and says so") {
+    REQUIRE(policy.add_override("class_emb=q4_0").ok());
+    REQUIRE(policy.add_override("norm1=q8_0").ok());
+    REQUIRE(policy.add_override("nowhere=q8_0").ok());
+    CHECK(decide("class_embedding.weight", {10, 512}) == DType::F32);  // read by get_rows, never a GEMM
+    CHECK(decide("class_embedding.linear_1.weight", {512, 128}) == DType::Q4_0);
+    CHECK(decide("down_blocks.0.resnets.0.norm1.weight", {128}) == DType::F32);
+    const std::vector<std::string> warnings = policy.unmatched_warnings("m.ddpm");
+    REQUIRE(warnings.size() == 2);
+    CHECK(warnings[0] == "--tensor-type 'norm1=q8_0' matches only norms, biases or embedding tables in m.ddpm, which "
+                         "keep their type (block types apply to conv and linear weights)");
+    CHECK(warnings[1] == "--tensor-type 'nowhere=q8_0' matches no tensor in m.ddpm");
+  }
   SECTION("bad patterns and types") {
     s = policy.add_keep("down_blocks.[0");
     CHECK(s.message().find("--keep 'down_blocks.[0': not a valid regular expression") == 0);

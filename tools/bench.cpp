@@ -24,6 +24,7 @@
 #include "ddpm/graph.h"
 #include "ddpm/ops.h"
 #include "ddpm/threadpool.h"
+#include "graph/profile.h"
 #include "kernels/registry.h"
 #include "model/model.h"
 #include "model/unet.h"
@@ -32,6 +33,7 @@
 #include "quant/blocks.h"
 #include "quant/policy.h"
 #include "quant/retype.h"
+#include "io/atomic_file.h"
 #include "io/crc32c.h"
 #include <unistd.h>
 #include <sys/resource.h>
@@ -438,6 +440,7 @@ int bench_unet(const BenchSettings& settings) {
           (void)net.forward(pool, x.data(), t.data(), nullptr, out.data());
           best[i] = std::min(best[i], now_seconds() - start);
         }
+        if (round == 0) profile::reset();  // DDPM_PROFILE: only the rounds after every net's warm-up
       }
       double f32_seconds = 0.0;
       for (size_t i = 0; i < nets.size(); ++i) {
@@ -481,6 +484,7 @@ int bench_format(const BenchSettings& settings) {
     return 1;
   }
   close(fd);
+  const RemoveOnSignal remove_on_interrupt(path);  // 144 MB in /tmp must not outlive a Ctrl-C
   if (status.ok()) status = writer.finish(path);
   const long long reps = settings.repetitions > 0 ? settings.repetitions : 5;
   double verified = 1e30, unverified = 1e30;  // best of `reps`: the page cache is warm after the first open

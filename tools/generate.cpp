@@ -181,8 +181,17 @@ int run_generate(int argc, char** argv) {
   }
 
   // Outputs are checked before sampling, which may take minutes.
-  s = check_can_write(no_grid ? numbered_path(output, 0) : output);
-  if (s.ok() && !raw_path.empty()) s = check_can_write(raw_path);
+  std::vector<FileRole> outputs;
+  if (no_grid) {
+    for (int k = 0; k < o.count; ++k) outputs.push_back({numbered_path(output, k), "one of the image files"});
+  } else {
+    outputs.push_back({output, "the output image"});
+  }
+  outputs.push_back({raw_path, "the --save-raw file"});
+  s = check_file_roles(outputs, {{model_path, "the model"}});
+  for (size_t k = 0; s.ok() && k < outputs.size(); ++k) {
+    if (!outputs[k].path.empty()) s = check_can_write(outputs[k].path);
+  }
   if (!s.ok()) {
     std::fprintf(stderr, "ddpm generate: %s\n", s.message().c_str());
     return 1;

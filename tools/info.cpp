@@ -5,12 +5,13 @@
 //                     with dtype and shape), parameter count, the U-Net config `ddpm convert` would use (config.json
 //                     beside the weights, --config, or the one inferred from an original-DDPM checkpoint's shapes)
 //                     and whether the tensors match it.
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <iterator>
 #include <map>
 #include <set>
@@ -55,9 +56,13 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 // named *.ddpm, whose reader explains best what they look like instead.
 bool is_ddpm_file(const std::string& path) {
   if (path.size() >= 5 && path.compare(path.size() - 5, 5, ".ddpm") == 0) return true;
-  std::ifstream in(path, std::ios::binary);
+  // POSIX read: libstdc++'s filebuf throws when read() fails (a directory), where this simply says no.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
   char magic[4] = {};
-  return in.read(magic, 4) && std::memcmp(magic, "DDPM", 4) == 0;
+  const bool ddpm = ::read(fd, magic, 4) == 4 && std::memcmp(magic, "DDPM", 4) == 0;
+  ::close(fd);
+  return ddpm;
 }
 
 int info_ddpm(const std::string& path, const InfoSettings& settings) {
@@ -142,13 +147,9 @@ Status resolve_folder(const std::string& dir, std::string* weights, std::string*
 }
 
 Status read_config(const std::string& path, UNetConfig* out) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return errorf("%s: cannot open", path.c_str());
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (text.size() > 64 * 1024 * 1024) return errorf("%s: too large for a config file", path.c_str());
   JsonValue json;
-  Status s = parse_json(text, &json);
-  if (s.ok()) s = UNetConfig::from_json(json, out);
+  DDPM_TRY(read_json_file(path, &json));
+  Status s = UNetConfig::from_json(json, out);
   if (s.ok()) s = out->validate();
   if (!s.ok()) return errorf("%s: %s", path.c_str(), s.message().c_str());
   return Status();
@@ -242,6 +243,12 @@ int info_checkpoint(const std::string& input, const InfoSettings& settings) {
   CheckpointReader reader;
   Status s = reader.open(weights, settings.checkpoint);
   if (!s.ok()) return fail(s);
+  // A config that cannot be read is the whole answer: said before any description, in one line.
+  UNetConfig unet;
+  if (!config.empty()) {
+    s = read_config(config, &unet);
+    if (!s.ok()) return fail(s);
+  }
 
   const std::vector<SourceTensor>& tensors = reader.tensors();
   int64_t parameters = 0;
@@ -290,11 +297,8 @@ int info_checkpoint(const std::string& input, const InfoSettings& settings) {
   }
 
   // The config `ddpm convert` would use, and whether the tensors fit it.
-  UNetConfig unet;
   std::vector<std::string> notes;
   if (!config.empty()) {
-    s = read_config(config, &unet);
-    if (!s.ok()) return fail(s);
     std::printf("config: %s\n", config.c_str());
   } else if (reader.layout() == KeyLayout::OriginalDdpm) {
     s = infer_original_ddpm_config(tensors, settings.image_size, &unet, &notes);

@@ -1,11 +1,12 @@
 // `ddpm schedule` (the timesteps and ᾱ_t a sampling run visits) and `ddpm forward` (one U-Net forward on raw
 // float32 input, for checking a conversion against PyTorch).
+#include <cmath>
 #include <cstdio>
-#include <fstream>
-#include <sstream>
 #include <cstring>
+#include <sstream>
 
 #include "io/atomic_file.h"
+#include "io/json.h"
 #include "io/mapped_file.h"
 #include "model/model.h"
 #include "model/sampler.h"
@@ -116,6 +117,11 @@ int run_forward(int argc, char** argv) {
   std::vector<double> shape, timesteps, labels;
   if (s.ok()) s = parse_list("--shape", shape_text, &shape);
   if (s.ok() && shape.size() != 4) s = errorf("--shape: expected B,C,H,W");
+  for (size_t i = 0; s.ok() && i < shape.size(); ++i) {
+    if (!(shape[i] >= 1 && shape[i] <= 65536) || shape[i] != std::floor(shape[i])) {
+      s = errorf("--shape: %s is not a size (whole numbers from 1 to 65536)", json_number_text(shape[i]).c_str());
+    }
+  }
   if (s.ok()) s = parse_list("--timesteps", timesteps_text, &timesteps);
   if (s.ok() && !labels_text.empty()) s = parse_list("--class-labels", labels_text, &labels);
   if (s.ok() && timesteps.size() != static_cast<size_t>(shape[0])) s = errorf("--timesteps: need one per batch item");
@@ -123,6 +129,8 @@ int run_forward(int argc, char** argv) {
     s = errorf("--class-labels: need one per batch item");
   }
   if (!s.ok()) return fail("forward", 2, s);
+  s = check_file_roles({{output, "the output"}}, {{model_path, "the model"}, {input, "the input"}});
+  if (!s.ok()) return fail("forward", 1, s);
   std::unique_ptr<Model> model;
   s = Model::load(model_path, &model);
   if (s.ok()) apply_int8_winograd(int8_winograd, model.get());
@@ -131,6 +139,16 @@ int run_forward(int argc, char** argv) {
   const int64_t b = static_cast<int64_t>(shape[0]), c = static_cast<int64_t>(shape[1]), h = static_cast<int64_t>(shape[2]),
                 w = static_cast<int64_t>(shape[3]);
   if (c != info.unet.in_channels) return fail("forward", 2, errorf("--shape: the model takes %lld channels", (long long)info.unet.in_channels));
+  if (!labels.empty() && info.class_count() == 0) {
+    return fail("forward", 2, errorf("--class-labels: %s is not class-conditional", model_path.c_str()));
+  }
+  for (double label : labels) {
+    if (!(label >= 0 && label < static_cast<double>(info.class_count())) || label != std::floor(label)) {
+      return fail("forward", 2, errorf("--class-labels: %s is not a class id of %s (0 to %lld)",
+                                       json_number_text(label).c_str(), model_path.c_str(),
+                                       (long long)info.class_count() - 1));
+    }
+  }
   MappedFile x;
   s = x.open(input);
   if (s.ok() && x.size() != static_cast<uint64_t>(b * c * h * w) * 4) {

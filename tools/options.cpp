@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "io/atomic_file.h"
 #include "kernels/registry.h"
 #include "model/model.h"
 
@@ -126,6 +127,15 @@ Status parse_float(const std::string& option, const std::string& value, double m
   }
   if (v < min || v > max) return errorf("%s: %g is outside %g..%g", option.c_str(), v, min, max);
   *out = v;
+  return Status();
+}
+
+Status check_file_roles(const std::vector<FileRole>& outputs, const std::vector<FileRole>& inputs) {
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    if (outputs[i].path.empty()) continue;
+    for (const FileRole& input : inputs) DDPM_TRY(check_distinct_paths(outputs[i].path, input.path, input.role));
+    for (size_t j = 0; j < i; ++j) DDPM_TRY(check_distinct_paths(outputs[i].path, outputs[j].path, outputs[j].role));
+  }
   return Status();
 }
 

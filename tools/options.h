@@ -54,6 +54,15 @@ inline std::function<Status(const std::string&)> text(std::string* target) {
   };
 }
 
+// A file a command reads or writes, named for messages ("the input model", "--save-raw's file").
+struct FileRole {
+  std::string path;  // empty: not used this run
+  const char* role;
+};
+// Fails, naming both, when an output would overwrite an input or another output (check_distinct_paths): a model
+// written over the data it was trained on is not recoverable. Call it before any long work.
+Status check_file_roles(const std::vector<FileRole>& outputs, const std::vector<FileRole>& inputs);
+
 // Value parsers with range checks; errors name the option.
 Status parse_int(const std::string& option, const std::string& value, long long min, long long max, long long* out);
 Status parse_float(const std::string& option, const std::string& value, double min, double max, double* out);

@@ -11,7 +11,6 @@
 
 #include "io/atomic_file.h"
 #include "io/json.h"
-#include "io/mapped_file.h"
 #include "io/png.h"
 #include "model/pipeline.h"
 #include "model/scheduler_json.h"
@@ -25,13 +24,6 @@ namespace {
 
 volatile std::sig_atomic_t g_stop = 0;
 void on_signal(int) { g_stop = 1; }
-
-Status read_json_file(const std::string& path, JsonValue* out) {
-  MappedFile file;
-  DDPM_TRY(file.open(path));
-  if (file.size() > 16 * 1024 * 1024) return errorf("%s: too large for a JSON config", path.c_str());
-  return parse_json(std::string_view(reinterpret_cast<const char*>(file.data()), file.size()), out).with_context(path);
-}
 
 // "out/model.ddpm" → "out/model": where the default side outputs go.
 std::string stem(const std::string& path) {
@@ -338,7 +330,17 @@ int run_train(int argc, char** argv) {
     std::snprintf(buffer, sizeof buffer, "-%06lld.png", (long long)step);
     return st.samples + buffer;
   };
-  s = check_can_write(st.out);
+  // The checkpoint may be the one resumed from (that is how a run continues); nothing else may overwrite an input.
+  const std::vector<FileRole> inputs = {{st.data, "the training data"}, {st.labels, "the labels file"},
+                                        {st.config, "the config"}, {st.scheduler_config, "the scheduler config"}};
+  std::vector<FileRole> outputs = {{st.out, "the output model"}, {st.loss_curve, "the loss curve"},
+                                   {st.checkpoint, "the checkpoint"},
+                                   {st.sample_every > 0 ? grid_path(0) : "", "the sample grids"}};
+  s = check_file_roles(outputs, inputs);
+  for (size_t i = 0; s.ok() && i < outputs.size(); ++i) {
+    if (i != 2) s = check_distinct_paths(outputs[i].path, st.resume, "the checkpoint resumed from");
+  }
+  if (s.ok()) s = check_can_write(st.out);
   if (s.ok()) s = check_can_write(st.loss_curve);
   if (s.ok() && st.checkpoint_every > 0) s = check_can_write(st.checkpoint);
   if (s.ok() && st.sample_every > 0) s = check_can_write(grid_path(0));

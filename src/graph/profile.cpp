@@ -44,6 +44,12 @@ class Profile {
     std::lock_guard<std::mutex> lock(mutex_);
     ++calls_;
   }
+  void reset() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    kinds_.clear();
+    nodes_.clear();
+    calls_ = 0;
+  }
 
  private:
   static void add(std::map<std::string, Entry>* m, const std::string& key, double seconds, double cpu_seconds) {
@@ -96,5 +102,8 @@ double thread_cpu_seconds() {
   return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 void count_call() { instance().count_call(); }
+void reset() {
+  if (enabled()) instance().reset();
+}
 
 }  // namespace ddpm::profile

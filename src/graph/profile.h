@@ -18,5 +18,8 @@ void record(const Tensor& t, bool backward, double seconds, double cpu_seconds);
 double thread_cpu_seconds();
 // Counts one compute() call (the report's per-call averages divide by it).
 void count_call();
+// Forgets everything recorded so far: a benchmark calls it after its warm-up runs, whose first-use work (decoding
+// kept weights, planning) would otherwise be averaged into every node.
+void reset();
 
 }  // namespace ddpm::profile

@@ -4,9 +4,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <climits>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
 
 namespace ddpm {
 
@@ -21,7 +26,98 @@ std::string parent_directory(const std::string& path) {
   return path.substr(0, slash);
 }
 
+std::string base_name(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// The path a write replaces: a symbolic link's target, followed to the end (also when it does not exist yet, as a
+// shell's `>` would create it), else the path itself.
+std::string resolve_link(const std::string& path) {
+  std::string current = path;
+  for (int depth = 0; depth < 40; ++depth) {  // the kernel's own limit on link chains
+    struct stat st;
+    if (::lstat(current.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return current;
+    char target[PATH_MAX];
+    const ssize_t n = ::readlink(current.c_str(), target, sizeof(target) - 1);
+    if (n <= 0) return current;
+    target[n] = '\0';
+    current = target[0] == '/' ? std::string(target) : parent_directory(current) + "/" + target;
+  }
+  return current;  // a loop: open() reports it
+}
+
+// What may be written at `target` (already resolved): a directory never, an existing file only with permission.
+// Sets *direct for destinations that are written in place.
+Status check_destination(const std::string& shown, const std::string& target, bool* direct, int* mode) {
+  *direct = false;
+  *mode = -1;
+  struct stat st;
+  if (::stat(target.c_str(), &st) != 0) return Status();  // a new file: the directory decides, at open
+  if (S_ISDIR(st.st_mode)) return errorf("cannot write %s: it is a directory", shown.c_str());
+  if (::access(target.c_str(), W_OK) != 0) {
+    return errorf("cannot write %s: %s", shown.c_str(), std::strerror(errno));
+  }
+  if (S_ISREG(st.st_mode)) {
+    *mode = static_cast<int>(st.st_mode & 07777);
+  } else {
+    *direct = true;
+  }
+  return Status();
+}
+
+// RemoveOnSignal's table. A slot's path is written before the slot is marked used and the file created, and the
+// slot freed only after the file is gone, so the handler never unlinks a half-written name or misses a live file.
+constexpr int kSignalSlots = 32;
+char g_signal_paths[kSignalSlots][PATH_MAX];
+std::atomic<bool> g_signal_used[kSignalSlots];
+std::mutex g_signal_mutex;  // between threads registering; the handler takes no lock
+constexpr int kCleanupSignals[] = {SIGINT, SIGTERM, SIGHUP};
+
+void remove_files_and_reraise(int sig) {
+  for (int i = 0; i < kSignalSlots; ++i) {
+    if (g_signal_used[i].load(std::memory_order_acquire)) (void)::unlink(g_signal_paths[i]);
+  }
+  ::signal(sig, SIG_DFL);
+  ::raise(sig);
+}
+
 }  // namespace
+
+void RemoveOnSignal::install_handlers() {
+  for (int sig : kCleanupSignals) {
+    struct sigaction current;
+    if (::sigaction(sig, nullptr, &current) != 0 || current.sa_handler != SIG_DFL) continue;  // the program's own
+    struct sigaction action;
+    std::memset(&action, 0, sizeof(action));
+    action.sa_handler = remove_files_and_reraise;
+    sigemptyset(&action.sa_mask);
+    (void)::sigaction(sig, &action, nullptr);
+  }
+}
+
+int RemoveOnSignal::add(const std::string& path) {
+  static std::once_flag installed;
+  std::call_once(installed, install_handlers);
+  if (path.empty() || path.size() >= PATH_MAX) return -1;
+  std::lock_guard<std::mutex> lock(g_signal_mutex);
+  for (int i = 0; i < kSignalSlots; ++i) {
+    if (g_signal_used[i].load(std::memory_order_relaxed)) continue;
+    std::memcpy(g_signal_paths[i], path.c_str(), path.size() + 1);
+    g_signal_used[i].store(true, std::memory_order_release);
+    return i;
+  }
+  return -1;
+}
+
+void RemoveOnSignal::remove(int slot) {
+  if (slot < 0 || slot >= kSignalSlots) return;
+  std::lock_guard<std::mutex> lock(g_signal_mutex);
+  g_signal_used[slot].store(false, std::memory_order_release);
+}
+
+RemoveOnSignal::RemoveOnSignal(const std::string& path) : slot_(add(path)) {}
+RemoveOnSignal::~RemoveOnSignal() { remove(slot_); }
 
 AtomicFile::~AtomicFile() { discard(); }
 
@@ -31,7 +127,11 @@ AtomicFile& AtomicFile::operator=(AtomicFile&& other) noexcept {
   if (this == &other) return *this;
   discard();
   fd_ = other.fd_;
+  direct_ = other.direct_;
+  signal_slot_ = other.signal_slot_;
+  other.signal_slot_ = -1;
   final_path_ = std::move(other.final_path_);
+  target_path_ = std::move(other.target_path_);
   temp_path_ = std::move(other.temp_path_);
   buffer_ = std::move(other.buffer_);
   buffered_ = other.buffered_;
@@ -42,6 +142,7 @@ AtomicFile& AtomicFile::operator=(AtomicFile&& other) noexcept {
   other.bytes_written_ = 0;
   other.temp_path_.clear();
   other.final_path_.clear();
+  other.target_path_.clear();
   return *this;
 }
 
@@ -58,16 +159,33 @@ Status AtomicFile::open(const std::string& final_path) {
   buffered_ = 0;
   if (final_path.empty()) return errorf("cannot write a file with an empty name");
   final_path_ = final_path;
+  target_path_ = resolve_link(final_path);
+  int mode = -1;
+  error_ = check_destination(final_path_, target_path_, &direct_, &mode);
+  if (!error_.ok()) return error_;
+  if (direct_) {
+    do {
+      fd_ = ::open(target_path_.c_str(), O_WRONLY | O_CLOEXEC);
+    } while (fd_ < 0 && errno == EINTR);
+    if (fd_ < 0) return fail_with_errno("write");
+    buffer_.resize(kBufferSize);
+    return Status();
+  }
   // The temporary lives next to the destination: rename is only atomic within one filesystem.
-  temp_path_ = final_path + ".tmp." + std::to_string(static_cast<long>(::getpid()));
+  temp_path_ = target_path_ + ".tmp." + std::to_string(static_cast<long>(::getpid()));
+  signal_slot_ = RemoveOnSignal::add(temp_path_);
   do {
     fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   } while (fd_ < 0 && errno == EINTR);
   if (fd_ < 0) {
     Status status = fail_with_errno("write");
     temp_path_.clear();  // nothing was created, so nothing must be unlinked later
+    RemoveOnSignal::remove(signal_slot_);
+    signal_slot_ = -1;
     return status;
   }
+  // The file replaced keeps its permissions (the umask applied to 0644 otherwise).
+  if (mode >= 0) (void)::fchmod(fd_, static_cast<mode_t>(mode));
   buffer_.resize(kBufferSize);
   return Status();
 }
@@ -116,22 +234,28 @@ Status AtomicFile::commit() {
   if (fd_ < 0 && error_.ok()) return errorf("cannot commit %s: file is not open", final_path_.c_str());
   Status status = error_;
   if (status.ok()) status = flush_buffer();
-  if (status.ok() && ::fsync(fd_) != 0) status = fail_with_errno("sync");
+  if (status.ok() && !direct_ && ::fsync(fd_) != 0) status = fail_with_errno("sync");
   if (fd_ >= 0) {
     // close can report a deferred write error (NFS, quotas): it counts.
     const int closed = ::close(fd_);
     fd_ = -1;
     if (closed != 0 && status.ok()) status = fail_with_errno("write");
   }
-  if (status.ok() && ::rename(temp_path_.c_str(), final_path_.c_str()) != 0) status = fail_with_errno("create");
+  if (direct_) {
+    buffer_ = std::vector<char>();
+    return status;
+  }
+  if (status.ok() && ::rename(temp_path_.c_str(), target_path_.c_str()) != 0) status = fail_with_errno("create");
   if (!status.ok()) {
     discard();
     return status;
   }
   temp_path_.clear();
+  RemoveOnSignal::remove(signal_slot_);
+  signal_slot_ = -1;
   buffer_ = std::vector<char>();
   // Makes the rename itself durable. Best effort: some filesystems refuse fsync on directories.
-  const int dir_fd = ::open(parent_directory(final_path_).c_str(), O_RDONLY | O_CLOEXEC);
+  const int dir_fd = ::open(parent_directory(target_path_).c_str(), O_RDONLY | O_CLOEXEC);
   if (dir_fd >= 0) {
     (void)::fsync(dir_fd);
     ::close(dir_fd);
@@ -148,6 +272,8 @@ void AtomicFile::discard() {
     ::unlink(temp_path_.c_str());
     temp_path_.clear();
   }
+  RemoveOnSignal::remove(signal_slot_);
+  signal_slot_ = -1;
   buffered_ = 0;
   buffer_ = std::vector<char>();
 }
@@ -160,9 +286,46 @@ Status write_file_atomically(const std::string& path, const void* data, size_t s
 }
 
 Status check_can_write(const std::string& path) {
+  if (path.empty()) return errorf("cannot write a file with an empty name");
+  bool direct;
+  int mode;
+  DDPM_TRY(check_destination(path, resolve_link(path), &direct, &mode));
+  if (direct) return Status();  // opening a pipe would block, or hand its reader an early end of file
   AtomicFile probe;
   DDPM_TRY(probe.open(path));
   probe.discard();
+  return Status();
+}
+
+namespace {
+
+// `path` with its directory resolved (symbolic links, "..", "."), for comparing files that may not exist yet.
+std::string normalised(const std::string& path) {
+  const std::string resolved = resolve_link(path);
+  char* dir = ::realpath(parent_directory(resolved).c_str(), nullptr);
+  if (!dir) return resolved;
+  std::string out(dir);
+  std::free(dir);
+  return (out == "/" ? out : out + "/") + base_name(resolved);
+}
+
+}  // namespace
+
+Status check_distinct_paths(const std::string& output, const std::string& input, const char* role) {
+  if (output.empty() || input.empty()) return Status();
+  struct stat out_st, in_st;
+  const bool out_exists = ::stat(output.c_str(), &out_st) == 0, in_exists = ::stat(input.c_str(), &in_st) == 0;
+  bool same;
+  if (out_exists && in_exists) {
+    // Two names of one device (-o /dev/null twice) harm nothing.
+    same = S_ISREG(out_st.st_mode) && out_st.st_dev == in_st.st_dev && out_st.st_ino == in_st.st_ino;
+  } else {
+    same = out_exists == in_exists && normalised(output) == normalised(input);
+  }
+  if (same) {
+    if (output == input) return errorf("%s: is also %s; choose another output path", output.c_str(), role);
+    return errorf("%s: is the same file as %s %s; choose another output path", output.c_str(), role, input.c_str());
+  }
   return Status();
 }
 

@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <new>
 
+#include "io/mapped_file.h"
+
 namespace ddpm {
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -709,6 +711,13 @@ std::string json_number_text(double value) {
   auto result = std::to_chars(buffer, buffer + sizeof buffer, value);
   DDPM_ASSERT(result.ec == std::errc());
   return std::string(buffer, result.ptr);
+}
+
+Status read_json_file(const std::string& path, JsonValue* out) {
+  MappedFile file;
+  DDPM_TRY(file.open(path));
+  if (file.size() > 16 * 1024 * 1024) return errorf("%s: too large for a JSON config", path.c_str());
+  return parse_json(std::string_view(reinterpret_cast<const char*>(file.data()), file.size()), out).with_context(path);
 }
 
 }  // namespace ddpm

@@ -91,6 +91,10 @@ constexpr int kJsonMaxDepth = 64;
 // is reported as an error, not thrown.
 Status parse_json(std::string_view text, JsonValue* out);
 
+// The JSON file at `path` (a config: at most 16 MB), parsed; errors name the file. Directories, devices and
+// unreadable files are refused with the reason.
+Status read_json_file(const std::string& path, JsonValue* out);
+
 // Compact form has no whitespace at all; pretty form indents by two spaces and ends without a newline. Strings are
 // escaped so that the output is always valid JSON; invalid UTF-8 bytes in a string become U+FFFD.
 std::string to_json(const JsonValue& value, bool pretty);

@@ -7,10 +7,10 @@
 #include <algorithm>
 #include <chrono>
 #include <ctime>
-#include <fstream>
 #include <set>
 
 #include "ddpm/graph.h"
+#include "io/atomic_file.h"
 #include "io/json.h"
 #include "io/sha256.h"
 #include "io/tensor_loader.h"
@@ -34,16 +34,6 @@ bool is_directory(const std::string& path) {
 bool is_file(const std::string& path) {
   struct stat st;
   return stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
-}
-
-Status read_json_file(const std::string& path, JsonValue* out) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return errorf("%s: cannot open", path.c_str());
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (text.size() > 64 * 1024 * 1024) return errorf("%s: too large for a config file", path.c_str());
-  Status s = parse_json(text, out);
-  if (!s.ok()) return errorf("%s: %s", path.c_str(), s.message().c_str());
-  return Status();
 }
 
 // Finds config, weights and scheduler config of a diffusers folder (root layout, or a pipeline's unet/ and
@@ -181,6 +171,10 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
     return errorf("%s: no such file or folder", o.input.c_str());
   }
   report->weights_path = weights;
+  DDPM_TRY(check_distinct_paths(o.output, weights, "the checkpoint"));
+  DDPM_TRY(check_distinct_paths(o.output, o.config, "the config"));
+  DDPM_TRY(check_distinct_paths(o.output, o.scheduler_config, "the scheduler config"));
+  DDPM_TRY(check_can_write(o.output));  // before the conversion's work
   CheckpointReader reader;
   DDPM_TRY(reader.open(weights, o.checkpoint));
   report->format = reader.format();
@@ -220,6 +214,10 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
   info.channels = info.unet.in_channels;
   info.class_names = o.class_names;
   if (o.null_class >= 0) info.null_class = o.null_class;
+  if (o.null_class >= info.class_count()) {
+    return errorf("--null-class %d: the model has %lld class embeddings (num_class_embeds)", o.null_class,
+                  (long long)info.class_count());
+  }
 
   if (reader.layout() != KeyLayout::Diffusers) report->notes.push_back(std::string("key layout: ") + key_layout_name(reader.layout()));
   for (const auto& [from, to] : reader.renamed()) {
@@ -342,8 +340,7 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
     for (int64_t d : spec.shape) n *= d;
     report->parameters += n;
   }
-  retype.warnings = policy.unmatched_patterns();
-  for (std::string& w : retype.warnings) w += " matches no tensor of " + weights;
+  retype.warnings = policy.unmatched_warnings(weights);
   DDPM_TRY(writer.finish(o.output));
   report->tensors = specs.size();
   struct stat st;

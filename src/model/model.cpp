@@ -84,6 +84,15 @@ Status model_info_from_metadata(const DdpmMetadata& m, const std::string& path, 
 }
 
 Status model_info_to_metadata(const ModelInfo& info, DdpmMetadata* m) {
+  // What model_info_from_metadata would refuse is refused here, so that no tool writes a file it cannot load.
+  if (info.null_class && (*info.null_class < 0 || *info.null_class >= info.class_count())) {
+    return errorf("null class %d is outside the model's %lld class embeddings", *info.null_class,
+                  (long long)info.class_count());
+  }
+  if (static_cast<int64_t>(info.class_names.size()) > info.class_count()) {
+    return errorf("%zu class names for the model's %lld class embeddings", info.class_names.size(),
+                  (long long)info.class_count());
+  }
   DDPM_TRY(m->set("ddpm.architecture", MetadataValue::string("unet2d")));
   DDPM_TRY(m->set("unet.config", MetadataValue::string(to_json(info.unet.to_json(), true))));
   DDPM_TRY(m->set("scheduler.config", MetadataValue::string(to_json(scheduler_config_to_json(info.scheduler), true))));

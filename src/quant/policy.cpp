@@ -157,7 +157,11 @@ TypePolicy::Decision TypePolicy::decide(const std::string& name, int rank, const
   for (Rule& rule : overrides_) {
     // Norms and biases are added and scaled in f32, never multiplied by the integer GEMM: a block-type override
     // that matches one ("conv_in=q8_0" also matches conv_in.bias) passes it by.
-    if (rank < 2 && dtype_traits(rule.type).is_quantized) continue;
+    // Nor an embedding table, which the U-Net reads by rows (get_rows), not through a GEMM.
+    if (dtype_traits(rule.type).is_quantized && (rank < 2 || is_embedding_table(name))) {
+      if (rule.regex->found_in(name)) rule.passed_by = true;
+      continue;
+    }
     if (rule.regex->found_in(name)) {
       rule.used = true;
       return {rule.type, describe(rule, true)};
@@ -206,6 +210,23 @@ std::vector<std::string> TypePolicy::unmatched_patterns() const {
     if (!rule.used) unmatched.push_back(describe(rule, false));
   }
   return unmatched;
+}
+
+std::vector<std::string> TypePolicy::unmatched_warnings(const std::string& model) const {
+  std::vector<std::string> warnings;
+  for (const Rule& rule : overrides_) {
+    if (rule.used) continue;
+    if (rule.passed_by) {
+      warnings.push_back(describe(rule, true) + " matches only norms, biases or embedding tables in " + model +
+                         ", which keep their type (block types apply to conv and linear weights)");
+    } else {
+      warnings.push_back(describe(rule, true) + " matches no tensor in " + model);
+    }
+  }
+  for (const Rule& rule : keep_) {
+    if (!rule.used) warnings.push_back(describe(rule, false) + " matches no tensor in " + model);
+  }
+  return warnings;
 }
 
 std::string TypePolicy::recipe() const {

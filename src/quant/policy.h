@@ -65,6 +65,9 @@ class TypePolicy {
 
   // Patterns that matched no tensor in any decide() call so far, as "--keep 'x'" / "--tensor-type 'x=q4_0'".
   std::vector<std::string> unmatched_patterns() const;
+  // The same as warnings for a user, naming `model`: "… matches no tensor in M", or, for a block-type override
+  // that matched only tensors block types never apply to, that it did and why they kept their type.
+  std::vector<std::string> unmatched_warnings(const std::string& model) const;
   // For provenance.dtype_recipe: the default type and what it applies to, then every --keep and --tensor-type in
   // order, e.g. "q8_0 (conv and linear weights; norms, biases, embeddings, conv_in and conv_out keep their type; f16:
   // the last up block's resnet shortcuts and conv2); --keep 'attentions'; --tensor-type 'up_blocks\.3=q4_0'". The 4/5-bit types also name the q8_0 weights:
@@ -79,6 +82,7 @@ class TypePolicy {
     std::shared_ptr<const CompiledPattern> regex;
     DType type = DType::F32;  // overrides only
     bool used = false;
+    bool passed_by = false;  // a block-type override that matched only norms, biases or embedding tables
   };
   std::string describe(const Rule& rule, bool is_override) const;
 

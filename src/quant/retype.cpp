@@ -165,6 +165,7 @@ Status retype_model(const std::string& input, const std::string& output, TypePol
   *report = RetypeReport();
   DdpmFile in;
   DDPM_TRY(DdpmFile::open(input, &in, true));
+  DDPM_TRY(check_distinct_paths(output, input, "the input model"));  // rounding weights cannot be undone
   DDPM_TRY(check_can_write(output));
   report->input_bytes = in.file_size();
 
@@ -233,8 +234,7 @@ Status retype_model(const std::string& input, const std::string& output, TypePol
     };
     DDPM_TRY(writer.add_tensor(t.name, decision.type, t.rank, t.shape, std::move(produce)));
   }
-  report->warnings = policy.unmatched_patterns();
-  for (std::string& w : report->warnings) w += " matches no tensor in " + input;
+  report->warnings = policy.unmatched_warnings(input);
   DDPM_TRY(writer.finish(output));
   struct stat st;
   if (stat(output.c_str(), &st) == 0) report->output_bytes = static_cast<uint64_t>(st.st_size);
