@@ -128,7 +128,7 @@ TEST_CASE("ddpm CLI: bad input gets a one-line error and a non-zero exit", "[cli
   check_one_line_error(run("generate -m " + model_path() + " --steps abc"), 2, "not an integer");
   check_one_line_error(run("generate -m " + model_path() + " --sampler euler"), 2, "euler");
   check_one_line_error(run("generate -m " + model_path() + " --class 3"), 2, "not class-conditional");
-  check_one_line_error(run("generate -m " + model_path() + " --steps 5000 -o " + dir + "/x.png"), 1, "5000");
+  check_one_line_error(run("generate -m " + model_path() + " --steps 5000 -o " + dir + "/x.png"), 2, "5000");
   check_one_line_error(run("generate -m " + dir + "/missing.ddpm"), 1, "missing.ddpm");
   check_one_line_error(run("generate"), 2, "missing -m");
   // Unwritable output: an error naming the path, and no file.
@@ -149,6 +149,24 @@ TEST_CASE("ddpm CLI: bad input gets a one-line error and a non-zero exit", "[cli
   check_one_line_error(run("bench train --preset nosuch --reps 1"), 1, "nosuch");
   check_one_line_error(run("--version", "DDPM_QGEMM=nosuch"), 2, "DDPM_QGEMM: no quantised kernel 'nosuch'");
   check_one_line_error(run("--version", "DDPM_ISA=nosuch"), 2, "DDPM_ISA");
+  check_one_line_error(run("generate -m " + model_path() + " --steps 1001"), 2,
+                       "--steps 1001: the model's schedule has 1000 timesteps, so at most 1000 steps");
+  check_one_line_error(run("generate -m " + model_path() + " --seed 18446744073709551616"), 2,
+                       "--seed: 18446744073709551616 is outside 0..");
+  check_one_line_error(run("generate -m " + model_path() + " --uncond-class 0"), 2, "is not class-conditional");
+  check_one_line_error(run("bench ops --filter no-such-op"), 2, "--filter 'no-such-op' matches no op");
+  // Networks that are not U-Nets: info says what they are (exit 0), generate says why it cannot run them.
+  Result toy = run("train --preset toy-mlp --steps 3 -t 1 -o " + dir + "/toy.ddpm --checkpoint-every 3");
+  INFO(toy.output);
+  REQUIRE(toy.exit_code == 0);
+  Result toy_info = run("info " + dir + "/toy.ddpm");
+  CHECK(toy_info.exit_code == 0);
+  CHECK(toy_info.output.find("network: 'mlp1d', not a U-Net") != std::string::npos);
+  check_one_line_error(run("generate -m " + dir + "/toy.ddpm"), 1, "holds a 'mlp1d' network");
+  Result ckpt_info = run("info " + dir + "/toy.ckpt");
+  CHECK(ckpt_info.exit_code == 0);
+  CHECK(ckpt_info.output.find("a training checkpoint") != std::string::npos);
+  check_one_line_error(run("generate -m " + dir + "/toy.ckpt"), 1, "is a training checkpoint, not a model");
   Result help = run("generate --help");
   CHECK(help.exit_code == 0);
   CHECK(help.output.find("--steps") != std::string::npos);

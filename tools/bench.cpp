@@ -253,6 +253,12 @@ struct OpenBlas {
 };
 
 int bench_ops(const BenchSettings& settings) {
+  const std::vector<Case> cases = all_cases();
+  if (!settings.filter.empty() &&
+      std::none_of(cases.begin(), cases.end(), [&](const Case& c) { return c.op.find(settings.filter) != std::string::npos; })) {
+    std::fprintf(stderr, "ddpm bench: --filter '%s' matches no op\n", settings.filter.c_str());
+    return 2;
+  }
   const int max_threads = settings.common.threads > 0 ? settings.common.threads : ThreadPool::physical_cores();
   std::vector<int> thread_counts = {1};
   if (max_threads > 1) thread_counts.push_back(max_threads);
@@ -271,7 +277,6 @@ int bench_ops(const BenchSettings& settings) {
     int threads;
     double seconds, blas_seconds;
   };
-  const std::vector<Case> cases = all_cases();
   std::vector<Row> rows;
   for (const Case& c : cases) {
     if (!settings.filter.empty() && c.op.find(settings.filter) == std::string::npos) continue;

@@ -60,6 +60,10 @@ int run_eval(int argc, char** argv) {
   }
   EvalResult result;
   const auto start = std::chrono::steady_clock::now();
+  if (s.ok() && count > data.count) {
+    std::fprintf(stderr, "note: -n %lld: %s has %lld images; all of them are used\n", count, data_path.c_str(),
+                 (long long)data.count);
+  }
   if (s.ok()) {
     ThreadPool pool(common.threads);
     EvalOptions o;

@@ -2,6 +2,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -40,6 +41,19 @@ Status resolve_class(const std::string& text, const ModelInfo& info, int32_t* ou
       return Status();
     }
   }
+  // "sandal" for "Sandal": case aside, when exactly one name matches.
+  auto lower = [](std::string v) {
+    for (char& ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return v;
+  };
+  int matches = 0;
+  for (size_t i = 0; i < info.class_names.size(); ++i) {
+    if (lower(info.class_names[i]) == lower(text)) {
+      *out = static_cast<int32_t>(i);
+      ++matches;
+    }
+  }
+  if (matches == 1) return Status();
   long long id;
   Status s = parse_int("--class", text, 0, info.class_count() - 1, &id);
   if (!s.ok()) {
@@ -100,7 +114,7 @@ int run_generate(int argc, char** argv) {
   options.push_back({"cfg", 0, "S", "classifier-free guidance scale (default: the model's)", [&](const std::string& v) {
                        return parse_float("--cfg", v, -100, 100, &cfg);
                      }});
-  options.push_back({"uncond-class", 0, "ID", "null class id for guidance when the model does not name one",
+  options.push_back({"uncond-class", 0, "ID", "null class id for guidance (default: the model's; needed when it names none)",
                      [&](const std::string& v) { return parse_int("--uncond-class", v, 0, 1000000, &uncond_class); }});
   options.push_back({"output", 'o', "FILE", "output PNG (default output.png)", text(&output)});
   options.push_back({"no-grid", 0, "", "write numbered files instead of one grid", [&](const std::string&) {
@@ -139,9 +153,13 @@ int run_generate(int argc, char** argv) {
   }
   ModelInfo& info = const_cast<ModelInfo&>(model->info());
   if (uncond_class >= 0) {
+    if (info.class_count() == 0) {
+      std::fprintf(stderr, "ddpm generate: --uncond-class: %s is not class-conditional\n", model_path.c_str());
+      return 2;
+    }
     if (uncond_class >= info.class_count()) {
-      std::fprintf(stderr, "ddpm generate: --uncond-class %lld is outside the model's %lld classes\n", uncond_class,
-                   (long long)info.class_count());
+      std::fprintf(stderr, "ddpm generate: --uncond-class %lld is outside the model's %lld classes (0..%lld)\n",
+                   uncond_class, (long long)info.class_count(), (long long)info.class_count() - 1);
       return 2;
     }
     info.null_class = static_cast<int32_t>(uncond_class);
@@ -161,6 +179,10 @@ int run_generate(int argc, char** argv) {
     o.sampler.spacing = sp;
   }
   o.sampler.steps = static_cast<int>(steps ? steps : info.default_steps);
+  if (s.ok() && steps > info.scheduler.num_train_timesteps) {
+    s = errorf("--steps %lld: the model's schedule has %d timesteps, so at most %d steps", steps,
+               info.scheduler.num_train_timesteps, info.scheduler.num_train_timesteps);
+  }
   o.sampler.eta = static_cast<float>(eta);
   o.guidance_scale = std::isnan(cfg) ? info.default_guidance_scale : static_cast<float>(cfg);
   if (s.ok() && !class_text.empty()) {
@@ -195,6 +217,16 @@ int run_generate(int argc, char** argv) {
   if (!s.ok()) {
     std::fprintf(stderr, "ddpm generate: %s\n", s.message().c_str());
     return 1;
+  }
+  // A name ending .jpg would promise a format this tool does not write.
+  {
+    const size_t dot = output.find_last_of('.'), slash = output.find_last_of('/');
+    std::string extension = dot == std::string::npos || (slash != std::string::npos && dot < slash) ? "png"
+                                                                                                     : output.substr(dot + 1);
+    for (char& ch : extension) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (extension != "png") {
+      std::fprintf(stderr, "warning: %s: written as PNG (the only image format ddpm writes)\n", output.c_str());
+    }
   }
   ThreadPool pool(common.threads);
   const bool tty = isatty(STDERR_FILENO);

@@ -117,6 +117,20 @@ int info_ddpm(const std::string& path, const InfoSettings& settings) {
                   t.tap_major ? " (tap-major)" : "");
     }
   }
+  // Other networks (the trainer's test presets, its checkpoints) are described above; what they are for is all
+  // that is left to say.
+  std::string architecture;
+  (void)file.metadata().get_string("ddpm.architecture", &architecture);
+  if (architecture == "ddpm-train-checkpoint") {
+    std::printf("a training checkpoint: `ddpm train --resume %s` continues the run, with --export-only -o "
+                "MODEL.ddpm it writes the EMA weights as a model\n", path.c_str());
+    return 0;
+  }
+  if (architecture != "unet2d") {
+    std::printf("network: '%s', not a U-Net: generate, eval and forward run U-Nets ('unet2d') only\n",
+                architecture.c_str());
+    return 0;
+  }
   ModelInfo info;
   s = model_info_from_metadata(file.metadata(), path, &info);
   if (!s.ok()) {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "io/atomic_file.h"
 #include "kernels/registry.h"
@@ -27,6 +28,12 @@ void add_common_options(std::vector<Option>* options, CommonSettings* settings) 
 
 Status apply_common_settings(const CommonSettings& settings) {
   DDPM_TRY(kernels::init_from_environment());
+  // Allowed (benchmarks of oversubscription), but rarely what was meant: each extra thread only waits its turn.
+  const int available = static_cast<int>(std::thread::hardware_concurrency());
+  if (available > 0 && settings.threads > available) {
+    std::fprintf(stderr, "warning: -t %d: this machine runs %d threads at once; more only slow the work down\n",
+                 settings.threads, available);
+  }
   if (settings.isa != "auto") return kernels::select(settings.isa.c_str()).with_context("--isa");
   return Status();
 }
@@ -110,9 +117,8 @@ Status parse_int(const std::string& option, const std::string& value, long long 
   errno = 0;
   char* end = nullptr;
   const long long v = std::strtoll(value.c_str(), &end, 10);
-  if (value.empty() || *end != '\0' || errno == ERANGE) {
-    return errorf("%s: '%s' is not an integer", option.c_str(), value.c_str());
-  }
+  if (value.empty() || *end != '\0') return errorf("%s: '%s' is not an integer", option.c_str(), value.c_str());
+  if (errno == ERANGE) return errorf("%s: %s is outside %lld..%lld", option.c_str(), value.c_str(), min, max);
   if (v < min || v > max) return errorf("%s: %lld is outside %lld..%lld", option.c_str(), v, min, max);
   *out = v;
   return Status();

@@ -7,11 +7,23 @@ namespace ddpm {
 
 Status model_info_from_metadata(const DdpmMetadata& m, const std::string& path, ModelInfo* out) {
   ModelInfo info;
-  auto fail = [&](const Status& s) { return errorf("%s: %s", path.c_str(), s.message().c_str()); };
+  // The metadata's own errors already name the file when it was read from `path`.
+  auto fail = [&](const Status& s) {
+    if (s.message().compare(0, path.size() + 1, path + ":") == 0) return s;
+    return errorf("%s: %s", path.c_str(), s.message().c_str());
+  };
   std::string architecture;
   Status s = m.get_string("ddpm.architecture", &architecture);
   if (!s.ok()) return fail(s);
-  if (architecture != "unet2d") return errorf("%s: architecture '%s' is not supported", path.c_str(), architecture.c_str());
+  if (architecture == "ddpm-train-checkpoint") {
+    return errorf("%s: is a training checkpoint, not a model; `ddpm train --resume %s --export-only -o MODEL.ddpm` "
+                  "writes its EMA weights as one",
+                  path.c_str(), path.c_str());
+  }
+  if (architecture != "unet2d") {
+    return errorf("%s: holds a '%s' network (ddpm.architecture), not a U-Net ('unet2d'), the only kind this loads",
+                  path.c_str(), architecture.c_str());
+  }
   std::string text;
   JsonValue json;
   if (!(s = m.get_string("unet.config", &text)).ok()) return fail(s);
