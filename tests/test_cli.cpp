@@ -191,12 +191,16 @@ TEST_CASE("ddpm CLI: no output overwrites an input or another output", "[cli]") 
   check_one_line_error(run("generate -m " + model + " --steps 1 -o " + dir + "/alias.ddpm"), 1,
                        dir + "/alias.ddpm: is the same file as the model " + model);
   check_one_line_error(run("generate -m " + model + " --steps 1 -o " + dir + "/g.png --save-raw " + dir + "/./g.png"), 1,
-                       dir + "/./g.png: is the same file as the output image " + dir + "/g.png");
+                       dir + "/g.png: is the same file as the --save-raw file " + dir + "/./g.png");
   check_one_line_error(run("generate -m " + model + " --steps 1 -n 3 --no-grid -o " + dir + "/n.png --save-raw " + dir +
                            "/n_002.png"),
-                       1, "n_002.png: is also one of the image files");
+                       1, "n_002.png: is also the --save-raw file");
   check_one_line_error(run("quantize " + model + " " + model + " --type q8_0"), 1, ": is also the input model");
-  check_one_line_error(run("convert data/unet/micro -o data/unet/micro/config.json"), 1, "is also the config");
+  // (A copy of the fixture's config: were the check to fail, the fixture itself would survive.)
+  std::ofstream(dir + "/config.json") << file_bytes("data/unet/micro/config.json");
+  check_one_line_error(run("convert data/unet/micro/diffusion_pytorch_model.safetensors --config " + dir +
+                           "/config.json -o " + dir + "/config.json"),
+                       1, "is also the config");
   const std::string x = dir + "/x.f32";
   std::ofstream(x, std::ios::binary) << std::string(4 * 3 * 8 * 8, '\0');
   check_one_line_error(run("forward -m " + model + " --input " + x + " --shape 1,3,8,8 --timesteps 5 -o " + x), 1,

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <limits>
@@ -56,8 +57,8 @@ class TempDir {
     path_ = made;
   }
   ~TempDir() {
-    // Some tests make sub-directories and links; the path is mkdtemp's, so the shell sees no surprises in it.
-    if (std::system(("rm -rf '" + path_ + "'").c_str()) != 0) rmdir(path_.c_str());
+    std::error_code ignored;  // sub-directories and links included
+    std::filesystem::remove_all(path_, ignored);
   }
   std::string file(const std::string& name) const { return path_ + "/" + name; }
   std::vector<std::string> list() const {
@@ -664,6 +665,25 @@ TEST_CASE("AtomicFile writes what a shell's > would: through links, keeping mode
   REQUIRE(write_file_atomically("/dev/null", "discarded", 9).ok());
   REQUIRE(stat("/dev/null", &st) == 0);
   CHECK(S_ISCHR(st.st_mode));
+  // So is a pipe, named the way /dev/stdout and a shell's >(…) name one: a /proc link that is no text path.
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  const std::string pipe_path = "/proc/self/fd/" + std::to_string(fds[1]);
+  REQUIRE(check_can_write(pipe_path).ok());
+  REQUIRE(write_file_atomically(pipe_path, "through", 7).ok());
+  close(fds[1]);
+  char got[16] = {};
+  CHECK(read(fds[0], got, sizeof got) == 7);
+  CHECK(std::string(got) == "through");
+  close(fds[0]);
+
+  // A link loop is refused as the shell would refuse it, and nothing replaces the links.
+  REQUIRE(symlink("loop_b", dir.file("loop_a").c_str()) == 0);
+  REQUIRE(symlink("loop_a", dir.file("loop_b").c_str()) == 0);
+  status = write_file_atomically(dir.file("loop_a"), "x", 1);
+  CHECK(status.message() == "cannot write " + dir.file("loop_a") + ": Too many levels of symbolic links");
+  REQUIRE(lstat(dir.file("loop_a").c_str(), &st) == 0);
+  CHECK(S_ISLNK(st.st_mode));
 }
 
 TEST_CASE("RemoveOnSignal: an interrupted writer leaves no temporary file", "[io][atomic_file]") {
@@ -688,6 +708,22 @@ TEST_CASE("RemoveOnSignal: an interrupted writer leaves no temporary file", "[io
     if (WIFSIGNALED(wstatus)) CHECK(WTERMSIG(wstatus) == sig);
     CHECK(dir.list().empty());
   }
+  // A program that handles the signal itself (train saves a checkpoint on Ctrl-C) keeps its handler: the temporary
+  // is then its destructors' to remove, so here, where the handler exits at once, it stays.
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::signal(SIGTERM, [](int) { _exit(7); });
+    RemoveOnSignal::install_handlers();
+    AtomicFile out;
+    if (!out.open(dir.file("kept.bin")).ok()) _exit(3);
+    ::raise(SIGTERM);
+    _exit(4);
+  }
+  int wstatus = 0;
+  REQUIRE(waitpid(child, &wstatus, 0) == child);
+  CHECK((WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 7));
+  CHECK(dir.list().size() == 1);
 }
 
 TEST_CASE("check_distinct_paths finds one file under two names", "[io][atomic_file]") {

@@ -203,17 +203,17 @@ int run_generate(int argc, char** argv) {
   }
 
   // Outputs are checked before sampling, which may take minutes.
-  std::vector<FileRole> outputs;
-  if (no_grid) {
-    for (int k = 0; k < o.count; ++k) outputs.push_back({numbered_path(output, k), "one of the image files"});
-  } else {
-    outputs.push_back({output, "the output image"});
+  // The numbered files differ from each other by construction: each is checked against the model and the raw
+  // file only (linear in -n), and the first stands for the others' directory.
+  const std::string first_image = no_grid ? numbered_path(output, 0) : output;
+  s = check_file_roles({{raw_path, "the --save-raw file"}}, {{model_path, "the model"}});
+  for (int k = 0; s.ok() && k < (no_grid ? o.count : 1); ++k) {
+    const std::string image = no_grid ? numbered_path(output, k) : output;
+    s = check_file_roles({{image, no_grid ? "one of the image files" : "the output image"}},
+                         {{model_path, "the model"}, {raw_path, "the --save-raw file"}});
   }
-  outputs.push_back({raw_path, "the --save-raw file"});
-  s = check_file_roles(outputs, {{model_path, "the model"}});
-  for (size_t k = 0; s.ok() && k < outputs.size(); ++k) {
-    if (!outputs[k].path.empty()) s = check_can_write(outputs[k].path);
-  }
+  if (s.ok()) s = check_can_write(first_image);
+  if (s.ok() && !raw_path.empty()) s = check_can_write(raw_path);
   if (!s.ok()) {
     std::fprintf(stderr, "ddpm generate: %s\n", s.message().c_str());
     return 1;

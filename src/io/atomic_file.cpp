@@ -33,50 +33,63 @@ std::string base_name(const std::string& path) {
 
 // The path a write replaces: a symbolic link's target, followed to the end (also when it does not exist yet, as a
 // shell's `>` would create it), else the path itself.
-std::string resolve_link(const std::string& path) {
+Status resolve_link(const std::string& path, std::string* resolved) {
   std::string current = path;
   for (int depth = 0; depth < 40; ++depth) {  // the kernel's own limit on link chains
     struct stat st;
-    if (::lstat(current.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return current;
     char target[PATH_MAX];
-    const ssize_t n = ::readlink(current.c_str(), target, sizeof(target) - 1);
-    if (n <= 0) return current;
+    ssize_t n;
+    if (::lstat(current.c_str(), &st) != 0 || !S_ISLNK(st.st_mode) ||
+        (n = ::readlink(current.c_str(), target, sizeof(target) - 1)) <= 0) {
+      *resolved = current;
+      return Status();
+    }
     target[n] = '\0';
     current = target[0] == '/' ? std::string(target) : parent_directory(current) + "/" + target;
   }
-  return current;  // a loop: open() reports it
+  return errorf("cannot write %s: %s", path.c_str(), std::strerror(ELOOP));
 }
 
-// What may be written at `target` (already resolved): a directory never, an existing file only with permission.
-// Sets *direct for destinations that are written in place.
-Status check_destination(const std::string& shown, const std::string& target, bool* direct, int* mode) {
+// Where a write to `path` goes. An existing file that is not a regular one (a device, a pipe, /dev/stdout — whose
+// /proc links are no text paths, so they are left to the kernel) is written in place: *direct. Otherwise *target
+// is what commit() replaces, links followed, and *mode the permission bits of a file it replaces (-1: none).
+// A directory, a file without write permission and a path that cannot be looked up (a link loop) are refused.
+Status resolve_destination(const std::string& path, std::string* target, bool* direct, int* mode) {
+  *target = path;
   *direct = false;
   *mode = -1;
   struct stat st;
-  if (::stat(target.c_str(), &st) != 0) return Status();  // a new file: the directory decides, at open
-  if (S_ISDIR(st.st_mode)) return errorf("cannot write %s: it is a directory", shown.c_str());
-  if (::access(target.c_str(), W_OK) != 0) {
-    return errorf("cannot write %s: %s", shown.c_str(), std::strerror(errno));
+  if (::stat(path.c_str(), &st) == 0) {
+    if (S_ISDIR(st.st_mode)) return errorf("cannot write %s: it is a directory", path.c_str());
+    if (::access(path.c_str(), W_OK) != 0) return errorf("cannot write %s: %s", path.c_str(), std::strerror(errno));
+    if (!S_ISREG(st.st_mode)) {
+      *direct = true;
+      return Status();
+    }
+    // Not the set-id bits: the new file belongs to whoever runs the command.
+    *mode = static_cast<int>(st.st_mode & 0777);
+  } else if (errno != ENOENT) {
+    return errorf("cannot write %s: %s", path.c_str(), std::strerror(errno));
   }
-  if (S_ISREG(st.st_mode)) {
-    *mode = static_cast<int>(st.st_mode & 07777);
-  } else {
-    *direct = true;
-  }
-  return Status();
+  return resolve_link(path, target);
 }
 
-// RemoveOnSignal's table. A slot's path is written before the slot is marked used and the file created, and the
-// slot freed only after the file is gone, so the handler never unlinks a half-written name or misses a live file.
+// RemoveOnSignal's table. Each slot moves free -> writing (add copies the path) -> live -> free (remove), and the
+// handler takes a live slot to claimed before it reads the path: a slot being refilled is never read half-written,
+// and a claimed one is left alone by remove.
 constexpr int kSignalSlots = 32;
+enum SlotState : int { kFree, kWriting, kLive, kClaimed };
 char g_signal_paths[kSignalSlots][PATH_MAX];
-std::atomic<bool> g_signal_used[kSignalSlots];
+std::atomic<int> g_signal_state[kSignalSlots];
 std::mutex g_signal_mutex;  // between threads registering; the handler takes no lock
 constexpr int kCleanupSignals[] = {SIGINT, SIGTERM, SIGHUP};
 
 void remove_files_and_reraise(int sig) {
   for (int i = 0; i < kSignalSlots; ++i) {
-    if (g_signal_used[i].load(std::memory_order_acquire)) (void)::unlink(g_signal_paths[i]);
+    int live = kLive;
+    if (g_signal_state[i].compare_exchange_strong(live, kClaimed, std::memory_order_acq_rel)) {
+      (void)::unlink(g_signal_paths[i]);
+    }
   }
   ::signal(sig, SIG_DFL);
   ::raise(sig);
@@ -102,9 +115,10 @@ int RemoveOnSignal::add(const std::string& path) {
   if (path.empty() || path.size() >= PATH_MAX) return -1;
   std::lock_guard<std::mutex> lock(g_signal_mutex);
   for (int i = 0; i < kSignalSlots; ++i) {
-    if (g_signal_used[i].load(std::memory_order_relaxed)) continue;
+    int free = kFree;
+    if (!g_signal_state[i].compare_exchange_strong(free, kWriting, std::memory_order_acq_rel)) continue;
     std::memcpy(g_signal_paths[i], path.c_str(), path.size() + 1);
-    g_signal_used[i].store(true, std::memory_order_release);
+    g_signal_state[i].store(kLive, std::memory_order_release);
     return i;
   }
   return -1;
@@ -113,7 +127,8 @@ int RemoveOnSignal::add(const std::string& path) {
 void RemoveOnSignal::remove(int slot) {
   if (slot < 0 || slot >= kSignalSlots) return;
   std::lock_guard<std::mutex> lock(g_signal_mutex);
-  g_signal_used[slot].store(false, std::memory_order_release);
+  int live = kLive;
+  (void)g_signal_state[slot].compare_exchange_strong(live, kFree, std::memory_order_acq_rel);
 }
 
 RemoveOnSignal::RemoveOnSignal(const std::string& path) : slot_(add(path)) {}
@@ -138,6 +153,8 @@ AtomicFile& AtomicFile::operator=(AtomicFile&& other) noexcept {
   bytes_written_ = other.bytes_written_;
   error_ = std::move(other.error_);
   other.fd_ = -1;
+  other.direct_ = false;
+  other.error_ = Status();
   other.buffered_ = 0;
   other.bytes_written_ = 0;
   other.temp_path_.clear();
@@ -159,9 +176,8 @@ Status AtomicFile::open(const std::string& final_path) {
   buffered_ = 0;
   if (final_path.empty()) return errorf("cannot write a file with an empty name");
   final_path_ = final_path;
-  target_path_ = resolve_link(final_path);
   int mode = -1;
-  error_ = check_destination(final_path_, target_path_, &direct_, &mode);
+  error_ = resolve_destination(final_path_, &target_path_, &direct_, &mode);
   if (!error_.ok()) return error_;
   if (direct_) {
     do {
@@ -287,9 +303,10 @@ Status write_file_atomically(const std::string& path, const void* data, size_t s
 
 Status check_can_write(const std::string& path) {
   if (path.empty()) return errorf("cannot write a file with an empty name");
+  std::string target;
   bool direct;
   int mode;
-  DDPM_TRY(check_destination(path, resolve_link(path), &direct, &mode));
+  DDPM_TRY(resolve_destination(path, &target, &direct, &mode));
   if (direct) return Status();  // opening a pipe would block, or hand its reader an early end of file
   AtomicFile probe;
   DDPM_TRY(probe.open(path));
@@ -301,7 +318,8 @@ namespace {
 
 // `path` with its directory resolved (symbolic links, "..", "."), for comparing files that may not exist yet.
 std::string normalised(const std::string& path) {
-  const std::string resolved = resolve_link(path);
+  std::string resolved;
+  if (!resolve_link(path, &resolved).ok()) return path;
   char* dir = ::realpath(parent_directory(resolved).c_str(), nullptr);
   if (!dir) return resolved;
   std::string out(dir);

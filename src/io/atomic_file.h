@@ -7,8 +7,9 @@
 // and commit() return it, so callers may check only the final commit().
 //
 // What a shell's `>` would do is kept where a rename would break it: a symbolic link is followed (the file it
-// points to is replaced, the link stays), a replaced file keeps its permission bits, a read-only file is refused,
-// and a destination that is not a regular file (/dev/null, a pipe) is written directly, without the atomicity.
+// points to is replaced, the link stays), a replaced file keeps its permission bits (not its owner, and other hard
+// links to it keep the old contents), a read-only file is refused, and a destination that is not a regular file
+// (/dev/null, a pipe, /dev/stdout) is written directly, without the atomicity.
 #pragma once
 
 #include <cstddef>

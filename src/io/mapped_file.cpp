@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <limits>
@@ -32,16 +33,23 @@ class FileDescriptor {
 };
 
 // Reads until end of file: the size of special files is unknown (st_size is 0 for /proc files and pipes).
-Status read_all(int fd, const std::string& path, uint64_t size_hint, std::vector<uint8_t>* out) {
+Status too_long(const std::string& path, uint64_t max_bytes) {
+  return errorf("cannot read %s: longer than %llu bytes, the most it may hold here", path.c_str(),
+                static_cast<unsigned long long>(max_bytes));
+}
+
+Status read_all(int fd, const std::string& path, uint64_t size_hint, uint64_t max_bytes, std::vector<uint8_t>* out) {
   try {
     out->clear();
     size_t capacity = size_hint > 0 && size_hint < (uint64_t{1} << 40) ? static_cast<size_t>(size_hint) + 1 : 65536;
     out->resize(capacity);
     size_t used = 0;
     for (;;) {
+      if (used > max_bytes) return too_long(path, max_bytes);
       if (used == out->size()) {
         if (out->size() > std::numeric_limits<size_t>::max() / 2) return errorf("%s: file too large", path.c_str());
-        out->resize(out->size() * 2);
+        // At most one byte past the limit: enough to tell that it was passed.
+        out->resize(static_cast<size_t>(std::min<uint64_t>(out->size() * 2, max_bytes + 1)));
       }
       const ssize_t got = ::read(fd, out->data() + used, out->size() - used);
       if (got < 0) {
@@ -127,7 +135,7 @@ void MappedFile::close() {
   path_.clear();
 }
 
-Status MappedFile::open(const std::string& path) {
+Status MappedFile::open(const std::string& path, uint64_t max_bytes) {
   close();
   int raw_fd;
   do {
@@ -141,6 +149,16 @@ Status MappedFile::open(const std::string& path) {
   if (S_ISDIR(info.st_mode)) return errorf("cannot read %s: it is a directory", path.c_str());
 
   path_ = path;
+  if (S_ISREG(info.st_mode) && max_bytes > 0 && static_cast<uint64_t>(info.st_size) > max_bytes) {
+    return too_long(path, max_bytes);
+  }
+  if (max_bytes == 0) {
+    // Whatever a pipe brings in must fit in memory next to the work done with it.
+    const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+    const uint64_t quarter = pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) / 4
+                                                   : std::numeric_limits<uint64_t>::max();
+    max_bytes = std::min<uint64_t>(quarter, uint64_t{2} << 30);
+  }
   if (S_ISREG(info.st_mode) && info.st_size > 0 &&
       static_cast<uint64_t>(info.st_size) <= std::numeric_limits<size_t>::max()) {
     void* mapping = ::mmap(nullptr, static_cast<size_t>(info.st_size), PROT_READ, MAP_PRIVATE, fd.get(), 0);
@@ -154,7 +172,7 @@ Status MappedFile::open(const std::string& path) {
     }
   }
   const uint64_t size_hint = S_ISREG(info.st_mode) && info.st_size > 0 ? static_cast<uint64_t>(info.st_size) : 0;
-  Status status = read_all(fd.get(), path, size_hint, &buffer_);
+  Status status = read_all(fd.get(), path, size_hint, max_bytes, &buffer_);
   if (!status.ok()) {
     close();
     return status;

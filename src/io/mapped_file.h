@@ -23,7 +23,10 @@ class MappedFile {
   MappedFile& operator=(const MappedFile&) = delete;
 
   // Replaces whatever this held. Errors name the path ("cannot open x.safetensors: No such file or directory").
-  Status open(const std::string& path);
+  // A file longer than `max_bytes` is refused. What cannot be mapped (a pipe, a device) is read into memory, at
+  // most `max_bytes` of it, or when 0 a quarter of this machine's memory up to 2 GiB: /dev/zero given as a model
+  // must end in a message, not in the out-of-memory killer.
+  Status open(const std::string& path, uint64_t max_bytes = 0);
   // An in-memory "file" (tests, fuzzers, data received from elsewhere) that behaves exactly like an opened one.
   static MappedFile from_bytes(std::string name, std::vector<uint8_t> bytes);
   void close();
