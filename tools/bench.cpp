@@ -437,16 +437,33 @@ int bench_unet(const BenchSettings& settings) {
       ThreadPool pool(threads);
       const long long reps = settings.repetitions ? settings.repetitions : 5;
       std::vector<double> best(settings.types.size(), 1e30);
+      // DDPM_PROFILE: per type, the timed forwards' wall time and the thread pool's account of them.
+      std::vector<double> forward_seconds(settings.types.size(), 0.0);
+      std::vector<ThreadPool::Timing> parallel(settings.types.size());
       for (long long round = 0; round < reps; ++round) {
         for (size_t i = 0; i < nets.size(); ++i) {
           UNet& net = *nets[i];
           if (round == 0) (void)net.forward(pool, x.data(), t.data(), nullptr, out.data());  // warm-up
+          const ThreadPool::Timing before = pool.timing();
           const double start = now_seconds();
           (void)net.forward(pool, x.data(), t.data(), nullptr, out.data());
-          best[i] = std::min(best[i], now_seconds() - start);
+          const double seconds = now_seconds() - start;
+          best[i] = std::min(best[i], seconds);
+          if (round > 0) {
+            const ThreadPool::Timing after = pool.timing();
+            forward_seconds[i] += seconds;
+            parallel[i].jobs += after.jobs - before.jobs;
+            parallel[i].tasks += after.tasks - before.tasks;
+            parallel[i].wall_seconds += after.wall_seconds - before.wall_seconds;
+            parallel[i].busy_seconds += after.busy_seconds - before.busy_seconds;
+          }
         }
-        if (round == 0) profile::reset();  // DDPM_PROFILE: only the rounds after every net's warm-up
+        if (round == 0 && profile::enabled()) {  // only the rounds after every net's warm-up
+          profile::reset();
+          pool.set_timing(true);
+        }
       }
+      pool.set_timing(false);
       double f32_seconds = 0.0;
       for (size_t i = 0; i < nets.size(); ++i) {
         if (settings.types[i].type == DType::F32) f32_seconds = best[i];
@@ -458,6 +475,16 @@ int bench_unet(const BenchSettings& settings) {
         if (f32_seconds > 0) std::printf(" %7.2fx", f32_seconds / seconds);
         else std::printf(" %8s", "-");
         std::printf(" %14.1f\n", nets[i]->activation_bytes() / 1e6);
+      }
+      for (size_t i = 0; profile::enabled() && reps > 1 && i < nets.size(); ++i) {
+        // Serial: the forward outside parallel jobs (one-task ops, graph bookkeeping); waiting: inside them.
+        const double n = static_cast<double>(reps - 1), wall = parallel[i].wall_seconds / n;
+        const double busy = parallel[i].busy_seconds / n, forward = forward_seconds[i] / n;
+        std::printf("  DDPM_PROFILE %s, %d threads: forward %.2f ms = parallel jobs %.2f ms (%.0f jobs, %.0f tasks; "
+                    "threads busy %.0f%%) + serial %.2f ms\n",
+                    settings.types[i].label().c_str(), threads, forward * 1e3, wall * 1e3,
+                    static_cast<double>(parallel[i].jobs) / n, static_cast<double>(parallel[i].tasks) / n,
+                    wall > 0 ? 100.0 * busy / (threads * wall) : 0.0, (forward - wall) * 1e3);
       }
       std::fflush(stdout);
     }

@@ -2,6 +2,7 @@
 
 #include <sched.h>
 
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <set>
@@ -58,6 +59,11 @@ constexpr uint64_t job_state(uint32_t generation, int64_t tasks) {
   return (static_cast<uint64_t>(generation) << (2 * kEndBits)) | static_cast<uint64_t>(tasks);
 }
 
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
 }  // namespace
 
 ThreadPool::ThreadPool(int threads) {
@@ -86,7 +92,14 @@ void ThreadPool::work(uint32_t generation, int thread) {
     // Read after the claim, which succeeded on the current job's word: these are that job's.
     const std::function<void(int64_t, int)>* job = job_.load(std::memory_order_relaxed);
     const int64_t tasks = job_tasks_.load(std::memory_order_relaxed);
-    (*job)(front ? first : end - 1, thread);
+    if (timing_on_.load(std::memory_order_relaxed)) {
+      const int64_t start = now_ns();
+      (*job)(front ? first : end - 1, thread);
+      busy_ns_.fetch_add(now_ns() - start, std::memory_order_relaxed);
+      timed_tasks_.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      (*job)(front ? first : end - 1, thread);
+    }
     if (done_.fetch_add(1) + 1 == tasks && caller_sleeping_.load()) {
       { std::lock_guard<std::mutex> lock(mutex_); }
       finished_.notify_one();
@@ -107,6 +120,8 @@ void ThreadPool::run(int64_t tasks, const std::function<void(int64_t, int)>& fn)
     }
     return;
   }
+  const bool timed = timing_on_.load(std::memory_order_relaxed);
+  const int64_t start = timed ? now_ns() : 0;
   job_.store(&fn, std::memory_order_relaxed);
   job_tasks_.store(tasks, std::memory_order_relaxed);
   done_.store(0, std::memory_order_relaxed);
@@ -125,6 +140,21 @@ void ThreadPool::run(int64_t tasks, const std::function<void(int64_t, int)>& fn)
     finished_.wait(lock, [&] { return done_.load() == tasks; });
     caller_sleeping_.store(false);
   }
+  if (timed) {
+    wall_ns_.fetch_add(now_ns() - start, std::memory_order_relaxed);
+    timed_jobs_.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+void ThreadPool::set_timing(bool on) { timing_on_.store(on); }
+
+ThreadPool::Timing ThreadPool::timing() const {
+  Timing t;
+  t.jobs = timed_jobs_.load();
+  t.tasks = timed_tasks_.load();
+  t.wall_seconds = 1e-9 * static_cast<double>(wall_ns_.load());
+  t.busy_seconds = 1e-9 * static_cast<double>(busy_ns_.load());
+  return t;
 }
 
 void ThreadPool::worker_loop(int thread) {
