@@ -5,8 +5,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <random>
 
 #include "io/safetensors.h"
@@ -185,28 +187,46 @@ TEST_CASE("classifier-free guidance: scale 0 is the unconditional model, scale 1
   CHECK(bad.message().find("class 4") != std::string::npos);
 }
 
-TEST_CASE("converter reports missing, unexpected and mis-shaped tensors by name and writes nothing", "[pipeline]") {
+namespace {
+
+// The micro reference U-Net as a diffusers folder `dir` (config + f32 safetensors), each tensor passed through
+// `edit` first (which may change its values or shape, or drop it by returning false), then `extra` appended.
+void write_micro_folder(const std::string& dir,
+                        const std::function<bool(const SourceTensor&, SafetensorsWriteEntry*, std::vector<float>*)>& edit,
+                        const std::vector<SafetensorsWriteEntry>& extra = {}) {
   MappedFile file;
   REQUIRE(file.open("data/unet/micro/diffusion_pytorch_model.safetensors").ok());
   std::vector<SourceTensor> tensors;
   REQUIRE(read_safetensors("micro", file, &tensors, nullptr).ok());
   std::vector<std::vector<float>> data;
-  data.reserve(tensors.size());
+  data.reserve(tensors.size() + 1);
   std::vector<SafetensorsWriteEntry> entries;
   for (const SourceTensor& t : tensors) {
     data.emplace_back(static_cast<size_t>(t.numel()));
     REQUIRE(load_tensor_f32(file, t, data.back().data()).ok());
-    if (t.name == "conv_out.bias") continue;  // missing
     SafetensorsWriteEntry e{t.name, SourceDType::F32, t.shape, data.back().data()};
-    if (t.name == "conv_in.weight") e.shape = {8, 27};  // same bytes, wrong shape
-    entries.push_back(e);
+    if (edit(t, &e, &data.back())) entries.push_back(e);
   }
-  entries.push_back({"extra.weight", SourceDType::F32, {1}, data[0].data()});
-  const std::string dir = temp_dir() + "/broken";
+  entries.insert(entries.end(), extra.begin(), extra.end());
   mkdir(dir.c_str(), 0755);
   REQUIRE(write_safetensors(dir + "/diffusion_pytorch_model.safetensors", entries).ok());
   std::ifstream src("data/unet/micro/config.json");
   std::ofstream(dir + "/config.json") << src.rdbuf();
+}
+
+}  // namespace
+
+TEST_CASE("converter reports missing, unexpected and mis-shaped tensors by name and writes nothing", "[pipeline]") {
+  const std::string dir = temp_dir() + "/broken";
+  const float extra = 1.0f;
+  write_micro_folder(
+      dir,
+      [](const SourceTensor& t, SafetensorsWriteEntry* e, std::vector<float>*) {
+        if (t.name == "conv_out.bias") return false;         // missing
+        if (t.name == "conv_in.weight") e->shape = {8, 27};  // same bytes, wrong shape
+        return true;
+      },
+      {{"extra.weight", SourceDType::F32, {1}, &extra}});  // unexpected
   ConvertOptions o;
   o.input = dir;
   o.output = temp_dir() + "/broken.ddpm";
@@ -220,6 +240,26 @@ TEST_CASE("converter reports missing, unexpected and mis-shaped tensors by name 
   o.input = dir + "/nope";
   CHECK(convert_checkpoint(o, &report).message().find("no such file") != std::string::npos);
   CHECK(!exists(o.output));
+}
+
+TEST_CASE("converter refuses weights that are NaN or infinite, in f32 and f16 outputs", "[pipeline]") {
+  const std::string dir = temp_dir() + "/nan";
+  write_micro_folder(dir, [](const SourceTensor& t, SafetensorsWriteEntry*, std::vector<float>* values) {
+    if (t.name == "conv_in.bias") (*values)[3] = std::nanf("");
+    return true;
+  });
+  for (DType type : {DType::F32, DType::F16, DType::Q8_0}) {
+    ConvertOptions o;
+    o.input = dir;
+    o.output = temp_dir() + "/nan.ddpm";
+    o.type = type;
+    ConvertReport report;
+    const Status s = convert_checkpoint(o, &report);
+    INFO(dtype_name(type));
+    CHECK(s.message() == dir + "/diffusion_pytorch_model.safetensors: tensor 'conv_in.bias' holds NaN or infinity "
+                             "(value 3): a diverged or damaged checkpoint");
+    CHECK(!exists(o.output));
+  }
 }
 
 TEST_CASE("the shipped Fashion-MNIST model loads, names its classes and samples", "[pipeline][models]") {

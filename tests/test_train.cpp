@@ -522,6 +522,13 @@ TEST_CASE("export: a .ddpm that the sampling pipeline runs, with classes, guidan
   const TrainOptions o = tiny_options();
   ThreadPool pool(2);
   std::unique_ptr<Trainer> t = make_trainer(tiny_unet(), o, data);
+  // --class-names that `generate --class` could not tell apart, or could not reach, are refused.
+  CHECK(t->set_class_names({"a", ""}).message() == "class 1 has an empty name");
+  CHECK(t->set_class_names({"a", "a"}).message() == "classes 0 and 1 are both named 'a'");
+  CHECK(t->set_class_names({"uncond", "b"}).message() == "'uncond' names the null class, not class 0");
+  CHECK(t->set_class_names({"1", "0"}).message() == "class 0 is named '1', the id of another class");
+  CHECK(t->set_class_names({"0", "b"}).ok());  // its own id: no ambiguity
+  REQUIRE(t->set_class_names({"a", "b"}).ok());
   run_steps(*t, pool, 2);
   double val = 0;
   REQUIRE(t->validation_loss(pool, &val).ok());
@@ -614,6 +621,24 @@ TEST_CASE("export: a .ddpm that the sampling pipeline runs, with classes, guidan
   EvalResult rebatched;
   REQUIRE(evaluate_denoising_loss(*model, held_out, eo, pool, &rebatched).ok());
   CHECK(rebatched.loss == Approx(result.loss).epsilon(1e-6));
+
+  // Class folders are matched to the model's classes by name, whatever their order: the same images under the same
+  // names, listed in reverse, score the same bits. A name the model lacks, and an id past its table, are errors.
+  Dataset reversed = held_out;
+  std::reverse(reversed.class_names.begin(), reversed.class_names.end());
+  const int32_t last = static_cast<int32_t>(held_out.class_names.size()) - 1;
+  for (int32_t& label : reversed.labels) label = last - label;
+  EvalResult same;
+  eo.batch = o.batch;
+  REQUIRE(evaluate_denoising_loss(*model, reversed, eo, pool, &same).ok());
+  CHECK(same.loss == result.loss);
+  Dataset renamed = held_out;
+  renamed.class_names[0] = "no-such-class";
+  s = evaluate_denoising_loss(*model, renamed, eo, pool, &same);
+  CHECK(s.message().find("held-out: class 'no-such-class' is none of the model's classes") == 0);
+  renamed.class_names[0] = "17";
+  s = evaluate_denoising_loss(*model, renamed, eo, pool, &same);
+  CHECK(s.message().find("held-out: class 17 is outside the model's") == 0);
 }
 
 TEST_CASE("loss curve: axes, ticks, curves on a log scale, written as PNG", "[train]") {

@@ -2,6 +2,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cmath>
@@ -259,6 +260,12 @@ int run_generate(int argc, char** argv) {
     return 1;
   }
   const double sample_seconds = seconds_since(t_start);
+  const size_t non_finite = static_cast<size_t>(
+      std::count_if(images.begin(), images.end(), [](float v) { return !std::isfinite(v); }));
+  if (non_finite > 0) {
+    std::fprintf(stderr, "warning: %zu of %zu sampled values are NaN or infinite (written as black): the model's "
+                         "weights or the sampling diverged\n", non_finite, images.size());
+  }
 
   const int c = static_cast<int>(info.channels), h = static_cast<int>(info.height), w = static_cast<int>(info.width);
   std::ostringstream parameters;

@@ -76,6 +76,11 @@ int run_schedule(int argc, char** argv) {
   ModelInfo info;
   s = DdpmFile::open(model_path, &file, false);
   if (s.ok()) s = model_info_from_metadata(file.metadata(), model_path, &info);
+  if (s.ok() && spec.steps > info.scheduler.num_train_timesteps) {
+    return fail("schedule", 2,
+                errorf("--steps %d: the model's schedule has %d timesteps, so at most %d steps", spec.steps,
+                       info.scheduler.num_train_timesteps, info.scheduler.num_train_timesteps));
+  }
   Schedule schedule;
   if (s.ok()) s = Schedule::create(info.scheduler, &schedule);
   std::vector<int64_t> timesteps;

@@ -46,6 +46,7 @@ std::vector<std::string> split_list(const std::string& text) {
   std::stringstream list(text);
   std::string item;
   while (std::getline(list, item, ',')) items.push_back(item);
+  if (!text.empty() && text.back() == ',') items.push_back("");  // "a,b," names three classes, the last one empty
   return items;
 }
 
@@ -152,7 +153,7 @@ int run_train(int argc, char** argv) {
   options.push_back({"seed", 0, "N", "seed of initialisation, data order and noise (default 0)",
                      integer("seed", 0, 1ll << 53, &o.seed)});
   options.push_back({"val", 0, "N", "held-out validation images (default min(1000, 10%); 0 = none)",
-                     integer("val", 0, 1ll << 32, &st.val)});
+                     integer("val", 0, (1ll << 32) - 1, &st.val)});
   options.push_back({"val-every", 0, "K", "validation loss every K steps (default 500; 0 = off)", [&](const std::string& v) {
                        return parse_int("--val-every", v, 0, 1ll << 40, &st.val_every);
                      }});
@@ -309,6 +310,19 @@ int run_train(int argc, char** argv) {
     s = trainer->load_checkpoint(st.resume);
     if (!s.ok()) return run_error(s);
     std::fprintf(stderr, "resumed %s at step %lld\n", st.resume.c_str(), (long long)trainer->step_count());
+    if (given.count("steps") && o.steps < trainer->step_count()) {
+      std::fprintf(stderr, "note: --steps %lld: the checkpoint is past it; the model is exported as of step %lld\n",
+                   (long long)o.steps, (long long)trainer->step_count());
+    }
+  }
+  if (net.kind == NetKind::UNet2D && net.unet.dropout > 0) {
+    std::fprintf(stderr, "note: dropout %g of the config is not applied: this trainer trains without dropout\n",
+                 net.unet.dropout);
+  }
+  if (net.class_embeds() == 0 && data.labelled()) {
+    std::fprintf(stderr, "note: the network has no class embeddings (num_class_embeds): the %zu classes of %s are "
+                         "not used, the model will be unconditional\n",
+                 data.class_names.size(), data.source.c_str());
   }
   if (!st.class_names.empty()) {
     s = trainer->set_class_names(split_list(st.class_names));

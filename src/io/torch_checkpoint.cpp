@@ -457,7 +457,7 @@ Status collect_tensors(const PickleValue& root, const std::string& key_path, std
       if (conventional.size() != 1) {
         std::string list;
         for (const auto& entry : found) list += (list.empty() ? "" : ", ") + printable(entry.first);
-        return errorf("checkpoint holds several state dicts (%s): choose one with a key path", list.c_str());
+        return errorf("checkpoint holds several state dicts (%s): choose one with --key (a dotted key path)", list.c_str());
       }
       found = conventional;
     }

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <ctime>
 #include <set>
 
@@ -331,6 +332,22 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
         quant::decode_tensor(dtype, rank, shape.data(), dst, check.data(), quant::ConvRows::kTapMajor);
         retype.tensors[i].relative_error = quant::relative_l2(scratch.data(), check.data(), t->numel());
         measured[i] = true;
+      }
+      // A weight that is not finite makes every output NaN: a diverged or damaged checkpoint, refused by name. (The
+      // block types' encoder refuses it too; this covers f32 and f16.)
+      if (loaded.ok() && (dtype == DType::F32 || dtype == DType::F16)) {
+        int64_t bad = -1;
+        if (dtype == DType::F32) {
+          const float* v = static_cast<const float*>(dst);
+          for (size_t k = 0; k < n && bad < 0; ++k) bad = std::isfinite(v[k]) ? -1 : static_cast<int64_t>(k);
+        } else {
+          const uint16_t* h = static_cast<const uint16_t*>(dst);
+          for (size_t k = 0; k < n && bad < 0; ++k) bad = (h[k] & 0x7c00) == 0x7c00 ? static_cast<int64_t>(k) : -1;
+        }
+        if (bad >= 0) {
+          loaded = errorf("%s: tensor '%s' holds NaN or infinity (value %lld): a diverged or damaged checkpoint",
+                          weights.c_str(), specs[i].name.c_str(), static_cast<long long>(bad));
+        }
       }
       release_pages(file, t->storage_offset, t->storage_bytes);
       return loaded;

@@ -500,8 +500,10 @@ QGemmPlan plan_qgemm(const QGemmProblem& p, const kernels::QGemmMicroKernel& ker
   plan.kc = ceil_div(blocks, plan.k_blocks) * kBlock;
   plan.m_panels = ceil_div(p.M, kernel.mr);
   plan.n_panels = ceil_div(p.N, kernel.nr);
-  const double work =
-      static_cast<double>(p.batch) * static_cast<double>(p.M) * static_cast<double>(p.N) * static_cast<double>(p.K);
+  // The kernel computes whole nr-column panels: a batch-1 linear (N = 1) costs nr columns' work, which is what
+  // decides whether a second thread pays.
+  const double work = static_cast<double>(p.batch) * static_cast<double>(p.M) *
+                      static_cast<double>(plan.n_panels * kernel.nr) * static_cast<double>(p.K);
   plan.threads = work < kMinParallelWork ? 1 : std::max(1, threads);
   const int64_t widest = std::min(max_chunk_panels(plan.kc, kernel.nr), plan.n_panels);
   const int64_t max_m_chunks = plan.threads == 1 ? 1 : std::min<int64_t>({plan.m_panels, 2 * plan.threads, 64});

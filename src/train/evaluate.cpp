@@ -1,8 +1,10 @@
 #include "train/evaluate.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/rng.h"
@@ -12,6 +14,48 @@
 #include "train/params.h"
 
 namespace ddpm {
+namespace {
+
+std::string folded(std::string name) {
+  for (char& c : name) c = c == '/' ? '_' : static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return name;
+}
+
+// The model's class id for each of the data's classes. Folder names are matched to the model's class names (case
+// aside, and '_' for the '/' no folder name can hold: "T-shirt_top"); a name that is a number is taken as an id
+// (IDX labels are "0" … "K−1"). Labelling by the folders' sorted order instead would score every image under
+// another class's label whenever the orders differ.
+Status model_class_ids(const ModelInfo& info, const Dataset& data, std::vector<int32_t>* ids) {
+  ids->clear();
+  for (const std::string& name : data.class_names) {
+    int32_t id = -1;
+    for (size_t i = 0; id < 0 && i < info.class_names.size(); ++i) {
+      if (info.class_names[i] == name) id = static_cast<int32_t>(i);
+    }
+    for (size_t i = 0; id < 0 && i < info.class_names.size(); ++i) {
+      if (folded(info.class_names[i]) == folded(name)) id = static_cast<int32_t>(i);
+    }
+    if (id < 0 && !name.empty() && name.size() < 10 &&
+        std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      const long long number = std::stoll(name);
+      if (number >= info.class_count()) {
+        return errorf("%s: class %lld is outside the model's %lld class embeddings", data.source.c_str(), number,
+                      (long long)info.class_count());
+      }
+      id = static_cast<int32_t>(number);
+    }
+    if (id < 0) {
+      std::string names;
+      for (size_t i = 0; i < info.class_names.size(); ++i) names += (i ? ", " : "") + info.class_names[i];
+      return errorf("%s: class '%s' is none of the model's classes (%s)", data.source.c_str(), name.c_str(),
+                    names.empty() ? "it names none: name the class folders by id" : names.c_str());
+    }
+    ids->push_back(id);
+  }
+  return Status();
+}
+
+}  // namespace
 
 Status evaluate_denoising_loss(const Model& model, const Dataset& data, const EvalOptions& o, ThreadPool& pool,
                                EvalResult* out) {
@@ -29,6 +73,8 @@ Status evaluate_denoising_loss(const Model& model, const Dataset& data, const Ev
     return errorf("%s: the model is class-conditional but the data has no labels and the model no null class",
                   data.source.c_str());
   }
+  std::vector<int32_t> class_ids;
+  if (conditional && data.labelled()) DDPM_TRY(model_class_ids(info, data, &class_ids));
   Schedule schedule;
   DDPM_TRY(Schedule::create(info.scheduler, &schedule));
   const int64_t n = data.sample_numel();
@@ -49,7 +95,9 @@ Status evaluate_denoising_loss(const Model& model, const Dataset& data, const Ev
     for (int64_t b = 0; b < batch; ++b) {
       const int64_t k = b < valid ? first + b : 0;
       data.sample(k, false, x0.data() + b * n);
-      labels[static_cast<size_t>(b)] = data.labelled() ? data.labels[static_cast<size_t>(k)] : info.null_class.value_or(0);
+      labels[static_cast<size_t>(b)] = conditional && data.labelled()
+                                           ? class_ids[static_cast<size_t>(data.labels[static_cast<size_t>(k)])]
+                                           : info.null_class.value_or(0);
       timesteps[static_cast<size_t>(b)] = philox_below(o.seed, train_stream(TrainStream::Validation, 0),
                                                        static_cast<uint64_t>(k),
                                                        static_cast<uint32_t>(schedule.num_train_timesteps()));

@@ -245,6 +245,20 @@ Status Trainer::set_class_names(std::vector<std::string> names) {
   if (names.size() != class_names_.size()) {
     return errorf("%zu class names given for %zu classes", names.size(), class_names_.size());
   }
+  // `ddpm generate --class` takes a name before an id, and "uncond" for the null class: a name must stay reachable
+  // and must not stand for another class.
+  for (size_t i = 0; i < names.size(); ++i) {
+    const std::string& name = names[i];
+    if (name.empty()) return errorf("class %zu has an empty name", i);
+    if (name == "uncond") return errorf("'uncond' names the null class, not class %zu", i);
+    if (std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
+        name != std::to_string(i)) {
+      return errorf("class %zu is named '%s', the id of another class", i, name.c_str());
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (names[j] == name) return errorf("classes %zu and %zu are both named '%s'", j, i, name.c_str());
+    }
+  }
   class_names_ = std::move(names);
   return Status();
 }
