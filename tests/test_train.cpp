@@ -823,6 +823,10 @@ TEST_CASE("ddpm train: bad flags, bad data and a checkpoint of another architect
   check_cli_error(run_cli("eval -m " + dir + "/tiny.ddpm"), 2, "missing --data PATH");
   check_cli_error(run_cli("eval -m " + dir + "/tiny.ddpm --data data/train/nothing-here"), 1, "nothing-here");
   check_cli_error(run_cli("eval -m " + dir + "/tiny.ddpm --data data/train/png -n 0"), 2, "--count: 0 is outside");
+  check_cli_error(run_cli("eval -m " + dir + "/tiny.ddpm --data data/train/png --resize sideways"), 2, "--resize");
+  CliResult one = run_cli("eval -m " + dir + "/tiny.ddpm --data data/train/png -n 1 --resize area -t 1");
+  CHECK(one.exit_code == 0);
+  CHECK(!contains(one.output, "±"));  // no spread from one sample
 
   // --export-only writes the checkpoint's EMA weights as they stand: here the finished run's, so the same tensors.
   CliResult exported = run_cli("train --resume " + dir + "/tiny.ckpt --export-only --data data/train/png -t 1 -o " + dir +

@@ -18,7 +18,7 @@ namespace ddpm::tools {
 int run_eval(int argc, char** argv) {
   CommonSettings common;
   std::string int8_winograd = "auto";
-  std::string model_path, data_path, labels_path;
+  std::string model_path, data_path, labels_path, resize = "auto";
   long long count = 1000, batch = 50, seed = 0;
   std::vector<Option> options;
   add_common_options(&options, &common);
@@ -26,6 +26,8 @@ int run_eval(int argc, char** argv) {
   options.push_back({"model", 'm', "FILE", "model file (.ddpm)", text(&model_path)});
   options.push_back({"data", 0, "PATH", "IDX images (raw or .gz) or a folder of PNGs (class sub-folders)", text(&data_path)});
   options.push_back({"labels", 0, "FILE", "IDX labels for --data (IDX only)", text(&labels_path)});
+  options.push_back({"resize", 0, "MODE", "fit images to the model as train does: auto|area|bilinear|off (default auto)",
+                     text(&resize)});
   options.push_back({"count", 'n', "N", "samples, the first N of the data (default 1000)",
                      [&](const std::string& v) { return parse_int("--count", v, 1, 1ll << 40, &count); }});
   options.push_back({"batch", 'b', "N", "samples per forward pass (default 50)",
@@ -43,6 +45,8 @@ int run_eval(int argc, char** argv) {
   if (s.ok() && model_path.empty()) s = errorf("missing -m MODEL.ddpm");
   if (s.ok() && data_path.empty()) s = errorf("missing --data PATH");
   if (s.ok()) s = apply_common_settings(common);
+  ResizeMode resize_mode = ResizeMode::Auto;
+  if (s.ok()) s = parse_resize_mode(resize, &resize_mode).with_context("--resize");
   if (!s.ok()) {
     std::fprintf(stderr, "ddpm eval: %s\n", s.message().c_str());
     return 2;
@@ -56,6 +60,7 @@ int run_eval(int argc, char** argv) {
     fit.channels = static_cast<int>(model->info().channels);
     fit.height = static_cast<int>(model->info().height);
     fit.width = static_cast<int>(model->info().width);
+    fit.resize = resize_mode;
     s = load_image_dataset(data_path, labels_path, fit, &data);
   }
   EvalResult result;
@@ -77,8 +82,11 @@ int run_eval(int argc, char** argv) {
     return 1;
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("%s: loss %.5f ± %.5f (%s objective, %lld samples of %s, seed %lld; %.1f s)\n", model_path.c_str(),
-              result.loss, result.loss_stderr, to_string(model->info().scheduler.prediction_type),
+  // One sample has no spread to estimate a standard error from.
+  char spread[32] = "";
+  if (result.samples > 1) std::snprintf(spread, sizeof spread, " ± %.5f", result.loss_stderr);
+  std::printf("%s: loss %.5f%s (%s objective, %lld samples of %s, seed %lld; %.1f s)\n", model_path.c_str(),
+              result.loss, spread, to_string(model->info().scheduler.prediction_type),
               (long long)result.samples, data_path.c_str(), seed, seconds);
   return 0;
 }

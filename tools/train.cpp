@@ -128,7 +128,7 @@ int run_train(int argc, char** argv) {
   options.push_back({"config", 0, "JSON", "diffusers UNet2DModel config.json (sample_size sets the image size)", text(&st.config)});
   options.push_back({"scheduler-config", 0, "JSON", "diffusers scheduler_config.json (default: linear betas, T=1000)",
                      text(&st.scheduler_config)});
-  options.push_back({"resize", 0, "MODE", "fit images to the model: auto|area|bilinear|off (default auto)", text(&st.resize)});
+  options.push_back({"resize", 0, "MODE", "fit images to the model: scale until they cover it (auto|area|bilinear; default auto) then centre-crop, or off: crop only", text(&st.resize)});
   options.push_back({"hflip", 0, "", "random horizontal flips", [&](const std::string&) {
                        o.hflip = true;
                        given.insert("hflip");
@@ -310,7 +310,10 @@ int run_train(int argc, char** argv) {
     s = trainer->load_checkpoint(st.resume);
     if (!s.ok()) return run_error(s);
     std::fprintf(stderr, "resumed %s at step %lld\n", st.resume.c_str(), (long long)trainer->step_count());
-    if (given.count("steps") && o.steps < trainer->step_count()) {
+    if (given.count("steps") && st.export_only) {
+      std::fprintf(stderr, "note: --steps %lld is not used with --export-only: the model is exported as of step %lld\n",
+                   (long long)o.steps, (long long)trainer->step_count());
+    } else if (given.count("steps") && o.steps < trainer->step_count()) {
       std::fprintf(stderr, "note: --steps %lld: the checkpoint is past it; the model is exported as of step %lld\n",
                    (long long)o.steps, (long long)trainer->step_count());
     }
