@@ -96,6 +96,7 @@ TEST_CASE("ddpm CLI: happy paths", "[cli]") {
   REQUIRE(!image.text.empty());
   CHECK(image.text[0].first == "parameters");
   CHECK(image.text[0].second.find("seed 5") != std::string::npos);
+  CHECK(image.text[0].second.find("spacing leading") != std::string::npos);  // the model's, recorded for reruns
   Result numbered = run("generate -m " + model_path() + " -n 2 --steps 2 --seed 5 --no-grid --scale 2 -o " + dir + "/one.png");
   CHECK(numbered.exit_code == 0);
   CHECK(exists(dir + "/one_000.png"));
@@ -155,6 +156,13 @@ TEST_CASE("ddpm CLI: bad input gets a one-line error and a non-zero exit", "[cli
                        "--seed: 18446744073709551616 is outside 0..");
   check_one_line_error(run("generate -m " + model_path() + " --uncond-class 0"), 2, "is not class-conditional");
   check_one_line_error(run("bench ops --filter no-such-op"), 2, "--filter 'no-such-op' matches no op");
+  check_one_line_error(run("bench ops --type q8_0"), 2, "--type applies to bench unet only, not bench ops");
+  check_one_line_error(run("bench unet --type f32:on"), 2, "only block types have");
+  check_one_line_error(run("generate -m " + model_path() + " --cfg 3"), 2, "--cfg: this model is not class-conditional");
+  check_one_line_error(run("generate -m " + model_path() + " --eta 1.5"), 2, "--eta: 1.5 is outside 0..1");
+  check_one_line_error(run("generate -m " + model_path() + " --sampler ddpm --eta 0.5"), 2,
+                       "--eta applies to the DDIM sampler only");
+  check_one_line_error(run("generate -m " + model_path() + " --class 3,"), 2, "--class: '3,' has an empty entry");
   // Networks that are not U-Nets: info says what they are (exit 0), generate says why it cannot run them.
   Result toy = run("train --preset toy-mlp --steps 3 -t 1 -o " + dir + "/toy.ddpm --checkpoint-every 3");
   INFO(toy.output);

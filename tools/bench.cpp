@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -625,6 +626,10 @@ int run_bench(int argc, char** argv) {
                          if (!dtype_from_name(name.c_str(), &type) || type == DType::I32) {
                            return errorf("--type: unknown weight type '%s' (f32, f16, q8_0, q5_0, q4_1, q4_0)", name.c_str());
                          }
+                         if (mode != "auto" && !dtype_traits(type).is_quantized) {
+                           return errorf("--type: '%s:%s': :on/:off choose 8-bit Winograd, which only block types have",
+                                         name.c_str(), mode.c_str());
+                         }
                          settings.types.push_back({type, mode});
                          start = comma + 1;
                        }
@@ -638,6 +643,19 @@ int run_bench(int argc, char** argv) {
                        settings.openblas = false;
                        return Status();
                      }});
+  // Which benchmarks read each option: one given to another is refused rather than silently ignored.
+  const std::map<std::string, std::set<std::string>> used_by = {{"filter", {"ops"}},
+                                                                {"no-blas", {"ops"}},
+                                                                {"type", {"unet"}},
+                                                                {"preset", {"train"}},
+                                                                {"batch", {"train", "unet"}}};
+  std::set<std::string> given;
+  for (Option& option : options) {
+    option.apply = [apply = option.apply, name = option.long_name, &given](const std::string& v) {
+      given.insert(name);
+      return apply(v);
+    };
+  }
   std::vector<std::string> positional;
   bool help = false;
   Status status = parse_options(argc, argv, 2, options, &positional, &help);
@@ -650,6 +668,13 @@ int run_bench(int argc, char** argv) {
   if (status.ok() && (positional.size() != 1 || (positional[0] != "ops" && positional[0] != "unet" &&
                                                    positional[0] != "train" && positional[0] != "format"))) {
     status = errorf("expected a benchmark name: ops, unet, train or format");
+  }
+  for (const auto& [name, benchmarks] : used_by) {
+    if (status.ok() && given.count(name) && !benchmarks.count(positional[0])) {
+      std::string list;
+      for (const std::string& b : benchmarks) list += (list.empty() ? "bench " : " and bench ") + b;
+      status = errorf("--%s applies to %s only, not bench %s", name.c_str(), list.c_str(), positional[0].c_str());
+    }
   }
   if (!status.ok()) {
     std::fprintf(stderr, "ddpm bench: %s\n", status.message().c_str());

@@ -33,7 +33,7 @@ int run_convert(int argc, char** argv) {
                        o.keep.push_back(v);
                        return Status();
                      }});
-  options.push_back({"tensor-type", 0, "REGEX=TYPE", "give matching tensors TYPE (repeatable; first match wins)",
+  options.push_back({"tensor-type", 0, "REGEX=TYPE", "give matching tensors TYPE (repeatable; the first rule that matches and whose TYPE the tensor can take wins: block types skip norms, biases and embedding tables)",
                      [&](const std::string& v) {
                        quant::TypePolicy check;
                        DDPM_TRY(check.add_override(v));

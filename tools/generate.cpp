@@ -100,7 +100,7 @@ int run_generate(int argc, char** argv) {
   options.push_back({"steps", 0, "N", "sampling steps (default: the model's, else 50 for ddim, 1000 for ddpm)",
                      [&](const std::string& v) { return parse_int("--steps", v, 1, 100000, &steps); }});
   options.push_back({"eta", 0, "X", "DDIM eta (default 0)", [&](const std::string& v) {
-                       return parse_float("--eta", v, 0, 100, &eta);
+                       return parse_float("--eta", v, 0, 1, &eta);  // above 1 DDIM's direction term is imaginary
                      }});
   options.push_back({"spacing", 0, "S", "timestep spacing: leading|trailing|linspace (default: the model's)", text(&spacing)});
   options.push_back({"seed", 0, "N", "random seed (default: random, printed)", [&](const std::string& v) {
@@ -111,7 +111,14 @@ int run_generate(int argc, char** argv) {
                        return Status();
                      }});
   options.push_back({"rng", 0, "R", "noise generator: philox (per-image streams) or torch (PyTorch CPU parity)", text(&rng)});
-  options.push_back({"class", 0, "C", "class name, id or uncond; a comma list cycles (default: cycle all)", text(&class_text)});
+  options.push_back({"class", 0, "C", "class name, id or uncond; a comma list cycles (default: cycle all)",
+                     [&](const std::string& v) {
+                       if (v.empty() || v.front() == ',' || v.back() == ',' || v.find(",,") != std::string::npos) {
+                         return errorf("--class: '%s' has an empty entry", v.c_str());
+                       }
+                       class_text = v;
+                       return Status();
+                     }});
   options.push_back({"cfg", 0, "S", "classifier-free guidance scale (default: the model's)", [&](const std::string& v) {
                        return parse_float("--cfg", v, -100, 100, &cfg);
                      }});
@@ -184,7 +191,13 @@ int run_generate(int argc, char** argv) {
     s = errorf("--steps %lld: the model's schedule has %d timesteps, so at most %d steps", steps,
                info.scheduler.num_train_timesteps, info.scheduler.num_train_timesteps);
   }
+  if (s.ok() && o.sampler.sampler == SamplerKind::DDPM && eta != 0) {
+    s = errorf("--eta applies to the DDIM sampler only (this run uses --sampler ddpm)");
+  }
   o.sampler.eta = static_cast<float>(eta);
+  if (s.ok() && !std::isnan(cfg) && !info.unet.has_class_table()) {
+    s = errorf("--cfg: this model is not class-conditional, so there is nothing to guide");
+  }
   o.guidance_scale = std::isnan(cfg) ? info.default_guidance_scale : static_cast<float>(cfg);
   if (s.ok() && !class_text.empty()) {
     if (!info.unet.has_class_table()) s = errorf("--class: this model is not class-conditional");
@@ -271,8 +284,11 @@ int run_generate(int argc, char** argv) {
   std::ostringstream parameters;
   parameters << "ddpm.cpp generate: model " << model_path << ", sampler " << sampler << ", steps "
              << (o.sampler.steps ? o.sampler.steps : (sampler == "ddpm" ? 1000 : 50)) << ", eta " << eta << ", seed "
-             << seed << ", rng " << rng << ", size " << w << "x" << h << ", count " << o.count;
+             << seed << ", rng " << rng << ", spacing "
+             << to_string(o.sampler.spacing.value_or(info.scheduler.timestep_spacing)) << ", size " << w << "x" << h
+             << ", count " << o.count;
   if (info.unet.has_class_table()) parameters << ", class " << (class_text.empty() ? "cycle" : class_text) << ", cfg " << o.guidance_scale;
+  if (uncond_class >= 0) parameters << ", uncond-class " << uncond_class;
   // It changes the pixels of quantised models (docs/QUANT.md), so a rerun needs it.
   if (model->int8_winograd()) parameters << ", int8-winograd on";
   if (!raw_path.empty()) {
@@ -299,11 +315,11 @@ int run_generate(int argc, char** argv) {
   } else {
     std::vector<uint8_t> grid;
     int gw, gh;
-    // Cycling every class, a run of whole cycles reads best with one class per column.
+    // Cycling every class, the grid reads best with one class per column (a last row may be short).
     const int64_t cycle = static_cast<int64_t>(info.sampled_classes().size());
     int columns = static_cast<int>(grid_columns);
-    if (columns == 0 && info.unet.has_class_table() && class_text.empty() && o.count >= cycle && o.count % cycle == 0) {
-      columns = static_cast<int>(cycle);
+    if (columns == 0 && info.unet.has_class_table() && class_text.empty() && cycle > 0) {
+      columns = static_cast<int>(std::min<int64_t>(cycle, o.count));
     }
     make_grid(pixels.data(), o.count, c, h, w, columns, o.count > 1 ? 2 : 0, 0, static_cast<int>(scale), &grid, &gw, &gh);
     s = write_png(output, gw, gh, c, grid.data(), text_chunks);

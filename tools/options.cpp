@@ -53,6 +53,14 @@ void add_int8_winograd_option(std::vector<Option>* options, std::string* mode) {
 
 void apply_int8_winograd(const std::string& mode, Model* model) {
   if (mode != "auto") model->set_int8_winograd(mode == "on");
+  if (mode == "on") {
+    bool block_typed = false;
+    for (const DdpmTensorInfo& t : model->file().tensors()) block_typed |= dtype_traits(t.dtype).is_quantized;
+    if (!block_typed) {
+      std::fprintf(stderr, "note: --int8-winograd on: the model has no block-typed (q8_0 …) weights, so nothing runs "
+                           "in 8 bits\n");
+    }
+  }
 }
 
 Status parse_options(int argc, char** argv, int first, const std::vector<Option>& options,

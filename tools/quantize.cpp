@@ -22,7 +22,7 @@ int run_quantize(int argc, char** argv) {
                      }});
   options.push_back({"keep", 0, "REGEX", "keep the type of tensors whose name matches (repeatable)",
                      [&](const std::string& v) { return policy.add_keep(v); }});
-  options.push_back({"tensor-type", 0, "REGEX=TYPE", "give matching tensors TYPE (repeatable; first match wins)",
+  options.push_back({"tensor-type", 0, "REGEX=TYPE", "give matching tensors TYPE (repeatable; the first rule that matches and whose TYPE the tensor can take wins: block types skip norms, biases and embedding tables)",
                      [&](const std::string& v) { return policy.add_override(v); }});
   options.push_back({"quiet", 'q', "", "print the totals only, not the per-tensor table", [&](const std::string&) {
                        quiet = true;
