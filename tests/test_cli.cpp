@@ -157,6 +157,9 @@ TEST_CASE("ddpm CLI: bad input gets a one-line error and a non-zero exit", "[cli
   check_one_line_error(run("generate -m " + model_path() + " --uncond-class 0"), 2, "is not class-conditional");
   check_one_line_error(run("bench ops --filter no-such-op"), 2, "--filter 'no-such-op' matches no op");
   check_one_line_error(run("bench ops --type q8_0"), 2, "--type applies to bench unet only, not bench ops");
+  check_one_line_error(run("info " + model_path() + " --config data/unet/micro/config.json"), 2,
+                       "--config applies to checkpoints, not to a .ddpm model");
+  check_one_line_error(run("--version now"), 2, "--version takes no arguments");
   check_one_line_error(run("bench unet --type f32:on"), 2, "only block types have");
   check_one_line_error(run("generate -m " + model_path() + " --cfg 3"), 2, "--cfg: this model is not class-conditional");
   check_one_line_error(run("generate -m " + model_path() + " --eta 1.5"), 2, "--eta: 1.5 is outside 0..1");

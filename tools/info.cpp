@@ -419,7 +419,19 @@ int run_info(int argc, char** argv) {
     std::fprintf(stderr, "ddpm info: %s: no such file or folder\n", path.c_str());
     return 1;
   }
-  if (!is_directory(path) && is_ddpm_file(path)) return info_ddpm(path, settings);
+  if (!is_directory(path) && is_ddpm_file(path)) {
+    // A .ddpm file carries its config: the checkpoint options would be silently ignored.
+    const char* ignored = nullptr;
+    if (!settings.config.empty()) ignored = "--config";
+    if (!settings.checkpoint.key_path.empty()) ignored = "--key";
+    if (!settings.checkpoint.strip_prefix.empty()) ignored = "--strip-prefix";
+    if (settings.image_size > 0) ignored = "--image-size";
+    if (ignored) {
+      std::fprintf(stderr, "ddpm info: %s applies to checkpoints, not to a .ddpm model (%s)\n", ignored, path.c_str());
+      return 2;
+    }
+    return info_ddpm(path, settings);
+  }
   return info_checkpoint(path, settings);
 }
 

@@ -45,6 +45,10 @@ int main(int argc, char** argv) {
     return argc < 2 ? 1 : 0;
   }
   if (!std::strcmp(argv[1], "--version")) {
+    if (argc > 2) {
+      std::fprintf(stderr, "ddpm: --version takes no arguments (got '%s')\n", argv[2]);
+      return 2;
+    }
     ddpm::Status status = ddpm::kernels::init_from_environment();
     if (!status.ok()) {
       std::fprintf(stderr, "ddpm: %s\n", status.message().c_str());
