@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -393,6 +394,29 @@ TEST_CASE("the split keeps B packed once when columns allow and balances the thr
     CHECK(plan.m_chunks == 1);
     CHECK(plan.tasks % 2 == 0);
   }
+}
+
+TEST_CASE("the thread pool's timing counts jobs, tasks and the time inside them only while on", "[gemm][pool]") {
+  ThreadPool pool(2);
+  auto spin = [](int64_t, int) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+    while (std::chrono::steady_clock::now() < until) {
+    }
+  };
+  pool.run(8, spin);
+  CHECK(pool.timing().jobs == 0);  // off by default
+  pool.set_timing(true);
+  pool.run(8, spin);
+  pool.run(1, spin);  // one task runs on the caller, outside any job
+  pool.run(5, spin);
+  pool.set_timing(false);
+  pool.run(8, spin);
+  const ThreadPool::Timing t = pool.timing();
+  CHECK(t.jobs == 2);
+  CHECK(t.tasks == 13);
+  CHECK(t.busy_seconds >= 13 * 200e-6);
+  // Two threads at most: busy time fits in twice the jobs' wall time.
+  CHECK(t.busy_seconds <= 2 * t.wall_seconds + 1e-3);
 }
 
 TEST_CASE("the thread pool runs every task exactly once, whatever the thread and task counts", "[gemm][pool]") {

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <random>
 
 #include "io/safetensors.h"
@@ -248,7 +249,8 @@ TEST_CASE("converter refuses weights that are NaN or infinite, in f32 and f16 ou
     if (t.name == "conv_in.bias") (*values)[3] = std::nanf("");
     return true;
   });
-  for (DType type : {DType::F32, DType::F16, DType::Q8_0}) {
+  const std::string weights = dir + "/diffusion_pytorch_model.safetensors";
+  for (DType type : {DType::F32, DType::F16}) {
     ConvertOptions o;
     o.input = dir;
     o.output = temp_dir() + "/nan.ddpm";
@@ -256,10 +258,35 @@ TEST_CASE("converter refuses weights that are NaN or infinite, in f32 and f16 ou
     ConvertReport report;
     const Status s = convert_checkpoint(o, &report);
     INFO(dtype_name(type));
-    CHECK(s.message() == dir + "/diffusion_pytorch_model.safetensors: tensor 'conv_in.bias' holds NaN or infinity "
-                             "(value 3): a diverged or damaged checkpoint");
+    CHECK(s.message() == weights + ": tensor 'conv_in.bias' holds NaN or infinity (element 3): a diverged or damaged "
+                                   "checkpoint");
     CHECK(!exists(o.output));
   }
+  // A block-typed weight: the encoder refuses it.
+  const std::string conv = "down_blocks.0.resnets.0.conv1.weight";
+  write_micro_folder(dir, [&](const SourceTensor& t, SafetensorsWriteEntry*, std::vector<float>* values) {
+    if (t.name == conv) (*values)[5] = std::numeric_limits<float>::infinity();
+    return true;
+  });
+  ConvertOptions o;
+  o.input = dir;
+  o.output = temp_dir() + "/inf.ddpm";
+  o.type = DType::Q8_0;
+  ConvertReport report;
+  Status s = convert_checkpoint(o, &report);
+  CHECK(s.message().find("tensor '" + conv + "': value") != std::string::npos);
+  CHECK(s.message().find("quantised types need finite weights") != std::string::npos);
+  CHECK(!exists(o.output));
+  // Finite but beyond f16: said as such.
+  write_micro_folder(dir, [&](const SourceTensor& t, SafetensorsWriteEntry*, std::vector<float>* values) {
+    if (t.name == conv) (*values)[5] = 1e6f;
+    return true;
+  });
+  o.type = DType::F16;
+  s = convert_checkpoint(o, &report);
+  CHECK(s.message() == weights + ": tensor '" + conv + "' element 5 is 1e+06, beyond f16's range (|x| <= 65504): keep "
+                                 "it f32 (--tensor-type)");
+  CHECK(!exists(o.output));
 }
 
 TEST_CASE("the shipped Fashion-MNIST model loads, names its classes and samples", "[pipeline][models]") {

@@ -526,7 +526,7 @@ TEST_CASE("export: a .ddpm that the sampling pipeline runs, with classes, guidan
   CHECK(t->set_class_names({"a", ""}).message() == "class 1 has an empty name");
   CHECK(t->set_class_names({"a", "a"}).message() == "classes 0 and 1 are both named 'a'");
   CHECK(t->set_class_names({"uncond", "b"}).message() == "'uncond' names the null class, not class 0");
-  CHECK(t->set_class_names({"1", "0"}).message() == "class 0 is named '1', the id of another class");
+  CHECK(t->set_class_names({"1", "0"}).message() == "class 0 is named '1', a number other than its own id");
   CHECK(t->set_class_names({"0", "b"}).ok());  // its own id: no ambiguity
   REQUIRE(t->set_class_names({"a", "b"}).ok());
   run_steps(*t, pool, 2);
@@ -638,7 +638,14 @@ TEST_CASE("export: a .ddpm that the sampling pipeline runs, with classes, guidan
   CHECK(s.message().find("held-out: class 'no-such-class' is none of the model's classes") == 0);
   renamed.class_names[0] = "17";
   s = evaluate_denoising_loss(*model, renamed, eo, pool, &same);
-  CHECK(s.message().find("held-out: class 17 is outside the model's") == 0);
+  CHECK(s.message() == "held-out: class 17 is not one of the model's 2 classes (ids 0..1)");
+  renamed.class_names[0] = "2";  // the null class's id: no data's label
+  s = evaluate_denoising_loss(*model, renamed, eo, pool, &same);
+  CHECK(s.message() == "held-out: class 2 is not one of the model's 2 classes (ids 0..1)");
+  // No folder names a class (a model trained with --class-names on them): their sorted order, as before.
+  renamed.class_names = {"x", "y"};
+  REQUIRE(evaluate_denoising_loss(*model, renamed, eo, pool, &same).ok());
+  CHECK(same.loss == result.loss);
 }
 
 TEST_CASE("loss curve: axes, ticks, curves on a log scale, written as PNG", "[train]") {

@@ -477,7 +477,7 @@ int bench_unet(const BenchSettings& settings) {
         else std::printf(" %8s", "-");
         std::printf(" %14.1f\n", nets[i]->activation_bytes() / 1e6);
       }
-      for (size_t i = 0; profile::enabled() && reps > 1 && i < nets.size(); ++i) {
+      for (size_t i = 0; profile::enabled() && reps > 1 && threads > 1 && i < nets.size(); ++i) {
         // Serial: the forward outside parallel jobs (one-task ops, graph bookkeeping); waiting: inside them.
         const double n = static_cast<double>(reps - 1), wall = parallel[i].wall_seconds / n;
         const double busy = parallel[i].busy_seconds / n, forward = forward_seconds[i] / n;

@@ -198,6 +198,9 @@ int run_generate(int argc, char** argv) {
   if (s.ok() && !std::isnan(cfg) && !info.unet.has_class_table()) {
     s = errorf("--cfg: this model is not class-conditional, so there is nothing to guide");
   }
+  if (s.ok() && !std::isnan(cfg) && cfg != 1.0 && !info.null_class) {
+    s = errorf("--cfg: guidance needs a null class, which this model does not name (give --uncond-class ID)");
+  }
   o.guidance_scale = std::isnan(cfg) ? info.default_guidance_scale : static_cast<float>(cfg);
   if (s.ok() && !class_text.empty()) {
     if (!info.unet.has_class_table()) s = errorf("--class: this model is not class-conditional");
@@ -315,11 +318,12 @@ int run_generate(int argc, char** argv) {
   } else {
     std::vector<uint8_t> grid;
     int gw, gh;
-    // Cycling every class, the grid reads best with one class per column (a last row may be short).
+    // Cycling every class through at least once, the grid reads best with one class per column (a last row may be
+    // short); fewer images than classes make a square.
     const int64_t cycle = static_cast<int64_t>(info.sampled_classes().size());
     int columns = static_cast<int>(grid_columns);
-    if (columns == 0 && info.unet.has_class_table() && class_text.empty() && cycle > 0) {
-      columns = static_cast<int>(std::min<int64_t>(cycle, o.count));
+    if (columns == 0 && info.unet.has_class_table() && class_text.empty() && cycle > 0 && o.count >= cycle) {
+      columns = static_cast<int>(cycle);
     }
     make_grid(pixels.data(), o.count, c, h, w, columns, o.count > 1 ? 2 : 0, 0, static_cast<int>(scale), &grid, &gw, &gh);
     s = write_png(output, gw, gh, c, grid.data(), text_chunks);

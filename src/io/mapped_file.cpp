@@ -42,14 +42,16 @@ Status read_all(int fd, const std::string& path, uint64_t size_hint, uint64_t ma
   try {
     out->clear();
     size_t capacity = size_hint > 0 && size_hint < (uint64_t{1} << 40) ? static_cast<size_t>(size_hint) + 1 : 65536;
+    // One byte past the limit is enough to tell that a stream passed it.
+    const uint64_t room = max_bytes < std::numeric_limits<uint64_t>::max() ? max_bytes + 1 : max_bytes;
+    capacity = static_cast<size_t>(std::max<uint64_t>(1, std::min<uint64_t>(capacity, room)));
     out->resize(capacity);
     size_t used = 0;
     for (;;) {
       if (used > max_bytes) return too_long(path, max_bytes);
       if (used == out->size()) {
         if (out->size() > std::numeric_limits<size_t>::max() / 2) return errorf("%s: file too large", path.c_str());
-        // At most one byte past the limit: enough to tell that it was passed.
-        out->resize(static_cast<size_t>(std::min<uint64_t>(out->size() * 2, max_bytes + 1)));
+        out->resize(static_cast<size_t>(std::min<uint64_t>(out->size() * 2, room)));
       }
       const ssize_t got = ::read(fd, out->data() + used, out->size() - used);
       if (got < 0) {

@@ -344,8 +344,18 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
           const uint16_t* h = static_cast<const uint16_t*>(dst);
           for (size_t k = 0; k < n && bad < 0; ++k) bad = (h[k] & 0x7c00) == 0x7c00 ? static_cast<int64_t>(k) : -1;
         }
+        if (bad >= 0 && dtype == DType::F16 && t->dtype == SourceDType::F32) {
+          // The source (in scratch: this path encoded from it) may be finite and only too large for f16.
+          const float source = scratch[static_cast<size_t>(bad)];
+          if (std::isfinite(source)) {
+            loaded = errorf("%s: tensor '%s' element %lld is %g, beyond f16's range (|x| <= 65504): keep it f32 "
+                            "(--tensor-type)", weights.c_str(), specs[i].name.c_str(), static_cast<long long>(bad),
+                            source);
+            bad = -1;
+          }
+        }
         if (bad >= 0) {
-          loaded = errorf("%s: tensor '%s' holds NaN or infinity (value %lld): a diverged or damaged checkpoint",
+          loaded = errorf("%s: tensor '%s' holds NaN or infinity (element %lld): a diverged or damaged checkpoint",
                           weights.c_str(), specs[i].name.c_str(), static_cast<long long>(bad));
         }
       }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -24,35 +25,43 @@ std::string folded(std::string name) {
 // The model's class id for each of the data's classes. Folder names are matched to the model's class names (case
 // aside, and '_' for the '/' no folder name can hold: "T-shirt_top"); a name that is a number is taken as an id
 // (IDX labels are "0" … "K−1"). Labelling by the folders' sorted order instead would score every image under
-// another class's label whenever the orders differ.
+// another class's label whenever the orders differ; it is only the fallback when no folder names a class (a model
+// trained with --class-names on these folders), and then says so.
 Status model_class_ids(const ModelInfo& info, const Dataset& data, std::vector<int32_t>* ids) {
   ids->clear();
+  const std::vector<int32_t> classes = info.sampled_classes();  // the null class is no data's label
+  std::vector<std::string> unmatched;
   for (const std::string& name : data.class_names) {
     int32_t id = -1;
-    for (size_t i = 0; id < 0 && i < info.class_names.size(); ++i) {
-      if (info.class_names[i] == name) id = static_cast<int32_t>(i);
+    for (int32_t c : classes) {
+      if (id < 0 && c < static_cast<int32_t>(info.class_names.size()) && info.class_names[c] == name) id = c;
     }
-    for (size_t i = 0; id < 0 && i < info.class_names.size(); ++i) {
-      if (folded(info.class_names[i]) == folded(name)) id = static_cast<int32_t>(i);
+    for (int32_t c : classes) {
+      if (id < 0 && c < static_cast<int32_t>(info.class_names.size()) && folded(info.class_names[c]) == folded(name)) id = c;
     }
     if (id < 0 && !name.empty() && name.size() < 10 &&
         std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; })) {
       const long long number = std::stoll(name);
-      if (number >= info.class_count()) {
-        return errorf("%s: class %lld is outside the model's %lld class embeddings", data.source.c_str(), number,
-                      (long long)info.class_count());
+      if (std::find(classes.begin(), classes.end(), number) == classes.end()) {
+        return errorf("%s: class %lld is not one of the model's %zu classes (ids 0..%zu)", data.source.c_str(), number,
+                      classes.size(), classes.size() - 1);
       }
       id = static_cast<int32_t>(number);
     }
-    if (id < 0) {
-      std::string names;
-      for (size_t i = 0; i < info.class_names.size(); ++i) names += (i ? ", " : "") + info.class_names[i];
-      return errorf("%s: class '%s' is none of the model's classes (%s)", data.source.c_str(), name.c_str(),
-                    names.empty() ? "it names none: name the class folders by id" : names.c_str());
-    }
+    if (id < 0) unmatched.push_back(name);
     ids->push_back(id);
   }
-  return Status();
+  if (unmatched.empty()) return Status();
+  if (unmatched.size() == data.class_names.size() && data.class_names.size() == classes.size()) {
+    std::fprintf(stderr, "note: %s: no class folder names a class of the model; they are taken in sorted order as "
+                         "classes 0..%zu\n", data.source.c_str(), classes.size() - 1);
+    for (size_t i = 0; i < ids->size(); ++i) (*ids)[i] = classes[i];
+    return Status();
+  }
+  std::string names;
+  for (size_t i = 0; i < info.class_names.size(); ++i) names += (i ? ", " : "") + info.class_names[i];
+  return errorf("%s: class '%s' is none of the model's classes (%s)", data.source.c_str(), unmatched[0].c_str(),
+                names.empty() ? "it names none: name the class folders by id" : names.c_str());
 }
 
 }  // namespace

@@ -253,7 +253,7 @@ Status Trainer::set_class_names(std::vector<std::string> names) {
     if (name == "uncond") return errorf("'uncond' names the null class, not class %zu", i);
     if (std::all_of(name.begin(), name.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
         name != std::to_string(i)) {
-      return errorf("class %zu is named '%s', the id of another class", i, name.c_str());
+      return errorf("class %zu is named '%s', a number other than its own id", i, name.c_str());
     }
     for (size_t j = 0; j < i; ++j) {
       if (names[j] == name) return errorf("classes %zu and %zu are both named '%s'", j, i, name.c_str());
