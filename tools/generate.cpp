@@ -223,11 +223,11 @@ int run_generate(int argc, char** argv) {
   // The numbered files differ from each other by construction: each is checked against the model and the raw
   // file only (linear in -n), and the first stands for the others' directory.
   const std::string first_image = no_grid ? numbered_path(output, 0) : output;
-  s = check_file_roles({{raw_path, "the --save-raw file"}}, {{model_path, "the model"}});
+  s = check_distinct_paths(raw_path, model_path, "the model");
   for (int k = 0; s.ok() && k < (no_grid ? o.count : 1); ++k) {
     const std::string image = no_grid ? numbered_path(output, k) : output;
-    s = check_file_roles({{image, no_grid ? "one of the image files" : "the output image"}},
-                         {{model_path, "the model"}, {raw_path, "the --save-raw file"}});
+    s = check_distinct_paths(image, model_path, "the model");
+    if (s.ok()) s = check_distinct_paths(image, raw_path, "the --save-raw file");
   }
   if (s.ok()) s = check_can_write(first_image);
   if (s.ok() && !raw_path.empty()) s = check_can_write(raw_path);
