@@ -110,10 +110,11 @@ TEST_CASE("ddpm CLI: happy paths", "[cli]") {
   CHECK(bench.output.find("fashion-mnist preset (3940801 parameters), batch 2") != std::string::npos);
   CHECK(bench.output.find("ms/step (median of 1") != std::string::npos);
   // bench unet --batch: only that batch size (the default runs 1 and 8).
-  Result unet = run("bench unet --batch 1 --reps 1 -t 1 --type q4_0:on");
+  Result unet = run("bench unet --batch 1 --reps 1 -t 1 --type q4_0:on,q8_0:no-tier");
   INFO(unet.output);
   CHECK(unet.exit_code == 0);
-  CHECK(unet.output.find("    1   1  q4_0:on ") != std::string::npos);
+  CHECK(unet.output.find("    1   1      q4_0:on ") != std::string::npos);  // labels right-aligned to the longest
+  CHECK(unet.output.find("    1   1 q8_0:no-tier ") != std::string::npos);
   CHECK(unet.output.find("\n    8 ") == std::string::npos);
 }
 
@@ -161,6 +162,7 @@ TEST_CASE("ddpm CLI: bad input gets a one-line error and a non-zero exit", "[cli
                        "--config applies to checkpoints, not to a .ddpm model");
   check_one_line_error(run("--version now"), 2, "--version takes no arguments");
   check_one_line_error(run("bench unet --type f32:on"), 2, "only block types have");
+  check_one_line_error(run("bench unet --type q4_0:no-tier"), 2, "only q8_0 has an f16 tier");
   check_one_line_error(run("generate -m " + model_path() + " --cfg 3"), 2, "--cfg: this model is not class-conditional");
   check_one_line_error(run("generate -m " + model_path() + " --eta 1.5"), 2, "--eta: 1.5 is outside 0..1");
   check_one_line_error(run("generate -m " + model_path() + " --sampler ddpm --eta 0.5"), 2,
@@ -313,6 +315,25 @@ TEST_CASE("ddpm quantize and convert --type with block types", "[cli][quant]") {
   CHECK(info.output.find("q8_0 ") != std::string::npos);
   CHECK(info.output.find("bits/weight") != std::string::npos);
   CHECK(info.output.find("provenance.dtype_recipe          \"q8_0 (conv and linear weights") != std::string::npos);
+  // The calibration: each configuration measured against the input, the choice written and shown by info.
+  CHECK(quantize.output.find("calibration: U-Net output error against " + model_path() + " on 6 inputs (budget 1%)") !=
+        std::string::npos);
+  CHECK(quantize.output.find("direct 3x3 convs, no f16 tier") != std::string::npos);  // micro: too narrow for Winograd
+  CHECK(quantize.output.find("int8 Winograd") == std::string::npos);
+  CHECK(quantize.output.find("<- written") != std::string::npos);
+  CHECK(info.output.find("quant.calibration                \"q8_0, 6 inputs, budget 1%: ") != std::string::npos);
+  CHECK(info.output.find("quant.int8_winograd") != std::string::npos);
+  CHECK(info.output.find("as ddpm quantize's calibration chose") != std::string::npos);
+  const Result plain = run("quantize " + model_path() + " " + dir + "/micro_q8_plain.ddpm --type q8_0 -q --no-calibrate");
+  CHECK(plain.exit_code == 0);
+  CHECK(plain.output.find("calibration") == std::string::npos);
+  const Result plain_info = run("info " + dir + "/micro_q8_plain.ddpm");
+  CHECK(plain_info.output.find("quant.") == std::string::npos);
+  CHECK(plain_info.output.find("3x3 convs by 8-bit Winograd: off by default (") != std::string::npos);
+  const Result loose = run("quantize " + model_path() + " " + dir + "/micro_q8_loose.ddpm --type q8_0 -q --max-error 50 -t 1");
+  CHECK(loose.exit_code == 0);
+  CHECK(loose.output.find("direct 3x3 convs, no f16 tier") < loose.output.find("<- written"));
+  CHECK(loose.output.find("<- written") < loose.output.find("direct 3x3 convs, f16 tier"));
   // convert straight to a block type.
   Result convert = run("convert data/unet/micro -o " + dir + "/micro_q4.ddpm --type q4_0 -q");
   INFO(convert.output);
@@ -337,6 +358,8 @@ TEST_CASE("ddpm quantize and convert --type with block types", "[cli][quant]") {
                        "--type: unknown type 'q3_k' (valid: f32, f16, q8_0, q5_0, q4_1, q4_0)");
   check_one_line_error(run("convert data/unet/micro -o " + out + " --type q9"), 2, "valid: f32, f16, q8_0");
   check_one_line_error(run("quantize " + model_path() + " " + out), 2, "missing --type");
+  check_one_line_error(run("quantize " + model_path() + " " + out + " --type q8_0 --max-error -1"), 2, "--max-error");
+  check_one_line_error(run("quantize " + model_path() + " " + out + " --type q8_0 --max-error 1%"), 2, "--max-error");
   check_one_line_error(run("quantize data/unet/micro/diffusion_pytorch_model.safetensors " + out + " --type q8_0"), 1,
                        "data/unet/micro/diffusion_pytorch_model.safetensors: not a ddpm.cpp model file");
   check_one_line_error(run("quantize " + model_path() + " " + out + " --type q8_0 --keep 'down[0'"), 2,

@@ -961,6 +961,9 @@ TEST_CASE("validate_unet2d_metadata checks the documented model keys", "[format]
   CHECK(contains(with("provenance.source_sha256", MetadataValue::string("ABC")), "64 lower-case hex"));
   CHECK(contains(with("provenance.created", MetadataValue::string("2026-08-21 12:34")), "ISO-8601"));
   CHECK(with("provenance.created", MetadataValue::string("2026-08-21T12:34:56.123Z")).empty());
+  CHECK(contains(with("quant.int8_winograd", MetadataValue::string("yes")), "has type string, expected bool"));
+  CHECK(with("quant.int8_winograd", MetadataValue::boolean(false)).empty());
+  CHECK(contains(with("quant.calibration", MetadataValue::u32(1)), "has type u32, expected string"));
 }
 
 TEST_CASE("streamed tensors: same bytes as borrowed ones, one reused buffer, producer errors stop the write",

@@ -927,6 +927,7 @@ void check_int8_winograd(DType type, quant::ConvRows rows, const WinogradShape& 
 
 TEST_CASE("conv2d by 8-bit Winograd (kFlagInt8Winograd): near f32, the same bits for any threads, batch split or call",
           "[qgemm][conv]") {
+  Int8WinogradMinChannels narrow(32);  // small shapes that hit the channel-block and tile tails
   const WinogradShape shapes[] = {
       {1, 32, 16, 16, 24, 1, true},   // 64 tiles: the fewest the rule takes; fused residual
       {2, 64, 17, 17, 40, 1, false},  // odd sizes: partial tiles at the right and bottom; 81 tiles per image, so
@@ -942,13 +943,17 @@ TEST_CASE("conv2d by 8-bit Winograd (kFlagInt8Winograd): near f32, the same bits
   }
 }
 
-TEST_CASE("8-bit Winograd leaves other convs alone: 1x1, stride 2, channels not a multiple of 32, few tiles",
+TEST_CASE("8-bit Winograd leaves other convs alone: 1x1, stride 2, channels not a multiple of 32, few tiles, "
+          "fewer than 128 input channels",
           "[qgemm][conv]") {
   struct Shape {
     int64_t ci, h, co, k, stride;
+    int64_t min_channels;  // the rule's fewest input channels for the case
   };
-  const std::vector<Shape> shapes = {{32, 16, 16, 1, 1}, {32, 33, 16, 3, 2}, {48, 16, 16, 3, 1}, {32, 12, 16, 3, 1}};
+  const std::vector<Shape> shapes = {{32, 16, 16, 1, 1, 32},  {32, 33, 16, 3, 2, 32}, {48, 16, 16, 3, 1, 32},
+                                     {32, 12, 16, 3, 1, 32},  {96, 16, 32, 3, 1, 128}};
   for (const Shape& s : shapes) {
+    Int8WinogradMinChannels rule(s.min_channels);
     INFO("ci " << s.ci << " " << s.h << "x" << s.h << " k " << s.k << " stride " << s.stride);
     const int64_t weight_shape[4] = {s.co, s.ci, s.k, s.k};
     const std::vector<float> values = random_vector(static_cast<size_t>(s.co * s.ci * s.k * s.k), 35, 0.2f);
@@ -1266,15 +1271,22 @@ TEST_CASE("ddpm generate runs a model with q4_0 weights", "[qgemm][cli]") {
   CHECK(WEXITSTATUS(status) == 0);
   CHECK(std::ifstream(png).good());
   std::remove(png.c_str());
-  // --int8-winograd takes auto, on or off; anything else is a usage error that names the option. tiny's 32- and
-  // 64-channel 3×3 convs at 32×32 can take 8-bit Winograd: on (q4_0's default) and off give different pixels.
-  ModelFiles tiny;
-  quantized_model("tiny", DType::Q4_0, &tiny);
+  // --int8-winograd takes auto, on or off; anything else is a usage error that names the option. A U-Net of 128
+  // channels at 16×16 can take 8-bit Winograd: on (q4_0's default) and off give different pixels.
+  ModelFiles wide;
+  char wide_dir[] = "/tmp/ddpm_qgemm_XXXXXX";
+  REQUIRE(mkdtemp(wide_dir));
+  wide.f32 = std::string(wide_dir) + "/wide.ddpm";
+  wide.quantized = std::string(wide_dir) + "/wide_q4_0.ddpm";
+  REQUIRE(write_wide_unet(wide.f32).ok());
+  quant::TypePolicy q4(DType::Q4_0);
+  quant::RetypeReport report;
+  REQUIRE(quant::retype_model(wide.f32, wide.quantized, q4, &report).ok());
   std::map<std::string, std::string> raw;
   for (const char* mode : {"auto", "on", "off", "sometimes"}) {
     INFO("--int8-winograd " << mode);
-    const std::string raw_path = tiny.quantized + "." + mode + ".f32";
-    const std::string run = std::string(bin) + " generate -m " + tiny.quantized + " -n 1 --steps 2 --seed 3 -t 1" +
+    const std::string raw_path = wide.quantized + "." + mode + ".f32";
+    const std::string run = std::string(bin) + " generate -m " + wide.quantized + " -n 1 --steps 2 --seed 3 -t 1" +
                             " -o " + png + " --save-raw " + raw_path + " --int8-winograd " + mode + " 2>&1";
     FILE* p = popen(run.c_str(), "r");
     REQUIRE(p);

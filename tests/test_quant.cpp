@@ -14,11 +14,14 @@
 #include <random>
 
 #include "core/half.h"
+#include "model/calibrate.h"
 #include "model/convert.h"
+#include "model/model.h"
 #include "model/ddpm_file.h"
 #include "quant/blocks.h"
 #include "quant/policy.h"
 #include "quant/retype.h"
+#include "test_util.h"
 
 using namespace ddpm;
 using namespace ddpm::quant;
@@ -826,4 +829,128 @@ TEST_CASE("convert --type T stores the same tensors as convert + quantize --type
     }
     CHECK(quantised > 10);
   }
+}
+
+TEST_CASE("quantize's calibration: each configuration measured on the model, the fastest within budget kept",
+          "[quant][calibrate]") {
+  TempDir scratch;
+  const std::string& dir = scratch.path;
+  // 128 channels at 16×16: 8-bit Winograd applies to some convs.
+  const std::string source = dir + "/wide.ddpm";
+  REQUIRE(test::write_wide_unet(source).ok());
+  TypePolicy q8(DType::Q8_0);
+  ThreadPool one(1), two(2);
+  CalibrationResult result, again;
+  Status s = calibrate_quantization(source, q8, 0.01, one, &result);
+  INFO(s.message());
+  REQUIRE(s.ok());
+  CHECK(result.type == DType::Q8_0);
+  CHECK(result.inputs == 3 * kCalibrationImages);
+  REQUIRE(result.candidates.size() == 4);
+  // Fastest first: Winograd without then with the f16 tier, then direct without then with it.
+  const bool winograd[4] = {true, true, false, false}, tier[4] = {false, true, false, true};
+  for (size_t i = 0; i < 4; ++i) {
+    const CalibrationCandidate& c = result.candidates[i];
+    INFO(i << ": " << c.describe(DType::Q8_0) << " " << c.error);
+    CHECK(c.int8_winograd == winograd[i]);
+    CHECK(c.f16_tier == tier[i]);
+    CHECK(c.error > 0.0);
+    CHECK(c.error < 0.1);
+  }
+  // Both choices change the outputs (the flag reaches the convs; the tier changes weights).
+  CHECK(result.candidates[0].error != result.candidates[2].error);
+  CHECK(result.candidates[0].error != result.candidates[1].error);
+  // The choice: the first within the budget, else the most accurate.
+  int first_within = -1;
+  for (size_t i = 0; i < 4 && first_within < 0; ++i) {
+    if (result.candidates[i].error <= 0.01) first_within = static_cast<int>(i);
+  }
+  CHECK(result.within_budget == (first_within >= 0));
+  if (first_within >= 0) CHECK(result.chosen == first_within);
+  // Same numbers whatever the thread count.
+  REQUIRE(calibrate_quantization(source, q8, 1.0, two, &again).ok());
+  REQUIRE(again.candidates.size() == 4);
+  for (size_t i = 0; i < 4; ++i) CHECK(again.candidates[i].error == result.candidates[i].error);
+  CHECK(again.chosen == 0);
+  CHECK(again.within_budget);
+  CHECK(again.summary().find("q8_0, 6 inputs, budget 100%: int8 Winograd, no f16 tier ") == 0);
+  CHECK(again.summary().find("(chosen)") != std::string::npos);
+  // Nothing within the budget: the type's usual configuration (f16 tier, direct convs for q8_0), not a slower one.
+  REQUIRE(calibrate_quantization(source, q8, 0.0, one, &again).ok());
+  CHECK(!again.within_budget);
+  CHECK(again.chosen == 3);
+  CHECK(again.summary().find("direct 3x3 convs, f16 tier ") != std::string::npos);
+  CHECK(again.summary().find("(chosen: none within the budget; the type's default)") != std::string::npos);
+
+  // A policy that already leaves no f16 tier: its two settings give the same weights, measured once.
+  TypePolicy no_tier(DType::Q8_0);
+  REQUIRE(no_tier.add_override("resnets=q8_0").ok());
+  REQUIRE(calibrate_quantization(source, no_tier, 0.01, one, &again).ok());
+  REQUIRE(again.candidates.size() == 2);
+  CHECK(again.candidates[0].error == result.candidates[0].error);
+  CHECK(again.candidates[1].error == result.candidates[2].error);
+  // Other block types: Winograd or not.
+  TypePolicy q4(DType::Q4_0);
+  REQUIRE(calibrate_quantization(source, q4, 0.06, one, &again).ok());
+  REQUIRE(again.candidates.size() == 2);
+  CHECK(again.candidates[0].int8_winograd);
+  CHECK(!again.candidates[1].int8_winograd);
+  CHECK(again.summary().find("tier") == std::string::npos);
+  REQUIRE(calibrate_quantization(source, q4, 0.0, one, &again).ok());
+  CHECK(again.chosen == 0);  // q4_0 models run Winograd without a calibration
+  // Plain types have nothing to calibrate; files that are not U-Nets cannot be run.
+  TypePolicy f16(DType::F16);
+  CHECK(calibrate_quantization(source, f16, 0.01, one, &again).message().find("nothing to calibrate for f16") !=
+        std::string::npos);
+  CHECK(!calibrate_quantization("data/unet/micro/diffusion_pytorch_model.safetensors", q8, 0.01, one, &again).ok());
+  // A model too narrow for 8-bit Winograd (tiny: 32 and 64 channels): only the direct configurations are listed.
+  REQUIRE(calibrate_quantization(converted(dir, "tiny"), q8, 0.01, one, &again).ok());
+  REQUIRE(again.candidates.size() == 2);
+  for (const CalibrationCandidate& c : again.candidates) CHECK(!c.int8_winograd);
+}
+
+TEST_CASE("the calibration's choice travels in the file and decides the loader's default", "[quant][calibrate]") {
+  TempDir scratch;
+  const std::string& dir = scratch.path;
+  const std::string source = converted(dir, "tiny");
+  TypePolicy q8(DType::Q8_0);
+  q8.set_q8_0_f16_tier(false);
+  CHECK(q8.recipe().find("f16:") == std::string::npos);
+  RetypeOptions options;
+  options.int8_winograd = true;
+  options.calibration = "q8_0, 6 inputs, budget 1%: test";
+  RetypeReport report;
+  REQUIRE(retype_model(source, dir + "/q8.ddpm", q8, &report, options).ok());
+  for (const TensorRetype& t : report.tensors) {
+    if (t.name.find("up_blocks.1.resnets.0.conv2.weight") != std::string::npos) CHECK(t.to == DType::Q8_0);
+  }
+  // In memory: the same bytes as the file.
+  std::vector<uint8_t> bytes;
+  REQUIRE(retype_model_to_bytes(source, q8, &bytes, &report, options).ok());
+  CHECK(bytes == read_bytes(dir + "/q8.ddpm"));
+  CHECK(report.output_bytes == bytes.size());
+  std::unique_ptr<Model> model;
+  REQUIRE(Model::from_bytes("q8 in memory", bytes, &model).ok());
+  CHECK(model->int8_winograd());  // a q8_0 model, Winograd because the file says so
+  DdpmFile file;
+  REQUIRE(DdpmFile::open(dir + "/q8.ddpm", &file).ok());
+  std::string text;
+  REQUIRE(file.metadata().get_string("quant.calibration", &text).ok());
+  CHECK(text == options.calibration);
+  CHECK(Model::prefers_int8_winograd(file));
+  // Re-typing without a calibration drops both keys: they described other weights. The type's rule is back.
+  TypePolicy q4(DType::Q4_0), q8_again(DType::Q8_0);
+  REQUIRE(retype_model(dir + "/q8.ddpm", dir + "/q8b.ddpm", q8_again, &report).ok());
+  DdpmFile plain;
+  REQUIRE(DdpmFile::open(dir + "/q8b.ddpm", &plain).ok());
+  CHECK(!plain.metadata().has("quant.int8_winograd"));
+  CHECK(!plain.metadata().has("quant.calibration"));
+  CHECK(!Model::prefers_int8_winograd(plain));
+  options.int8_winograd = false;
+  options.calibration.clear();
+  REQUIRE(retype_model(source, dir + "/q4.ddpm", q4, &report, options).ok());
+  DdpmFile q4_file;
+  REQUIRE(DdpmFile::open(dir + "/q4.ddpm", &q4_file).ok());
+  CHECK(!Model::prefers_int8_winograd(q4_file));  // measured off, although q4_0 models default to on
+  CHECK(!q4_file.metadata().has("quant.calibration"));
 }

@@ -12,6 +12,10 @@
 #include "ddpm/ops.h"
 #include "ddpm/threadpool.h"
 #include "kernels/registry.h"
+#include "model/ddpm_file.h"
+#include "model/model.h"
+#include "model/unet_config.h"
+#include "ops/conv_winograd.h"
 
 namespace ddpm::test {
 
@@ -55,5 +59,52 @@ inline std::vector<const kernels::KernelTable*> all_levels() {
   const int n = kernels::available_tables(tables, 8);
   return std::vector<const kernels::KernelTable*>(tables, tables + n);
 }
+
+// A U-Net wide enough for 8-bit Winograd (128 input channels, 16×16 outputs) and small enough for a test (2.7 M
+// random f32 weights, 16×16 RGB, two levels of 128 channels): written to `path`.
+inline Status write_wide_unet(const std::string& path) {
+  UNetConfig config;
+  config.sample_size = {16};
+  config.in_channels = 3;
+  config.out_channels = 3;
+  config.block_out_channels = {128, 128};
+  config.down_block_types = {"DownBlock2D", "DownBlock2D"};
+  config.up_block_types = {"UpBlock2D", "UpBlock2D"};
+  config.layers_per_block = 1;
+  config.norm_num_groups = 32;
+  std::vector<ParamSpec> specs;
+  DDPM_TRY(unet_parameter_specs(config, &specs));
+  ModelInfo info;
+  info.unet = config;
+  info.height = info.width = 16;
+  info.channels = 3;
+  DdpmMetadata metadata;
+  DDPM_TRY(model_info_to_metadata(info, &metadata));
+  DdpmWriter writer;
+  writer.set_metadata(metadata);
+  std::vector<std::vector<float>> weights;
+  std::mt19937 rng(11);
+  for (const ParamSpec& spec : specs) {
+    int64_t n = 1;
+    for (int64_t d : spec.shape) n *= d;
+    const bool norm_scale = spec.shape.size() == 1 && spec.name.find("norm") != std::string::npos &&
+                            spec.name.find("weight") != std::string::npos;
+    std::normal_distribution<float> dist(norm_scale ? 1.0f : 0.0f,
+                                         spec.shape.size() > 1 ? 1.0f / std::sqrt(float(n / spec.shape[0])) : 0.05f);
+    weights.emplace_back(static_cast<size_t>(n));
+    for (float& v : weights.back()) v = dist(rng);
+    DDPM_TRY(writer.add_tensor(spec.name, DType::F32, static_cast<int>(spec.shape.size()), spec.shape.data(),
+                               weights.back().data()));
+  }
+  return writer.finish(path);
+}
+
+// Lets 8-bit Winograd take narrower convs (the default takes 128 input channels or more) while it lives: the
+// tests of the path run it on small shapes.
+struct Int8WinogradMinChannels {
+  int64_t saved = conv2d_int8_winograd_min_channels();
+  explicit Int8WinogradMinChannels(int64_t channels) { set_conv2d_int8_winograd_min_channels(channels); }
+  ~Int8WinogradMinChannels() { set_conv2d_int8_winograd_min_channels(saved); }
+};
 
 }  // namespace ddpm::test

@@ -56,8 +56,10 @@ struct BenchSettings {
   struct UNetVariant {
     DType type;
     std::string int8_winograd;
+    bool f16_tier = true;  // q8_0: the policy's f16 layers (":no-tier" drops them, as a calibration may)
     std::string label() const {
-      return dtype_name(type) + (int8_winograd == "auto" ? std::string() : ":" + int8_winograd);
+      return dtype_name(type) + (int8_winograd == "auto" ? std::string() : ":" + int8_winograd) +
+             (f16_tier ? "" : ":no-tier");
     }
   };
   std::vector<UNetVariant> types = {{DType::F32, "auto"}};
@@ -144,6 +146,7 @@ Case conv_case(int64_t ci, int64_t co, int64_t hw, int stride, int k, DType type
     }
     Tensor* w = g.param("w", type, {co, ci, k, k}, weights);
     w->flags |= kFlagFrozen;
+    if (winograd && type != DType::F32) w->flags |= kFlagInt8Winograd;
     const int64_t shape[4] = {co, ci, k, k};
     if (quant::tap_major_eligible(type, 4, shape)) w->flags |= kFlagTapMajor;
     Tensor* b = g.param("b", DType::F32, {co}, random_buffer(s, co, 3).data());
@@ -173,6 +176,15 @@ std::vector<Case> all_cases() {
     }
     cases.push_back(conv_case(128, 128, 32, 2, 3, type));
     cases.push_back(conv_case(384, 128, 32, 1, 1, type));
+  }
+  // Direct against 8-bit Winograd where the loader may choose either: the cifar10 widths, and the narrow layers of
+  // a Fashion-MNIST-size U-Net, where the 16 GEMMs are too small for the transforms to pay.
+  for (bool winograd : {false, true}) {
+    for (auto [ci, co, hw] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+             {128, 128, 32}, {256, 256, 16}, {256, 128, 32}, {128, 64, 32}, {64, 128, 28}, {64, 64, 28}, {64, 32, 28},
+             {32, 32, 28}, {64, 64, 64}}) {
+      cases.push_back(conv_case(ci, co, hw, 1, 3, DType::Q8_0, winograd));
+    }
   }
   {
     Case c;
@@ -283,11 +295,17 @@ int bench_ops(const BenchSettings& settings) {
     if (!settings.filter.empty() && c.op.find(settings.filter) == std::string::npos) continue;
     std::vector<std::vector<float>> storage;
     const int64_t saved_min_tiles = conv2d_winograd_min_tiles();
+    const int64_t saved_min_channels = conv2d_int8_winograd_min_channels();
     set_conv2d_winograd_min_tiles(c.winograd_min_tiles);
+    // A Winograd case is the path on its shape, whatever the loader's rules would pick.
+    if (c.winograd_min_tiles != kWinogradNever) set_conv2d_int8_winograd_min_channels(0);
     struct Restore {
-      int64_t tiles;
-      ~Restore() { set_conv2d_winograd_min_tiles(tiles); }
-    } restore{saved_min_tiles};
+      int64_t tiles, channels;
+      ~Restore() {
+        set_conv2d_winograd_min_tiles(tiles);
+        set_conv2d_int8_winograd_min_channels(channels);
+      }
+    } restore{saved_min_tiles, saved_min_channels};
     Graph g;
     Tensor* out = c.build(g, storage);
     g.set_output(out);
@@ -388,6 +406,7 @@ int bench_unet(const BenchSettings& settings) {
     const bool int8_winograd = variant.int8_winograd == "auto" ? Model::prefers_int8_winograd(type)
                                                                : variant.int8_winograd == "on";
     auto policy = std::make_shared<quant::TypePolicy>(type);
+    policy->set_q8_0_f16_tier(variant.f16_tier);
     policy->set_tensor_names(names);
     return [&, policy, int8_winograd](const std::string& name, const std::vector<int64_t>& expected, WeightRef* out) {
       const DType chosen =
@@ -414,7 +433,10 @@ int bench_unet(const BenchSettings& settings) {
   const double gflop_per_image = 12.44;
   std::printf("ddpm bench unet — google/ddpm-cifar10-32 architecture (random weights, %lld parameters), kernels: %s\n",
               (long long)parameters, kernels::active().isa_name);
-  std::printf("%5s %3s %8s %12s %12s %10s %8s %14s\n", "batch", "thr", "type", "ms/forward", "images/s", "GFLOP/s",
+  int label_width = 8;
+  for (const BenchSettings::UNetVariant& variant : settings.types)
+    label_width = std::max(label_width, static_cast<int>(variant.label().size()));
+  std::printf("%5s %3s %*s %12s %12s %10s %8s %14s\n", "batch", "thr", label_width, "type", "ms/forward", "images/s", "GFLOP/s",
               "vs f32", "activations MB");
   std::vector<int> thread_counts = {1};
   if (max_threads > 1) thread_counts.push_back(max_threads);
@@ -471,7 +493,7 @@ int bench_unet(const BenchSettings& settings) {
       }
       for (size_t i = 0; i < nets.size(); ++i) {
         const double seconds = best[i];
-        std::printf("%5d %3d %8s %12.2f %12.1f %10.1f", batch, threads, settings.types[i].label().c_str(), seconds * 1e3,
+        std::printf("%5d %3d %*s %12.2f %12.1f %10.1f", batch, threads, label_width, settings.types[i].label().c_str(), seconds * 1e3,
                     batch / seconds, gflop_per_image * batch / seconds);
         if (f32_seconds > 0) std::printf(" %7.2fx", f32_seconds / seconds);
         else std::printf(" %8s", "-");
@@ -608,19 +630,30 @@ int run_bench(int argc, char** argv) {
                      }});
   options.push_back({"type", 0, "T,T…",
                      "bench unet: weight types side by side (f32,f16,q8_0,q5_0,q4_1,q4_0; default f32), each may end "
-                     "in :on or :off to force --int8-winograd (e.g. q8_0,q8_0:on)",
+                     "in :on or :off to force --int8-winograd, and q8_0 in :no-tier to drop the f16 layers as "
+                     "quantize's calibration may (e.g. q8_0,q8_0:on,q8_0:on:no-tier)",
                      [&](const std::string& v) {
                        settings.types.clear();
                        size_t start = 0;
                        while (start <= v.size()) {
                          const size_t comma = std::min(v.find(',', start), v.size());
                          std::string name = v.substr(start, comma - start), mode = "auto";
+                         bool f16_tier = true;
+                         const size_t tier = name.size() >= 8 ? name.rfind(":no-tier") : std::string::npos;
+                         if (tier != std::string::npos && tier + 8 == name.size()) {
+                           f16_tier = false;
+                           name = name.substr(0, tier);
+                         }
                          const size_t colon = name.find(':');
                          if (colon != std::string::npos) {
                            mode = name.substr(colon + 1);
                            name = name.substr(0, colon);
                            if (mode != "on" && mode != "off")
-                             return errorf("--type: '%s' ends in ':%s', expected :on or :off", name.c_str(), mode.c_str());
+                             return errorf("--type: '%s' ends in ':%s', expected :on, :off or :no-tier", name.c_str(),
+                                           mode.c_str());
+                         }
+                         if (!f16_tier && name != "q8_0") {
+                           return errorf("--type: '%s:no-tier': only q8_0 has an f16 tier", name.c_str());
                          }
                          DType type;
                          if (!dtype_from_name(name.c_str(), &type) || type == DType::I32) {
@@ -630,7 +663,7 @@ int run_bench(int argc, char** argv) {
                            return errorf("--type: '%s:%s': :on/:off choose 8-bit Winograd, which only block types have",
                                          name.c_str(), mode.c_str());
                          }
-                         settings.types.push_back({type, mode});
+                         settings.types.push_back({type, mode, f16_tier});
                          start = comma + 1;
                        }
                        return Status();

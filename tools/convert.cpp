@@ -22,7 +22,8 @@ int run_convert(int argc, char** argv) {
                      "weight type: " + quant::weight_type_list() +
                          " (default f32). f16: every matrix, norms and biases stay f32; block types: conv and linear "
                          "weights, not conv_in/conv_out/embeddings; under q5_0/q4_1/q4_0 the tensors that carry most "
-                         "of the error go up a type, as with ddpm quantize (see its --help)",
+                         "of the error go up a type, as with ddpm quantize (see its --help), but without its calibration: "
+                         "convert to f32, then quantize, to have it",
                      [&](const std::string& v) {
                        type = v;
                        return quant::parse_weight_type("--type", v, &o.type);

@@ -740,8 +740,12 @@ Status validate_unet2d_metadata(const DdpmMetadata& m) {
     DDPM_TRY(m.get_u32("sampling.default_steps", &steps));
     if (steps == 0) return errorf("%s: sampling.default_steps is 0", src);
   }
+  if (m.has("quant.int8_winograd")) {
+    bool on = false;
+    DDPM_TRY(m.get_bool("quant.int8_winograd", &on));
+  }
   for (const char* key : {"provenance.tool", "provenance.source_file", "provenance.source_sha256",
-                          "provenance.dtype_recipe", "provenance.created"}) {
+                          "provenance.dtype_recipe", "provenance.created", "quant.calibration"}) {
     if (!m.has(key)) continue;
     std::string text;
     DDPM_TRY(m.get_string(key, &text));

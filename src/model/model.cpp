@@ -125,6 +125,17 @@ Status model_info_to_metadata(const ModelInfo& info, DdpmMetadata* m) {
 Status Model::load(const std::string& path, std::unique_ptr<Model>* out, bool verify_checksums) {
   std::unique_ptr<Model> model(new Model());
   DDPM_TRY(DdpmFile::open(path, &model->file_, verify_checksums));
+  return adopt(std::move(model), out);
+}
+
+Status Model::from_bytes(const std::string& name, const std::vector<uint8_t>& bytes, std::unique_ptr<Model>* out) {
+  std::unique_ptr<Model> model(new Model());
+  DDPM_TRY(DdpmFile::from_bytes(name, bytes, &model->file_));
+  return adopt(std::move(model), out);
+}
+
+Status Model::adopt(std::unique_ptr<Model> model, std::unique_ptr<Model>* out) {
+  const std::string& path = model->file_.path();
   DDPM_TRY(model_info_from_metadata(model->file_.metadata(), path, &model->info_));
   // Every tensor the network needs must be present with the right shape: check now, with names, rather than at
   // the first forward.
@@ -149,6 +160,8 @@ Status Model::load(const std::string& path, std::unique_ptr<Model>* out, bool ve
 }
 
 bool Model::prefers_int8_winograd(const DdpmFile& file) {
+  bool measured = false;
+  if (file.metadata().get_bool("quant.int8_winograd", &measured).ok()) return measured;
   // Values of 3×3 conv weights by block type: the type most of them have decides.
   int64_t values[static_cast<int>(DType::kCount)] = {};
   for (const DdpmTensorInfo& t : file.tensors()) {

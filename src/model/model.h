@@ -46,6 +46,8 @@ Status model_info_to_metadata(const ModelInfo& info, DdpmMetadata* out);
 class Model {
  public:
   static Status load(const std::string& path, std::unique_ptr<Model>* out, bool verify_checksums = true);
+  // The same over a whole .ddpm image in memory (copied); `name` stands in for the path in messages.
+  static Status from_bytes(const std::string& name, const std::vector<uint8_t>& bytes, std::unique_ptr<Model>* out);
 
   const ModelInfo& info() const { return info_; }
   const DdpmFile& file() const { return file_; }
@@ -59,13 +61,17 @@ class Model {
   // QUANT.md). Load chooses prefers_int8_winograd().
   void set_int8_winograd(bool on) { int8_winograd_ = on; }
   bool int8_winograd() const { return int8_winograd_; }
-  // The default: on for models whose block-typed conv weights are mostly 4-bit (q4_0, q4_1), whose own error
-  // (~5 %) the extra hardly moves; off for q8_0 and q5_0 models, whose error it would nearly double.
+  // The default: what the file's `quant.int8_winograd` says (`ddpm quantize` measured it on the model, see
+  // model/calibrate.h); without that key, on for models whose block-typed conv weights are mostly 4-bit (q4_0,
+  // q4_1), whose own error (~5 %) the extra hardly moves, and off for q8_0 and q5_0 models, whose error it nearly
+  // doubles on a random-weight U-Net.
   static bool prefers_int8_winograd(const DdpmFile& file);
   // The same rule for a model whose 3×3 conv weights are mostly `type`.
   static bool prefers_int8_winograd(DType type) { return type == DType::Q4_0 || type == DType::Q4_1; }
 
  private:
+  static Status adopt(std::unique_ptr<Model> model, std::unique_ptr<Model>* out);
+
   DdpmFile file_;
   ModelInfo info_;
   bool int8_winograd_ = false;

@@ -35,7 +35,12 @@
 // GEMMs run in 8 bits. That is 2.25× fewer 8-bit multiply-adds than the direct integer conv, at the price of a second
 // rounding of the filters and a coarser one of the inputs (V's four-term sums span about twice their range): on the
 // cifar10 U-Net +0.2 (q4_0) to +0.85 (q8_0) points of relative output error (docs/QUANT.md), which is why the loader
-// only chooses it for 4-bit models. Its kept panels take 16/9 of the direct path's.
+// chooses it for 4-bit models and for others only when `ddpm quantize`'s calibration found the error affordable.
+// Its kept panels take 16/9 of the direct path's. It needs at least 128 input channels: each position's
+// GEMM has K = Ci, and with fewer the transforms and per-block scaling outweigh the 2.25× fewer products (`ddpm bench
+// ops -t 1 --filter 'conv3x3 q8_0'`, AVX-512 VNNI, direct against Winograd: 64→128 @28×28 0.39 vs 0.50 ms, 64→64
+// @28×28 0.21 vs 0.34, 64→64 @64×64 1.17 vs 1.15; 128→64 @32×32 0.56 vs 0.52, 128→128 @32×32 1.03 vs 0.79,
+// 256→256 @16×16 0.97 vs 0.68).
 //
 // The rule: a 3×3 stride-1 conv with f32/f16 weights, at least kMinChannels in and out, and enough tiles per image
 // (`conv2d_winograd_min_tiles`, 64: a 16×16 output) for the 16 GEMMs to fill their column panels: below that they
@@ -59,6 +64,7 @@ namespace {
 
 constexpr int64_t kDefaultMinTiles = 64;
 constexpr int64_t kMinChannels = 16;
+constexpr int64_t kDefaultMinInt8Channels = 128;
 // Output tiles per chunk: V and M for 256 tiles of a 384 → 128 conv take 8 MiB, within the shared L3; fewer tiles
 // would leave the GEMMs' column panels short.
 constexpr int64_t kChunkTiles = 256;
@@ -71,6 +77,7 @@ constexpr int64_t kSegment = 64;
 constexpr int kPositions = 16;  // the 4×4 transformed tile
 
 std::atomic<int64_t> min_tiles{kDefaultMinTiles};
+std::atomic<int64_t> min_int8_channels{kDefaultMinInt8Channels};
 std::atomic<bool> fused_input{true};
 std::atomic<int64_t> fused_chunks{0};
 
@@ -173,6 +180,7 @@ bool applies(const Tensor& node) {
     // when the model asks for it (kFlagInt8Winograd), only for a frozen model's weights, and for whole 32-channel
     // blocks (no padding inside a position's rows).
     if (!(w.flags & kFlagInt8Winograd) || !frozen(w) || w.shape[1] % quant::kQuantBlock != 0) return false;
+    if (w.shape[1] < min_int8_channels.load(std::memory_order_relaxed)) return false;
   } else if (w.dtype != DType::F32 && w.dtype != DType::F16) {
     return false;
   }
@@ -543,6 +551,10 @@ bool run_quantized(const Geometry& g, const Tensor& node, ExecContext& ctx, floa
 
 int64_t conv2d_winograd_min_tiles() { return min_tiles.load(std::memory_order_relaxed); }
 void set_conv2d_winograd_min_tiles(int64_t tiles) { min_tiles.store(tiles, std::memory_order_relaxed); }
+int64_t conv2d_int8_winograd_min_channels() { return min_int8_channels.load(std::memory_order_relaxed); }
+void set_conv2d_int8_winograd_min_channels(int64_t channels) {
+  min_int8_channels.store(channels, std::memory_order_relaxed);
+}
 bool conv2d_winograd_fused_input() { return fused_input.load(std::memory_order_relaxed); }
 void set_conv2d_winograd_fused_input(bool fused) { fused_input.store(fused, std::memory_order_relaxed); }
 int64_t conv2d_winograd_fused_chunks() { return fused_chunks.load(std::memory_order_relaxed); }

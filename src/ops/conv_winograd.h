@@ -19,6 +19,10 @@ namespace ddpm {
 // buffer to follow (until then a node takes whichever path the current rule and the planned buffer allow).
 int64_t conv2d_winograd_min_tiles();
 void set_conv2d_winograd_min_tiles(int64_t tiles);
+// Fewest input channels for which block-typed filters take the 8-bit Winograd path (128; below it the direct
+// integer conv is faster). Settable for tests and benchmarks, like the tile count.
+int64_t conv2d_int8_winograd_min_channels();
+void set_conv2d_int8_winograd_min_channels(int64_t channels);
 
 // Whether 8-bit Winograd quantises the transformed input straight into the integer GEMM's panels (the default)
 // or keeps it in f32 for the GEMM to quantise (the same bits, more memory and time): for tests; plan after a change.

@@ -122,7 +122,7 @@ TypePolicy::Decision TypePolicy::sensitive_type(const std::string& name) const {
     // after it. As f16 they take q8_0's output error from 1.16 % to 0.91 % on the cifar10-size U-Net for 0.4 %
     // of f32 in size and ~7 % in speed (docs/QUANT.md).
     const bool last_up = last_up_block_ >= 0 && block_index(name, "up_blocks") == last_up_block_;
-    if (last_up && name.find(".resnets.") != std::string::npos &&
+    if (q8_0_f16_tier_ && last_up && name.find(".resnets.") != std::string::npos &&
         (ends_with(name, ".conv_shortcut.weight") || ends_with(name, ".conv2.weight"))) {
       return {DType::F16, "last up block's shortcut or conv2 (f16 under q8_0)"};
     }
@@ -233,7 +233,7 @@ std::string TypePolicy::recipe() const {
   std::string r = dtype_name(default_type_);
   if (dtype_traits(default_type_).is_quantized) {
     r += " (conv and linear weights; norms, biases, embeddings, conv_in and conv_out keep their type";
-    if (default_type_ == DType::Q8_0) r += "; f16: the last up block's resnet shortcuts and conv2";
+    if (default_type_ == DType::Q8_0 && q8_0_f16_tier_) r += "; f16: the last up block's resnet shortcuts and conv2";
     if (is_low_bit(default_type_)) {
       r += "; q8_0: resnet shortcuts and the full-resolution resnet convs; ";
       r += default_type_ == DType::Q5_0 ? "q8_0" : "q5_0";

@@ -45,6 +45,10 @@ class TypePolicy {
 
   void set_default_type(DType type) { default_type_ = type; }
   DType default_type() const { return default_type_; }
+  // Under q8_0, whether the last up block's shortcuts and conv2 stay f16 (the default): they hold q8_0's error on
+  // a random-weight U-Net under 1 %, but a trained model may not need them (`ddpm quantize`'s calibration asks).
+  void set_q8_0_f16_tier(bool on) { q8_0_f16_tier_ = on; }
+  bool q8_0_f16_tier() const { return q8_0_f16_tier_; }
   // --keep REGEX: fails when the regex does not compile.
   Status add_keep(const std::string& pattern);
   // --tensor-type REGEX=TYPE: fails on a missing '=', a bad regex or an unknown TYPE. The last '=' splits, so a
@@ -91,6 +95,7 @@ class TypePolicy {
   // up), or an empty reason for the others.
   Decision sensitive_type(const std::string& name) const;
 
+  bool q8_0_f16_tier_ = true;
   DType default_type_ = DType::F32;
   int last_up_block_ = -1;
   std::vector<Rule> keep_;

@@ -161,17 +161,27 @@ double relative_l2(const float* ref, const float* approx, int64_t n) {
   return norm == 0.0 ? std::sqrt(diff) : std::sqrt(diff / norm);
 }
 
-Status retype_model(const std::string& input, const std::string& output, TypePolicy& policy, RetypeReport* report) {
+namespace {
+
+// Writes to the file `output` when `bytes` is null, else into `bytes`.
+Status retype(const std::string& input, const std::string& output, std::vector<uint8_t>* bytes, TypePolicy& policy,
+              RetypeReport* report, const RetypeOptions& options) {
   *report = RetypeReport();
   DdpmFile in;
   DDPM_TRY(DdpmFile::open(input, &in, true));
-  DDPM_TRY(check_distinct_paths(output, input, "the input model"));  // rounding weights cannot be undone
-  DDPM_TRY(check_can_write(output));
+  if (!bytes) {
+    DDPM_TRY(check_distinct_paths(output, input, "the input model"));  // rounding weights cannot be undone
+    DDPM_TRY(check_can_write(output));
+  }
   report->input_bytes = in.file_size();
 
   DdpmMetadata metadata = in.metadata();
   DDPM_TRY(metadata.set("provenance.tool", MetadataValue::string(std::string("ddpm.cpp ") + DDPM_VERSION)));
   DDPM_TRY(metadata.set("provenance.dtype_recipe", MetadataValue::string(policy.recipe())));
+  metadata.erase("quant.int8_winograd");
+  metadata.erase("quant.calibration");
+  if (options.int8_winograd) DDPM_TRY(metadata.set("quant.int8_winograd", MetadataValue::boolean(*options.int8_winograd)));
+  if (!options.calibration.empty()) DDPM_TRY(metadata.set("quant.calibration", MetadataValue::string(options.calibration)));
   DdpmWriter writer;
   writer.set_metadata(std::move(metadata));
 
@@ -235,10 +245,27 @@ Status retype_model(const std::string& input, const std::string& output, TypePol
     DDPM_TRY(writer.add_tensor(t.name, decision.type, t.rank, t.shape, std::move(produce)));
   }
   report->warnings = policy.unmatched_warnings(input);
+  if (bytes) {
+    DDPM_TRY(writer.finish_to_bytes(bytes));
+    report->output_bytes = bytes->size();
+    return Status();
+  }
   DDPM_TRY(writer.finish(output));
   struct stat st;
   if (stat(output.c_str(), &st) == 0) report->output_bytes = static_cast<uint64_t>(st.st_size);
   return Status();
+}
+
+}  // namespace
+
+Status retype_model(const std::string& input, const std::string& output, TypePolicy& policy, RetypeReport* report,
+                    const RetypeOptions& options) {
+  return retype(input, output, nullptr, policy, report, options);
+}
+
+Status retype_model_to_bytes(const std::string& input, TypePolicy& policy, std::vector<uint8_t>* bytes,
+                             RetypeReport* report, const RetypeOptions& options) {
+  return retype(input, input, bytes, policy, report, options);
 }
 
 std::string format_retype_report(const RetypeReport& report, bool per_tensor) {

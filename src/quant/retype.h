@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,7 +59,17 @@ struct RetypeReport {
 // becomes the policy's recipe and provenance.tool this writer, so the same input and options always give the same
 // bytes. Tensors whose type does not change are copied bit for bit; the others go through f32.
 // Errors name the file: "in.ddpm: tensor 'x': value 3 (row 0) is inf: quantised types need finite weights".
-Status retype_model(const std::string& input, const std::string& output, TypePolicy& policy, RetypeReport* report);
+// `options` sets or drops the two keys of the calibration (docs/FORMAT.md §11); by default an input's keys are
+// dropped, since they described other weights.
+struct RetypeOptions {
+  std::optional<bool> int8_winograd;  // quant.int8_winograd; nullopt: the loader goes by the weights' types
+  std::string calibration;            // quant.calibration, "" for none
+};
+Status retype_model(const std::string& input, const std::string& output, TypePolicy& policy, RetypeReport* report,
+                    const RetypeOptions& options = RetypeOptions());
+// The same into memory (the calibration's candidates); report->output_bytes is the size of `bytes`.
+Status retype_model_to_bytes(const std::string& input, TypePolicy& policy, std::vector<uint8_t>* bytes,
+                             RetypeReport* report, const RetypeOptions& options = RetypeOptions());
 
 // The per-tensor table and the totals, as `ddpm quantize` and `ddpm convert --type` print them:
 //   name  shape  from -> to  rel.error  (reason)
