@@ -120,9 +120,6 @@ TEST_CASE("classifier-free guidance: scale 0 is the unconditional model, scale 1
   config.layers_per_block = 1;
   config.norm_num_groups = 4;
   config.num_class_embeds = 4;
-  std::vector<ParamSpec> specs;
-  REQUIRE(unet_parameter_specs(config, &specs).ok());
-  DdpmWriter writer;
   ModelInfo info;
   info.unet = config;
   info.height = info.width = 8;
@@ -130,23 +127,8 @@ TEST_CASE("classifier-free guidance: scale 0 is the unconditional model, scale 1
   info.null_class = 3;
   info.class_names = {"a", "b", "c"};
   info.default_guidance_scale = 2.0f;
-  DdpmMetadata metadata;
-  REQUIRE(model_info_to_metadata(info, &metadata).ok());
-  writer.set_metadata(metadata);
-  std::vector<std::vector<float>> weights;
-  std::mt19937 rng(5);
-  for (const ParamSpec& spec : specs) {
-    int64_t n = 1;
-    for (int64_t d : spec.shape) n *= d;
-    std::normal_distribution<float> dist(spec.shape.size() == 1 && spec.name.find("norm") != std::string::npos ? 1.0f : 0.0f,
-                                         spec.shape.size() > 1 ? 1.0f / std::sqrt(float(n / spec.shape[0])) : 0.05f);
-    weights.emplace_back(static_cast<size_t>(n));
-    for (float& v : weights.back()) v = dist(rng);
-    REQUIRE(writer.add_tensor(spec.name, DType::F32, static_cast<int>(spec.shape.size()), spec.shape.data(),
-                              weights.back().data()).ok());
-  }
   const std::string path = temp_dir() + "/cond.ddpm";
-  REQUIRE(writer.finish(path).ok());
+  REQUIRE(test::write_random_unet(info, path, 5).ok());
   std::unique_ptr<Model> model;
   Status s = Model::load(path, &model);
   INFO(s.message());

@@ -60,30 +60,16 @@ inline std::vector<const kernels::KernelTable*> all_levels() {
   return std::vector<const kernels::KernelTable*>(tables, tables + n);
 }
 
-// A U-Net wide enough for 8-bit Winograd (128 input channels, 16×16 outputs) and small enough for a test (2.7 M
-// random f32 weights, 16×16 RGB, two levels of 128 channels): written to `path`.
-inline Status write_wide_unet(const std::string& path) {
-  UNetConfig config;
-  config.sample_size = {16};
-  config.in_channels = 3;
-  config.out_channels = 3;
-  config.block_out_channels = {128, 128};
-  config.down_block_types = {"DownBlock2D", "DownBlock2D"};
-  config.up_block_types = {"UpBlock2D", "UpBlock2D"};
-  config.layers_per_block = 1;
-  config.norm_num_groups = 32;
+// A U-Net of `info` with random f32 weights (normal, scaled by fan-in; norm scales around 1) written to `path`.
+inline Status write_random_unet(const ModelInfo& info, const std::string& path, uint32_t seed) {
   std::vector<ParamSpec> specs;
-  DDPM_TRY(unet_parameter_specs(config, &specs));
-  ModelInfo info;
-  info.unet = config;
-  info.height = info.width = 16;
-  info.channels = 3;
+  DDPM_TRY(unet_parameter_specs(info.unet, &specs));
   DdpmMetadata metadata;
   DDPM_TRY(model_info_to_metadata(info, &metadata));
   DdpmWriter writer;
   writer.set_metadata(metadata);
   std::vector<std::vector<float>> weights;
-  std::mt19937 rng(11);
+  std::mt19937 rng(seed);
   for (const ParamSpec& spec : specs) {
     int64_t n = 1;
     for (int64_t d : spec.shape) n *= d;
@@ -97,6 +83,23 @@ inline Status write_wide_unet(const std::string& path) {
                                weights.back().data()));
   }
   return writer.finish(path);
+}
+
+// A U-Net wide enough for 8-bit Winograd (128 input channels, 16×16 outputs) and small enough for a test (2.7 M
+// weights, 16×16 RGB, two levels of 128 channels).
+inline Status write_wide_unet(const std::string& path) {
+  ModelInfo info;
+  info.unet.sample_size = {16};
+  info.unet.in_channels = 3;
+  info.unet.out_channels = 3;
+  info.unet.block_out_channels = {128, 128};
+  info.unet.down_block_types = {"DownBlock2D", "DownBlock2D"};
+  info.unet.up_block_types = {"UpBlock2D", "UpBlock2D"};
+  info.unet.layers_per_block = 1;
+  info.unet.norm_num_groups = 32;
+  info.height = info.width = 16;
+  info.channels = 3;
+  return write_random_unet(info, path, 11);
 }
 
 // Lets 8-bit Winograd take narrower convs (the default takes 128 input channels or more) while it lives: the
