@@ -904,9 +904,16 @@ TEST_CASE("quantize's calibration: each configuration measured on the model, the
         std::string::npos);
   CHECK(!calibrate_quantization("data/unet/micro/diffusion_pytorch_model.safetensors", q8, 0.01, one, &again).ok());
   // A model too narrow for 8-bit Winograd (tiny: 32 and 64 channels): only the direct configurations are listed.
-  REQUIRE(calibrate_quantization(converted(dir, "tiny"), q8, 0.01, one, &again).ok());
+  const std::string tiny = converted(dir, "tiny");
+  REQUIRE(calibrate_quantization(tiny, q8, 0.01, one, &again).ok());
   REQUIRE(again.candidates.size() == 2);
   for (const CalibrationCandidate& c : again.candidates) CHECK(!c.int8_winograd);
+  // … and for a 4-bit type, whose usual configuration (Winograd) is not among them, a budget nothing meets
+  // chooses the one measured.
+  REQUIRE(calibrate_quantization(tiny, q4, 0.0, one, &again).ok());
+  REQUIRE(again.candidates.size() == 1);
+  CHECK(again.chosen == 0);
+  CHECK(!again.choice().int8_winograd);
 }
 
 TEST_CASE("the calibration's choice travels in the file and decides the loader's default", "[quant][calibrate]") {

@@ -193,6 +193,9 @@ Status calibrate_quantization(const std::string& input, const quant::TypePolicy&
   for (size_t i = 0; i < out->candidates.size() && out->chosen < 0; ++i) {  // a policy without the tier
     if (out->candidates[i].int8_winograd == Model::prefers_int8_winograd(type)) out->chosen = static_cast<int>(i);
   }
+  // A model with no conv Winograd could take has its direct configurations only.
+  if (out->chosen < 0) out->chosen = static_cast<int>(out->candidates.size()) - 1;
+  DDPM_ASSERT(out->chosen >= 0);
   return Status();
 }
 
