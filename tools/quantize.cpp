@@ -89,7 +89,13 @@ int run_quantize(int argc, char** argv) {
           max_error_percent >= 0 ? max_error_percent / 100.0 : default_error_budget(policy.default_type());
       s = check_distinct_paths(positional[1], positional[0], "the input model");
       if (s.ok()) s = check_can_write(positional[1]);
-      if (s.ok()) s = calibrate_quantization(positional[0], policy, budget, pool, &result);
+      if (s.ok()) {
+        // Two sampled images and a forward per configuration: seconds for a small model, minutes for a large one.
+        std::printf("calibrating on %s: %d images by DDIM-%d, then each configuration on them (--no-calibrate skips)\n",
+                    positional[0].c_str(), kCalibrationImages, kCalibrationSteps);
+        std::fflush(stdout);
+        s = calibrate_quantization(positional[0], policy, budget, pool, &result);
+      }
       if (!s.ok()) {
         std::fprintf(stderr, "ddpm quantize: %s (--no-calibrate skips the calibration)\n", s.message().c_str());
         return 1;
