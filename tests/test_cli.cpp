@@ -334,6 +334,12 @@ TEST_CASE("ddpm quantize and convert --type with block types", "[cli][quant]") {
   CHECK(loose.exit_code == 0);
   CHECK(loose.output.find("direct 3x3 convs, no f16 tier") < loose.output.find("<- written"));
   CHECK(loose.output.find("<- written") < loose.output.find("direct 3x3 convs, f16 tier"));
+  // The choice is what the file holds: no f16 tensors under the recipe, the Winograd choice recorded.
+  const Result loose_info = run("info " + dir + "/micro_q8_loose.ddpm --tensors");
+  CHECK(loose_info.output.find("f16: the last up block") == std::string::npos);
+  CHECK(loose_info.output.find("up_blocks.1.resnets.1.conv2.weight                           q8_0") != std::string::npos);
+  CHECK(loose_info.output.find("quant.int8_winograd              false") != std::string::npos);
+  CHECK(info.output.find("f16: the last up block") != std::string::npos);  // 1 % is out of micro's reach: the tier stays
   // convert straight to a block type.
   Result convert = run("convert data/unet/micro -o " + dir + "/micro_q4.ddpm --type q4_0 -q");
   INFO(convert.output);
@@ -360,6 +366,10 @@ TEST_CASE("ddpm quantize and convert --type with block types", "[cli][quant]") {
   check_one_line_error(run("quantize " + model_path() + " " + out), 2, "missing --type");
   check_one_line_error(run("quantize " + model_path() + " " + out + " --type q8_0 --max-error -1"), 2, "--max-error");
   check_one_line_error(run("quantize " + model_path() + " " + out + " --type q8_0 --max-error 1%"), 2, "--max-error");
+  check_one_line_error(run("quantize " + model_path() + " " + out + " --type q8_0 --max-error 2 --no-calibrate"), 2,
+                       "--max-error: the calibration it bounds is skipped by --no-calibrate");
+  check_one_line_error(run("quantize " + model_path() + " " + out + " --type f16 --max-error 2"), 2,
+                       "--max-error: only block types (q8_0, q5_0, q4_1, q4_0) are calibrated");
   check_one_line_error(run("quantize data/unet/micro/diffusion_pytorch_model.safetensors " + out + " --type q8_0"), 1,
                        "data/unet/micro/diffusion_pytorch_model.safetensors: not a ddpm.cpp model file");
   check_one_line_error(run("quantize " + model_path() + " " + out + " --type q8_0 --keep 'down[0'"), 2,

@@ -788,7 +788,8 @@ TEST_CASE("ddpm quantize refuses bad input without writing anything", "[quant]")
   CHECK(!scratch.has_temporary_files());
 }
 
-TEST_CASE("convert --type T stores the same tensors as convert + quantize --type T", "[quant]") {
+TEST_CASE("convert --type T stores the same tensors as convert + retype_model (quantize without its calibration)",
+          "[quant]") {
   TempDir scratch;
   const std::string& dir = scratch.path;
   const std::string f32 = converted(dir, "micro");
@@ -847,26 +848,38 @@ TEST_CASE("quantize's calibration: each configuration measured on the model, the
   CHECK(result.type == DType::Q8_0);
   CHECK(result.inputs == 3 * kCalibrationImages);
   REQUIRE(result.candidates.size() == 4);
-  // Fastest first: Winograd without then with the f16 tier, then direct without then with it.
-  const bool winograd[4] = {true, true, false, false}, tier[4] = {false, true, false, true};
+  // Ordered by estimated conv time; each choice made for speed is estimated faster than its alternative.
+  auto find = [&](const CalibrationResult& r, bool winograd, bool tier) -> const CalibrationCandidate& {
+    for (const CalibrationCandidate& c : r.candidates) {
+      if (c.int8_winograd == winograd && c.f16_tier == tier) return c;
+    }
+    FAIL("no candidate winograd " << winograd << " tier " << tier);
+    return r.candidates[0];
+  };
   for (size_t i = 0; i < 4; ++i) {
     const CalibrationCandidate& c = result.candidates[i];
-    INFO(i << ": " << c.describe(DType::Q8_0) << " " << c.error);
-    CHECK(c.int8_winograd == winograd[i]);
-    CHECK(c.f16_tier == tier[i]);
+    INFO(i << ": " << c.describe(DType::Q8_0) << " " << c.error << " cost " << c.estimated_cost);
+    if (i > 0) CHECK(result.candidates[i - 1].estimated_cost <= c.estimated_cost);
     CHECK(c.error > 0.0);
     CHECK(c.error < 0.1);
   }
+  for (bool tier : {false, true}) CHECK(find(result, true, tier).estimated_cost < find(result, false, tier).estimated_cost);
+  for (bool winograd : {false, true})
+    CHECK(find(result, winograd, false).estimated_cost < find(result, winograd, true).estimated_cost);
+  CHECK(result.candidates[0].int8_winograd);
+  CHECK(!result.candidates[0].f16_tier);
   // Both choices change the outputs (the flag reaches the convs; the tier changes weights).
-  CHECK(result.candidates[0].error != result.candidates[2].error);
-  CHECK(result.candidates[0].error != result.candidates[1].error);
-  // The choice: the first within the budget, else the most accurate.
-  int first_within = -1;
-  for (size_t i = 0; i < 4 && first_within < 0; ++i) {
-    if (result.candidates[i].error <= 0.01) first_within = static_cast<int>(i);
-  }
-  CHECK(result.within_budget == (first_within >= 0));
-  if (first_within >= 0) CHECK(result.chosen == first_within);
+  CHECK(find(result, true, false).error != find(result, false, false).error);
+  CHECK(find(result, true, false).error != find(result, true, true).error);
+  // The choice is the first within the budget: with the third candidate's error as the budget, one of the first
+  // three, every faster one over it.
+  CalibrationResult third;
+  const double budget = result.candidates[2].error;
+  REQUIRE(calibrate_quantization(source, q8, budget, one, &third).ok());
+  CHECK(third.within_budget);
+  REQUIRE(third.chosen <= 2);
+  CHECK(third.choice().error <= budget);
+  for (int i = 0; i < third.chosen; ++i) CHECK(third.candidates[static_cast<size_t>(i)].error > budget);
   // Same numbers whatever the thread count.
   REQUIRE(calibrate_quantization(source, q8, 1.0, two, &again).ok());
   REQUIRE(again.candidates.size() == 4);
@@ -878,8 +891,8 @@ TEST_CASE("quantize's calibration: each configuration measured on the model, the
   // Nothing within the budget: the type's usual configuration (f16 tier, direct convs for q8_0), not a slower one.
   REQUIRE(calibrate_quantization(source, q8, 0.0, one, &again).ok());
   CHECK(!again.within_budget);
-  CHECK(again.chosen == 3);
-  CHECK(again.summary().find("direct 3x3 convs, f16 tier ") != std::string::npos);
+  CHECK(!again.choice().int8_winograd);
+  CHECK(again.choice().f16_tier);
   CHECK(again.summary().find("(chosen: none within the budget; the type's default)") != std::string::npos);
 
   // A policy that already leaves no f16 tier: its two settings give the same weights, measured once.
@@ -903,6 +916,39 @@ TEST_CASE("quantize's calibration: each configuration measured on the model, the
   CHECK(calibrate_quantization(source, f16, 0.01, one, &again).message().find("nothing to calibrate for f16") !=
         std::string::npos);
   CHECK(!calibrate_quantization("data/unet/micro/diffusion_pytorch_model.safetensors", q8, 0.01, one, &again).ok());
+  // A calibrated file re-quantised: the reference runs without 8-bit Winograd whatever the file says, so the
+  // Winograd candidate is measured against the exact outputs (against its own, its error would be 0).
+  RetypeOptions winograd_on;
+  winograd_on.int8_winograd = true;
+  RetypeReport report;
+  REQUIRE(retype_model(source, dir + "/wide_q8.ddpm", q8, &report, winograd_on).ok());
+  REQUIRE(calibrate_quantization(dir + "/wide_q8.ddpm", q8, 0.01, one, &again).ok());
+  CHECK(find(again, true, false).error > find(again, false, false).error);
+  // A class-conditional model (labels cycle through the classes but the null one) calibrates too.
+  ModelInfo cond;
+  cond.unet.sample_size = {16};
+  cond.unet.in_channels = 1;
+  cond.unet.out_channels = 1;
+  cond.unet.block_out_channels = {32, 32};
+  cond.unet.down_block_types = {"DownBlock2D", "DownBlock2D"};
+  cond.unet.up_block_types = {"UpBlock2D", "UpBlock2D"};
+  cond.unet.layers_per_block = 1;
+  cond.unet.norm_num_groups = 8;
+  cond.unet.num_class_embeds = 3;
+  cond.height = cond.width = 16;
+  cond.channels = 1;
+  cond.null_class = 2;
+  REQUIRE(test::write_random_unet(cond, dir + "/cond.ddpm", 3).ok());
+  CalibrationInputs inputs;
+  std::unique_ptr<Model> cond_model;
+  REQUIRE(Model::load(dir + "/cond.ddpm", &cond_model).ok());
+  REQUIRE(make_calibration_inputs(*cond_model, one, &inputs).ok());
+  CHECK(inputs.labels == std::vector<int32_t>{0, 1, 0, 1, 0, 1});
+  CHECK(inputs.timesteps == std::vector<float>{950, 950, 500, 500, 50, 50});
+  s = calibrate_quantization(dir + "/cond.ddpm", q8, 0.01, one, &again);
+  INFO(s.message());
+  REQUIRE(s.ok());
+  CHECK(again.candidates.size() == 2);
   // A model too narrow for 8-bit Winograd (tiny: 32 and 64 channels): only the direct configurations are listed.
   const std::string tiny = converted(dir, "tiny");
   REQUIRE(calibrate_quantization(tiny, q8, 0.01, one, &again).ok());

@@ -105,7 +105,7 @@ int info_ddpm(const std::string& path, const InfoSettings& settings) {
   if (tap_major > 0) std::printf("  %d block-typed conv weights with rows tap-major (docs/FORMAT.md §6.8)\n", tap_major);
   if (by_type.end() != std::find_if(by_type.begin(), by_type.end(),
                                     [](const auto& entry) { return dtype_traits(entry.first).is_quantized; })) {
-    std::printf("  3x3 convs by 8-bit Winograd: %s by default%s (--int8-winograd; for 3x3 convs with 32n input "
+    std::printf("  3x3 convs by 8-bit Winograd: %s by default%s (--int8-winograd; for 3x3 convs with 128+ input "
                 "channels and 16x16 outputs or more; docs/QUANT.md)\n",
                 Model::prefers_int8_winograd(file) ? "on" : "off",
                 file.metadata().has("quant.int8_winograd") ? ", as ddpm quantize's calibration chose" : "");

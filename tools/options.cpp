@@ -41,8 +41,8 @@ Status apply_common_settings(const CommonSettings& settings) {
 void add_int8_winograd_option(std::vector<Option>* options, std::string* mode) {
   options->push_back({"int8-winograd", 0, "MODE",
                       "auto|on|off: wide 3x3 convs of a quantised model by Winograd in 8 bits, ~1.2x faster for "
-                      "+0.2-0.3 points of output error on q4 models, +0.85 on q8_0 (default: auto = on for "
-                      "q4_0/q4_1 models)",
+                      "+0.2-0.3 points of output error on q4 models, +0.85 on q8_0 (default: auto = as ddpm quantize's "
+                      "calibration chose; for files without one, on for q4_0/q4_1 models)",
                       [mode](const std::string& v) {
                         if (v != "auto" && v != "on" && v != "off")
                           return errorf("--int8-winograd: '%s' is not auto, on or off", v.c_str());

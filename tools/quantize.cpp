@@ -4,6 +4,7 @@
 #include "io/atomic_file.h"
 #include "model/calibrate.h"
 #include "model/ddpm_file.h"
+#include "model/model.h"
 #include "quant/retype.h"
 #include "tools/options.h"
 #include "tools/subcommands.h"
@@ -56,12 +57,15 @@ int run_quantize(int argc, char** argv) {
                 "  (conv_shortcut) and the resnet convs of down_blocks.0 and the last up block get q8_0: they carry\n"
                 "  most of the output error (docs/QUANT.md); the resampling convs and attention projections go one\n"
                 "  step up (q5_0, or q8_0 under q5_0); --tensor-type 'resnets|samplers|attentions=q4_0' undoes both.\n"
-                "  Under q8_0 the last up block's resnet shortcuts and conv2 stay f16 ('resnets=q8_0' undoes it).\n"
-                "  Regexes (ECMAScript) are searched in tensor names; --tensor-type is tried before --keep.\n"
-                "  Calibration (U-Nets, block types): the model samples 10 DDIM steps from a fixed seed, and on those\n"
-                "  states each configuration's output is compared with the input model's: 8-bit Winograd for the\n"
-                "  wide 3x3 convs (~1.2x faster) and, under q8_0, dropping the f16 tier (~7 %). The fastest within\n"
-                "  --max-error is written, and generate/eval follow its Winograd choice (--int8-winograd overrides)",
+                "  Under q8_0 the last up block's resnet shortcuts and conv2 stay f16 ('resnets=q8_0' undoes it)\n"
+                "  unless the calibration drops them. Regexes (ECMAScript) are searched in tensor names;\n"
+                "  --tensor-type is tried before --keep.\n"
+                "  Calibration (U-Nets, block types): the model samples 2 images (DDIM-20, fixed seed), noises them\n"
+                "  to t = 950, 500, 50, and on those 6 inputs each configuration's output is compared with the\n"
+                "  input model's: 8-bit Winograd for the 3x3 convs of 128+ channels (~1.2x faster) or not and,\n"
+                "  under q8_0, the f16 tier or not (~7 %). The fastest (estimated from the model's convs) within\n"
+                "  --max-error is written, else the type's usual one; generate and eval follow its Winograd choice\n"
+                "  (--int8-winograd overrides)",
                 options);
     return 0;
   }
@@ -76,13 +80,31 @@ int run_quantize(int argc, char** argv) {
     std::fprintf(stderr, "ddpm quantize: %s\n", s.message().c_str());
     return 2;
   }
+  const bool block_type = dtype_traits(policy.default_type()).is_quantized;
+  if (max_error_percent >= 0 && (!calibrate || !block_type)) {
+    std::fprintf(stderr, "ddpm quantize: --max-error: %s\n",
+                 !calibrate ? "the calibration it bounds is skipped by --no-calibrate"
+                            : "only block types (q8_0, q5_0, q4_1, q4_0) are calibrated");
+    return 2;
+  }
   quant::RetypeOptions retype_options;
-  if (calibrate && dtype_traits(policy.default_type()).is_quantized) {
-    // Only U-Nets have a forward to measure; other networks' files (toy-mlp) are re-typed as the policy says.
+  if (calibrate && block_type) {
+    // Only U-Nets that ddpm can run have a forward to measure; other files are re-typed as the policy says.
     DdpmFile file;
     std::string architecture;
+    ModelInfo info;
+    const char* skipped = nullptr;
     s = DdpmFile::open(positional[0], &file, false);
-    if (s.ok() && file.metadata().get_string("ddpm.architecture", &architecture).ok() && architecture == "unet2d") {
+    if (s.ok()) {
+      if (!file.metadata().get_string("ddpm.architecture", &architecture).ok() || architecture != "unet2d") {
+        skipped = "not a U-Net";
+      } else if (model_info_from_metadata(file.metadata(), positional[0], &info).ok() &&
+                 !info.unet.class_embed_type.empty() && !info.unet.has_class_table()) {
+        skipped = "the model's class input (class_embed_type 'timestep' or 'identity') is not one ddpm can give";
+      }
+    }
+    if (s.ok() && skipped) std::fprintf(stderr, "note: no calibration: %s\n", skipped);
+    if (s.ok() && !skipped) {
       ThreadPool pool(common.threads);
       CalibrationResult result;
       const double budget =
@@ -105,9 +127,11 @@ int run_quantize(int argc, char** argv) {
       retype_options.calibration = result.summary();
       std::printf("calibration: U-Net output error against %s on %d inputs (budget %.3g%%)\n", positional[0].c_str(),
                   result.inputs, 100.0 * budget);
+      const double slowest = result.candidates.back().estimated_cost;
       for (size_t i = 0; i < result.candidates.size(); ++i) {
         const CalibrationCandidate& c = result.candidates[i];
-        std::printf("  %-36s %8.3f%%%s\n", c.describe(policy.default_type()).c_str(), 100.0 * c.error,
+        std::printf("  %-36s %8.3f%%  conv time ~%.2f%s\n", c.describe(policy.default_type()).c_str(),
+                    100.0 * c.error, slowest > 0 ? c.estimated_cost / slowest : 1.0,
                     static_cast<int>(i) == result.chosen ? "  <- written" : "");
       }
       if (!result.within_budget) {

@@ -8,6 +8,7 @@
 
 #include "core/rng.h"
 #include "model/sampler.h"
+#include "ops/conv_winograd.h"
 #include "quant/retype.h"
 
 namespace ddpm {
@@ -26,6 +27,29 @@ double mean_relative_l2(const CalibrationInputs& inputs, const std::vector<float
   double sum = 0;
   for (int g = 0; g < groups; ++g) sum += quant::relative_l2(expected.data() + g * per_group, got.data() + g * per_group, per_group);
   return sum / groups;
+}
+
+// What a conv path costs per multiply-add, in units of the direct integer conv's: the cifar10-size U-Net's layers
+// at batch 1 on 2 threads (DDPM_PROFILE of `ddpm bench unet --type f32,q8_0,q8_0:on`, AVX-512 VNNI, session 11):
+// 8-bit Winograd 0.67–0.75 of the direct integer conv on 128–512-channel 3×3 layers, f32 Winograd 1.5–1.65,
+// the f32 GEMM (1×1 and small 3×3 convs) 2.0–2.4.
+constexpr double kCostInt8Winograd = 0.7, kCostInt8Direct = 1.0, kCostF32Winograd = 1.6, kCostF32Gemm = 2.2;
+
+// The convs' estimated time in those units: which candidate is faster depends on the model (how many of its
+// multiply-adds 8-bit Winograd takes, how many the f16 tier holds), and timing them would make the written file
+// depend on the machine's load.
+double estimated_conv_cost(UNet& net) {
+  double cost = 0;
+  for (const Tensor* node : net.graph().nodes()) {
+    if (node->op != OpKind::Conv2d) continue;
+    const Tensor& w = *node->src[1];
+    const double macs = static_cast<double>(node->numel()) * static_cast<double>(w.shape[1] * w.shape[2] * w.shape[3]);
+    const bool winograd = conv2d_winograd_shared_bytes(*node) > 0;
+    const bool integer = dtype_traits(w.dtype).is_quantized;
+    cost += macs * (integer ? (winograd ? kCostInt8Winograd : kCostInt8Direct)
+                            : (winograd ? kCostF32Winograd : kCostF32Gemm));
+  }
+  return cost;
 }
 
 std::string percent(double fraction) {
@@ -95,13 +119,24 @@ Status make_calibration_inputs(const Model& reference, ThreadPool& pool, Calibra
 }
 
 Status calibration_outputs(const Model& model, ThreadPool& pool, const CalibrationInputs& inputs,
-                           std::vector<float>* out) {
+                           std::vector<float>* out, double* estimated_cost) {
+  // One group (timestep) at a time, at the sampling batch: a forward's results do not depend on the batch, and a
+  // large model's activations stay those of kCalibrationImages images.
   const ModelInfo& info = model.info();
+  const int n = kCalibrationImages;
+  DDPM_ASSERT(inputs.batch % n == 0);
   std::unique_ptr<UNet> net;
-  DDPM_TRY(UNet::build(info.unet, model.weights(), inputs.batch, info.height, info.width, &net));
-  out->assign(static_cast<size_t>(inputs.batch * info.unet.out_channels * info.height * info.width), 0.0f);
-  const void* labels = conditional(info) ? inputs.labels.data() : nullptr;
-  return net->forward(pool, inputs.x.data(), inputs.timesteps.data(), labels, out->data());
+  DDPM_TRY(UNet::build(info.unet, model.weights(), n, info.height, info.width, &net));
+  if (estimated_cost) *estimated_cost = estimated_conv_cost(*net);
+  const int64_t per_input = info.channels * info.height * info.width;
+  const int64_t per_output = info.unet.out_channels * info.height * info.width;
+  out->assign(static_cast<size_t>(inputs.batch * per_output), 0.0f);
+  for (int first = 0; first < inputs.batch; first += n) {
+    const void* labels = conditional(info) ? inputs.labels.data() + first : nullptr;
+    DDPM_TRY(net->forward(pool, inputs.x.data() + first * per_input, inputs.timesteps.data() + first, labels,
+                          out->data() + first * per_output));
+  }
+  return Status();
 }
 
 std::string CalibrationCandidate::describe(DType type) const {
@@ -129,6 +164,9 @@ Status calibrate_quantization(const std::string& input, const quant::TypePolicy&
   if (!dtype_traits(type).is_quantized) return errorf("%s: there is nothing to calibrate for %s", input.c_str(), dtype_name(type));
   std::unique_ptr<Model> reference;
   DDPM_TRY(Model::load(input, &reference));
+  // The reference is the input's weights as exactly as they can run: a re-quantised file (q4_0, or calibrated
+  // with Winograd) would otherwise measure the candidates against its own rounding.
+  reference->set_int8_winograd(false);
   CalibrationInputs inputs;
   DDPM_TRY(make_calibration_inputs(*reference, pool, &inputs).with_context(input + ": calibration"));
   std::vector<float> expected;
@@ -146,7 +184,7 @@ Status calibrate_quantization(const std::string& input, const quant::TypePolicy&
     candidate_policy.set_q8_0_f16_tier(tier);
     std::vector<uint8_t> bytes;
     quant::RetypeReport report;
-    DDPM_TRY(quant::retype_model_to_bytes(input, candidate_policy, &bytes, &report));
+    DDPM_TRY(quant::retype_model_to_bytes(input, candidate_policy, &bytes, &report).with_context("calibration"));
     std::vector<DType> types;
     for (const quant::TensorRetype& t : report.tensors) types.push_back(t.to);
     bool distinct = true;
@@ -163,7 +201,7 @@ Status calibrate_quantization(const std::string& input, const quant::TypePolicy&
       c.int8_winograd = winograd;
       model->set_int8_winograd(winograd);
       std::vector<float> got;
-      DDPM_TRY(calibration_outputs(*model, pool, inputs, &got).with_context(input + ": calibration"));
+      DDPM_TRY(calibration_outputs(*model, pool, inputs, &got, &c.estimated_cost).with_context(input + ": calibration"));
       // No conv of this model takes the 8-bit Winograd path (too narrow or too small): nothing to choose.
       if (winograd && got == direct) continue;
       if (!winograd) direct = got;
@@ -172,10 +210,9 @@ Status calibrate_quantization(const std::string& input, const quant::TypePolicy&
       out->candidates.push_back(c);
     }
   }
-  // Measured tier by tier; the speed order interleaves them: Winograd beats the tier's f16 layers.
   std::stable_sort(out->candidates.begin(), out->candidates.end(),
                    [](const CalibrationCandidate& a, const CalibrationCandidate& b) {
-                     return a.int8_winograd > b.int8_winograd;
+                     return a.estimated_cost < b.estimated_cost;
                    });
   for (size_t i = 0; i < out->candidates.size() && out->chosen < 0; ++i) {
     if (out->candidates[i].error <= budget) {

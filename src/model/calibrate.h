@@ -40,14 +40,17 @@ constexpr int kCalibrationImages = 2;
 constexpr int kCalibrationSteps = 20;
 Status make_calibration_inputs(const Model& reference, ThreadPool& pool, CalibrationInputs* out);
 
-// The U-Net's output for every input, [batch, out_channels, H, W].
+// The U-Net's output for every input, [batch, out_channels, H, W]; and, when asked, the estimated time of its
+// convs in units of a direct integer multiply-add (per-path costs measured on the cifar10-size U-Net, see
+// calibrate.cpp), by which the candidates are ordered.
 Status calibration_outputs(const Model& model, ThreadPool& pool, const CalibrationInputs& inputs,
-                           std::vector<float>* out);
+                           std::vector<float>* out, double* estimated_cost = nullptr);
 
 struct CalibrationCandidate {
   bool f16_tier = false;  // q8_0: the last up block's shortcuts and conv2 in f16
   bool int8_winograd = false;
   double error = 0;  // relative L2 of the outputs against the input model's, the mean over the three timesteps
+  double estimated_cost = 0;  // calibration_outputs' estimate: lower is faster
   std::string describe(DType type) const;  // "int8 Winograd, no f16 tier"
 };
 
@@ -64,10 +67,11 @@ struct CalibrationResult {
   std::string summary() const;
 };
 
-// Retypes `input` (a .ddpm path) by each candidate of `policy`'s default type in memory and measures it. The
-// candidates, fastest first: q8_0 — Winograd without and with the f16 tier, then direct without and with it; the
-// other block types — Winograd, then direct; Winograd only where it changes the outputs (no conv of the model may
-// qualify, see conv_winograd.cpp). The first within `budget` is chosen; when none is, the one the type
+// Retypes `input` (a .ddpm path) by each candidate of `policy`'s default type in memory and measures it against
+// the input run without 8-bit Winograd. The candidates: q8_0 — with and without the f16 tier, each with 8-bit
+// Winograd and without; the other block types — Winograd or not; Winograd only where it changes the outputs (no conv
+// of the model may qualify, see conv_winograd.cpp). Ordered by estimated_cost, fastest first (on the cifar10-size
+// U-Net: Winograd without the tier, Winograd with it, direct without, direct with). The first within `budget` is chosen; when none is, the one the type
 // gets without a calibration (the policy's f16 tier; Winograd for q4_0/q4_1 only). A candidate whose weights come out the same as a faster one's (say,
 // `--tensor-type` already took the tier away) is not measured twice. Fails for plain default types and for files
 // that are not U-Nets.

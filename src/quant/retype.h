@@ -57,7 +57,8 @@ struct RetypeReport {
 // `ddpm quantize`: reads the .ddpm at `input`, gives each tensor the type `policy` decides, and writes `output`
 // atomically. Everything else is kept as it was (metadata, tensor order, names, shapes); provenance.dtype_recipe
 // becomes the policy's recipe and provenance.tool this writer, so the same input and options always give the same
-// bytes. Tensors whose type does not change are copied bit for bit; the others go through f32.
+// bytes (the calibration `ddpm quantize` runs first measures on the CPU's own kernels, so its choice is the
+// caller's). Tensors whose type does not change are copied bit for bit; the others go through f32.
 // Errors name the file: "in.ddpm: tensor 'x': value 3 (row 0) is inf: quantised types need finite weights".
 // `options` sets or drops the two keys of the calibration (docs/FORMAT.md §11); by default an input's keys are
 // dropped, since they described other weights.
