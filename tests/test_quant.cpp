@@ -925,18 +925,8 @@ TEST_CASE("quantize's calibration: each configuration measured on the model, the
   REQUIRE(calibrate_quantization(dir + "/wide_q8.ddpm", q8, 0.01, one, &again).ok());
   CHECK(find(again, true, false).error > find(again, false, false).error);
   // A class-conditional model (labels cycle through the classes but the null one) calibrates too.
-  ModelInfo cond;
-  cond.unet.sample_size = {16};
-  cond.unet.in_channels = 1;
-  cond.unet.out_channels = 1;
-  cond.unet.block_out_channels = {32, 32};
-  cond.unet.down_block_types = {"DownBlock2D", "DownBlock2D"};
-  cond.unet.up_block_types = {"UpBlock2D", "UpBlock2D"};
-  cond.unet.layers_per_block = 1;
-  cond.unet.norm_num_groups = 8;
+  ModelInfo cond = test::two_level_unet(16, 1, 32, 8);
   cond.unet.num_class_embeds = 3;
-  cond.height = cond.width = 16;
-  cond.channels = 1;
   cond.null_class = 2;
   REQUIRE(test::write_random_unet(cond, dir + "/cond.ddpm", 3).ok());
   CalibrationInputs inputs;

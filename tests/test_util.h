@@ -85,21 +85,26 @@ inline Status write_random_unet(const ModelInfo& info, const std::string& path, 
   return writer.finish(path);
 }
 
-// A U-Net wide enough for 8-bit Winograd (128 input channels, 16×16 outputs) and small enough for a test (2.7 M
-// weights, 16×16 RGB, two levels of 128 channels).
-inline Status write_wide_unet(const std::string& path) {
+// A two-level U-Net without attention: `size`² images of `channels`, `width` channels at both levels, one resnet
+// per block.
+inline ModelInfo two_level_unet(int64_t size, int64_t channels, int64_t width, int64_t groups) {
   ModelInfo info;
-  info.unet.sample_size = {16};
-  info.unet.in_channels = 3;
-  info.unet.out_channels = 3;
-  info.unet.block_out_channels = {128, 128};
+  info.unet.sample_size = {size};
+  info.unet.in_channels = channels;
+  info.unet.out_channels = channels;
+  info.unet.block_out_channels = {width, width};
   info.unet.down_block_types = {"DownBlock2D", "DownBlock2D"};
   info.unet.up_block_types = {"UpBlock2D", "UpBlock2D"};
   info.unet.layers_per_block = 1;
-  info.unet.norm_num_groups = 32;
-  info.height = info.width = 16;
-  info.channels = 3;
-  return write_random_unet(info, path, 11);
+  info.unet.norm_num_groups = groups;
+  info.height = info.width = size;
+  info.channels = channels;
+  return info;
+}
+
+// Wide enough for 8-bit Winograd (128 input channels, 16×16 outputs), small enough for a test (2.7 M weights).
+inline Status write_wide_unet(const std::string& path) {
+  return write_random_unet(two_level_unet(16, 3, 128, 32), path, 11);
 }
 
 // Lets 8-bit Winograd take narrower convs (the default takes 128 input channels or more) while it lives: the
