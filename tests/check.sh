@@ -61,17 +61,17 @@ if grep -qw avx512_vnni /proc/cpuinfo 2>/dev/null; then
 fi
 run "native-scalar" env DDPM_ISA=scalar DDPM_BIN=../build/ddpm bash -c 'cd tests && ../build/ddpm_tests'
 run "no-simd"       build_and_test build-nosimd NO_SIMD=1
-# ARM64 twice (the trainer's tests, ISA-independent end-to-end runs that take minutes under qemu, are left to the
-# native runs, to keep CI within its time budget): the suite on a Cortex-A76 (Raspberry Pi 5: dotprod, so the sdot kernel is selected and the
+# ARM64 twice (the trainer's and the quantiser's calibration tests, ISA-independent end-to-end runs that take
+# minutes under qemu, are left to the native runs, to keep CI within its time budget): the suite on a Cortex-A76 (Raspberry Pi 5: dotprod, so the sdot kernel is selected and the
 # one without is tested too), then on a Cortex-A72 (Raspberry Pi 4: no dotprod) only the kernel and quantisation
 # tests, where the selection must avoid sdot (a SIGILL fails the run); nothing else differs between the two CPUs.
 # DDPM_EXPECT_QGEMM makes the suite check which quantised-GEMM kernel the NEON level picked. (make again: a failed
 # build must not leave the A72 run testing an old binary.)
 run "arm64-qemu"    bash -c "make -s -j$jobs BUILD=build-arm64 CXX=aarch64-linux-gnu-g++ LDFLAGS=-static build-arm64/ddpm_tests \
-                      && cd tests && DDPM_EXPECT_QGEMM=neon-dotprod qemu-aarch64 -cpu cortex-a76 ../build-arm64/ddpm_tests '~[train]'"
+                      && cd tests && DDPM_EXPECT_QGEMM=neon-dotprod qemu-aarch64 -cpu cortex-a76 ../build-arm64/ddpm_tests '~[train]~[calibrate]'"
 run "arm64-a72"     bash -c "make -s -j$jobs BUILD=build-arm64 CXX=aarch64-linux-gnu-g++ LDFLAGS=-static build-arm64/ddpm_tests \
                       && cd tests && DDPM_EXPECT_QGEMM=neon qemu-aarch64 -cpu cortex-a72 ../build-arm64/ddpm_tests \
-                      '[qgemm],[kernels],[quant]'"
+                      '[qgemm],[kernels],[quant]~[calibrate]'"
 run "asan-ubsan"    build_and_test build-asan SANITIZE=1 OPT=-O1
 run "fuzz"          bash tests/fuzz/run.sh 10
 
