@@ -25,7 +25,9 @@ double mean_relative_l2(const CalibrationInputs& inputs, const std::vector<float
   const int groups = inputs.batch / kCalibrationImages;
   const int64_t per_group = static_cast<int64_t>(got.size()) / groups;
   double sum = 0;
-  for (int g = 0; g < groups; ++g) sum += quant::relative_l2(expected.data() + g * per_group, got.data() + g * per_group, per_group);
+  for (int g = 0; g < groups; ++g) {
+    sum += quant::relative_l2(expected.data() + g * per_group, got.data() + g * per_group, per_group);
+  }
   return sum / groups;
 }
 
@@ -43,7 +45,8 @@ double estimated_conv_cost(UNet& net) {
   for (const Tensor* node : net.graph().nodes()) {
     if (node->op != OpKind::Conv2d) continue;
     const Tensor& w = *node->src[1];
-    const double macs = static_cast<double>(node->numel()) * static_cast<double>(w.shape[1] * w.shape[2] * w.shape[3]);
+    const double macs =
+        static_cast<double>(node->numel()) * static_cast<double>(w.shape[1] * w.shape[2] * w.shape[3]);
     const bool winograd = conv2d_winograd_shared_bytes(*node) > 0;
     const bool integer = dtype_traits(w.dtype).is_quantized;
     cost += macs * (integer ? (winograd ? kCostInt8Winograd : kCostInt8Direct)
@@ -106,7 +109,8 @@ Status make_calibration_inputs(const Model& reference, ThreadPool& pool, Calibra
   PhiloxNoise noise(kCalibrationSeed, static_cast<uint64_t>(n));
   std::vector<float> eps(images.size()), x_t(images.size());
   for (double fraction : {0.95, 0.5, 0.05}) {
-    const int64_t t = std::min<int64_t>(train_steps - 1, static_cast<int64_t>(std::lround(fraction * static_cast<double>(train_steps))));
+    const int64_t t = std::min<int64_t>(
+        train_steps - 1, static_cast<int64_t>(std::lround(fraction * static_cast<double>(train_steps))));
     const std::vector<int64_t> timesteps(static_cast<size_t>(n), t);
     DDPM_TRY(noise.normal(eps.data(), n, per_image));
     DDPM_TRY(add_noise(schedule, timesteps.data(), n, per_image, images.data(), eps.data(), x_t.data()));
@@ -152,7 +156,9 @@ std::string CalibrationResult::summary() const {
                      budget_text + ":";
   for (size_t i = 0; i < candidates.size(); ++i) {
     text += (i ? "; " : " ") + candidates[i].describe(type) + " " + percent(candidates[i].error);
-    if (static_cast<int>(i) == chosen) text += within_budget ? " (chosen)" : " (chosen: none within the budget; the type's default)";
+    if (static_cast<int>(i) == chosen) {
+      text += within_budget ? " (chosen)" : " (chosen: none within the budget; the type's default)";
+    }
   }
   return text;
 }
@@ -161,7 +167,9 @@ Status calibrate_quantization(const std::string& input, const quant::TypePolicy&
                               ThreadPool& pool, CalibrationResult* out) {
   *out = CalibrationResult();
   const DType type = policy.default_type();
-  if (!dtype_traits(type).is_quantized) return errorf("%s: there is nothing to calibrate for %s", input.c_str(), dtype_name(type));
+  if (!dtype_traits(type).is_quantized) {
+    return errorf("%s: there is nothing to calibrate for %s", input.c_str(), dtype_name(type));
+  }
   std::unique_ptr<Model> reference;
   DDPM_TRY(Model::load(input, &reference));
   // The reference is the input's weights as exactly as they can run: a re-quantised file (q4_0, or calibrated
@@ -201,7 +209,8 @@ Status calibrate_quantization(const std::string& input, const quant::TypePolicy&
       c.int8_winograd = winograd;
       model->set_int8_winograd(winograd);
       std::vector<float> got;
-      DDPM_TRY(calibration_outputs(*model, pool, inputs, &got, &c.estimated_cost).with_context(input + ": calibration"));
+      DDPM_TRY(calibration_outputs(*model, pool, inputs, &got, &c.estimated_cost)
+                   .with_context(input + ": calibration"));
       // No conv of this model takes the 8-bit Winograd path (too narrow or too small): nothing to choose.
       if (winograd && got == direct) continue;
       if (!winograd) direct = got;

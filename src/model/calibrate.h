@@ -69,12 +69,12 @@ struct CalibrationResult {
 
 // Retypes `input` (a .ddpm path) by each candidate of `policy`'s default type in memory and measures it against
 // the input run without 8-bit Winograd. The candidates: q8_0 — with and without the f16 tier, each with 8-bit
-// Winograd and without; the other block types — Winograd or not; Winograd only where it changes the outputs (no conv
-// of the model may qualify, see conv_winograd.cpp). Ordered by estimated_cost, fastest first (on the cifar10-size
-// U-Net: Winograd without the tier, Winograd with it, direct without, direct with). The first within `budget` is chosen; when none is, the one the type
-// gets without a calibration (the policy's f16 tier; Winograd for q4_0/q4_1 only). A candidate whose weights come out the same as a faster one's (say,
-// `--tensor-type` already took the tier away) is not measured twice. Fails for plain default types and for files
-// that are not U-Nets.
+// Winograd and without; the other block types — Winograd or not. Winograd is listed only where it changes the
+// outputs (no conv of the model may qualify, see conv_winograd.cpp), the tier only where it changes the weights
+// (`--tensor-type` may already have taken it away). Ordered by estimated_cost, fastest first (on the cifar10-size
+// U-Net: Winograd without the tier, Winograd with it, direct without, direct with). The first within `budget` is
+// chosen; when none is, the one the type gets without a calibration (the policy's f16 tier; Winograd for q4_0/q4_1
+// only). Fails for plain default types and for files that are not U-Nets.
 Status calibrate_quantization(const std::string& input, const quant::TypePolicy& policy, double budget,
                               ThreadPool& pool, CalibrationResult* out);
 
