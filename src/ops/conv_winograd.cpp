@@ -154,10 +154,10 @@ int64_t quantized_v_bytes_max(int64_t ci, int64_t tiles) {
       max_over_qgemm_kernels([&](const kernels::QGemmMicroKernel& k) { return QuantizedV::bytes(ci, tiles, k.nr); }));
 }
 
-// Tiles per chunk for block-typed filters (kQuantizedChunkTiles, kDefaultQuantizedChunkBytes): per tile, V takes
-// 16·Ci quantised values (a byte each and three floats per 32) and M 16·Co floats.
+// Tiles per chunk for block-typed filters (kQuantizedChunkTiles, kDefaultQuantizedChunkBytes): per tile, V's
+// quantised values (QuantizedV with one-tile panels: no padding) and M's 16·Co floats.
 int64_t quantized_chunk_tiles(int64_t ci, int64_t co) {
-  const int64_t tile_bytes = kPositions * (ci * (quant::kQuantBlock + 3 * 4) / quant::kQuantBlock + co * 4);
+  const int64_t tile_bytes = QuantizedV::bytes(ci, 1, 1) + kPositions * co * static_cast<int64_t>(sizeof(float));
   return std::max(kQuantizedChunkTiles, quantized_chunk_bytes.load(std::memory_order_relaxed) / tile_bytes);
 }
 
