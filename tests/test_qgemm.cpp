@@ -825,7 +825,6 @@ struct WinogradShape {
   int64_t batch, ci, h, w, co;
   int pad;
   bool residual;
-  int64_t chunks;  // passes over the tiles with chunks of at least 128 tiles (Int8WinogradChunkBytes 0)
 };
 
 // One shape, type and row order on every kernel level (see the TEST_CASE below).
@@ -882,30 +881,26 @@ void check_int8_winograd(DType type, quant::ConvRows rows, const WinogradShape& 
     const std::vector<float> got = run(0, s.batch, winograd, 1, 2, &kept);  // the second call: kept filters
     // 16 q8_0 matrices of Co × Ci as kept panels: at least the values themselves.
     CHECK(kept >= static_cast<size_t>(16 * s.co * s.ci));
-    const std::vector<float> two_threads = run(0, s.batch, winograd, 2, 1, nullptr);
-    CHECK(std::memcmp(got.data(), two_threads.data(), got.size() * sizeof(float)) == 0);
-    {
-      // However many chunks the tiles are taken in (here: all of them in one), the same bits.
-      Int8WinogradChunkBytes whole(int64_t{1} << 40);
-      const int64_t chunks_before = conv2d_winograd_fused_chunks();
-      const std::vector<float> one_chunk = run(0, s.batch, winograd, 2, 1, nullptr);
-      CHECK(conv2d_winograd_fused_chunks() - chunks_before == 1);
-      CHECK(std::memcmp(got.data(), one_chunk.data(), got.size() * sizeof(float)) == 0);
+    // The tile groups follow the thread count: larger on one thread, one per thread on two, and with eight fewer
+    // groups than threads, so that the output rows split too. The same bits each way.
+    for (int threads : {2, 8}) {
+      INFO(threads << " threads");
+      const int64_t runs_before = conv2d_winograd_grouped_runs();
+      const std::vector<float> threaded = run(0, s.batch, winograd, threads, 1, nullptr);
+      CHECK(conv2d_winograd_grouped_runs() - runs_before == 1);  // the grouped path really ran
+      CHECK(std::memcmp(got.data(), threaded.data(), got.size() * sizeof(float)) == 0);
     }
     {
-      // V quantised straight into the GEMM's panels (the default) gives the bits of V kept in f32 and quantised by
-      // the GEMM as any B.
+      // V quantised straight into the GEMM's panels by tile groups (the default) gives the bits of V kept in f32
+      // and quantised by the GEMM as any B.
       struct RestoreFused {
         ~RestoreFused() { set_conv2d_winograd_fused_input(true); }
       } restore;
       REQUIRE(conv2d_winograd_fused_input());
-      const int64_t fused_before = conv2d_winograd_fused_chunks();
-      (void)run(0, s.batch, winograd, 1, 1, nullptr);
-      CHECK(conv2d_winograd_fused_chunks() - fused_before == s.chunks);  // the fused path really ran, so often
       set_conv2d_winograd_fused_input(false);
-      const int64_t unfused_before = conv2d_winograd_fused_chunks();
+      const int64_t runs_before = conv2d_winograd_grouped_runs();
       const std::vector<float> unfused = run(0, s.batch, winograd, 2, 1, nullptr);
-      CHECK(conv2d_winograd_fused_chunks() == unfused_before);
+      CHECK(conv2d_winograd_grouped_runs() == runs_before);
       CHECK(std::memcmp(got.data(), unfused.data(), got.size() * sizeof(float)) == 0);
     }
     if (s.batch > 1) {
@@ -937,18 +932,21 @@ void check_int8_winograd(DType type, quant::ConvRows rows, const WinogradShape& 
 TEST_CASE("conv2d by 8-bit Winograd (kFlagInt8Winograd): near f32, the same bits for any threads, batch split or call",
           "[qgemm][conv]") {
   Int8WinogradMinChannels narrow(32);  // small shapes that hit the channel-block and tile tails
-  Int8WinogradChunkBytes few(0);       // and chunks of 128 tiles (whole rows, balanced), as wide layers get
   const WinogradShape shapes[] = {
-      {1, 32, 16, 16, 24, 1, true, 1},   // 64 tiles: the fewest the rule takes; fused residual
-      {3, 64, 17, 17, 40, 1, false, 2},  // odd sizes: partial tiles at the right and bottom; 81 tiles per image,
-                                         // so a chunk (14 and 13 tile rows) and a column panel (any nr) span images
-      {1, 96, 18, 18, 16, 0, false, 1},  // no padding; three channel blocks
-      {1, 32, 32, 24, 16, 1, true, 2},   // 192 tiles: two chunks
-      {1, 32, 40, 34, 16, 1, true, 3},   // 20 × 17 tiles: three chunks, column panels across tile rows
+      {1, 32, 16, 16, 24, 1, true},   // 64 tiles: the fewest the rule takes; fused residual
+      {3, 64, 17, 17, 40, 1, false},  // odd sizes: partial tiles at the right and bottom; 81 tiles per image, so
+                                      // groups and column panels (any nr) span images
+      {1, 96, 18, 18, 16, 0, false},  // no padding; three channel blocks
+      {1, 32, 32, 24, 16, 1, true},   // 192 tiles
+      {1, 32, 40, 34, 16, 1, true},   // 20 × 17 tiles: column panels across tile rows
+      {1, 544, 16, 16, 72, 1, true},  // K in two blocks (544 > 512 channels), 72 rows: two M blocks (one type)
   };
   for (DType type : kBlockTypes) {
     for (quant::ConvRows rows : {quant::ConvRows::kTapMajor, quant::ConvRows::kNatural}) {
-      for (const WinogradShape& s : shapes) check_int8_winograd(type, rows, s);
+      for (const WinogradShape& s : shapes) {
+        if (s.ci > 512 && (type != DType::Q4_0 || rows != quant::ConvRows::kNatural)) continue;
+        check_int8_winograd(type, rows, s);
+      }
     }
   }
 }

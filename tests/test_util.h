@@ -114,10 +114,5 @@ struct Int8WinogradMinChannels {
   explicit Int8WinogradMinChannels(int64_t channels) { set_conv2d_int8_winograd_min_channels(channels); }
   ~Int8WinogradMinChannels() { set_conv2d_int8_winograd_min_channels(saved); }
 };
-struct Int8WinogradChunkBytes {
-  int64_t saved = conv2d_int8_winograd_chunk_bytes();
-  explicit Int8WinogradChunkBytes(int64_t bytes) { set_conv2d_int8_winograd_chunk_bytes(bytes); }
-  ~Int8WinogradChunkBytes() { set_conv2d_int8_winograd_chunk_bytes(saved); }
-};
 
 }  // namespace ddpm::test

@@ -30,9 +30,9 @@
 // Block-typed weights (q8_0, q4_0, …) take the same path when the model asks for it (kFlagInt8Winograd, set by the
 // loader: Model::set_int8_winograd) and the weight is frozen with Ci a multiple of 32: U is computed once from the
 // dequantised filters, each position's [Co × Ci] matrix quantised to q8_0 (amax scale) and kept as the integer GEMM's
-// panels (run_quantized); each chunk's V is quantised per tile and 32 channels as the GEMM's B panels straight from
-// the transform (quantize_v: the bits run_qgemm would give an f32 V, without writing and reading it), and the 16
-// GEMMs run in 8 bits. That is 2.25× fewer 8-bit multiply-adds than the direct integer conv, at the price of a second
+// panels (run_quantized). The tiles then go in groups, one task each (run_grouped): the group's V quantised per
+// tile and 32 channels as the GEMM's B panels straight from the transform (the bits run_qgemm would give an f32 V),
+// the 16 GEMMs in 8 bits and the output transform, all in the thread's own scratch. That is 2.25× fewer 8-bit multiply-adds than the direct integer conv, at the price of a second
 // rounding of the filters and a coarser one of the inputs (V's four-term sums span about twice their range): on the
 // cifar10 U-Net +0.2 (q4_0) to +0.85 (q8_0) points of relative output error (docs/QUANT.md), which is why the loader
 // chooses it for 4-bit models and for others only when `ddpm quantize`'s calibration found the error affordable.
@@ -68,24 +68,14 @@ constexpr int64_t kDefaultMinInt8Channels = 128;
 // Output tiles per chunk: V and M for 256 tiles of a 384 → 128 conv take 8 MiB, within the shared L3; fewer tiles
 // would leave the GEMMs' column panels short.
 constexpr int64_t kChunkTiles = 256;
-// Block-typed weights' GEMMs fill their panels with fewer tiles, and half the chunk keeps V (quantised, 1.375 bytes
-// per value) and M at ~2 MB for the widest layer: after the weights, the largest part of a q4_0 generate's memory.
-// cifar10 q4_0 peaks at 61.8 MB; 256 tiles: 64.7 MB, ~1.5 % faster (`ddpm bench unet --batch 1`, 3 rounds).
-constexpr int64_t kQuantizedChunkTiles = 128;
-// A narrower layer takes more tiles while its V and M stay within 3 MiB (the cifar10 U-Net's widest 128-tile
-// chunk, 256 → 256 at 32×32, takes 2.8 MB anyway): its 128 → 128 layers then do a whole image in one pass, half
-// the passes and thread-pool barriers, at no cost in peak memory; 2 threads, q4_0 ~2 % faster (`ddpm bench unet
-// --type f32,q4_0 -t 2 --batch 1`, six alternating pairs: 1.87–1.94× f32 before, 1.93–1.97× after).
-constexpr int64_t kDefaultQuantizedChunkBytes = 3 << 20;
 // Tiles of one tile row handled per pass of the input and output transforms (their staging lives on the stack).
 constexpr int64_t kSegment = 64;
 constexpr int kPositions = 16;  // the 4×4 transformed tile
 
 std::atomic<int64_t> min_tiles{kDefaultMinTiles};
 std::atomic<int64_t> min_int8_channels{kDefaultMinInt8Channels};
-std::atomic<int64_t> quantized_chunk_bytes{kDefaultQuantizedChunkBytes};
 std::atomic<bool> fused_input{true};
-std::atomic<int64_t> fused_chunks{0};
+std::atomic<int64_t> grouped_runs{0};
 
 // A frozen weight's transformed filters are kept by the graph (ExecContext::packed_weights) instead of being
 // rebuilt in the shared buffer at every call, where rebuilding them costs much against the layer's GEMMs: below
@@ -110,55 +100,69 @@ struct Geometry {
   int64_t chunk_rows;        // tile rows per chunk
   int64_t tile_rows() const { return batch * tiles_h; }
   int64_t chunk_tiles() const { return chunk_rows * tiles_w; }
-  // Shared buffer, in floats: U [16][Co][Ci] (unless kept), V [16][Ci][chunk tiles] (or, quantised, v_q8_bytes),
-  // M [16][Co][chunk tiles].
+  // Shared buffer, in floats: U [16][Co][Ci] (unless kept), V [16][Ci][chunk tiles], M [16][Co][chunk tiles];
+  // block-typed filters by tile groups need neither V nor M there (run_grouped: the threads' scratch).
   bool kept_filters = false;
+  bool grouped = false;
   int64_t u_floats() const { return kept_filters ? 0 : align_floats(kPositions * co * ci); }
-  int64_t v_floats() const {
-    return v_q8_bytes ? ceil_div(v_q8_bytes, 64) * 16 : align_floats(kPositions * ci * chunk_tiles());
-  }
-  int64_t m_floats() const { return align_floats(kPositions * co * chunk_tiles()); }
+  int64_t v_floats() const { return grouped ? 0 : align_floats(kPositions * ci * chunk_tiles()); }
+  int64_t m_floats() const { return grouped ? 0 : align_floats(kPositions * co * chunk_tiles()); }
   int64_t u_q8_bytes = 0;  // block-typed filters: their q8_0 transform at the first call (run_quantized)
-  int64_t v_q8_bytes = 0;  // block-typed filters, fused input: V as B panels for any qgemm kernel (QuantizedV)
   size_t shared_bytes() const {
     return std::max(static_cast<size_t>(u_floats() + v_floats() + m_floats()) * sizeof(float),
                     static_cast<size_t>(u_q8_bytes));
   }
 };
 
-// Block-typed filters: the chunk's V quantised once, as the integer GEMM's B would quantise it (per tile and 32
-// input channels, kernel.quantize_b), and stored so that any (k block, column panel) the GEMM asks for is a few
-// copies (pack_quantized_v). Per position f, column panel j (nr tiles) and 32-channel block kb:
-//   values [f][j][kb]: the panel's 32·nr value bytes ([8][nr][4]), so consecutive blocks are consecutive bytes;
-//   scales [f][j][e][kb]: nr floats each of d (e = 0), s (1) and lo (2).
-struct QuantizedV {
-  int nr = 0;
-  int64_t k_blocks = 0, n_panels = 0;
-  uint8_t* values = nullptr;
-  float* scales = nullptr;
-  static int64_t bytes(int64_t ci, int64_t tiles, int nr) {
-    const int64_t k_blocks = ci / quant::kQuantBlock, n_panels = ceil_div(tiles, nr);
-    return kPositions * n_panels * k_blocks * nr * (quant::kQuantBlock + 3 * static_cast<int64_t>(sizeof(float)));
-  }
-  uint8_t* block_values(int64_t f, int64_t j, int64_t kb) const {
-    return values + ((f * n_panels + j) * k_blocks + kb) * quant::kQuantBlock * nr;
-  }
-  float* block_scales(int64_t f, int64_t j, int e, int64_t kb) const {
-    return scales + (((f * n_panels + j) * 3 + e) * k_blocks + kb) * nr;
-  }
+// Block-typed filters, by tile groups (run_grouped): each task takes a group of column panels (nr tiles each, in
+// order over all images' tile rows) and does all of its work in the thread's scratch, so that neither V nor M is
+// written by one core and read by another. Those writes were what made the 8-bit path scale badly over threads:
+// on a VM whose two cores sit on different CCDs (230 ns one way), storing to lines the other core has read runs
+// at 5.7 GB/s against 90 GB/s for lines of one's own (/tmp microbenchmark), and V and M — 2.5 MB for a 128 → 128
+// conv at 32×32 — were each written by one thread and read by the other.
+//   V: the group's transformed input quantised as the GEMM's B panels: for each position f, k block (qgemm_k_blocks)
+//      and panel j, qgemm_b_panel_bytes(kc, nr) bytes, [f][k block][j];
+//   M: [16][rows][group columns] f32 for one block of output rows at a time (kMBlockRows), then transformed into y.
+// Tiles per group: up to kGroupTiles, fewer where V would pass kGroupVBytes (wide inputs), and fewer still so that
+// every thread gets a group.
+constexpr int64_t kGroupTiles = 64;
+constexpr int64_t kGroupVBytes = 384 * 1024;
+constexpr int64_t kMBlockRows = 64;
+
+struct GroupLayout {
+  int nr = 0, mr = 0;
+  int64_t max_panels = 0;   // column panels per group at most
+  int64_t block_rows = 0;   // M rows per block, a multiple of mr
+  size_t v_position_bytes = 0;  // one position's panels for max_panels
+  size_t v_bytes = 0, m_bytes = 0, stage_bytes = 0, gemm_scratch_bytes = 0;
+  size_t total() const { return v_bytes + m_bytes + stage_bytes + gemm_scratch_bytes; }
 };
 
-// QuantizedV bytes for the chunk on whichever qgemm kernel runs (the planner does not know which).
-int64_t quantized_v_bytes_max(int64_t ci, int64_t tiles) {
-  return static_cast<int64_t>(
-      max_over_qgemm_kernels([&](const kernels::QGemmMicroKernel& k) { return QuantizedV::bytes(ci, tiles, k.nr); }));
+size_t aligned64(size_t bytes) { return (bytes + 63) / 64 * 64; }
+
+// Bytes of one position's B panels for `panels` column panels over all of K.
+size_t v_position_bytes(int64_t ci, int nr, int64_t panels) {
+  const QGemmKBlocks k = qgemm_k_blocks(ci);
+  const int64_t last_kc = ci - (k.count - 1) * k.kc;
+  return static_cast<size_t>(panels) * ((k.count - 1) * kernels::qgemm_b_panel_bytes(k.kc, nr) +
+                                        kernels::qgemm_b_panel_bytes(last_kc, nr));
 }
 
-// Tiles per chunk for block-typed filters (kQuantizedChunkTiles, kDefaultQuantizedChunkBytes): per tile, V's
-// quantised values (QuantizedV with one-tile panels: no padding) and M's 16·Co floats.
-int64_t quantized_chunk_tiles(int64_t ci, int64_t co) {
-  const int64_t tile_bytes = QuantizedV::bytes(ci, 1, 1) + kPositions * co * static_cast<int64_t>(sizeof(float));
-  return std::max(kQuantizedChunkTiles, quantized_chunk_bytes.load(std::memory_order_relaxed) / tile_bytes);
+GroupLayout group_layout(const Geometry& g, const kernels::QGemmMicroKernel& kernel, size_t gemm_scratch_bytes) {
+  GroupLayout l;
+  l.nr = kernel.nr;
+  l.mr = kernel.mr;
+  const int64_t by_tiles = std::max<int64_t>(1, kGroupTiles / l.nr);
+  const int64_t by_bytes = kGroupVBytes / static_cast<int64_t>(kPositions * v_position_bytes(g.ci, l.nr, 1));
+  l.max_panels = std::clamp<int64_t>(by_bytes, 1, by_tiles);
+  l.block_rows = std::min(ceil_div(kMBlockRows, l.mr), ceil_div(g.co, l.mr)) * l.mr;
+  l.v_position_bytes = v_position_bytes(g.ci, l.nr, l.max_panels);
+  l.v_bytes = aligned64(kPositions * l.v_position_bytes);
+  l.m_bytes = aligned64(static_cast<size_t>(kPositions * l.block_rows * l.max_panels * l.nr) * sizeof(float));
+  l.stage_bytes = aligned64(static_cast<size_t>(kPositions * quant::kQuantBlock * l.nr) * sizeof(float)) +
+                  aligned64(kernels::qgemm_b_panel_bytes(quant::kQuantBlock, l.nr));
+  l.gemm_scratch_bytes = aligned64(gemm_scratch_bytes);
+  return l;
 }
 
 Geometry geometry(const Tensor& node) {
@@ -176,8 +180,7 @@ Geometry geometry(const Tensor& node) {
   g.tiles_h = ceil_div(g.out_h, 2);
   g.tiles_w = ceil_div(g.out_w, 2);
   const bool quantized = quant::is_block_type(node.src[1]->dtype);
-  g.chunk_rows = std::clamp<int64_t>((quantized ? quantized_chunk_tiles(g.ci, g.co) : kChunkTiles) / g.tiles_w, 1,
-                                     g.tile_rows());
+  g.chunk_rows = std::clamp<int64_t>(kChunkTiles / g.tiles_w, 1, g.tile_rows());
   // As many chunks as that takes, of nearly equal rows: a short last chunk would leave its GEMMs' panels short.
   const int64_t chunks = ceil_div(g.tile_rows(), g.chunk_rows);
   g.chunk_rows = ceil_div(g.tile_rows(), chunks);
@@ -185,7 +188,7 @@ Geometry geometry(const Tensor& node) {
   // The first call of a quantised layer makes its q8_0 filters in the shared buffer, before V and M are used.
   if (quantized) {
     g.u_q8_bytes = static_cast<int64_t>(kPositions * g.co) * static_cast<int64_t>(dtype_row_bytes(DType::Q8_0, g.ci));
-    if (fused_input.load(std::memory_order_relaxed)) g.v_q8_bytes = quantized_v_bytes_max(g.ci, g.chunk_tiles());
+    g.grouped = fused_input.load(std::memory_order_relaxed);
   }
   return g;
 }
@@ -326,71 +329,89 @@ void transform_input(const Geometry& g, const float* x, int64_t row0, int64_t ro
   });
 }
 
-// Scratch per thread for quantize_v: V of one column panel and 32 channels, [16][32][nr] f32, and the panel
-// kernel.quantize_b makes of one position's.
-size_t quantize_v_scratch_bytes(int nr) {
-  return static_cast<size_t>(kPositions * quant::kQuantBlock * nr) * sizeof(float) +
-         kernels::qgemm_b_panel_bytes(quant::kQuantBlock, nr);
+// V of one group (tiles [t0, t1), numbered over all images' tile rows; `panels` column panels of nr) as the GEMM's
+// B panels (GroupLayout). Per 32-channel block and panel: the panel's V for those channels and all 16 positions
+// staged in f32 (transform_input's bits), each position's [32 × nr] quantised by the kernel's quantize_b, and its
+// values and scales put where that block sits in the panel over the k block. Padding tiles quantise to nothing.
+void quantize_group_input(const Geometry& g, const GroupLayout& l, const kernels::KernelTable& kernels,
+                          const float* x, int64_t t0, int64_t t1, int64_t panels, uint8_t* v_panels,
+                          uint8_t* stage) {
+  constexpr int64_t kLanes = quant::kQuantBlock;
+  const int nr = l.nr;
+  const kernels::QGemmMicroKernel& kernel = kernels.qgemm;
+  const QGemmKBlocks k = qgemm_k_blocks(g.ci);
+  const size_t full_panel_bytes = kernels::qgemm_b_panel_bytes(k.kc, nr);
+  const int64_t position_stride = kLanes * nr;  // in the staged V: [f][c][t]
+  float* v = reinterpret_cast<float*>(stage);
+  uint8_t* quantized = stage + aligned64(static_cast<size_t>(kPositions * position_stride) * sizeof(float));
+  const size_t position_bytes = v_position_bytes(g.ci, nr, panels);
+  float staged[4][kStaged];
+  for (int64_t j = 0; j < panels; ++j) {
+    const int64_t p0 = t0 + j * nr, p1 = std::min(t1, p0 + nr);
+    for (int64_t kb = 0; kb < g.ci / kLanes; ++kb) {
+      if (p1 - p0 < nr) {
+        for (int64_t r = 0; r < kPositions * kLanes; ++r) std::fill(v + r * nr + (p1 - p0), v + (r + 1) * nr, 0.0f);
+      }
+      for (int64_t t = p0; t < p1;) {  // the panel's tiles, one tile row's run at a time
+        const int64_t row = t / g.tiles_w, tx = t % g.tiles_w, n = std::min(p1 - t, g.tiles_w - tx);
+        const int64_t b = row / g.tiles_h, ty = row % g.tiles_h;
+        for (int64_t c = 0; c < kLanes; ++c) {
+          const float* plane = x + (b * g.ci + kb * kLanes + c) * g.height * g.width;
+          stage_input_rows(g, plane, ty, tx, n, staged);
+          kernels.winograd_input(staged[0], kStaged, n, v + c * nr + (t - p0), position_stride);
+        }
+        t += n;
+      }
+      // Where block kb sits: k block kb / (kc/32), at block `local` of it.
+      const int64_t blocks_per_k = k.kc / kLanes, k_block = kb / blocks_per_k, local = kb % blocks_per_k;
+      const int64_t kc = std::min(k.kc, g.ci - k_block * k.kc);
+      const size_t panel_bytes = kernels::qgemm_b_panel_bytes(kc, nr);
+      const size_t scale_bytes = static_cast<size_t>((kc / kLanes) * nr) * sizeof(float);
+      for (int f = 0; f < kPositions; ++f) {
+        kernel.quantize_b(kLanes, v + f * position_stride, quantized);
+        uint8_t* panel = v_panels + f * position_bytes + k_block * panels * full_panel_bytes + j * panel_bytes;
+        std::memcpy(panel + local * kLanes * nr, quantized, static_cast<size_t>(kLanes * nr));
+        for (int e = 0; e < 3; ++e) {
+          std::memcpy(panel + kc * nr + e * scale_bytes + local * nr * sizeof(float),
+                      quantized + kLanes * nr + e * nr * sizeof(float), static_cast<size_t>(nr) * sizeof(float));
+        }
+      }
+    }
+  }
 }
 
-// The chunk's V (as transform_input computes it, the same bits) quantised into q, tasks over (32-channel block,
-// column panel of nr tiles): each stages its panel's V for 32 channels and all 16 positions in the thread's scratch
-// (32 KB for nr = 16, so it never leaves L1/L2), quantises each position's [32 × nr] as the GEMM's B panel and
-// copies it out. The GEMM then gathers instead of quantising, and V never exists in f32 in memory.
-void quantize_v(const Geometry& g, const float* x, int64_t row0, int64_t rows, const QuantizedV& q,
-                ExecContext& ctx) {
-  const kernels::QGemmMicroKernel& kernel = ctx.kernels.qgemm;
-  const int nr = kernel.nr;
-  constexpr int64_t kLanes = quant::kQuantBlock;
-  const int64_t tiles = rows * g.tiles_w;
-  const int64_t units = q.k_blocks * q.n_panels;
-  const auto transform = ctx.kernels.winograd_input;
-  const int64_t position_stride = kLanes * nr;  // in the staged V: [f][c][t]
-  ctx.pool.run(units, [&](int64_t unit, int thread) {
-    const int64_t kb = unit / q.n_panels, j = unit % q.n_panels;
-    float* v = reinterpret_cast<float*>(ctx.scratch[thread]);
-    uint8_t* panel = ctx.scratch[thread] + static_cast<size_t>(kPositions * position_stride) * sizeof(float);
-    const int64_t t0 = j * nr, t1 = std::min(tiles, t0 + nr);
-    if (t1 - t0 < nr) {  // padding columns quantise to nothing (all-zero blocks)
-      for (int64_t r = 0; r < kPositions * kLanes; ++r) std::fill(v + r * nr + (t1 - t0), v + (r + 1) * nr, 0.0f);
+// y = Aᵀ M A + bias (+ residual) for output channels [co0, co1) and the group's tiles [t0, t1), from the block's M
+// ([16][l.block_rows][ldm], row co - co0, column t - t0), one tile row's run at a time.
+void transform_group_output(const Geometry& g, const Tensor& node, const kernels::KernelTable& kernels,
+                            const float* m, int64_t ldm, int64_t position_stride, int64_t co0, int64_t co1,
+                            int64_t t0, int64_t t1) {
+  const Tensor* bias = node.src[2];
+  const Tensor* residual = node.src[3];
+  float* y = node.f32();
+  constexpr int64_t kOutStaged = 2 * kSegment;
+  float staged[2][kOutStaged];
+  for (int64_t co = co0; co < co1; ++co) {
+    float bias_value = 0.0f;
+    if (bias) {
+      bias_value = bias->dtype == DType::F16 ? f16_to_f32(static_cast<const uint16_t*>(bias->data)[co])
+                                             : bias->f32()[co];
     }
-    float staged[4][kStaged];
-    for (int64_t t = t0; t < t1;) {  // the panel's tiles, one tile row's run at a time
-      const int64_t row = row0 + t / g.tiles_w, tx = t % g.tiles_w, n = std::min(t1 - t, g.tiles_w - tx);
+    for (int64_t t = t0; t < t1;) {
+      const int64_t row = t / g.tiles_w, tx = t % g.tiles_w;
+      const int64_t n = std::min({t1 - t, g.tiles_w - tx, kSegment});
       const int64_t b = row / g.tiles_h, ty = row % g.tiles_h;
-      for (int64_t c = 0; c < kLanes; ++c) {
-        const float* plane = x + (b * g.ci + kb * kLanes + c) * g.height * g.width;
-        stage_input_rows(g, plane, ty, tx, n, staged);
-        transform(staged[0], kStaged, n, v + c * nr + (t - t0), position_stride);
+      kernels.winograd_output(m + (co - co0) * ldm + (t - t0), position_stride, n, bias_value, staged[0],
+                              kOutStaged);
+      const int64_t width = std::min<int64_t>(2 * n, g.out_w - 2 * tx);
+      for (int r = 0; r < 2 && 2 * ty + r < g.out_h; ++r) {
+        const int64_t offset = ((b * g.co + co) * g.out_h + 2 * ty + r) * g.out_w + 2 * tx;
+        if (residual) {
+          kernels.add(width, staged[r], residual->f32() + offset, y + offset);
+        } else {
+          std::memcpy(y + offset, staged[r], static_cast<size_t>(width) * sizeof(float));
+        }
       }
       t += n;
-    }
-    for (int f = 0; f < kPositions; ++f) {
-      kernel.quantize_b(kLanes, v + f * position_stride, panel);
-      std::memcpy(q.block_values(f, j, kb), panel, static_cast<size_t>(kLanes * nr));
-      for (int e = 0; e < 3; ++e) {
-        std::memcpy(q.block_scales(f, j, e, kb), panel + kLanes * nr + e * nr * sizeof(float),
-                    static_cast<size_t>(nr) * sizeof(float));
-      }
-    }
-  });
-}
-
-// QGemmProblem::pack_quantized_b over a QuantizedV: position `f`'s panels for k values [k0, k0 + kc) and columns
-// [n0, n0 + nc), one copy of values and three of scales per panel.
-void pack_quantized_v(const void* context, const kernels::QGemmMicroKernel& kernel, int64_t f, int64_t k0,
-                      int64_t kc, int64_t n0, int64_t nc, uint8_t* panels) {
-  const QuantizedV& q = *static_cast<const QuantizedV*>(context);
-  const int nr = q.nr;
-  DDPM_ASSERT(kernel.nr == nr && k0 % quant::kQuantBlock == 0 && kc % quant::kQuantBlock == 0 && n0 % nr == 0);
-  const int64_t kb0 = k0 / quant::kQuantBlock, blocks = kc / quant::kQuantBlock;
-  const size_t panel_bytes = kernels::qgemm_b_panel_bytes(kc, nr);
-  for (int64_t j = n0 / nr; j < ceil_div(n0 + nc, nr); ++j) {
-    uint8_t* dst = panels + (j - n0 / nr) * panel_bytes;
-    std::memcpy(dst, q.block_values(f, j, kb0), static_cast<size_t>(kc * nr));
-    for (int e = 0; e < 3; ++e) {
-      std::memcpy(dst + kc * nr + e * blocks * nr * static_cast<int64_t>(sizeof(float)), q.block_scales(f, j, e, kb0),
-                  static_cast<size_t>(blocks * nr) * sizeof(float));
     }
   }
 }
@@ -509,20 +530,58 @@ QGemmProblem quantized_problem(const Geometry& g, const Tensor& w) {
   return p;
 }
 
+// Block-typed filters by tile groups (GroupLayout): tasks over (group, part of the output rows); each quantises its
+// group's V into the thread's scratch, then per block of output rows runs the 16 positions' GEMMs into M there and
+// transforms M into y. Output rows are split only when there are fewer groups than threads (each part then
+// transforms its group's input again). The groups' size follows the thread count, which changes no bit: every
+// tile's transforms are its own, and each GEMM column the same chain of kernel calls (qgemm_kept_block).
+void run_grouped(const Geometry& g, const GroupLayout& l, const Tensor& node, const QGemmProblem& p,
+                 const uint8_t* kept, ExecContext& ctx) {
+  const int64_t tiles = g.tile_rows() * g.tiles_w;
+  const int64_t total_panels = ceil_div(tiles, l.nr);
+  const int threads = ctx.pool.size();
+  const int64_t group_panels = std::min(l.max_panels, ceil_div(total_panels, threads));
+  const int64_t groups = ceil_div(total_panels, group_panels);
+  const int64_t m_panels = ceil_div(g.co, l.mr), block_panels = l.block_rows / l.mr;
+  const int64_t row_parts = groups < threads ? std::min<int64_t>(m_panels, ceil_div(threads, groups)) : 1;
+  const float* x = node.src[0]->f32();
+  ctx.pool.run(groups * row_parts, [&](int64_t task, int thread) {
+    const int64_t group = task / row_parts, part = task % row_parts;
+    const int64_t first_panel = group * group_panels, panels = std::min(group_panels, total_panels - first_panel);
+    const int64_t t0 = first_panel * l.nr, t1 = std::min(tiles, (first_panel + panels) * l.nr);
+    uint8_t* v_panels = ctx.scratch[thread];
+    float* m = reinterpret_cast<float*>(v_panels + l.v_bytes);
+    uint8_t* stage = v_panels + l.v_bytes + l.m_bytes;
+    uint8_t* gemm_scratch = stage + l.stage_bytes;
+    quantize_group_input(g, l, ctx.kernels, x, t0, t1, panels, v_panels, stage);
+    const size_t position_bytes = v_position_bytes(g.ci, l.nr, panels);
+    const int64_t ldm = panels * l.nr, position_stride = l.block_rows * ldm;
+    int64_t part_begin, part_end;
+    split_range(m_panels, row_parts, part, &part_begin, &part_end);
+    for (int64_t b0 = part_begin; b0 < part_end; b0 += block_panels) {
+      const int64_t b1 = std::min(part_end, b0 + block_panels);
+      for (int f = 0; f < kPositions; ++f) {
+        qgemm_kept_block(p, kept, ctx.kernels, f, b0, b1, v_panels + f * position_bytes, panels,
+                         m + f * position_stride, ldm, gemm_scratch);
+      }
+      transform_group_output(g, node, ctx.kernels, m, ldm, position_stride, b0 * l.mr, std::min(g.co, b1 * l.mr), t0,
+                             t1);
+    }
+  });
+  grouped_runs.fetch_add(1, std::memory_order_relaxed);
+}
+
 // Block-typed weights: the 16 GEMMs in 8-bit integers, with the transformed filters quantised once, at the first
-// call, and kept as panels, and each chunk's V quantised as it is transformed (quantize_v), or, when the plan made
-// room for an f32 V instead (set_conv2d_winograd_fused_input(false)), by run_qgemm as any B.
+// call, and kept as panels; V quantised as it is transformed, by tile groups (run_grouped), or, when the plan made
+// room for an f32 V instead (set_conv2d_winograd_fused_input(false), for tests), by run_qgemm as any B: the same
+// bits.
 bool run_quantized(const Geometry& g, const Tensor& node, ExecContext& ctx, float* v, float* m) {
   const Tensor& w = *node.src[1];
   if (!ctx.packed_weights) return false;
-  const int nr = ctx.kernels.qgemm.nr;
-  const bool fused = g.v_q8_bytes > 0;
-  // V's room holds this kernel's quantised V (planned for every kernel's nr), and the staging fits the thread's
-  // scratch and the stack's rows: true by construction; otherwise the direct path, before anything is written.
-  if (fused && (QuantizedV::bytes(g.ci, g.chunk_tiles(), nr) > g.v_q8_bytes || nr > kSegment ||
-                ctx.scratch_bytes < quantize_v_scratch_bytes(nr))) {
-    return false;
-  }
+  const GroupLayout l = group_layout(g, ctx.kernels.qgemm, qgemm_kept_block_scratch_bytes(ctx.kernels.qgemm.mr));
+  // The group's scratch fits the thread's (planned for every kernel) and a panel's staging the stack's rows: true by
+  // construction; otherwise the direct path, before anything is written.
+  if (g.grouped && (ctx.scratch_bytes < l.total() || l.nr > kSegment)) return false;
   QGemmProblem p = quantized_problem(g, w);
   // At the first call the q8_0 filters go to the shared buffer (V and M are only written after that) and from there
   // into kept panels, before any output is written.
@@ -534,32 +593,24 @@ bool run_quantized(const Geometry& g, const Tensor& node, ExecContext& ctx, floa
     // From now on the filters are read through their kept transform only: a model file's pages can go.
     if (w.flags & kFlagMapped) release_mapped_pages(w.data, dtype_tensor_bytes(w.dtype, w.rank, w.shape));
   }
+  if (g.grouped) {
+    const uint8_t* kept = qgemm_kept_panels(p, ctx);
+    DDPM_ASSERT(kept);
+    run_grouped(g, l, node, p, kept, ctx);
+    return true;
+  }
   ExecContext gemm_ctx = ctx;  // the shared buffer holds V and M; kept panels need none
   gemm_ctx.shared = nullptr;
   gemm_ctx.shared_bytes = 0;
   for_each_chunk(g, node, m, ctx, [&](int64_t row0, int64_t rows, int64_t tiles) {
+    const StridedB b = transformed_input(g, node, row0, rows, v, ctx);
     p.N = tiles;
     p.c = m;
     p.c_batch_stride = g.co * tiles;
     p.ldc = tiles;
-    if (fused) {
-      QuantizedV q;
-      q.nr = nr;
-      q.k_blocks = g.ci / quant::kQuantBlock;
-      q.n_panels = ceil_div(tiles, nr);
-      q.values = reinterpret_cast<uint8_t*>(v);
-      q.scales = reinterpret_cast<float*>(q.values + q.n_panels * q.k_blocks * kPositions * quant::kQuantBlock * nr);
-      quantize_v(g, node.src[0]->f32(), row0, rows, q, ctx);
-      fused_chunks.fetch_add(1, std::memory_order_relaxed);
-      p.pack_quantized_b = pack_quantized_v;
-      p.pack_b_context = &q;
-      run_qgemm(p, gemm_ctx);
-    } else {
-      const StridedB b = transformed_input(g, node, row0, rows, v, ctx);
-      p.pack_b = pack_b_strided;
-      p.pack_b_context = &b;
-      run_qgemm(p, gemm_ctx);
-    }
+    p.pack_b = pack_b_strided;
+    p.pack_b_context = &b;
+    run_qgemm(p, gemm_ctx);
   });
   return true;
 }
@@ -568,21 +619,21 @@ bool run_quantized(const Geometry& g, const Tensor& node, ExecContext& ctx, floa
 
 int64_t conv2d_winograd_min_tiles() { return min_tiles.load(std::memory_order_relaxed); }
 void set_conv2d_winograd_min_tiles(int64_t tiles) { min_tiles.store(tiles, std::memory_order_relaxed); }
-int64_t conv2d_int8_winograd_chunk_bytes() { return quantized_chunk_bytes.load(std::memory_order_relaxed); }
-void set_conv2d_int8_winograd_chunk_bytes(int64_t bytes) {
-  quantized_chunk_bytes.store(bytes, std::memory_order_relaxed);
-}
 int64_t conv2d_int8_winograd_min_channels() { return min_int8_channels.load(std::memory_order_relaxed); }
 void set_conv2d_int8_winograd_min_channels(int64_t channels) {
   min_int8_channels.store(channels, std::memory_order_relaxed);
 }
 bool conv2d_winograd_fused_input() { return fused_input.load(std::memory_order_relaxed); }
 void set_conv2d_winograd_fused_input(bool fused) { fused_input.store(fused, std::memory_order_relaxed); }
-int64_t conv2d_winograd_fused_chunks() { return fused_chunks.load(std::memory_order_relaxed); }
+int64_t conv2d_winograd_grouped_runs() { return grouped_runs.load(std::memory_order_relaxed); }
 
 size_t conv2d_winograd_scratch_bytes(const Tensor& node) {
   if (!quant::is_block_type(node.src[1]->dtype) || !applies(node)) return 0;
-  return max_over_qgemm_kernels([](const kernels::QGemmMicroKernel& k) { return quantize_v_scratch_bytes(k.nr); });
+  const Geometry g = geometry(node);
+  if (!g.grouped) return 0;
+  return max_over_qgemm_kernels([&](const kernels::QGemmMicroKernel& k) {
+    return group_layout(g, k, qgemm_kept_block_scratch_bytes(k.mr)).total();
+  });
 }
 
 size_t conv2d_winograd_shared_bytes(const Tensor& node) {

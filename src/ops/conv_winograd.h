@@ -23,18 +23,13 @@ void set_conv2d_winograd_min_tiles(int64_t tiles);
 // integer conv is faster). Settable for tests and benchmarks, like the tile count.
 int64_t conv2d_int8_winograd_min_channels();
 void set_conv2d_int8_winograd_min_channels(int64_t channels);
-// Bytes of V and M past which a chunk of the 8-bit Winograd path takes no more than its 128 output tiles (3 MiB:
-// narrow layers do whole images per pass). Settable for tests (0: small shapes give several chunks); plan after a
-// change.
-int64_t conv2d_int8_winograd_chunk_bytes();
-void set_conv2d_int8_winograd_chunk_bytes(int64_t bytes);
-
-// Whether 8-bit Winograd quantises the transformed input straight into the integer GEMM's panels (the default)
-// or keeps it in f32 for the GEMM to quantise (the same bits, more memory and time): for tests; plan after a change.
+// Whether 8-bit Winograd runs by tile groups, quantising the transformed input straight into the integer GEMM's
+// panels in each thread's scratch (the default), or keeps V in f32 in the shared buffer for run_qgemm to quantise
+// (the same bits, more memory and time): for tests; plan after a change.
 bool conv2d_winograd_fused_input();
 void set_conv2d_winograd_fused_input(bool fused);
-// Chunks run with the fused input since the start (tests check that it really ran).
-int64_t conv2d_winograd_fused_chunks();
+// Calls run by tile groups since the start (tests check that the path really ran).
+int64_t conv2d_winograd_grouped_runs();
 
 // ExecContext::shared bytes the Winograd path needs for a Conv2d node, or 0 when the rule does not pick it; and the
 // per-thread scratch bytes (8-bit Winograd's input staging).

@@ -395,6 +395,18 @@ void expand_panel(const APanel& compact, int64_t count, decltype(kernels::Kernel
   }
 }
 
+// An unpacked or expanded panel as the kernel reads it.
+kernels::QGemmPanelA kernel_panel(const APanel& panel, DType type) {
+  kernels::QGemmPanelA a;
+  a.q = panel.q;
+  a.d = panel.d;
+  a.min = type == DType::Q4_1 ? panel.min : nullptr;
+  a.qsum = panel.qsum;
+  a.lo_coef = panel.lo_coef;
+  a.small_q = type != DType::Q8_0;
+  return a;
+}
+
 // The problem and the plan are copied so that tasks on other threads do not keep reading lines of the caller's
 // stack (see run_gemm).
 // `unpacked`: the whole weight unpacked beforehand (shared_a_layout), or null to unpack each panel here.
@@ -434,13 +446,7 @@ void run_task(const QGemmProblem& problem, const QGemmPlan& shared_plan, const k
       } else {
         unpack_a_panel(p, mr, row_bytes, p.a_per_batch ? r.batch * p.M : 0, m0, k0, kc, unpacked_panel);
       }
-      kernels::QGemmPanelA a;
-      a.q = unpacked_panel.q;
-      a.d = unpacked_panel.d;
-      a.min = has_min ? unpacked_panel.min : nullptr;
-      a.qsum = unpacked_panel.qsum;
-      a.lo_coef = unpacked_panel.lo_coef;
-      a.small_q = p.a_dtype != DType::Q8_0;
+      const kernels::QGemmPanelA a = kernel_panel(unpacked_panel, p.a_dtype);
       if (last && p.bias_row) {
         for (int m = 0; m < mr; ++m)
           s.row_bias[m] = m < mr_valid ? load_element(p.bias_row, p.bias_dtype, m0 + m) : 0.0f;
@@ -495,9 +501,9 @@ QGemmPlan plan_qgemm(const QGemmProblem& p, const kernels::QGemmMicroKernel& ker
   const bool prepacked = unpacking == AUnpacking::kPrepacked;
   const bool can_unpack_once = unpacking != AUnpacking::kPerTask;
   QGemmPlan plan;
-  const int64_t blocks = ceil_div(p.K, kBlock);
-  plan.k_blocks = std::max<int64_t>(1, ceil_div(blocks * kBlock, kKcMax));
-  plan.kc = ceil_div(blocks, plan.k_blocks) * kBlock;
+  const QGemmKBlocks k_blocks = qgemm_k_blocks(p.K);
+  plan.k_blocks = k_blocks.count;
+  plan.kc = k_blocks.kc;
   plan.m_panels = ceil_div(p.M, kernel.mr);
   plan.n_panels = ceil_div(p.N, kernel.nr);
   // The kernel computes whole nr-column panels: a batch-1 linear (N = 1) costs nr columns' work, which is what
@@ -533,6 +539,14 @@ QGemmPlan plan_qgemm(const QGemmProblem& p, const kernels::QGemmMicroKernel& ker
   plan.tasks = p.batch * plan.n_chunks * plan.m_chunks;
   if (plan.tasks < plan.threads) plan.threads = static_cast<int>(std::max<int64_t>(1, plan.tasks));
   return plan;
+}
+
+QGemmKBlocks qgemm_k_blocks(int64_t K) {
+  const int64_t blocks = ceil_div(K, kBlock);
+  QGemmKBlocks k;
+  k.count = std::max<int64_t>(1, ceil_div(blocks * kBlock, kKcMax));
+  k.kc = ceil_div(blocks, k.count) * kBlock;
+  return k;
 }
 
 size_t qgemm_scratch_bytes(const kernels::KernelTable& kernels) {
@@ -595,6 +609,47 @@ bool keep_qgemm_panels(const QGemmProblem& p, ExecContext& ctx) {
   unpack_all_panels(p, ctx, ctx.pool.size(), into);
   if (p.a_mapped) release_mapped_pages(p.a, a_bytes(p));
   return true;
+}
+
+const uint8_t* qgemm_kept_panels(const QGemmProblem& p, const ExecContext& ctx) {
+  if (!p.a_constant || !ctx.packed_weights) return nullptr;
+  return ctx.packed_weights->find(kept_key(p, ctx.kernels.qgemm.mr));
+}
+
+// A k block's widened scales, minima and lo coefficients (expand_panel), for at most kKcMax values.
+size_t qgemm_kept_block_scratch_bytes(int mr) {
+  return 3 * aligned64(static_cast<size_t>(kKcMax / kBlock * mr) * sizeof(float));
+}
+
+void qgemm_kept_block(const QGemmProblem& p, const uint8_t* kept, const kernels::KernelTable& kernels,
+                      int64_t batch, int64_t panel_begin, int64_t panel_end, const uint8_t* b_panels,
+                      int64_t n_panels, float* c, int64_t ldc, uint8_t* scratch) {
+  const kernels::QGemmMicroKernel& kernel = kernels.qgemm;
+  const int mr = kernel.mr, nr = kernel.nr;
+  const int64_t padded_k = dtype_padded_row(p.a_dtype, p.K), m_panels = ceil_div(p.M, mr);
+  const SharedALayout layout = shared_a_layout(a_matrices(p) * m_panels, mr, padded_k, p.a_dtype);
+  const QGemmKBlocks k_blocks = qgemm_k_blocks(p.K);
+  const size_t part = aligned64(static_cast<size_t>(kKcMax / kBlock * mr) * sizeof(float));
+  Scratch s{};
+  s.a_d = reinterpret_cast<float*>(scratch);
+  s.a_min = reinterpret_cast<float*>(scratch + part);
+  s.a_lo_coef = reinterpret_cast<float*>(scratch + 2 * part);
+  for (int64_t block = 0; block < k_blocks.count; ++block) {
+    const int64_t k0 = block * k_blocks.kc, kc = std::min(k_blocks.kc, padded_k - k0);
+    const size_t panel_bytes = kernels::qgemm_b_panel_bytes(kc, nr);
+    const uint8_t* b_block = b_panels + block * n_panels * kernels::qgemm_b_panel_bytes(k_blocks.kc, nr);
+    for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
+      const int64_t global_panel = (p.a_per_batch ? batch * m_panels : 0) + panel;
+      APanel expanded{};
+      expand_panel(shared_a_panel(kept, layout, mr, global_panel, k0), kc / kBlock * mr, kernels.f16_to_f32, s,
+                   &expanded);
+      const kernels::QGemmPanelA a = kernel_panel(expanded, p.a_dtype);
+      float* c_row = c + (panel - panel_begin) * mr * ldc;
+      for (int64_t j = 0; j < n_panels; ++j) {
+        kernel.run(kc, a, b_block + j * panel_bytes, c_row + j * nr, ldc, block > 0, nullptr);
+      }
+    }
+  }
 }
 
 void run_qgemm(const QGemmProblem& p, ExecContext& ctx) {

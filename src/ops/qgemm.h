@@ -163,4 +163,24 @@ bool qgemm_panels_kept(const QGemmProblem& problem, const ExecContext& ctx);
 // caller can then reuse the memory p.a points to; false when they cannot be kept (no PackedWeights, out of memory).
 bool keep_qgemm_panels(const QGemmProblem& problem, ExecContext& ctx);
 
+// How run_qgemm sums K (padded to 32): `count` blocks of `kc` values, multiples of 32, the last maybe shorter.
+struct QGemmKBlocks {
+  int64_t kc = 0, count = 0;
+};
+QGemmKBlocks qgemm_k_blocks(int64_t K);
+
+// For a caller that runs its own tasks over columns (8-bit Winograd: each tile group's 16 GEMMs, inside the task
+// that quantised its input and transforms its output, so that nothing crosses to another core):
+// C = A·B for batch item `batch`, row panels [panel_begin, panel_end) of A's kept panels (keep_qgemm_panels, then
+// `kept` = qgemm_kept_panels) and `n_panels` column panels of B already quantised by kernels.qgemm.quantize_b's
+// layout, k block after k block: panel j of k block b at b_panels + (b·n_panels + j)·qgemm_b_panel_bytes(kc, nr)
+// (kc, count: qgemm_k_blocks(K)). Whole tiles, no epilogue: C's (panel_end − panel_begin)·mr rows of n_panels·nr
+// columns from c, row stride ldc. The same kernel calls as run_qgemm makes: the same bits.
+// `scratch`: qgemm_kept_block_scratch_bytes(kernels.qgemm.mr) bytes, the thread's, 64-byte aligned.
+const uint8_t* qgemm_kept_panels(const QGemmProblem& problem, const ExecContext& ctx);
+size_t qgemm_kept_block_scratch_bytes(int mr);
+void qgemm_kept_block(const QGemmProblem& problem, const uint8_t* kept, const kernels::KernelTable& kernels,
+                      int64_t batch, int64_t panel_begin, int64_t panel_end, const uint8_t* b_panels,
+                      int64_t n_panels, float* c, int64_t ldc, uint8_t* scratch);
+
 }  // namespace ddpm
