@@ -262,6 +262,8 @@ TEST_CASE("every table fills every entry", "[kernels]") {
     CHECK(t->transpose);
     CHECK(t->winograd_input);
     CHECK(t->winograd_output);
+    CHECK(t->stream_copy);
+    CHECK(t->store_fence);
   }
 }
 
@@ -406,6 +408,25 @@ TEST_CASE("add and mul match the reference bit for bit, in place on either opera
             for (int64_t i = 0; i < n; ++i) same = same && same_float(actual[i], expected[i]);
             CHECK(same);
           }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("stream_copy copies every length at every alignment of y, and nothing outside", "[kernels]") {
+  for (const kernels::KernelTable* level : all_levels()) {
+    for (int64_t n : kLengths) {
+      const std::vector<float> x = make_input(n, static_cast<uint32_t>(n + 5), 10.0f, Data::Special);
+      // Offsets 0–8 floats of y and 0 or 3 of x: every position of a 32-byte line, aligned or not, head and tail.
+      for (int y_offset = 0; y_offset <= 8; ++y_offset) {
+        for (int x_offset : {0, 3}) {
+          INFO(level->isa_name << " n=" << n << " y at +" << y_offset << " x at +" << x_offset);
+          Guarded<float> gx(x, x_offset), gy(n, y_offset);
+          level->stream_copy(n, gx.data(), gy.data());
+          level->store_fence();
+          CHECK(gy.guards_intact());
+          CHECK(std::memcmp(gy.data(), x.data(), static_cast<size_t>(n) * sizeof(float)) == 0);
         }
       }
     }

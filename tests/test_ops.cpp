@@ -3,6 +3,7 @@
 // Also: bit-identical results for 1, 2 and 3 threads, and shape errors reported as a Status.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 
@@ -417,6 +418,54 @@ TEST_CASE("group_norm (with and without fused SiLU) matches f64 statistics", "[o
         }
       check_all_levels(r, y, expected);
     }
+  }
+}
+
+TEST_CASE("streamed outputs (ExecContext::stream_outputs) give the same bits: GroupNorm, Winograd with residual, "
+          "upsample, concat",
+          "[ops][norm][conv][resample]") {
+  struct Restore {
+    int64_t tiles = conv2d_winograd_min_tiles();
+    ~Restore() {
+      set_conv2d_winograd_min_tiles(tiles);
+      set_stream_outputs(StreamOutputs::kAuto);
+    }
+  } restore;
+  set_conv2d_winograd_min_tiles(1);
+  Runner norm;
+  // 40×40: each channel streams in two pieces (1024 floats, then the rest).
+  Tensor* normed = group_norm(norm.g, norm.input("x", {1, 8, 40, 40}, 1), 4, 1e-5f, norm.param("gamma", {8}, 2),
+                              norm.param("beta", {8}, 3), true);
+  Runner conv;
+  const ConvCase c = build_conv_case(conv, {2, 17, 7, 9, 33, 3, {1, 1, 1, 1, 1}, true});  // odd rows: every alignment
+  Runner resample;
+  // 300 columns upsampled: rows staged in two pieces.
+  Tensor* joined = concat_channels(resample.g, upsample_nearest2x(resample.g, resample.input("a", {2, 3, 5, 300}, 5)),
+                                   resample.input("b", {2, 2, 10, 600}, 6));
+  for (const kernels::KernelTable* level : all_levels()) {
+    INFO("level " << level->isa_name);
+    for (auto [runner, y] :
+         {std::make_pair(&norm, normed), std::make_pair(&conv, c.y), std::make_pair(&resample, joined)}) {
+      set_stream_outputs(StreamOutputs::kOff);
+      const std::vector<float> plain = runner->run(y, *level, 2);
+      set_stream_outputs(StreamOutputs::kOn);
+      const std::vector<float> streamed = runner->run(y, *level, 2);
+      CHECK(std::memcmp(plain.data(), streamed.data(), plain.size() * sizeof(float)) == 0);
+    }
+  }
+}
+
+TEST_CASE("ThreadPool::cores_far_apart answers, for one thread and many, and keeps its answer", "[ops]") {
+  ThreadPool one(1);
+  CHECK_FALSE(one.cores_far_apart());
+  for (int threads : {2, 8}) {
+    ThreadPool pool(threads);
+    const bool far = pool.cores_far_apart();
+    CHECK(pool.cores_far_apart() == far);
+    // The pool still runs jobs after its measurement.
+    std::vector<int> seen(100, 0);
+    pool.run(100, [&](int64_t task, int) { seen[static_cast<size_t>(task)] += 1; });
+    CHECK(std::count(seen.begin(), seen.end(), 1) == 100);
   }
 }
 

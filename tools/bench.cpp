@@ -501,6 +501,11 @@ int bench_unet(const BenchSettings& settings) {
         else std::printf(" %8s", "-");
         std::printf(" %14.1f\n", nets[i]->activation_bytes() / 1e6);
       }
+      if (threads > 1) {
+        // Whether this run streamed its ops' outputs decides a few percent either way (ExecContext::stream_outputs).
+        std::printf("  %d threads: cores %.0f ns apart (one way), outputs %s\n", threads, pool.handoff_ns_measured(),
+                    stream_outputs_for(pool) ? "streamed" : "stored");
+      }
       for (size_t i = 0; profile::enabled() && reps > 1 && threads > 1 && i < nets.size(); ++i) {
         // Serial: the forward outside parallel jobs (one-task ops, graph bookkeeping); waiting: inside them.
         const double n = static_cast<double>(reps - 1), wall = parallel[i].wall_seconds / n;

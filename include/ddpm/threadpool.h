@@ -44,10 +44,20 @@ class ThreadPool {
 
   static int physical_cores();
 
+  // Whether the pool's threads run on cores far apart: a cache line written by one takes at least ~150 ns to reach
+  // another (measured at the first call, by passing a line between the caller and a worker: under 1 ms).
+  // There, storing to lines another core has read waits for that core, one line at a time (session 13's VM: 230 ns
+  // one way, 5.7 GB/s against 90 GB/s for a core's own lines), and ops do better streaming their outputs
+  // (ExecContext::stream_outputs). False with one thread, or when no worker answered in time.
+  bool cores_far_apart();
+  // What that measurement found, one way in ns (0: not measured, or no worker answered in time).
+  double handoff_ns_measured() const { return handoff_ns_measured_; }
+
  private:
   void worker_loop(int thread);
   // Claims and runs tasks of job `generation` until none is left or a newer job replaced it.
   void work(uint32_t generation, int thread);
+  double handoff_ns();  // one way, the cheapest of a few batches; 0 if no worker joined
 
   std::vector<std::thread> workers_;
   // The current job: its generation and the range of tasks not yet claimed. A task is claimed by a compare-exchange
@@ -66,6 +76,9 @@ class ThreadPool {
   std::atomic<bool> timing_on_{false};
   std::atomic<long long> timed_jobs_{0}, timed_tasks_{0};
   std::atomic<int64_t> wall_ns_{0}, busy_ns_{0};
+  int far_apart_ = -1;  // cores_far_apart(): unknown (-1), no (0), yes (1); caller side only
+  int handoff_attempts_ = 0;
+  double handoff_ns_measured_ = 0.0;
 };
 
 }  // namespace ddpm

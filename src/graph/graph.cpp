@@ -1,6 +1,7 @@
 #include "ddpm/graph.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -88,7 +89,23 @@ class ArenaPlanner {
 
 Tensor* storage_root(Tensor* t) { return t->view_source ? t->view_source : t; }
 
+std::atomic<StreamOutputs> stream_outputs_mode{StreamOutputs::kAuto};
+
 }  // namespace
+
+void set_stream_outputs(StreamOutputs mode) { stream_outputs_mode.store(mode); }
+
+bool stream_outputs_for(ThreadPool& pool) {
+  if (pool.size() < 2) return false;
+  switch (stream_outputs_mode.load()) {
+    case StreamOutputs::kOn: return true;
+    case StreamOutputs::kOff: return false;
+    case StreamOutputs::kAuto: break;
+  }
+  static const char* env = std::getenv("DDPM_STREAM_OUTPUTS");
+  if (env && (env[0] == '0' || env[0] == '1') && env[1] == '\0') return env[0] == '1';
+  return pool.cores_far_apart();
+}
 
 Graph::Graph() : arena_(nullptr, free_aligned), shared_(nullptr, free_aligned) {}
 
@@ -260,6 +277,7 @@ Status Graph::compute(ThreadPool& pool) {
   if (!packed_weights_) packed_weights_ = std::make_unique<PackedWeights>();
   ExecContext ctx{pool, scratch_.data(), scratch_per_thread_, kernels::active(), shared_.get(), shared_bytes_,
                   packed_weights_.get()};
+  ctx.stream_outputs = stream_outputs_for(pool);
   const bool profiling = profile::enabled();
   if (profiling) profile::count_call();
   bool backward = false;

@@ -329,6 +329,19 @@ void transform_input(const Geometry& g, const float* x, int64_t row0, int64_t ro
   });
 }
 
+// One output row from the transform's staging (which it may overwrite) into y, plus the residual if any; streamed
+// when the run streams its outputs.
+void store_output_row(const ExecContext& ctx, float* staged, const float* residual, int64_t width, float* y) {
+  if (ctx.stream_outputs) {
+    if (residual) ctx.kernels.add(width, staged, residual, staged);
+    ctx.kernels.stream_copy(width, staged, y);
+  } else if (residual) {
+    ctx.kernels.add(width, staged, residual, y);
+  } else {
+    std::memcpy(y, staged, static_cast<size_t>(width) * sizeof(float));
+  }
+}
+
 // V of one group (tiles [t0, t1), numbered over all images' tile rows; `panels` column panels of nr) as the GEMM's
 // B panels (GroupLayout). Per 32-channel block and panel: the panel's V for those channels and all 16 positions
 // staged in f32 (transform_input's bits), each position's [32 × nr] quantised by the kernel's quantize_b, and its
@@ -382,9 +395,9 @@ void quantize_group_input(const Geometry& g, const GroupLayout& l, const kernels
 
 // y = Aᵀ M A + bias (+ residual) for output channels [co0, co1) and the group's tiles [t0, t1), from the block's M
 // ([16][l.block_rows][ldm], row co - co0, column t - t0), one tile row's run at a time.
-void transform_group_output(const Geometry& g, const Tensor& node, const kernels::KernelTable& kernels,
-                            const float* m, int64_t ldm, int64_t position_stride, int64_t co0, int64_t co1,
-                            int64_t t0, int64_t t1) {
+void transform_group_output(const Geometry& g, const Tensor& node, const ExecContext& ctx, const float* m,
+                            int64_t ldm, int64_t position_stride, int64_t co0, int64_t co1, int64_t t0, int64_t t1) {
+  const kernels::KernelTable& kernels = ctx.kernels;
   const Tensor* bias = node.src[2];
   const Tensor* residual = node.src[3];
   float* y = node.f32();
@@ -405,11 +418,7 @@ void transform_group_output(const Geometry& g, const Tensor& node, const kernels
       const int64_t width = std::min<int64_t>(2 * n, g.out_w - 2 * tx);
       for (int r = 0; r < 2 && 2 * ty + r < g.out_h; ++r) {
         const int64_t offset = ((b * g.co + co) * g.out_h + 2 * ty + r) * g.out_w + 2 * tx;
-        if (residual) {
-          kernels.add(width, staged[r], residual->f32() + offset, y + offset);
-        } else {
-          std::memcpy(y + offset, staged[r], static_cast<size_t>(width) * sizeof(float));
-        }
+        store_output_row(ctx, staged[r], residual ? residual->f32() + offset : nullptr, width, y + offset);
       }
       t += n;
     }
@@ -429,7 +438,6 @@ void transform_output(const Geometry& g, const float* m, int64_t row0, int64_t r
   const int64_t units = g.co * rows;
   const int64_t tasks = std::min<int64_t>(units, 64);
   const auto transform = ctx.kernels.winograd_output;
-  const auto add = ctx.kernels.add;
   ctx.pool.run(tasks, [&](int64_t task, int) {
     int64_t begin, end;
     split_range(units, tasks, task, &begin, &end);
@@ -451,14 +459,11 @@ void transform_output(const Geometry& g, const float* m, int64_t row0, int64_t r
         const int64_t width = std::min<int64_t>(2 * n, g.out_w - 2 * tx0);
         for (int r = 0; r < 2 && 2 * ty + r < g.out_h; ++r) {
           const int64_t offset = plane_offset + (2 * ty + r) * g.out_w + 2 * tx0;
-          if (residual) {
-            add(width, staged[r], residual->f32() + offset, y + offset);
-          } else {
-            std::memcpy(y + offset, staged[r], static_cast<size_t>(width) * sizeof(float));
-          }
+          store_output_row(ctx, staged[r], residual ? residual->f32() + offset : nullptr, width, y + offset);
         }
       }
     }
+    if (ctx.stream_outputs) ctx.kernels.store_fence();
   });
 }
 
@@ -564,9 +569,9 @@ void run_grouped(const Geometry& g, const GroupLayout& l, const Tensor& node, co
         qgemm_kept_block(p, kept, ctx.kernels, f, b0, b1, v_panels + f * position_bytes, panels,
                          m + f * position_stride, ldm, gemm_scratch);
       }
-      transform_group_output(g, node, ctx.kernels, m, ldm, position_stride, b0 * l.mr, std::min(g.co, b1 * l.mr), t0,
-                             t1);
+      transform_group_output(g, node, ctx, m, ldm, position_stride, b0 * l.mr, std::min(g.co, b1 * l.mr), t0, t1);
     }
+    if (ctx.stream_outputs) ctx.kernels.store_fence();
   });
   grouped_runs.fetch_add(1, std::memory_order_relaxed);
 }

@@ -1,6 +1,7 @@
 // GroupNorm: per sample and group, mean and biased variance over (C/G channels × H × W) accumulated in double,
 // two passes (mean first, then squared deviations) as the reference requires; then one fused scale/shift per
 // channel, optionally followed by SiLU (the norm→activation pair that starts every resnet branch).
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -34,6 +35,9 @@ Tensor* group_norm(Graph& g, Tensor* x, int groups, float eps, Tensor* gamma, Te
   return y;
 }
 
+// Floats staged at a time when the output is streamed (ExecContext::stream_outputs).
+constexpr int64_t kStreamPiece = 1024;
+
 static float load_param(const Tensor& t, int64_t i) {
   return t.dtype == DType::F16 ? f16_to_f32(static_cast<const uint16_t*>(t.data)[i]) : t.f32()[i];
 }
@@ -61,9 +65,19 @@ Status compute_group_norm(const Tensor& node, ExecContext& ctx) {
     for (int64_t c = 0; c < per_group; ++c) {
       const double scale = inv_std * load_param(gamma, c0 + c);
       const float shift = static_cast<float>(load_param(beta, c0 + c) - mean * scale);
-      if (silu) k.affine_silu(spatial, in + c * spatial, static_cast<float>(scale), shift, out + c * spatial);
-      else k.affine(spatial, in + c * spatial, static_cast<float>(scale), shift, out + c * spatial);
+      const auto apply = silu ? k.affine_silu : k.affine;
+      if (!ctx.stream_outputs) {
+        apply(spatial, in + c * spatial, static_cast<float>(scale), shift, out + c * spatial);
+        continue;
+      }
+      float staged[kStreamPiece];  // the same values, through L1, then streamed out
+      for (int64_t i = 0; i < spatial; i += kStreamPiece) {
+        const int64_t n = std::min(kStreamPiece, spatial - i);
+        apply(n, in + c * spatial + i, static_cast<float>(scale), shift, staged);
+        k.stream_copy(n, staged, out + c * spatial + i);
+      }
     }
+    if (ctx.stream_outputs) k.store_fence();
   });
   return Status();
 }

@@ -26,7 +26,17 @@ struct ExecContext {
   // Weights decoded or transformed once and kept across compute() calls (run_qgemm, run_conv2d_winograd); null:
   // derived again at every use.
   PackedWeights* packed_weights = nullptr;
+  // Ops whose output other cores will read write it with KernelTable::stream_copy (then store_fence at the end of
+  // each task): see stream_outputs_for.
+  bool stream_outputs = false;
 };
+
+// Whether a graph run on `pool` streams its ops' outputs: with more than one thread on cores far apart
+// (ThreadPool::cores_far_apart), unless DDPM_STREAM_OUTPUTS=0|1 or set_stream_outputs says otherwise. Bits are the
+// same either way (a copy changes none).
+enum class StreamOutputs { kAuto, kOn, kOff };
+void set_stream_outputs(StreamOutputs mode);  // for tests
+bool stream_outputs_for(ThreadPool& pool);
 
 using ComputeFn = Status (*)(const Tensor& node, ExecContext& ctx);
 using ScratchFn = size_t (*)(const Tensor& node);

@@ -10,6 +10,9 @@ namespace {
 
 bool is_image(const Tensor* t) { return t->rank == 4 && t->dtype == DType::F32; }
 
+// Floats of an upsampled row staged at a time when outputs are streamed (ExecContext::stream_outputs).
+constexpr int64_t kStreamRow = 512;
+
 // Planes (one channel of one image) per task: about 16K floats of output each.
 int64_t planes_per_task(int64_t plane_elements) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, plane_elements)); }
 
@@ -58,8 +61,10 @@ Status compute_concat(const Tensor& node, ExecContext& ctx) {
     for (int64_t p = task * per_task; p < end; ++p) {
       const int64_t image = p / channels, c = p % channels;
       const float* src = c < ca ? a.f32() + (image * ca + c) * plane : b.f32() + (image * cb + c - ca) * plane;
-      std::memcpy(node.f32() + p * plane, src, static_cast<size_t>(plane) * sizeof(float));
+      if (ctx.stream_outputs) ctx.kernels.stream_copy(plane, src, node.f32() + p * plane);
+      else std::memcpy(node.f32() + p * plane, src, static_cast<size_t>(plane) * sizeof(float));
     }
+    if (ctx.stream_outputs) ctx.kernels.store_fence();
   });
   return Status();
 }
@@ -71,15 +76,27 @@ Status compute_upsample2x(const Tensor& node, ExecContext& ctx) {
   const int64_t per_task = planes_per_task(4 * h * w);
   ctx.pool.run((planes + per_task - 1) / per_task, [&](int64_t task, int) {
     const int64_t end = std::min(planes, (task + 1) * per_task);
+    // Streamed, an output row is made in L1 (up to kStreamRow floats at a time) and written twice from there.
+    float staged[kStreamRow];
     for (int64_t p = task * per_task; p < end; ++p) {
       const float* in = x.f32() + p * h * w;
       float* out = node.f32() + p * 4 * h * w;
       for (int64_t y = 0; y < h; ++y) {
         float* row = out + 2 * y * 2 * w;
-        for (int64_t i = 0; i < w; ++i) row[2 * i] = row[2 * i + 1] = in[y * w + i];
-        std::memcpy(row + 2 * w, row, static_cast<size_t>(2 * w) * sizeof(float));
+        if (!ctx.stream_outputs) {
+          for (int64_t i = 0; i < w; ++i) row[2 * i] = row[2 * i + 1] = in[y * w + i];
+          std::memcpy(row + 2 * w, row, static_cast<size_t>(2 * w) * sizeof(float));
+          continue;
+        }
+        for (int64_t i0 = 0; i0 < w; i0 += kStreamRow / 2) {
+          const int64_t n = std::min(kStreamRow / 2, w - i0);
+          for (int64_t i = 0; i < n; ++i) staged[2 * i] = staged[2 * i + 1] = in[y * w + i0 + i];
+          ctx.kernels.stream_copy(2 * n, staged, row + 2 * i0);
+          ctx.kernels.stream_copy(2 * n, staged, row + 2 * w + 2 * i0);
+        }
       }
     }
+    if (ctx.stream_outputs) ctx.kernels.store_fence();
   });
   return Status();
 }

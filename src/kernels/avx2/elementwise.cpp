@@ -1,6 +1,8 @@
 // AVX2 + FMA + F16C elementwise rows and reductions; see src/kernels/ref/elementwise.cpp for the semantics each
 // one must keep. Full vectors first, then one masked vector for the tail (never a scalar loop: scalar code here
 // would be compiled with FMA contraction and differ from both the vector lanes and the reference).
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "kernels/avx2/avx2.h"
@@ -38,6 +40,19 @@ inline void map_binary(int64_t n, const float* a, const float* b, float* y, Op o
 }
 
 }  // namespace
+
+// Plain stores up to the first 32-byte boundary of y, then 32-byte streaming stores (vmovntps needs the alignment),
+// then plain stores for the tail: a copy has no arithmetic, so scalar head and tail are exact.
+void stream_copy(int64_t n, const float* x, float* y) {
+  int64_t i = 0;
+  const int64_t misaligned = static_cast<int64_t>((reinterpret_cast<uintptr_t>(y) / sizeof(float)) % 8);
+  const int64_t head = std::min<int64_t>(n, misaligned ? 8 - misaligned : 0);
+  for (; i < head; ++i) y[i] = x[i];
+  for (; i + 8 <= n; i += 8) _mm256_stream_ps(y + i, _mm256_loadu_ps(x + i));
+  for (; i < n; ++i) y[i] = x[i];
+}
+
+void store_fence() { _mm_sfence(); }
 
 void silu(int64_t n, const float* x, float* y) { map_unary(n, x, y, [](F32x8 v) { return vsilu(v); }); }
 

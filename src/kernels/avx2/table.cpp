@@ -19,6 +19,8 @@ __attribute__((target("no-sse3"))) KernelTable make_avx2_table() {
   t.mul_scalar = avx2::mul_scalar;
   t.affine = avx2::affine;
   t.affine_silu = avx2::affine_silu;
+  t.stream_copy = avx2::stream_copy;
+  t.store_fence = avx2::store_fence;
   t.sum_f64 = avx2::sum_f64;
   t.sum_squared_deviation_f64 = avx2::sum_squared_deviation_f64;
   t.max = avx2::max;

@@ -1,10 +1,17 @@
 // Scalar reference kernels: the oracle every SIMD variant is tested against. Plain loops, no tricks.
 #include <cmath>
+#include <cstring>
 
 #include "core/half.h"
 #include "kernels/ref/ref.h"
 
 namespace ddpm::kernels::ref {
+
+void stream_copy(int64_t n, const float* x, float* y) {
+  if (n > 0) std::memcpy(y, x, static_cast<size_t>(n) * sizeof(float));
+}
+
+void store_fence() {}
 
 void silu(int64_t n, const float* x, float* y) {
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] / (1.0f + std::exp(-x[i]));

@@ -20,6 +20,8 @@ void add_scalar(int64_t n, const float* a, float b, float* y);
 void mul_scalar(int64_t n, const float* a, float b, float* y);
 void affine(int64_t n, const float* x, float scale, float shift, float* y);
 void affine_silu(int64_t n, const float* x, float scale, float shift, float* y);
+void stream_copy(int64_t n, const float* x, float* y);
+void store_fence();
 double sum_f64(int64_t n, const float* x);
 double sum_squared_deviation_f64(int64_t n, const float* x, double mean);
 float max(int64_t n, const float* x);

@@ -16,6 +16,8 @@ KernelTable make_reference_table() {
   t.mul_scalar = ref::mul_scalar;
   t.affine = ref::affine;
   t.affine_silu = ref::affine_silu;
+  t.stream_copy = ref::stream_copy;
+  t.store_fence = ref::store_fence;
   t.sum_f64 = ref::sum_f64;
   t.sum_squared_deviation_f64 = ref::sum_squared_deviation_f64;
   t.max = ref::max;
