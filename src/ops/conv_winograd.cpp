@@ -32,11 +32,12 @@
 // dequantised filters, each position's [Co × Ci] matrix quantised to q8_0 (amax scale) and kept as the integer GEMM's
 // panels (run_quantized). The tiles then go in groups, one task each (run_grouped): the group's V quantised per
 // tile and 32 channels as the GEMM's B panels straight from the transform (the bits run_qgemm would give an f32 V),
-// the 16 GEMMs in 8 bits and the output transform, all in the thread's own scratch. That is 2.25× fewer 8-bit multiply-adds than the direct integer conv, at the price of a second
-// rounding of the filters and a coarser one of the inputs (V's four-term sums span about twice their range): on the
-// cifar10 U-Net +0.2 (q4_0) to +0.85 (q8_0) points of relative output error (docs/QUANT.md), which is why the loader
-// chooses it for 4-bit models and for others only when `ddpm quantize`'s calibration found the error affordable.
-// Its kept panels take 16/9 of the direct path's. It needs at least 128 input channels: each position's
+// the 16 GEMMs in 8 bits and the output transform, all in the thread's own scratch. That is 2.25× fewer 8-bit
+// multiply-adds than the direct integer conv, at the price of a second rounding of the filters and a coarser one of
+// the inputs (V's four-term sums span about twice their range): on the cifar10 U-Net +0.2 (q4_0) to +0.85 (q8_0)
+// points of relative output error (docs/QUANT.md), which is why the loader chooses it for 4-bit models and for
+// others only when `ddpm quantize`'s calibration found the error affordable. Its kept panels take 16/9 of the
+// direct path's. It needs at least 128 input channels: each position's
 // GEMM has K = Ci, and with fewer the transforms and per-block scaling outweigh the 2.25× fewer products (`ddpm bench
 // ops -t 1 --filter 'conv3x3 q8_0'`, AVX-512 VNNI, direct against Winograd: 64→128 @28×28 0.39 vs 0.50 ms, 64→64
 // @28×28 0.21 vs 0.34, 64→64 @64×64 1.17 vs 1.15; 128→64 @32×32 0.56 vs 0.52, 128→128 @32×32 1.03 vs 0.79,
