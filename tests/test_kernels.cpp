@@ -426,7 +426,7 @@ TEST_CASE("stream_copy copies every length at every alignment of y, and nothing 
           level->stream_copy(n, gx.data(), gy.data());
           level->store_fence();
           CHECK(gy.guards_intact());
-          CHECK(std::memcmp(gy.data(), x.data(), static_cast<size_t>(n) * sizeof(float)) == 0);
+          CHECK((n == 0 || std::memcmp(gy.data(), x.data(), static_cast<size_t>(n) * sizeof(float)) == 0));
         }
       }
     }
