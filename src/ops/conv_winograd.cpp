@@ -134,7 +134,6 @@ struct GroupLayout {
   int nr = 0, mr = 0;
   int64_t max_panels = 0;   // column panels per group at most
   int64_t block_rows = 0;   // M rows per block, a multiple of mr
-  size_t v_position_bytes = 0;  // one position's panels for max_panels
   size_t v_bytes = 0, m_bytes = 0, stage_bytes = 0, gemm_scratch_bytes = 0;
   size_t total() const { return v_bytes + m_bytes + stage_bytes + gemm_scratch_bytes; }
 };
@@ -157,8 +156,7 @@ GroupLayout group_layout(const Geometry& g, const kernels::QGemmMicroKernel& ker
   const int64_t by_bytes = kGroupVBytes / static_cast<int64_t>(kPositions * v_position_bytes(g.ci, l.nr, 1));
   l.max_panels = std::clamp<int64_t>(by_bytes, 1, by_tiles);
   l.block_rows = std::min(ceil_div(kMBlockRows, l.mr), ceil_div(g.co, l.mr)) * l.mr;
-  l.v_position_bytes = v_position_bytes(g.ci, l.nr, l.max_panels);
-  l.v_bytes = aligned64(kPositions * l.v_position_bytes);
+  l.v_bytes = aligned64(kPositions * v_position_bytes(g.ci, l.nr, l.max_panels));
   l.m_bytes = aligned64(static_cast<size_t>(kPositions * l.block_rows * l.max_panels * l.nr) * sizeof(float));
   l.stage_bytes = aligned64(static_cast<size_t>(kPositions * quant::kQuantBlock * l.nr) * sizeof(float)) +
                   aligned64(kernels::qgemm_b_panel_bytes(quant::kQuantBlock, l.nr));
