@@ -9,6 +9,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 
 #include "io/png.h"
@@ -341,18 +342,50 @@ TEST_CASE("ddpm quantize and convert --type with block types", "[cli][quant]") {
   CHECK(loose_info.output.find("quant.int8_winograd              false") != std::string::npos);
   CHECK(info.output.find("f16: the last up block") != std::string::npos);  // 1 % is out of micro's reach: the tier stays
   // convert straight to a block type.
-  Result convert = run("convert data/unet/micro -o " + dir + "/micro_q4.ddpm --type q4_0 -q");
+  Result convert = run("convert data/unet/micro -o " + dir + "/micro_q4.ddpm --type q4_0 -q --no-calibrate");
   INFO(convert.output);
   CHECK(convert.exit_code == 0);
   CHECK(convert.output.find("q4_0 ") != std::string::npos);
   CHECK(exists(dir + "/micro_q4.ddpm"));
+  // convert calibrates as quantize does, through a scratch f32 file that it removes, and names the checkpoint.
+  const std::string checkpoint = "data/unet/tiny/diffusion_pytorch_model.fp16.safetensors";
+  Result tiny_q8 = run("convert data/unet/tiny -o " + dir + "/tiny_q8.ddpm --type q8_0 -t 2");
+  INFO(tiny_q8.output);
+  CHECK(tiny_q8.exit_code == 0);
+  CHECK(tiny_q8.output.find("calibration: U-Net output error against " + checkpoint + " on 6 inputs (budget 1%)") !=
+        std::string::npos);
+  CHECK(tiny_q8.output.find("<- written") != std::string::npos);
+  CHECK(tiny_q8.output.find("f16 -> q8_0") != std::string::npos);  // the checkpoint's types, not the scratch file's
+  CHECK(tiny_q8.output.find("scratch") == std::string::npos);
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    CHECK(entry.path().filename().string().find(".scratch.") == std::string::npos);
+  }
+  const Result tiny_q8_info = run("info " + dir + "/tiny_q8.ddpm");
+  CHECK(tiny_q8_info.output.find("quant.calibration                \"q8_0, 6 inputs, budget 1%: ") != std::string::npos);
+  // The same choice and tensors as convert to f32, then quantize (info prints neither the paths nor the dates).
+  CHECK(run("convert data/unet/tiny -o " + dir + "/tiny_f32.ddpm -q").exit_code == 0);
+  CHECK(run("quantize " + dir + "/tiny_f32.ddpm " + dir + "/tiny_q8_two_steps.ddpm --type q8_0 -q -t 1").exit_code == 0);
+  const auto without_dates = [](std::string text) {
+    const size_t created = text.find("provenance.created");
+    if (created != std::string::npos) text.erase(created, text.find('\n', created) - created);
+    return text.substr(text.find('\n'));  // the first line names the file
+  };
+  CHECK(without_dates(run("info " + dir + "/tiny_q8_two_steps.ddpm --tensors").output) ==
+        without_dates(run("info " + dir + "/tiny_q8.ddpm --tensors").output));
+  const Result not_calibrated = run("convert data/unet/tiny -o " + dir + "/tiny_q8_plain.ddpm --type q8_0 -q --no-calibrate");
+  CHECK(not_calibrated.exit_code == 0);
+  CHECK(not_calibrated.output.find("calibration") == std::string::npos);
+  CHECK(run("info " + dir + "/tiny_q8_plain.ddpm").output.find("quant.") == std::string::npos);
+  check_one_line_error(run("convert data/unet/tiny -o " + dir + "/x.ddpm --max-error 2"), 2,
+                       "--max-error: only block types");
+  check_one_line_error(run("convert data/unet/tiny -o " + checkpoint + " --type q4_0"), 1, "is also the checkpoint");
   // tiny's 3×3 convs have 32·n input channels: stored tap-major, and info says so.
-  CHECK(run("convert data/unet/tiny -o " + dir + "/tiny_q8.ddpm --type q8_0 -q").exit_code == 0);
   const Result tiny = run("info " + dir + "/tiny_q8.ddpm --tensors");
   CHECK(tiny.output.find("block-typed conv weights with rows tap-major") != std::string::npos);
   CHECK(tiny.output.find("down_blocks.0.resnets.0.conv1.weight") != std::string::npos);
   CHECK(tiny.output.find("x 3 x 3 (tap-major)") != std::string::npos);
   CHECK(tiny.output.find("3x3 convs by 8-bit Winograd: off by default") != std::string::npos);  // a q8_0 model
+  // Without a calibration the loader goes by the types: on for q4_0.
   CHECK(run("info " + dir + "/micro_q4.ddpm").output.find("3x3 convs by 8-bit Winograd: on by default") !=
         std::string::npos);
   CHECK(run("quantize --help").output.find("--tensor-type REGEX=TYPE") != std::string::npos);
