@@ -145,12 +145,14 @@ class Reference {
       }
       case OpKind::Softmax: {
         const int64_t cols = t.shape[t.rank - 1];
+        const double s = t.fparams[0];  // the input scale
         for (int64_t r = 0; r < numel(t) / cols; ++r) {
           const double* x = in(t, 0).data() + r * cols;
-          const double m = *std::max_element(x, x + cols);
+          double m = -HUGE_VAL;
+          for (int64_t i = 0; i < cols; ++i) m = std::max(m, s * x[i]);
           double sum = 0.0;
-          for (int64_t i = 0; i < cols; ++i) sum += std::exp(x[i] - m);
-          for (int64_t i = 0; i < cols; ++i) out[r * cols + i] = std::exp(x[i] - m) / sum;
+          for (int64_t i = 0; i < cols; ++i) sum += std::exp(s * x[i] - m);
+          for (int64_t i = 0; i < cols; ++i) out[r * cols + i] = std::exp(s * x[i] - m) / sum;
         }
         break;
       }
@@ -679,6 +681,12 @@ TEST_CASE("concat, upsample, avg_pool and softmax gradients", "[autograd][resamp
     Harness h(g);
     Tensor* x = h.input("x", {2, 3, 7}, 1, 2.0f);
     check_gradients(h, softmax(g, x), {x});
+  }
+  SECTION("softmax of scaled logits (attention's 1/sqrt(d), fused)") {
+    Graph g;
+    Harness h(g);
+    Tensor* x = h.input("x", {2, 3, 7}, 1, 2.0f);
+    check_gradients(h, softmax(g, x, 0.35f), {x});
   }
 }
 

@@ -527,6 +527,28 @@ TEST_CASE("softmax subtracts the row max and sums to one", "[ops][attention]") {
   check_all_levels(r, y, expected);
 }
 
+TEST_CASE("softmax's input scale gives the bits of a Scale op before it", "[ops][attention]") {
+  // Rows of 1 (no tail), 15/16/17 (AVX-512 tails) and 33; 1/√d as attention uses it, and 40 (overflow without
+  // the max shift).
+  for (int64_t cols : {1, 15, 16, 17, 33}) {
+    for (float factor : {0.0625f, 40.0f}) {
+      Runner r;
+      Tensor* x = r.input("x", {3, 5, cols}, 3);
+      Tensor* fused = softmax(r.g, x, factor);
+      Tensor* separate = softmax(r.g, scale(r.g, x, factor));
+      r.g.set_output(separate);
+      for (const kernels::KernelTable* level : all_levels()) {
+        INFO("level " << level->isa_name << ", " << cols << " columns, scale " << factor);
+        const std::vector<float> expected = r.run(separate, *level, 1);
+        for (int threads : {1, 2}) {
+          const std::vector<float> got = r.run(fused, *level, threads);
+          CHECK(std::memcmp(got.data(), expected.data(), got.size() * sizeof(float)) == 0);
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("get_rows looks up rows and rejects out-of-range indices at compute time", "[ops][embedding]") {
   std::vector<float> table = random_vector(4 * 6, 1);
   for (int32_t bad : {1, 4}) {

@@ -45,7 +45,9 @@ Tensor* mul(Graph& g, Tensor* a, Tensor* b);
 Tensor* concat_channels(Graph& g, Tensor* a, Tensor* b);  // [B,Ca,H,W] ++ [B,Cb,H,W] → [B,Ca+Cb,H,W]
 Tensor* upsample_nearest2x(Graph& g, Tensor* x);           // [B,C,H,W] → [B,C,2H,2W]
 Tensor* avg_pool2x(Graph& g, Tensor* x);                   // [B,C,H,W] → [B,C,H/2,W/2]
-Tensor* softmax(Graph& g, Tensor* x);                      // along the last dim
+// Along the last dim, of input_scale·x: the same bits as softmax(scale(x, input_scale)) without a pass over memory
+// for the scaled logits (attention's 1/√d).
+Tensor* softmax(Graph& g, Tensor* x, float input_scale = 1.0f);
 
 // Sinusoidal embedding of timesteps t [B] (f32) → [B, dim], computed in f32 in diffusers' order.
 Tensor* timestep_embedding(Graph& g, Tensor* t, int dim, bool flip_sin_to_cos, float freq_shift);

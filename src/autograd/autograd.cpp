@@ -171,7 +171,10 @@ class Backward {
       case OpKind::Concat: return concat_rule(t, dy);
       case OpKind::Upsample2x: return contribute(t->src[0], upsample2x_grad(g_, dy));
       case OpKind::AvgPool2x: return contribute(t->src[0], avg_pool2x_grad(g_, dy, *t->src[0]));
-      case OpKind::Softmax: return contribute(t->src[0], softmax_grad(g_, dy, t));
+      case OpKind::Softmax: {
+        Tensor* d_logits = softmax_grad(g_, dy, t);  // with respect to the scaled logits, as the Scale op's input
+        return contribute(t->src[0], t->fparams[0] != 1.0f ? scale(g_, d_logits, t->fparams[0]) : d_logits);
+      }
       case OpKind::TimestepEmbedding:
         // Timesteps are never trained; the sinusoid's derivative is not implemented.
         return fail_no_rule(*t, "no gradient with respect to the timesteps");

@@ -187,7 +187,7 @@ struct KernelTable {
   double (*sum_f64)(int64_t n, const float* x) = nullptr;
   double (*sum_squared_deviation_f64)(int64_t n, const float* x, double mean) = nullptr;
   float (*max)(int64_t n, const float* x) = nullptr;  // n >= 1
-  // y = exp(x - shift); returns Σy (f32 accumulation, fixed order per level).
+  // y = exp(x - shift); returns Σy (f32 accumulation, fixed order per level). y may be x.
   float (*exp_shifted_sum)(int64_t n, const float* x, float shift, float* y) = nullptr;
 
   // Weight conversion.

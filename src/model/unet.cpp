@@ -151,7 +151,7 @@ class Builder {
     kt = reshape(g_, kt, {batch_, heads, head_dim, n});
     vt = reshape(g_, vt, {batch_, heads, head_dim, n});
     Tensor* scores = matmul(g_, permute(g_, qt, {0, 1, 3, 2}), kt);  // Q·Kᵀ [B, heads, N, N]
-    Tensor* probs = softmax(g_, scale(g_, scores, static_cast<float>(1.0 / std::sqrt(double(head_dim)))));
+    Tensor* probs = softmax(g_, scores, static_cast<float>(1.0 / std::sqrt(double(head_dim))));
     Tensor* out_t = matmul(g_, vt, permute(g_, probs, {0, 1, 3, 2}));  // (P·V)ᵀ = Vᵀ·Pᵀ [B, heads, d, N]
     out_t = reshape(g_, out_t, {batch_, inner, h, w});
     Tensor* y = projection("to_out.0", out_t, inner, channels, x);     // W_o·Oᵀ + b + residual [B, C, H, W]
