@@ -870,12 +870,12 @@ std::vector<Tensor*> trainable(Graph& g) {
 
 void check_tiny_unet(const UNetConfig& config, const std::vector<std::string>& fd_params) {
   TinyWeights weights(config);
-  std::unique_ptr<UNet> net;
   const int64_t batch = 2, size = 8;
-  Status built = UNet::build(config, weights.lookup(), batch, size, size, &net);
+  Graph g;  // as the trainer builds it: without the inference-only fusions, which have no backward rule
+  UNetGraphParts parts;
+  Status built = build_unet_graph(g, config, weights.lookup(), batch, size, size, &parts);
   INFO(built.message());
   REQUIRE(built.ok());
-  Graph& g = net->graph();
   Harness h(g);
   Tensor* sample = find_node(g, "sample");
   Tensor* timesteps = find_node(g, "timesteps");
@@ -943,10 +943,11 @@ TEST_CASE("training step cost: forward + backward vs forward", "[.autograd-bench
     size = 28;
   }
   TinyWeights weights(config);
-  std::unique_ptr<UNet> forward_net, train_net;
+  std::unique_ptr<UNet> forward_net;
   REQUIRE(UNet::build(config, weights.lookup(), batch, size, size, &forward_net).ok());
-  REQUIRE(UNet::build(config, weights.lookup(), batch, size, size, &train_net).ok());
-  Graph& g = train_net->graph();
+  Graph g;  // the trainer's graph: no inference-only fusions
+  UNetGraphParts parts;
+  REQUIRE(build_unet_graph(g, config, weights.lookup(), batch, size, size, &parts).ok());
   const size_t forward_nodes = g.nodes().size();
   Tensor* target = g.input("target", DType::F32, {batch, config.out_channels, size, size});
   Tensor* loss = mse_loss(g, unet_output(g), target);
@@ -977,7 +978,12 @@ TEST_CASE("training step cost: forward + backward vs forward", "[.autograd-bench
       return best;
     };
     const double forward_ms = best_of([&] { REQUIRE(forward_net->forward(pool, x.data(), t.data(), labels.data(), out.data()).ok()); });
-    const double train_ms = best_of([&] { REQUIRE(train_net->forward(pool, x.data(), t.data(), labels.data(), out.data()).ok()); });
+    const double train_ms = best_of([&] {
+      std::memcpy(parts.sample->data, x.data(), x.size() * sizeof(float));
+      std::memcpy(parts.timesteps->data, t.data(), t.size() * sizeof(float));
+      if (parts.class_labels) std::memcpy(parts.class_labels->data, labels.data(), labels.size() * sizeof(int32_t));
+      REQUIRE(g.compute(pool).ok());
+    });
     std::printf("%s batch %lld %lldx%lld, %d thread(s), %s: forward %.2f ms, forward+backward %.2f ms (%.2fx); "
                 "arena %.1f MB vs %.1f MB\n",
                 name, (long long)batch, (long long)size, (long long)size, threads, kernels::active().isa_name, forward_ms,

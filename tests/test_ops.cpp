@@ -8,6 +8,7 @@
 #include <limits>
 
 #include "core/half.h"
+#include "ddpm/autograd.h"
 #include "ops/conv_direct.h"
 #include "ops/conv_winograd.h"
 #include "test_util.h"
@@ -419,6 +420,49 @@ TEST_CASE("group_norm (with and without fused SiLU) matches f64 statistics", "[o
       check_all_levels(r, y, expected);
     }
   }
+}
+
+TEST_CASE("group_norm with a channel bias gives the bits of add then group_norm; no backward rule", "[ops][norm]") {
+  // Odd sizes for the vector tails; 40×40 streams each channel in two pieces; batch 2 reads each sample's biases.
+  for (auto [batch, c, hw, groups] :
+       std::vector<std::tuple<int64_t, int64_t, int64_t, int>>{{2, 8, 5, 4}, {1, 32, 1, 8}, {1, 6, 17, 3}, {2, 8, 40, 2}}) {
+    for (bool silu : {false, true}) {
+      Runner r;
+      Tensor* x = r.input("x", {batch, c, hw, hw}, 1);
+      Tensor* bias = r.input("time", {batch, c}, 4);
+      Tensor* gamma = r.param("gamma", {c}, 2);
+      Tensor* beta = r.param("beta", {c}, 3);
+      Tensor* fused = group_norm(r.g, x, groups, 1e-5f, gamma, beta, silu, bias);
+      Tensor* separate = group_norm(r.g, add(r.g, x, reshape(r.g, bias, {batch, c, 1, 1})), groups, 1e-5f, gamma, beta, silu);
+      r.g.set_output(separate);
+      for (const kernels::KernelTable* level : all_levels()) {
+        INFO("level " << level->isa_name << ", [" << batch << ", " << c << ", " << hw << ", " << hw << "], silu " << silu);
+        const std::vector<float> expected = r.run(separate, *level, 1);
+        for (StreamOutputs stream : {StreamOutputs::kOff, StreamOutputs::kOn}) {
+          set_stream_outputs(stream);
+          for (int threads : {1, 2}) {
+            const std::vector<float> got = r.run(fused, *level, threads);
+            CHECK(std::memcmp(got.data(), expected.data(), got.size() * sizeof(float)) == 0);
+          }
+        }
+        set_stream_outputs(StreamOutputs::kAuto);
+      }
+    }
+  }
+  Graph g;
+  Tensor* x = g.input("x", DType::F32, {2, 4, 3, 3});
+  Tensor* gamma = g.input("gamma", DType::F32, {4});
+  Tensor* beta = g.input("beta", DType::F32, {4});
+  CHECK(group_norm(g, x, 2, 1e-5f, gamma, beta, false, g.input("wrong", DType::F32, {1, 4})) == nullptr);
+  CHECK(g.status().message().find("channel bias") != std::string::npos);
+  Graph h;
+  Tensor* hx = h.param("x", DType::F32, {2, 4, 3, 3}, nullptr);
+  Tensor* y = group_norm(h, hx, 2, 1e-5f, h.input("gamma", DType::F32, {4}), h.input("beta", DType::F32, {4}), false,
+                         h.input("time", DType::F32, {2, 4}));
+  std::vector<Tensor*> grads;
+  const Status backward = build_backward(h, mse_loss(h, y, h.input("target", DType::F32, {2, 4, 3, 3})), {hx}, &grads);
+  CHECK(!backward.ok());
+  CHECK(backward.message().find("fused channel bias") != std::string::npos);
 }
 
 TEST_CASE("streamed outputs (ExecContext::stream_outputs) give the same bits: GroupNorm, Winograd with residual, "

@@ -34,7 +34,11 @@ Tensor* matmul(Graph& g, Tensor* a, Tensor* b);
 Tensor* linear(Graph& g, Tensor* x, Tensor* weight, Tensor* bias);
 
 // GroupNorm over (C/groups channels × H × W) per sample, biased variance, f64 statistics; optional fused SiLU.
-Tensor* group_norm(Graph& g, Tensor* x, int groups, float eps, Tensor* gamma, Tensor* beta, bool fuse_silu = false);
+// channel_bias ([B, C] f32, optional) is added to x first, per sample and channel: the bits of
+// group_norm(add(x, reshape(channel_bias, [B, C, 1, 1]))) without the sum going through memory (a resnet's
+// time-embedding add). No backward rule with it: inference graphs only.
+Tensor* group_norm(Graph& g, Tensor* x, int groups, float eps, Tensor* gamma, Tensor* beta, bool fuse_silu = false,
+                   Tensor* channel_bias = nullptr);
 
 Tensor* silu(Graph& g, Tensor* x);
 Tensor* scale(Graph& g, Tensor* x, float factor);

@@ -264,6 +264,7 @@ class Backward {
   }
 
   void group_norm_rule(Tensor* t, Tensor* dy) {
+    if (t->src[3]) return fail_no_rule(*t, "no backward rule with a fused channel bias (an inference graph's)");
     Tensor* x = t->src[0];
     Tensor* gamma = t->src[1];
     Tensor* beta = t->src[2];

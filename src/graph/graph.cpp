@@ -303,7 +303,7 @@ const OpExec& op_exec(OpKind op) {
       {compute_contiguous, nullptr},               // Contiguous
       {compute_conv2d, scratch_conv2d, shared_conv2d},  // Conv2d
       {compute_matmul, scratch_matmul, shared_matmul},  // Matmul
-      {compute_group_norm, nullptr},               // GroupNorm
+      {compute_group_norm, scratch_group_norm},    // GroupNorm
       {compute_unary, nullptr},                    // Unary
       {compute_binary, nullptr},                   // Binary
       {compute_concat, nullptr},                   // Concat

@@ -71,10 +71,11 @@ class Builder {
   int64_t groups() const { return *c_.norm_num_groups; }
   float eps() const { return static_cast<float>(c_.norm_eps); }
 
-  Tensor* group_norm(const std::string& prefix, Tensor* x, int64_t channels, int64_t groups, bool silu) {
+  Tensor* group_norm(const std::string& prefix, Tensor* x, int64_t channels, int64_t groups, bool silu,
+                     Tensor* channel_bias = nullptr) {
     Tensor* gamma = weight(prefix + ".weight", {channels});
     Tensor* beta = weight(prefix + ".bias", {channels});
-    return ddpm::group_norm(g_, x, static_cast<int>(groups), eps(), gamma, beta, silu);
+    return ddpm::group_norm(g_, x, static_cast<int>(groups), eps(), gamma, beta, silu, channel_bias);
   }
 
   Tensor* conv(const std::string& prefix, Tensor* x, int64_t c_in, int64_t c_out, int64_t k, const Conv2dParams& p,
@@ -112,7 +113,9 @@ class Builder {
     x = resample(x, r);
     h = conv(p + ".conv1", h, c_in, c_out, 3, conv_same3x3());               // [B, c_out, H', W']
     Tensor* e = linear(p + ".time_emb_proj", emb_act_, c_.time_embed_dim(), scale_shift ? 2 * c_out : c_out);
-    if (!scale_shift) {
+    if (!scale_shift && inference_only_fusions_) {
+      h = group_norm(p + ".norm2", h, c_out, groups(), /*silu=*/true, /*channel_bias=*/e);  // norm2(h + e)
+    } else if (!scale_shift) {
       h = add(g_, h, reshape(g_, e, {batch_, c_out, 1, 1}));
       h = group_norm(p + ".norm2", h, c_out, groups(), /*silu=*/true);
     } else {
@@ -257,6 +260,7 @@ class Builder {
   }
 
   int64_t batch_ = 1;
+  bool inference_only_fusions_ = false;  // build_unet_graph's
 
  private:
   Graph& g_;
@@ -271,7 +275,8 @@ class Builder {
 }  // namespace
 
 Status build_unet_graph(Graph& g, const UNetConfig& config, const WeightLookup& lookup, int64_t batch, int64_t height,
-                        int64_t width, UNetGraphParts* out, std::vector<std::pair<std::string, Tensor*>>* taps) {
+                        int64_t width, UNetGraphParts* out, std::vector<std::pair<std::string, Tensor*>>* taps,
+                        bool inference_only_fusions) {
   DDPM_TRY(config.validate());
   const int64_t multiple = config.spatial_multiple();
   if (batch < 1 || height < 1 || width < 1 || height % multiple != 0 || width % multiple != 0) {
@@ -288,6 +293,7 @@ Status build_unet_graph(Graph& g, const UNetConfig& config, const WeightLookup& 
   }
   Builder builder(g, config, lookup, taps);
   builder.batch_ = batch;
+  builder.inference_only_fusions_ = inference_only_fusions;
   parts.output = builder.build(parts.sample, parts.timesteps, parts.class_labels);
   DDPM_TRY(builder.error());
   g.set_output(parts.output);
@@ -302,7 +308,7 @@ Status UNet::build(const UNetConfig& config, const WeightLookup& lookup, int64_t
   net->batch_ = batch;
   UNetGraphParts parts;
   DDPM_TRY(build_unet_graph(net->graph_, net->config_, lookup, batch, height, width, &parts,
-                            keep_intermediates ? &net->taps_ : nullptr));
+                            keep_intermediates ? &net->taps_ : nullptr, /*inference_only_fusions=*/true));
   net->sample_ = parts.sample;
   net->timesteps_ = parts.timesteps;
   net->class_labels_ = parts.class_labels;

@@ -48,9 +48,12 @@ struct UNetGraphParts {
 // Appends the network to `g` without planning it, so a caller can add more nodes first (a training loss and its
 // backward pass) and plan once. Weights come from `lookup` as graph parameters (caller-owned memory, read at every
 // compute, so an optimiser may update them in place). taps: as UNet::build's keep_intermediates (may be null).
+// inference_only_fusions: fuse ops that have no backward rule when fused (the resnets' time-embedding add into
+// norm2); the outputs are the same bits either way.
 Status build_unet_graph(Graph& g, const UNetConfig& config, const WeightLookup& lookup, int64_t batch, int64_t height,
                         int64_t width, UNetGraphParts* out,
-                        std::vector<std::pair<std::string, Tensor*>>* taps = nullptr);
+                        std::vector<std::pair<std::string, Tensor*>>* taps = nullptr,
+                        bool inference_only_fusions = false);
 
 class UNet {
  public:

@@ -58,6 +58,7 @@ Status compute_matmul(const Tensor& node, ExecContext& ctx);
 size_t scratch_matmul(const Tensor& node);
 size_t shared_matmul(const Tensor& node);
 Status compute_group_norm(const Tensor& node, ExecContext& ctx);
+size_t scratch_group_norm(const Tensor& node);
 Status compute_unary(const Tensor& node, ExecContext& ctx);
 Status compute_binary(const Tensor& node, ExecContext& ctx);
 Status compute_concat(const Tensor& node, ExecContext& ctx);
