@@ -233,11 +233,33 @@ Status Graph::plan() {
     Tensor* t = nodes_[i];
     if (t->flags & kFlagInput) offset[i] = planner.allocate(tensor_bytes(*t));
   }
+  // An op that may write over its first input takes that input's memory when this op is its last reader, it is
+  // an activation of the same size, and no other input of the op shares it (a view of it read elsewhere).
+  auto input_to_overwrite = [&](size_t i) -> Tensor* {
+    Tensor* t = nodes_[i];
+    Tensor* s = t->src[0];
+    if (!op_exec(t->op).may_overwrite_input || !s || s->op == OpKind::Leaf || s->op == OpKind::View) return nullptr;
+    if ((s->flags & (kFlagInput | kFlagOutput)) || offset[s->id] == kForever || last_use[s->id] != i) return nullptr;
+    if (s->dtype != t->dtype || tensor_bytes(*s) != tensor_bytes(*t)) return nullptr;
+    for (int j = 1; j < kMaxSources; ++j) {
+      if (t->src[j] && storage_root(t->src[j]) == s) return nullptr;
+    }
+    return s;
+  };
   size_t scratch = 0, shared = 0;
   for (size_t i = 0; i < n; ++i) {
     Tensor* t = nodes_[i];
     if (t->op == OpKind::Leaf || t->op == OpKind::View) continue;
-    offset[i] = planner.allocate(tensor_bytes(*t));
+    if (Tensor* s = input_to_overwrite(i)) {
+      // s's memory becomes t's: s is no longer released after this node, t is when it dies.
+      std::vector<Tensor*>& dying = dies_after[i];
+      const auto entry = std::find(dying.begin(), dying.end(), s);
+      DDPM_ASSERT(entry != dying.end());
+      dying.erase(entry);
+      offset[i] = offset[s->id];
+    } else {
+      offset[i] = planner.allocate(tensor_bytes(*t));
+    }
     if (!(t->flags & kFlagOutput)) dies_after[last_use[i]].push_back(t);
     if (const ScratchFn fn = op_exec(t->op).scratch_bytes) scratch = std::max(scratch, fn(*t));
     if (const ScratchFn fn = op_exec(t->op).shared_bytes) shared = std::max(shared, fn(*t));
@@ -303,9 +325,9 @@ const OpExec& op_exec(OpKind op) {
       {compute_contiguous, nullptr},               // Contiguous
       {compute_conv2d, scratch_conv2d, shared_conv2d},  // Conv2d
       {compute_matmul, scratch_matmul, shared_matmul},  // Matmul
-      {compute_group_norm, scratch_group_norm},    // GroupNorm
-      {compute_unary, nullptr},                    // Unary
-      {compute_binary, nullptr},                   // Binary
+      {compute_group_norm, scratch_group_norm, nullptr, true},  // GroupNorm: a task reads its group, then writes it
+      {compute_unary, nullptr, nullptr, true},      // Unary
+      {compute_binary, nullptr, nullptr, true},     // Binary
       {compute_concat, nullptr},                   // Concat
       {compute_upsample2x, nullptr},               // Upsample2x
       {compute_avg_pool2x, nullptr},               // AvgPool2x

@@ -45,6 +45,9 @@ struct OpExec {
   ComputeFn compute;
   ScratchFn scratch_bytes;  // may be null: no scratch
   ScratchFn shared_bytes = nullptr;  // may be null: no ExecContext::shared buffer
+  // The output may take src[0]'s memory when nothing reads src[0] afterwards (Graph::plan checks that, and the
+  // sizes): every task reads each input element it overwrites before writing it, and no other task reads it.
+  bool may_overwrite_input = false;
 };
 
 const OpExec& op_exec(OpKind op);
