@@ -47,8 +47,8 @@ int run_convert(int argc, char** argv) {
                      "weight type: " + quant::weight_type_list() +
                          " (default f32). f16: every matrix, norms and biases stay f32; block types: conv and linear "
                          "weights, not conv_in/conv_out/embeddings; under q5_0/q4_1/q4_0 the tensors that carry most "
-                         "of the error go up a type, and a U-Net is calibrated, as with ddpm quantize (see its --help; "
-                         "the calibration needs room for an f32 copy of the model beside OUT)",
+                         "of the error go up a type, as with ddpm quantize; and a U-Net in a block type is calibrated as ddpm "
+                         "quantize calibrates (see its --help; this needs room for an f32 copy of the model beside OUT)",
                      [&](const std::string& v) {
                        type = v;
                        return quant::parse_weight_type("--type", v, &o.type);
