@@ -7,6 +7,7 @@
 #include <cstring>
 #include <limits>
 
+#include "core/align.h"
 #include "ddpm/threadpool.h"
 #include "graph/profile.h"
 #include "ops/op_exec.h"
@@ -15,15 +16,11 @@
 namespace ddpm {
 namespace {
 
-constexpr size_t kAlignment = 64;
-
-size_t align_up(size_t n) { return (n + kAlignment - 1) / kAlignment * kAlignment; }
-
 void free_aligned(uint8_t* p) { std::free(p); }
 
 uint8_t* alloc_aligned(size_t bytes) {
-  if (bytes == 0) bytes = kAlignment;
-  return static_cast<uint8_t*>(std::aligned_alloc(kAlignment, align_up(bytes)));
+  if (bytes == 0) bytes = kCacheLine;
+  return static_cast<uint8_t*>(std::aligned_alloc(kCacheLine, align_to_cache_line(bytes)));
 }
 
 size_t tensor_bytes(const Tensor& t) { return dtype_tensor_bytes(t.dtype, t.rank, t.shape); }
@@ -33,7 +30,7 @@ size_t tensor_bytes(const Tensor& t) { return dtype_tensor_bytes(t.dtype, t.rank
 class ArenaPlanner {
  public:
   size_t allocate(size_t bytes) {
-    bytes = align_up(std::max<size_t>(bytes, 1));
+    bytes = align_to_cache_line(std::max<size_t>(bytes, 1));
     size_t best = free_.size();
     for (size_t i = 0; i < free_.size(); ++i) {
       if (free_[i].size >= bytes && (best == free_.size() || free_[i].size < free_[best].size)) best = i;
@@ -58,7 +55,7 @@ class ArenaPlanner {
   }
 
   void release(size_t offset, size_t bytes) {
-    bytes = align_up(std::max<size_t>(bytes, 1));
+    bytes = align_to_cache_line(std::max<size_t>(bytes, 1));
     auto it = std::lower_bound(free_.begin(), free_.end(), offset,
                                [](const Block& b, size_t off) { return b.offset < off; });
     it = free_.insert(it, Block{offset, bytes});
@@ -277,8 +274,8 @@ Status Graph::plan() {
       t->data = static_cast<uint8_t*>(t->view_source->data) + t->view_offset * static_cast<int64_t>(element_bytes);
     }
   }
-  scratch_per_thread_ = align_up(scratch);
-  shared_bytes_ = align_up(shared);
+  scratch_per_thread_ = align_to_cache_line(scratch);
+  shared_bytes_ = align_to_cache_line(shared);
   shared_.reset(shared_bytes_ ? alloc_aligned(shared_bytes_) : nullptr);
   if (shared_bytes_ && !shared_) return errorf("cannot allocate %zu bytes of shared scratch memory", shared_bytes_);
   planned_ = true;

@@ -54,6 +54,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/align.h"
 #include "core/half.h"
 #include "io/mapped_file.h"
 #include "ops/gemm.h"
@@ -138,7 +139,6 @@ struct GroupLayout {
   size_t total() const { return v_bytes + m_bytes + stage_bytes + gemm_scratch_bytes; }
 };
 
-size_t aligned64(size_t bytes) { return (bytes + 63) / 64 * 64; }
 
 // Bytes of one position's B panels for `panels` column panels over all of K.
 size_t v_position_bytes(int64_t ci, int nr, int64_t panels) {
@@ -156,11 +156,11 @@ GroupLayout group_layout(const Geometry& g, const kernels::QGemmMicroKernel& ker
   const int64_t by_bytes = kGroupVBytes / static_cast<int64_t>(kPositions * v_position_bytes(g.ci, l.nr, 1));
   l.max_panels = std::clamp<int64_t>(by_bytes, 1, by_tiles);
   l.block_rows = std::min(ceil_div(kMBlockRows, l.mr), ceil_div(g.co, l.mr)) * l.mr;
-  l.v_bytes = aligned64(kPositions * v_position_bytes(g.ci, l.nr, l.max_panels));
-  l.m_bytes = aligned64(static_cast<size_t>(kPositions * l.block_rows * l.max_panels * l.nr) * sizeof(float));
-  l.stage_bytes = aligned64(static_cast<size_t>(kPositions * quant::kQuantBlock * l.nr) * sizeof(float)) +
-                  aligned64(kernels::qgemm_b_panel_bytes(quant::kQuantBlock, l.nr));
-  l.gemm_scratch_bytes = aligned64(gemm_scratch_bytes);
+  l.v_bytes = align_to_cache_line(kPositions * v_position_bytes(g.ci, l.nr, l.max_panels));
+  l.m_bytes = align_to_cache_line(static_cast<size_t>(kPositions * l.block_rows * l.max_panels * l.nr) * sizeof(float));
+  l.stage_bytes = align_to_cache_line(static_cast<size_t>(kPositions * quant::kQuantBlock * l.nr) * sizeof(float)) +
+                  align_to_cache_line(kernels::qgemm_b_panel_bytes(quant::kQuantBlock, l.nr));
+  l.gemm_scratch_bytes = align_to_cache_line(gemm_scratch_bytes);
   return l;
 }
 
@@ -355,7 +355,7 @@ void quantize_group_input(const Geometry& g, const GroupLayout& l, const kernels
   const size_t full_panel_bytes = kernels::qgemm_b_panel_bytes(k.kc, nr);
   const int64_t position_stride = kLanes * nr;  // in the staged V: [f][c][t]
   float* v = reinterpret_cast<float*>(stage);
-  uint8_t* quantized = stage + aligned64(static_cast<size_t>(kPositions * position_stride) * sizeof(float));
+  uint8_t* quantized = stage + align_to_cache_line(static_cast<size_t>(kPositions * position_stride) * sizeof(float));
   const size_t position_bytes = v_position_bytes(g.ci, nr, panels);
   float staged[4][kStaged];
   for (int64_t j = 0; j < panels; ++j) {

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 
+#include "core/align.h"
 #include "core/half.h"
 #include "io/mapped_file.h"
 #include "quant/blocks.h"
@@ -36,7 +37,6 @@ constexpr double kQuantizeBCost = 40.0, kGatherQuantizedBCost = 8.0, kUnpackACos
 // Below this many multiply-adds a second thread costs more than it saves.
 constexpr double kMinParallelWork = 256.0 * 1024.0;
 
-size_t aligned64(size_t bytes) { return (bytes + 63) / 64 * 64; }
 
 inline float load_element(const void* base, DType dtype, int64_t index) {
   if (dtype == DType::F16) return f16_to_f32(static_cast<const uint16_t*>(base)[index]);
@@ -90,7 +90,7 @@ ScratchLayout scratch_layout(int mr, int nr) {
   size_t offset = 0;
   for (int i = 0; i < 11; ++i) {
     layout.offsets[i] = offset;
-    offset += aligned64(sizes[i]);
+    offset += align_to_cache_line(sizes[i]);
   }
   layout.total = offset;
   return layout;
@@ -360,7 +360,7 @@ SharedALayout shared_a_layout(int64_t m_panels, int mr, int64_t padded_k, DType 
                            l.has_min ? per_block * sizeof(uint16_t) : 0, per_block * sizeof(int16_t)};
   for (int i = 0; i < 4; ++i) {
     l.offsets[i] = l.total;
-    l.total += aligned64(sizes[i]);
+    l.total += align_to_cache_line(sizes[i]);
   }
   return l;
 }
@@ -625,7 +625,7 @@ const uint8_t* qgemm_kept_panels(const QGemmProblem& p, const ExecContext& ctx) 
 
 // A k block's widened scales, minima and lo coefficients (expand_panel), for at most kKcMax values.
 size_t qgemm_kept_block_scratch_bytes(int mr) {
-  return 3 * aligned64(static_cast<size_t>(kKcMax / kBlock * mr) * sizeof(float));
+  return 3 * align_to_cache_line(static_cast<size_t>(kKcMax / kBlock * mr) * sizeof(float));
 }
 
 void qgemm_kept_block(const QGemmProblem& p, const uint8_t* kept, const kernels::KernelTable& kernels,
@@ -636,7 +636,7 @@ void qgemm_kept_block(const QGemmProblem& p, const uint8_t* kept, const kernels:
   const int64_t padded_k = dtype_padded_row(p.a_dtype, p.K), m_panels = ceil_div(p.M, mr);
   const SharedALayout layout = shared_a_layout(a_matrices(p) * m_panels, mr, padded_k, p.a_dtype);
   const QGemmKBlocks k_blocks = qgemm_k_blocks(p.K);
-  const size_t part = aligned64(static_cast<size_t>(kKcMax / kBlock * mr) * sizeof(float));
+  const size_t part = align_to_cache_line(static_cast<size_t>(kKcMax / kBlock * mr) * sizeof(float));
   Scratch s{};
   s.a_d = reinterpret_cast<float*>(scratch);
   s.a_min = reinterpret_cast<float*>(scratch + part);
@@ -736,7 +736,7 @@ const uint8_t* PackedWeights::find(const Key& key) const {
 }
 
 uint8_t* PackedWeights::add(const Key& key, size_t bytes) {
-  auto* data = static_cast<uint8_t*>(std::aligned_alloc(64, aligned64(std::max<size_t>(bytes, 1))));
+  auto* data = static_cast<uint8_t*>(std::aligned_alloc(64, align_to_cache_line(std::max<size_t>(bytes, 1))));
   if (!data) return nullptr;
   panels_[key].reset(data);
   bytes_ += bytes;
