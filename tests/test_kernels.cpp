@@ -418,8 +418,8 @@ TEST_CASE("stream_copy copies every length at every alignment of y, and nothing 
   for (const kernels::KernelTable* level : all_levels()) {
     for (int64_t n : kLengths) {
       const std::vector<float> x = make_input(n, static_cast<uint32_t>(n + 5), 10.0f, Data::Special);
-      // Offsets 0–8 floats of y and 0 or 3 of x: every position of a 32-byte line, aligned or not, head and tail.
-      for (int y_offset = 0; y_offset <= 8; ++y_offset) {
+      // Offsets 0–16 floats of y and 0 or 3 of x: every position in a 64-byte line, aligned or not, head and tail.
+      for (int y_offset = 0; y_offset <= 16; ++y_offset) {
         for (int x_offset : {0, 3}) {
           INFO(level->isa_name << " n=" << n << " y at +" << y_offset << " x at +" << x_offset);
           Guarded<float> gx(x, x_offset), gy(n, y_offset);

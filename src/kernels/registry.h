@@ -176,10 +176,10 @@ struct KernelTable {
   // y = x·scale + shift, optionally followed by SiLU (GroupNorm's per-channel apply step).
   void (*affine)(int64_t n, const float* x, float scale, float shift, float* y) = nullptr;
   void (*affine_silu)(int64_t n, const float* x, float scale, float shift, float* y) = nullptr;
-  // y = x (no overlap) by non-temporal stores where the level has them: the lines go towards memory without being
-  // read first or kept in this core's cache, so storing to lines another core holds does not wait for that core
-  // (ExecContext::stream_outputs says when that pays). Such stores are ordered only by store_fence(), which every
-  // task that streamed calls before it ends. The reference: a plain copy, and no fence needed.
+  // y = x (no overlap) by non-temporal stores for the whole cache lines of y, where the level has them: the lines go
+  // towards memory without being read first or kept in this core's cache, so storing to lines another core holds
+  // does not wait for that core (ExecContext::stream_outputs says when that pays). Such stores are ordered only by
+  // store_fence(), which every task that streamed calls before it ends. The reference: a plain copy, no fence needed.
   void (*stream_copy)(int64_t n, const float* x, float* y) = nullptr;
   void (*store_fence)() = nullptr;
 
