@@ -849,6 +849,33 @@ TEST_CASE("ddpm train: bad flags, bad data and a checkpoint of another architect
       CHECK(std::memcmp(a.tensors()[i].data, b.tensors()[i].data, a.tensors()[i].bytes) == 0);
     }
   }
+  // Without --data: everything the model file holds comes from the checkpoint, the same tensors and metadata (but
+  // the creation time).
+  CliResult no_data = run_cli("train --resume " + dir + "/tiny.ckpt --export-only -o " + dir + "/exported2.ddpm");
+  INFO(no_data.output);
+  REQUIRE(no_data.exit_code == 0);
+  CHECK(contains(no_data.output, "step 2"));
+  {
+    DdpmFile a, b;
+    REQUIRE(DdpmFile::open(dir + "/exported.ddpm", &a).ok());
+    REQUIRE(DdpmFile::open(dir + "/exported2.ddpm", &b).ok());
+    REQUIRE(a.tensors().size() == b.tensors().size());
+    for (size_t i = 0; i < a.tensors().size(); ++i) {
+      CHECK(a.tensors()[i].name == b.tensors()[i].name);
+      CHECK(std::memcmp(a.tensors()[i].data, b.tensors()[i].data, a.tensors()[i].bytes) == 0);
+    }
+    for (const char* key : {"classes.names", "classes.null_index", "scheduler.config", "unet.config", "training.steps",
+                            "training.data_samples", "training.final_loss", "training.final_validation_loss",
+                            "training.wall_seconds", "provenance.source_file", "training.prediction_type"}) {
+      INFO(key);
+      const MetadataValue* va = a.metadata().find(key);
+      const MetadataValue* vb = b.metadata().find(key);
+      REQUIRE((va != nullptr) == (vb != nullptr));
+      if (va) CHECK(*va == *vb);
+    }
+  }
+  check_cli_error(run_cli("train --resume " + dir + "/no-such.ckpt --export-only -o " + dir + "/x.ddpm"), 1,
+                  "no-such.ckpt");
   check_cli_error(run_cli("train --preset toy-mlp --export-only -o " + dir + "/x.ddpm"), 2,
                   "--export-only needs --resume CHECKPOINT");
 

@@ -162,7 +162,7 @@ int run_train(int argc, char** argv) {
   options.push_back({"checkpoint-every", 0, "K", "checkpoint every K steps and at the end (default 1000; 0 = never)",
                      [&](const std::string& v) { return parse_int("--checkpoint-every", v, 0, 1ll << 40, &st.checkpoint_every); }});
   options.push_back({"resume", 0, "FILE", "continue the run saved in a checkpoint", text(&st.resume)});
-  options.push_back({"export-only", 0, "", "with --resume: write the checkpoint's EMA weights to -o now, without training",
+  options.push_back({"export-only", 0, "", "with --resume: write the checkpoint's EMA weights to -o now, without training (--data not needed)",
                      [&](const std::string&) {
                        st.export_only = true;
                        return Status();
@@ -182,7 +182,8 @@ int run_train(int argc, char** argv) {
   if (help) {
     print_usage(stdout,
                 "ddpm train (--preset NAME | --config JSON) --data PATH [--labels FILE] -o model.ddpm [options]\n"
-                "       ddpm train --resume run.ckpt --data PATH [--labels FILE] -o model.ddpm [--steps N]",
+                "       ddpm train --resume run.ckpt --data PATH [--labels FILE] -o model.ddpm [--steps N]\n"
+                "       ddpm train --resume run.ckpt --export-only -o model.ddpm",
                 options);
     return 0;
   }
@@ -213,6 +214,24 @@ int run_train(int argc, char** argv) {
   if (s.ok()) s = parse_resize_mode(st.resize, &resize).with_context("--resize");
   if (s.ok()) s = apply_common_settings(common);
   if (!s.ok()) return usage_error(s);
+
+  // Exporting needs only the checkpoint: its EMA weights, history and class names (the data is for training).
+  if (st.export_only && st.data.empty() && st.preset.empty() && st.config.empty()) {
+    std::unique_ptr<Trainer> trainer;
+    s = check_distinct_paths(st.out, st.resume, "the checkpoint resumed from");
+    if (s.ok()) s = check_can_write(st.out);
+    if (s.ok()) s = Trainer::open_for_export(st.resume, &trainer);
+    if (s.ok() && !st.class_names.empty()) {
+      s = trainer->set_class_names(split_list(st.class_names)).with_context("--class-names");
+    }
+    ExportOptions export_options;
+    export_options.default_guidance_scale = static_cast<float>(st.guidance);
+    if (s.ok()) s = trainer->export_model(st.out, export_options);
+    if (!s.ok()) return run_error(s);
+    std::printf("wrote %s (EMA weights of %s, step %lld; %s of training)\n", st.out.c_str(), st.resume.c_str(),
+                (long long)trainer->step_count(), duration_text(trainer->wall_seconds()).c_str());
+    return 0;
+  }
 
   // The network and the noise schedule: from the flags, or from the checkpoint being resumed.
   NetSpec net;

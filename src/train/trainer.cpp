@@ -328,6 +328,7 @@ void Trainer::fill_batch(int64_t step) {
 }
 
 Status Trainer::step(ThreadPool& pool, StepStats* stats) {
+  DDPM_ASSERT(!export_only_);  // open_for_export made this trainer: it has no training graph
   Stopwatch watch(&wall_seconds_);
   fill_batch(step_);
   DDPM_TRY(graph_.compute(pool));
@@ -354,6 +355,7 @@ Status Trainer::step(ThreadPool& pool, StepStats* stats) {
 }
 
 Status Trainer::validation_loss(ThreadPool& pool, double* loss) {
+  DDPM_ASSERT(!export_only_);  // open_for_export made this trainer: it has no training graph
   Stopwatch watch(&wall_seconds_);
   const int64_t count = static_cast<int64_t>(split_.validation.size());
   if (count == 0) return errorf("no validation samples (set a validation count)");
@@ -402,6 +404,7 @@ Status Trainer::validation_loss(ThreadPool& pool, double* loss) {
 }
 
 Status Trainer::sample(ThreadPool& pool, const SampleRequest& request, std::vector<float>* out) {
+  DDPM_ASSERT(!export_only_);  // open_for_export made this trainer: it has no training graph
   Stopwatch watch(&wall_seconds_);
   return sample_network(net_, schedule_, layout_.lookup(ema_.data()), pool, request, &sampler_net_, out);
 }
@@ -410,6 +413,7 @@ Status Trainer::sample(ThreadPool& pool, const SampleRequest& request, std::vect
 // Checkpoints
 
 Status Trainer::save_checkpoint(const std::string& path) const {
+  DDPM_ASSERT(!export_only_);  // open_for_export made this trainer: it has no training graph
   DdpmWriter w;
   std::vector<int64_t> val_steps;
   std::vector<float> val_losses;
@@ -425,6 +429,7 @@ Status Trainer::save_checkpoint(const std::string& path) const {
   DDPM_TRY(w.set_metadata("train.step", MetadataValue::i64(step_)));
   DDPM_TRY(w.set_metadata("train.data_fingerprint", MetadataValue::u32(data_.fingerprint())));
   DDPM_TRY(w.set_metadata("train.data_count", MetadataValue::i64(data_.count)));
+  DDPM_TRY(w.set_metadata("train.data_source", MetadataValue::string(base_name(data_.source))));
   DDPM_TRY(w.set_metadata("train.class_names", MetadataValue::string_array(class_names_)));
   DDPM_TRY(w.set_metadata("train.wall_seconds", MetadataValue::f64(wall_seconds_)));
   DDPM_TRY(w.set_metadata("train.losses", MetadataValue::f32_array(losses_)));
@@ -479,7 +484,47 @@ Status Trainer::read_checkpoint_setup(const std::string& path, NetSpec* net, Sch
   return read_setup(file, net, scheduler, options);
 }
 
+Status Trainer::open_for_export(const std::string& checkpoint, std::unique_ptr<Trainer>* out) {
+  DdpmFile file;
+  DDPM_TRY(open_checkpoint(checkpoint, &file));
+  const DdpmMetadata& m = file.metadata();
+  std::unique_ptr<Trainer> t(new Trainer());
+  SchedulerConfig scheduler;
+  DDPM_TRY(read_setup(file, &t->net_, &scheduler, &t->options_));
+  scheduler.prediction_type = t->options_.prediction;  // as create() sets it
+  DDPM_TRY(Schedule::create(scheduler, &t->schedule_));
+  Dataset& data = t->checkpoint_data_;
+  data.channels = t->net_.channels;
+  data.height = t->net_.height;
+  data.width = t->net_.width;
+  std::vector<int64_t> val_steps;
+  std::vector<float> val_losses;
+  DDPM_TRY(m.get_i64("train.data_count", &data.count));
+  DDPM_TRY(m.get_string_array("train.class_names", &data.class_names));
+  if (!m.get_string("train.data_source", &data.source).ok()) data.source.clear();  // not in older checkpoints
+  DDPM_TRY(m.get_i64("train.step", &t->step_));
+  DDPM_TRY(m.get_f32_array("train.losses", &t->losses_));
+  DDPM_TRY(m.get_i64_array("train.validation_steps", &val_steps));
+  DDPM_TRY(m.get_f32_array("train.validation_losses", &val_losses));
+  DDPM_TRY(m.get_f64("train.wall_seconds", &t->wall_seconds_));
+  if (t->step_ < 0 || static_cast<int64_t>(t->losses_.size()) != t->step_ || val_steps.size() != val_losses.size() ||
+      data.count < 0) {
+    return errorf("%s: step %lld disagrees with its loss history (%zu values)", checkpoint.c_str(),
+                  (long long)t->step_, t->losses_.size());
+  }
+  for (size_t i = 0; i < val_steps.size(); ++i) t->validation_.push_back({val_steps[i], val_losses[i]});
+  t->class_names_ = data.class_names;
+  DDPM_TRY(split_dataset(data.count, t->options_.validation, &t->split_).with_context(checkpoint));
+  std::vector<ParamSpec> specs;
+  DDPM_TRY(t->net_.parameter_specs(&specs));
+  t->layout_ = ParamLayout(std::move(specs));
+  DDPM_TRY(read_float_tensor(file, "ema", t->layout_.total(), &t->ema_));
+  *out = std::move(t);
+  return Status();
+}
+
 Status Trainer::load_checkpoint(const std::string& path) {
+  DDPM_ASSERT(!export_only_);  // open_for_export made this trainer: it has no training graph
   DdpmFile file;
   DDPM_TRY(open_checkpoint(path, &file));
   const DdpmMetadata& m = file.metadata();
@@ -589,7 +634,9 @@ Status Trainer::export_model(const std::string& path, const ExportOptions& expor
     DDPM_TRY(m.set("data.channels", MetadataValue::u32(1)));
   }
   DDPM_TRY(m.set("provenance.tool", MetadataValue::string(std::string("ddpm.cpp ") + DDPM_VERSION + " train")));
-  DDPM_TRY(m.set("provenance.source_file", MetadataValue::string(base_name(data_.source))));
+  if (!data_.source.empty()) {
+    DDPM_TRY(m.set("provenance.source_file", MetadataValue::string(base_name(data_.source))));
+  }
   DDPM_TRY(m.set("provenance.created", MetadataValue::string(utc_now())));
   // How the weights came to be.
   const size_t tail = std::min<size_t>(losses_.size(), 100);

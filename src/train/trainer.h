@@ -89,6 +89,10 @@ class Trainer {
   // The network, scheduler and options a checkpoint was saved with (to resume without restating them).
   static Status read_checkpoint_setup(const std::string& path, NetSpec* net, SchedulerConfig* scheduler,
                                       TrainOptions* options);
+  // What a checkpoint holds for export_model() (EMA weights, history, class names), without its training data:
+  // no training graph and no optimiser state, so such a trainer exports, and nothing else (step(), validation,
+  // sampling and saving are for trainers made by create()).
+  static Status open_for_export(const std::string& checkpoint, std::unique_ptr<Trainer>* out);
 
   // The EMA weights as a model file: a .ddpm that `ddpm generate` runs (U-Nets), with class names, the null
   // class, the default guidance scale, the scheduler config with the trained prediction type, and provenance
@@ -121,11 +125,14 @@ class Trainer {
 
  private:
   explicit Trainer(const Dataset& data) : data_(data) {}
+  Trainer() : data_(checkpoint_data_), export_only_(true) {}  // open_for_export's
   void fill_batch(int64_t step);
   const std::vector<uint32_t>& epoch_order(uint64_t epoch);
   LrConfig lr_config() const;
 
+  Dataset checkpoint_data_;  // open_for_export: the data's count, source and class names, no samples
   const Dataset& data_;
+  bool export_only_ = false;
   NetSpec net_;
   Schedule schedule_;
   TrainOptions options_;
