@@ -512,6 +512,36 @@ TEST_CASE("a run resumed from a checkpoint ends with exactly the weights of an u
   CHECK(contains(s.message(), "other data"));
   s = make_trainer(tiny_unet(), o, data)->load_checkpoint("data/train/images.idx");
   CHECK(!s.ok());
+
+  // Export from the checkpoint alone (train --export-only without --data): what a trainer that loads it holds.
+  std::unique_ptr<Trainer> exporter;
+  s = Trainer::open_for_export(checkpoint, &exporter);
+  INFO(s.message());
+  REQUIRE(s.ok());
+  std::unique_ptr<Trainer> loaded = make_trainer(tiny_unet(), o, data);
+  REQUIRE(loaded->load_checkpoint(checkpoint).ok());
+  CHECK(exporter->step_count() == 3);
+  CHECK(same_bits(exporter->ema(), loaded->ema()));
+  CHECK(same_bits(exporter->losses(), loaded->losses()));
+  CHECK(exporter->validation_history() == loaded->validation_history());
+  CHECK(exporter->class_names() == loaded->class_names());
+  CHECK(exporter->null_class() == loaded->null_class());
+  CHECK(exporter->split().train.size() == loaded->split().train.size());
+  // Cut short anywhere, or not a checkpoint: a message naming the file, never a crash.
+  std::ifstream in(checkpoint, std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  REQUIRE(bytes.size() > 1000);
+  for (size_t cut : {size_t{0}, size_t{7}, size_t{64}, size_t{200}, bytes.size() / 3, bytes.size() / 2,
+                     bytes.size() - 4, bytes.size() - 1}) {
+    const std::string path = dir + "/cut.ckpt";
+    std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(cut));
+    std::unique_ptr<Trainer> broken;
+    s = Trainer::open_for_export(path, &broken);
+    INFO("cut at " << cut << ": " << s.message());
+    CHECK(!s.ok());
+    CHECK(contains(s.message(), "cut.ckpt"));
+  }
+  CHECK(!Trainer::open_for_export("data/train/images.idx", &exporter).ok());
 }
 
 TEST_CASE("export: a .ddpm that the sampling pipeline runs, with classes, guidance, schedule and training provenance",
