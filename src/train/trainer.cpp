@@ -499,14 +499,17 @@ Status Trainer::open_for_export(const std::string& checkpoint, std::unique_ptr<T
   data.width = t->net_.width;
   std::vector<int64_t> val_steps;
   std::vector<float> val_losses;
-  DDPM_TRY(m.get_i64("train.data_count", &data.count));
-  DDPM_TRY(m.get_string_array("train.class_names", &data.class_names));
-  if (!m.get_string("train.data_source", &data.source).ok()) data.source.clear();  // not in older checkpoints
-  DDPM_TRY(m.get_i64("train.step", &t->step_));
-  DDPM_TRY(m.get_f32_array("train.losses", &t->losses_));
-  DDPM_TRY(m.get_i64_array("train.validation_steps", &val_steps));
-  DDPM_TRY(m.get_f32_array("train.validation_losses", &val_losses));
-  DDPM_TRY(m.get_f64("train.wall_seconds", &t->wall_seconds_));
+  const auto read_history = [&]() -> Status {
+    DDPM_TRY(m.get_i64("train.data_count", &data.count));
+    DDPM_TRY(m.get_string_array("train.class_names", &data.class_names));
+    if (!m.get_string("train.data_source", &data.source).ok()) data.source.clear();  // not in older checkpoints
+    DDPM_TRY(m.get_i64("train.step", &t->step_));
+    DDPM_TRY(m.get_f32_array("train.losses", &t->losses_));
+    DDPM_TRY(m.get_i64_array("train.validation_steps", &val_steps));
+    DDPM_TRY(m.get_f32_array("train.validation_losses", &val_losses));
+    return m.get_f64("train.wall_seconds", &t->wall_seconds_);
+  };
+  DDPM_TRY(read_history().with_context(checkpoint));
   if (t->step_ < 0 || static_cast<int64_t>(t->losses_.size()) != t->step_ || val_steps.size() != val_losses.size() ||
       data.count < 0) {
     return errorf("%s: step %lld disagrees with its loss history (%zu values)", checkpoint.c_str(),
