@@ -328,7 +328,7 @@ void Trainer::fill_batch(int64_t step) {
 }
 
 Status Trainer::step(ThreadPool& pool, StepStats* stats) {
-  DDPM_ASSERT(!export_only_);  // open_for_export made this trainer: it has no training graph
+  DDPM_ASSERT(!export_only());  // open_for_export made this trainer: it has no training graph
   Stopwatch watch(&wall_seconds_);
   fill_batch(step_);
   DDPM_TRY(graph_.compute(pool));
@@ -355,7 +355,7 @@ Status Trainer::step(ThreadPool& pool, StepStats* stats) {
 }
 
 Status Trainer::validation_loss(ThreadPool& pool, double* loss) {
-  DDPM_ASSERT(!export_only_);  // open_for_export made this trainer: it has no training graph
+  DDPM_ASSERT(!export_only());  // open_for_export made this trainer: it has no training graph
   Stopwatch watch(&wall_seconds_);
   const int64_t count = static_cast<int64_t>(split_.validation.size());
   if (count == 0) return errorf("no validation samples (set a validation count)");
@@ -404,7 +404,7 @@ Status Trainer::validation_loss(ThreadPool& pool, double* loss) {
 }
 
 Status Trainer::sample(ThreadPool& pool, const SampleRequest& request, std::vector<float>* out) {
-  DDPM_ASSERT(!export_only_);  // open_for_export made this trainer: it has no training graph
+  DDPM_ASSERT(!export_only());  // open_for_export made this trainer: it has no training graph
   Stopwatch watch(&wall_seconds_);
   return sample_network(net_, schedule_, layout_.lookup(ema_.data()), pool, request, &sampler_net_, out);
 }
@@ -413,7 +413,7 @@ Status Trainer::sample(ThreadPool& pool, const SampleRequest& request, std::vect
 // Checkpoints
 
 Status Trainer::save_checkpoint(const std::string& path) const {
-  DDPM_ASSERT(!export_only_);  // open_for_export made this trainer: it has no training graph
+  DDPM_ASSERT(!export_only());  // open_for_export made this trainer: it has no training graph
   DdpmWriter w;
   std::vector<int64_t> val_steps;
   std::vector<float> val_losses;
@@ -527,7 +527,7 @@ Status Trainer::open_for_export(const std::string& checkpoint, std::unique_ptr<T
 }
 
 Status Trainer::load_checkpoint(const std::string& path) {
-  DDPM_ASSERT(!export_only_);  // open_for_export made this trainer: it has no training graph
+  DDPM_ASSERT(!export_only());  // open_for_export made this trainer: it has no training graph
   DdpmFile file;
   DDPM_TRY(open_checkpoint(path, &file));
   const DdpmMetadata& m = file.metadata();

@@ -125,14 +125,14 @@ class Trainer {
 
  private:
   explicit Trainer(const Dataset& data) : data_(data) {}
-  Trainer() : data_(checkpoint_data_), export_only_(true) {}  // open_for_export's
+  Trainer() : data_(checkpoint_data_) {}  // open_for_export's
+  bool export_only() const { return &data_ == &checkpoint_data_; }
   void fill_batch(int64_t step);
   const std::vector<uint32_t>& epoch_order(uint64_t epoch);
   LrConfig lr_config() const;
 
   Dataset checkpoint_data_;  // open_for_export: the data's count, source and class names, no samples
   const Dataset& data_;
-  bool export_only_ = false;
   NetSpec net_;
   Schedule schedule_;
   TrainOptions options_;
