@@ -8,6 +8,7 @@
 // entries against the reference on shapes that hit every tail.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "ddpm/status.h"
@@ -119,6 +120,20 @@ struct QGemmPanelA {     // MR weight rows × kc values (kc a multiple of 32), f
   // int16 and widen once per block instead of once per 4 k.
   bool small_q = false;
 };
+// lo_coef of one block, the weight side of the activations' minimum lo: Σ_k w_k·(lo + d·u_k) = wd·d·Σ wq·u +
+// lo·(wd·Σ wq + 32·wmin) + wmin·d·Σ u. d·(float)qsum rounded, then (q4_1) the exact 32·min added with one more
+// rounding: one fma, written so on every target (on x86-64 compiled for any CPU std::fma is a library call, and a plain add of the
+// exact product rounds the same; a compiler free to contract must not fuse d·qsum into it instead).
+inline float block_lo_coefficient(float d, int16_t qsum, float min, bool has_min) {
+  const float lo_coef = d * static_cast<float>(qsum);
+  if (!has_min) return lo_coef;
+#if defined(__x86_64__) && !defined(__FMA__)
+  return lo_coef + 32.0f * min;
+#else
+  return std::fma(32.0f, min, lo_coef);
+#endif
+}
+
 struct QGemmMicroKernel {
   const char* name = nullptr;  // added to the agreed interface: tells variants of one level apart in tests/benches
   int mr = 0, nr = 0;
@@ -193,6 +208,11 @@ struct KernelTable {
   // Weight conversion.
   void (*f16_to_f32)(int64_t n, const uint16_t* x, float* y) = nullptr;
   void (*f32_to_f16)(int64_t n, const float* x, uint16_t* y) = nullptr;
+  // A kept weight panel's block scales as QGemmPanelA wants them (src/ops/qgemm.cpp keeps them as f16 bits and sums,
+  // a sixth less memory, and widens one k block per use): d = f16(d16); with min16 (q4_1) min = f16(min16), else
+  // min is not written; lo_coef = block_lo_coefficient(d, qsum, min). Bit for bit the reference's on every level.
+  void (*widen_block_scales)(int64_t n, const uint16_t* d16, const uint16_t* min16, const int16_t* qsum, float* d,
+                             float* min, float* lo_coef) = nullptr;
 
   // Direct convolution (see DirectConv).
   void (*conv_direct)(const DirectConv& conv) = nullptr;

@@ -276,6 +276,8 @@ int32_t decode_block(DType type, const uint8_t* block, int8_t* q, int64_t quad_s
   }
 }
 
+using WidenBlockScales = decltype(kernels::KernelTable::widen_block_scales);
+
 // Where an unpacked A panel goes: values [blocks*8][mr][4], then per block and row the scale, minimum (null for
 // types without), Σq and lo_coef (QGemmPanelA), each [blocks][mr]. A kept or shared panel (d16 set) holds the
 // scale and minimum as their stored f16 bits and no lo_coef, a sixth less memory: run_task widens them into
@@ -289,20 +291,6 @@ struct APanel {
   uint16_t* d16 = nullptr;
   uint16_t* min16 = nullptr;
 };
-
-// lo_coef from a block's scale, Σq and minimum: Σ_k w_k·(lo + d·u_k) = wd·d·Σ wq·u + lo·(wd·Σ wq + 32·wmin) +
-// wmin·d·Σ u, the weight side of the lo term. 32·wmin is exact, so the fma rounds the sum once, as any contraction
-// by the compiler would too; and so does a plain add of the exact product, which is what runs where the fma would
-// be a library call (x86-64 compiled for any CPU: std::fma was a third of a q4_1 task's own time, perf).
-inline float lo_coefficient(float d, int16_t qsum, float min, bool has_min) {
-  const float lo_coef = d * static_cast<float>(qsum);
-  if (!has_min) return lo_coef;
-#if defined(__x86_64__) && !defined(__FMA__)
-  return lo_coef + 32.0f * min;  // 32·min is exact: one rounding, the fma's
-#else
-  return std::fma(32.0f, min, lo_coef);
-#endif
-}
 
 // Rows m0 .. m0+mr of A's matrix starting at row `first_row` (0, or b·M for batch item b with a_per_batch), blocks
 // [k0/32, (k0+kc)/32), into the kernel's panel layout. Rows past M repeat the last row: they only feed tile rows
@@ -334,7 +322,7 @@ void unpack_a_panel(const QGemmProblem& p, int mr, size_t row_bytes, int64_t fir
       }
       out.d[i] = f16_to_f32(d);
       if (out.min) out.min[i] = f16_to_f32(min);
-      out.lo_coef[i] = lo_coefficient(out.d[i], out.qsum[i], f16_to_f32(min), out.min != nullptr);
+      out.lo_coef[i] = kernels::block_lo_coefficient(out.d[i], out.qsum[i], f16_to_f32(min), out.min != nullptr);
     }
   }
 }
@@ -377,22 +365,15 @@ APanel shared_a_panel(const uint8_t* const_base, const SharedALayout& l, int mr,
   return a;
 }
 
-// A shared or kept panel's k block as the kernel reads it: its f16 scales and minima widened by the level's row
-// converter into the task's scratch, lo_coef computed there (`count` = blocks · mr values).
-void expand_panel(const APanel& compact, int64_t count, decltype(kernels::KernelTable::f16_to_f32) f16_to_f32_row,
-                  const Scratch& s, APanel* out) {
+// A shared or kept panel's k block as the kernel reads it: its f16 scales and minima widened by the level's kernel
+// into the task's scratch, lo_coef computed there (`count` = blocks · mr values).
+void expand_panel(const APanel& compact, int64_t count, WidenBlockScales widen, const Scratch& s, APanel* out) {
   out->q = compact.q;
   out->qsum = compact.qsum;
   out->d = s.a_d;
   out->lo_coef = s.a_lo_coef;
   out->min = compact.min16 ? s.a_min : nullptr;
-  f16_to_f32_row(count, compact.d16, s.a_d);
-  if (compact.min16) {
-    f16_to_f32_row(count, compact.min16, s.a_min);
-    for (int64_t i = 0; i < count; ++i) s.a_lo_coef[i] = lo_coefficient(s.a_d[i], compact.qsum[i], s.a_min[i], true);
-  } else {
-    for (int64_t i = 0; i < count; ++i) s.a_lo_coef[i] = lo_coefficient(s.a_d[i], compact.qsum[i], 0.0f, false);
-  }
+  widen(count, compact.d16, compact.min16, compact.qsum, out->d, out->min, out->lo_coef);
 }
 
 // An unpacked or expanded panel as the kernel reads it.
@@ -412,7 +393,7 @@ kernels::QGemmPanelA kernel_panel(const APanel& panel, DType type) {
 // `unpacked`: the whole weight unpacked beforehand (shared_a_layout), or null to unpack each panel here.
 void run_task(const QGemmProblem& problem, const QGemmPlan& shared_plan, const kernels::QGemmMicroKernel& shared_kernel,
               const TaskRange& r, const Scratch& s, const uint8_t* unpacked,
-              decltype(kernels::KernelTable::f16_to_f32) f16_to_f32_row) {
+              WidenBlockScales widen) {
   const QGemmProblem p = problem;
   const QGemmPlan plan = shared_plan;
   const kernels::QGemmMicroKernel kernel = shared_kernel;
@@ -441,7 +422,7 @@ void run_task(const QGemmProblem& problem, const QGemmPlan& shared_plan, const k
       APanel unpacked_panel{s.a_q, s.a_d, has_min ? s.a_min : nullptr, s.a_qsum, s.a_lo_coef};
       if (unpacked) {
         const int64_t global_panel = (p.a_per_batch ? r.batch * plan.m_panels : 0) + panel;
-        expand_panel(shared_a_panel(unpacked, layout, mr, global_panel, k0), kc / kBlock * mr, f16_to_f32_row, s,
+        expand_panel(shared_a_panel(unpacked, layout, mr, global_panel, k0), kc / kBlock * mr, widen, s,
                      &unpacked_panel);
       } else {
         unpack_a_panel(p, mr, row_bytes, p.a_per_batch ? r.batch * p.M : 0, m0, k0, kc, unpacked_panel);
@@ -643,7 +624,7 @@ void qgemm_kept_block(const QGemmProblem& p, const uint8_t* kept, const kernels:
     for (int64_t panel = panel_begin; panel < panel_end; ++panel) {
       const int64_t global_panel = (p.a_per_batch ? batch * m_panels : 0) + panel;
       APanel expanded{};
-      expand_panel(shared_a_panel(kept, layout, mr, global_panel, k0), kc / kBlock * mr, kernels.f16_to_f32, s,
+      expand_panel(shared_a_panel(kept, layout, mr, global_panel, k0), kc / kBlock * mr, kernels.widen_block_scales, s,
                    &expanded);
       const kernels::QGemmPanelA a = kernel_panel(expanded, p.a_dtype);
       float* c_row = c + (panel - panel_begin) * mr * ldc;
@@ -708,12 +689,12 @@ void run_qgemm(const QGemmProblem& p, ExecContext& ctx) {
   if (plan.threads == 1) {
     const Scratch s = carve_scratch(ctx.scratch[0], mr, nr);
     for (int64_t task = 0; task < plan.tasks; ++task)
-      run_task(p, plan, kernel, task_range(p, plan, nr, task), s, unpacked, ctx.kernels.f16_to_f32);
+      run_task(p, plan, kernel, task_range(p, plan, nr, task), s, unpacked, ctx.kernels.widen_block_scales);
     return;
   }
   ctx.pool.run(plan.tasks, [&](int64_t task, int thread) {
     run_task(p, plan, kernel, task_range(p, plan, nr, task), carve_scratch(ctx.scratch[thread], mr, nr), unpacked,
-             ctx.kernels.f16_to_f32);
+             ctx.kernels.widen_block_scales);
   });
 }
 

@@ -242,4 +242,28 @@ void f32_to_f16(int64_t n, const float* x, uint16_t* y) {
   }
 }
 
+// Eight blocks a step; the tail from zero-padded copies, stored through a mask.
+void widen_block_scales(int64_t n, const uint16_t* d16, const uint16_t* min16, const int16_t* qsum, float* d, float* min,
+                        float* lo_coef) {
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const int64_t count = std::min<int64_t>(kLanes, n - i);
+    uint16_t scales[kLanes] = {}, minima[kLanes] = {};
+    int16_t sums[kLanes] = {};
+    std::memcpy(scales, d16 + i, static_cast<size_t>(count) * sizeof(uint16_t));
+    std::memcpy(sums, qsum + i, static_cast<size_t>(count) * sizeof(int16_t));
+    const F32x8 scale = widen_f16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
+    const F32x8 sum = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sums))));
+    F32x8 coef = _mm256_mul_ps(scale, sum);
+    const __m256i mask = tail_mask(count);
+    if (min16) {
+      std::memcpy(minima, min16 + i, static_cast<size_t>(count) * sizeof(uint16_t));
+      const F32x8 block_min = widen_f16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(minima)));
+      coef = _mm256_fmadd_ps(_mm256_set1_ps(32.0f), block_min, coef);  // 32·min exact: the reference's rounding
+      store_tail(min + i, mask, block_min);
+    }
+    store_tail(d + i, mask, scale);
+    store_tail(lo_coef + i, mask, coef);
+  }
+}
+
 }  // namespace ddpm::kernels::avx2

@@ -27,6 +27,7 @@ __attribute__((target("no-sse3"))) KernelTable make_avx2_table() {
   t.exp_shifted_sum = avx2::exp_shifted_sum;
   t.f16_to_f32 = avx2::f16_to_f32;
   t.f32_to_f16 = avx2::f32_to_f16;
+  t.widen_block_scales = avx2::widen_block_scales;
   t.transpose = avx2::transpose;
   t.winograd_input = avx2::winograd_input;
   t.winograd_output = avx2::winograd_output;

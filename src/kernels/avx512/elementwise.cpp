@@ -196,4 +196,22 @@ void f32_to_f16(int64_t n, const float* x, uint16_t* y) {
   }
 }
 
+// Sixteen blocks a step; the tail by masked loads and stores.
+void widen_block_scales(int64_t n, const uint16_t* d16, const uint16_t* min16, const int16_t* qsum, float* d, float* min,
+                        float* lo_coef) {
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const __mmask16 mask = n - i >= kLanes ? static_cast<__mmask16>(0xffff) : tail_mask(n - i);
+    const F32x16 scale = widen_f16(_mm256_maskz_loadu_epi16(mask, d16 + i));
+    const F32x16 sum = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(mask, qsum + i)));
+    F32x16 coef = _mm512_mul_ps(scale, sum);
+    if (min16) {
+      const F32x16 block_min = widen_f16(_mm256_maskz_loadu_epi16(mask, min16 + i));
+      coef = _mm512_fmadd_ps(_mm512_set1_ps(32.0f), block_min, coef);  // 32·min exact: the reference's rounding
+      store_tail(min + i, mask, block_min);
+    }
+    store_tail(d + i, mask, scale);
+    store_tail(lo_coef + i, mask, coef);
+  }
+}
+
 }  // namespace ddpm::kernels::avx512

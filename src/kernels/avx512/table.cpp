@@ -25,6 +25,7 @@ __attribute__((target("no-sse3"))) KernelTable make_avx512_table() {
   t.exp_shifted_sum = avx512::exp_shifted_sum;
   t.f16_to_f32 = avx512::f16_to_f32;
   t.f32_to_f16 = avx512::f32_to_f16;
+  t.widen_block_scales = avx512::widen_block_scales;
   t.transpose = avx512::transpose;
   t.winograd_input = avx512::winograd_input;
   t.winograd_output = avx512::winograd_output;

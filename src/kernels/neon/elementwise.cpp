@@ -1,6 +1,7 @@
 // NEON elementwise rows and reductions; see src/kernels/ref/elementwise.cpp for the semantics each one must keep.
 // Full vectors first, then one vector for the tail, loaded and stored through a stack buffer, so the tail computes
 // exactly what a full vector would.
+#include <algorithm>
 #include <cstring>
 
 #include "kernels/neon/neon.h"
@@ -222,6 +223,39 @@ void f32_to_f16(int64_t n, const float* x, uint16_t* y) {
     uint16_t halves[2 * kLanes];
     vst1q_u16(halves, narrow_f16(load(wide), load(wide + kLanes)));
     std::memcpy(y + i, halves, static_cast<size_t>(n - i) * sizeof(uint16_t));
+  }
+}
+
+// Eight blocks a step; the tail from zero-padded copies, its results copied out.
+void widen_block_scales(int64_t n, const uint16_t* d16, const uint16_t* min16, const int16_t* qsum, float* d, float* min,
+                        float* lo_coef) {
+  constexpr int64_t kStep = 2 * kLanes;
+  for (int64_t i = 0; i < n; i += kStep) {
+    const int64_t count = std::min<int64_t>(kStep, n - i);
+    uint16_t scales[kStep] = {}, minima[kStep] = {};
+    int16_t sums[kStep] = {};
+    std::memcpy(scales, d16 + i, static_cast<size_t>(count) * sizeof(uint16_t));
+    std::memcpy(sums, qsum + i, static_cast<size_t>(count) * sizeof(int16_t));
+    F32x4 scale[2], block_min[2], coef[2];
+    widen_f16(vld1q_u16(scales), &scale[0], &scale[1]);
+    const int16x8_t sum = vld1q_s16(sums);
+    coef[0] = vmulq_f32(scale[0], vcvtq_f32_s32(vmovl_s16(vget_low_s16(sum))));
+    coef[1] = vmulq_f32(scale[1], vcvtq_f32_s32(vmovl_high_s16(sum)));
+    if (min16) {
+      std::memcpy(minima, min16 + i, static_cast<size_t>(count) * sizeof(uint16_t));
+      widen_f16(vld1q_u16(minima), &block_min[0], &block_min[1]);
+      for (int h = 0; h < 2; ++h) coef[h] = vfmaq_f32(coef[h], vdupq_n_f32(32.0f), block_min[h]);  // 32·min exact
+    }
+    float out[3][kStep];
+    for (int h = 0; h < 2; ++h) {
+      store(out[0] + h * kLanes, scale[h]);
+      store(out[1] + h * kLanes, coef[h]);
+      if (min16) store(out[2] + h * kLanes, block_min[h]);
+    }
+    const size_t bytes = static_cast<size_t>(count) * sizeof(float);
+    std::memcpy(d + i, out[0], bytes);
+    std::memcpy(lo_coef + i, out[1], bytes);
+    if (min16) std::memcpy(min + i, out[2], bytes);
   }
 }
 

@@ -24,6 +24,7 @@ KernelTable make_neon_table() {
   t.exp_shifted_sum = neon::exp_shifted_sum;
   t.f16_to_f32 = neon::f16_to_f32;
   t.f32_to_f16 = neon::f32_to_f16;
+  t.widen_block_scales = neon::widen_block_scales;
   t.transpose = neon::transpose;
   t.winograd_input = neon::winograd_input;
   t.winograd_output = neon::winograd_output;

@@ -4,6 +4,7 @@
 
 #include "core/half.h"
 #include "kernels/ref/ref.h"
+#include "kernels/registry.h"
 
 namespace ddpm::kernels::ref {
 
@@ -80,6 +81,16 @@ void f16_to_f32(int64_t n, const uint16_t* x, float* y) {
 
 void f32_to_f16(int64_t n, const float* x, uint16_t* y) {
   for (int64_t i = 0; i < n; ++i) y[i] = ddpm::f32_to_f16(x[i]);
+}
+
+void widen_block_scales(int64_t n, const uint16_t* d16, const uint16_t* min16, const int16_t* qsum, float* d, float* min,
+                        float* lo_coef) {
+  for (int64_t i = 0; i < n; ++i) {
+    d[i] = ddpm::f16_to_f32(d16[i]);
+    const float block_min = min16 ? ddpm::f16_to_f32(min16[i]) : 0.0f;
+    if (min16) min[i] = block_min;
+    lo_coef[i] = block_lo_coefficient(d[i], qsum[i], block_min, min16 != nullptr);
+  }
 }
 
 }  // namespace ddpm::kernels::ref

@@ -24,6 +24,7 @@ KernelTable make_reference_table() {
   t.exp_shifted_sum = ref::exp_shifted_sum;
   t.f16_to_f32 = ref::f16_to_f32;
   t.f32_to_f16 = ref::f32_to_f16;
+  t.widen_block_scales = ref::widen_block_scales;
   t.transpose = ref::transpose;
   t.winograd_input = ref::winograd_input;
   t.winograd_output = ref::winograd_output;
