@@ -14,6 +14,7 @@
 
 #include "io/png.h"
 #include "model/convert.h"
+#include "model/ddpm_file.h"
 
 using namespace ddpm;
 
@@ -415,4 +416,104 @@ TEST_CASE("ddpm quantize and convert --type with block types", "[cli][quant]") {
                        "/nonexistent-dir/q.ddpm");
   check_one_line_error(run("quantize " + dir + "/missing.ddpm " + out + " --type q8_0"), 1, "missing.ddpm");
   CHECK(!exists(out));
+}
+
+TEST_CASE("ddpm generate checks every output before sampling and writes all of them or none", "[cli]") {
+  if (!std::getenv("DDPM_BIN")) {
+    WARN("DDPM_BIN not set: CLI tests skipped");
+    return;
+  }
+  const std::string dir = model_path().substr(0, model_path().rfind('/'));
+  const std::string generate = "generate -m " + model_path() + " --seed 1 -t 1 ";
+  // A grid larger than a PNG may be: a usage error before sampling (1000 steps of 4000 images would take minutes).
+  check_one_line_error(run(generate + "-n 4000 --scale 64 --steps 1000 -o " + dir + "/huge.png"), 2,
+                       "the grid would be 32894x32380 pixels");
+  CHECK(!exists(dir + "/huge.png"));
+  // A directory where the second numbered image goes: found before sampling, and nothing is written.
+  REQUIRE(::mkdir((dir + "/blocked_001.png").c_str(), 0755) == 0);
+  check_one_line_error(run(generate + "-n 3 --steps 2 --no-grid -o " + dir + "/blocked.png --save-raw " + dir +
+                           "/blocked.f32"),
+                       1, "blocked_001.png: it is a directory");
+  CHECK(!exists(dir + "/blocked_000.png"));
+  CHECK(!exists(dir + "/blocked.f32"));
+  // An image that cannot be written (a full device fails only when flushed) leaves no raw samples behind.
+  if (exists("/dev/full")) {
+    const Result full = run(generate + "-n 2 --steps 2 -o /dev/full --save-raw " + dir + "/full.f32");
+    INFO(full.output);
+    CHECK(full.exit_code == 1);
+    CHECK(full.output.find("/dev/full") != std::string::npos);
+    CHECK(!exists(dir + "/full.f32"));
+  }
+  // Both written when all goes well.
+  CHECK(run(generate + "-n 2 --steps 2 --no-grid -o " + dir + "/fine.png --save-raw " + dir + "/fine.f32").exit_code == 0);
+  CHECK((exists(dir + "/fine_000.png") && exists(dir + "/fine_001.png") && exists(dir + "/fine.f32")));
+  check_one_line_error(run(generate + "--steps 2 -o " + dir + "/x.png", "DDPM_STREAM_OUTPUTS=yes"), 2,
+                       "DDPM_STREAM_OUTPUTS: 'yes' is not 0 or 1");
+  // `ddpm help CMD` is `ddpm CMD --help`; no command at all is a usage error, as an unknown one is.
+  const Result help = run("help generate");
+  CHECK(help.exit_code == 0);
+  CHECK(help.output.find("usage: ddpm generate") != std::string::npos);
+  CHECK(run("").exit_code == 2);
+}
+
+TEST_CASE("ddpm schedule lists the steps generate runs", "[cli]") {
+  if (!std::getenv("DDPM_BIN")) {
+    WARN("DDPM_BIN not set: CLI tests skipped");
+    return;
+  }
+  auto lines = [](const Result& r) { return std::count(r.output.begin(), r.output.end(), '\n'); };
+  // The shipped model names DDIM-50 as its default: those 50 steps (and a header line) for DDIM; asked for DDPM, every
+  // training timestep, as diffusers' DDPMPipeline runs (before, DDPM got the model's DDIM count: 50 steps).
+  const std::string model = "../models/fashion-mnist.ddpm";
+  CHECK(lines(run("schedule -m " + model)) == 51);
+  CHECK(lines(run("schedule -m " + model + " --sampler ddim")) == 51);
+  CHECK(lines(run("schedule -m " + model + " --sampler ddpm")) == 1001);
+  CHECK(lines(run("schedule -m " + model + " --sampler ddpm --steps 20")) == 21);
+  // The micro model names no default: DDIM 50.
+  CHECK(lines(run("schedule -m " + model_path())) == 51);
+}
+
+TEST_CASE("ddpm quantize and convert refuse what they cannot do, and say what they did not", "[cli][quant]") {
+  if (!std::getenv("DDPM_BIN")) {
+    WARN("DDPM_BIN not set: CLI tests skipped");
+    return;
+  }
+  const std::string dir = model_path().substr(0, model_path().rfind('/'));
+  // A training checkpoint (the container with the trainer's architecture key) is no model to re-type or convert.
+  const std::string checkpoint = dir + "/fake.ckpt";
+  {
+    DdpmWriter writer;
+    REQUIRE(writer.set_metadata("ddpm.architecture", MetadataValue::string("ddpm-train-checkpoint")).ok());
+    const std::vector<float> weight(32 * 32, 0.5f);
+    const int64_t shape[2] = {32, 32};
+    REQUIRE(writer.add_tensor("model.weight", DType::F32, 2, shape, weight.data()).ok());
+    REQUIRE(writer.finish(checkpoint).ok());
+  }
+  check_one_line_error(run("quantize " + checkpoint + " " + dir + "/q.ddpm --type q8_0"), 1,
+                       "fake.ckpt: is a training checkpoint, not a model; `ddpm train --resume");
+  check_one_line_error(run("quantize " + checkpoint + " " + dir + "/q.ddpm --type f16"), 1, "is a training checkpoint");
+  CHECK(!exists(dir + "/q.ddpm"));
+  check_one_line_error(run("convert " + checkpoint + " -o " + dir + "/c.ddpm --config data/unet/micro/config.json"), 1,
+                       "a training checkpoint is exported by `ddpm train --resume F --export-only`");
+  CHECK(run("info " + checkpoint).output.find("ddpm.cpp training checkpoint, ") != std::string::npos);
+  // Errors that have nothing to do with the calibration do not suggest skipping it.
+  const Result unwritable = run("quantize " + model_path() + " /nonexistent-dir/q.ddpm --type q8_0");
+  CHECK(unwritable.output.find("--no-calibrate") == std::string::npos);
+  // Up-typing a smaller block type cannot restore it: the weights keep their type, and a warning says so even under -q.
+  const std::string q4 = dir + "/for_q8.ddpm", q8 = dir + "/from_q4.ddpm";
+  REQUIRE(run("quantize " + model_path() + " " + q4 + " --type q4_0 --no-calibrate -q").exit_code == 0);
+  const Result up = run("quantize " + q4 + " " + q8 + " --type q8_0 --no-calibrate -q");
+  INFO(up.output);
+  CHECK(up.exit_code == 0);
+  CHECK(up.output.find("already q4_0, q5_0, smaller than q8_0, and keep their type") != std::string::npos);
+  // Options that would do nothing are refused rather than ignored.
+  check_one_line_error(run("convert data/unet/micro -o " + dir + "/k.ddpm --key state_dict"), 1,
+                       "--key walks the dictionaries of a PyTorch checkpoint");
+  check_one_line_error(run("convert data/unet/micro -o " + dir + "/k.ddpm --strip-prefix module."), 1,
+                       "--strip-prefix 'module.' begins no tensor's name (the first is 'conv_in.bias')");
+  CHECK(!exists(dir + "/k.ddpm"));
+  const Result resized = run("convert data/unet/micro/ -o " + dir + "/k.ddpm --image-size 16");
+  CHECK(resized.exit_code == 0);
+  CHECK(resized.output.find("--image-size 16 replaces the config's sample_size 8") != std::string::npos);
+  CHECK(resized.output.find("micro//") == std::string::npos);
 }

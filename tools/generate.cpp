@@ -97,7 +97,7 @@ int run_generate(int argc, char** argv) {
                        return parse_int("--batch", v, 1, 4096, &batch);
                      }});
   options.push_back({"sampler", 0, "S", "ddpm or ddim (default: the model's, else ddim)", text(&sampler)});
-  options.push_back({"steps", 0, "N", "sampling steps (default: the model's, else 50 for ddim, 1000 for ddpm)",
+  options.push_back({"steps", 0, "N", "sampling steps (default: the model's for its sampler, else 50 for ddim, 1000 for ddpm)",
                      [&](const std::string& v) { return parse_int("--steps", v, 1, 100000, &steps); }});
   options.push_back({"eta", 0, "X", "DDIM eta (default 0)", [&](const std::string& v) {
                        return parse_float("--eta", v, 0, 1, &eta);  // above 1 DDIM's direction term is imaginary
@@ -179,14 +179,13 @@ int run_generate(int argc, char** argv) {
   o.noise = rng == "torch" ? NoiseKind::Torch : NoiseKind::Philox;
   if (!seed_given) seed = std::random_device{}() & ((1ull << 32) - 1);
   o.seed = seed;
-  if (sampler.empty()) sampler = info.default_sampler.empty() ? "ddim" : info.default_sampler;
-  s = parse_sampler_kind(sampler, &o.sampler.sampler);
+  s = resolve_sampler(info, sampler, static_cast<int>(steps), &o.sampler);
+  sampler = to_string(o.sampler.sampler);
   if (s.ok() && !spacing.empty()) {
     TimestepSpacing sp;
     s = parse_timestep_spacing(spacing, &sp);
     o.sampler.spacing = sp;
   }
-  o.sampler.steps = static_cast<int>(steps ? steps : info.default_steps);
   if (s.ok() && steps > info.scheduler.num_train_timesteps) {
     s = errorf("--steps %lld: the model's schedule has %d timesteps, so at most %d steps", steps,
                info.scheduler.num_train_timesteps, info.scheduler.num_train_timesteps);
@@ -219,7 +218,27 @@ int run_generate(int argc, char** argv) {
     return 2;
   }
 
-  // Outputs are checked before sampling, which may take minutes.
+  // Outputs are checked before sampling, which may take minutes: their size first.
+  const int c = static_cast<int>(info.channels), h = static_cast<int>(info.height), w = static_cast<int>(info.width);
+  // Cycling every class through at least once, the grid reads best with one class per column (a last row may be
+  // short); fewer images than classes make a square.
+  int columns = static_cast<int>(grid_columns);
+  const int64_t cycle = static_cast<int64_t>(info.sampled_classes().size());
+  if (columns == 0 && info.unet.has_class_table() && class_text.empty() && cycle > 0 && o.count >= cycle) {
+    columns = static_cast<int>(cycle);
+  }
+  const int gap = o.count > 1 ? 2 : 0;
+  int64_t out_width = int64_t{w} * scale, out_height = int64_t{h} * scale;
+  if (!no_grid) grid_size(o.count, h, w, columns, gap, static_cast<int>(scale), &out_width, &out_height);
+  if (out_width > kPngMaxSide || out_height > kPngMaxSide || out_width * out_height > kPngMaxPixels) {
+    std::fprintf(stderr,
+                 "ddpm generate: the %s would be %lldx%lld pixels, more than a PNG written here may have (%d per side, "
+                 "%lld in all): lower %s--scale\n",
+                 no_grid ? "image" : "grid", (long long)out_width, (long long)out_height, kPngMaxSide,
+                 (long long)kPngMaxPixels, no_grid ? "" : "-n or ");
+    return 2;
+  }
+  // Then where they go.
   // The numbered files differ from each other by construction: each is checked against the model and the raw
   // file only (linear in -n), and the first stands for the others' directory.
   const std::string first_image = no_grid ? numbered_path(output, 0) : output;
@@ -229,7 +248,7 @@ int run_generate(int argc, char** argv) {
     s = check_distinct_paths(image, model_path, "the model");
     if (s.ok()) s = check_distinct_paths(image, raw_path, "the --save-raw file");
   }
-  if (s.ok()) s = check_can_write(first_image);
+  for (int k = 0; s.ok() && k < (no_grid ? o.count : 1); ++k) s = check_can_write(no_grid ? numbered_path(output, k) : output);
   if (s.ok() && !raw_path.empty()) s = check_can_write(raw_path);
   if (!s.ok()) {
     std::fprintf(stderr, "ddpm generate: %s\n", s.message().c_str());
@@ -283,10 +302,9 @@ int run_generate(int argc, char** argv) {
                          "weights or the sampling diverged\n", non_finite, images.size());
   }
 
-  const int c = static_cast<int>(info.channels), h = static_cast<int>(info.height), w = static_cast<int>(info.width);
   std::ostringstream parameters;
   parameters << "ddpm.cpp generate: model " << model_path << ", sampler " << sampler << ", steps "
-             << (o.sampler.steps ? o.sampler.steps : (sampler == "ddpm" ? 1000 : 50)) << ", eta " << eta << ", seed "
+             << o.sampler.steps << ", eta " << eta << ", seed "
              << seed << ", rng " << rng << ", spacing "
              << to_string(o.sampler.spacing.value_or(info.scheduler.timestep_spacing)) << ", size " << w << "x" << h
              << ", count " << o.count;
@@ -294,8 +312,11 @@ int run_generate(int argc, char** argv) {
   if (uncond_class >= 0) parameters << ", uncond-class " << uncond_class;
   // It changes the pixels of quantised models (docs/QUANT.md), so a rerun needs it.
   if (model->int8_winograd()) parameters << ", int8-winograd on";
+  // The raw samples are committed after the images: a failed image write leaves neither.
+  AtomicFile raw;
   if (!raw_path.empty()) {
-    s = write_file_atomically(raw_path, images.data(), images.size() * sizeof(float));
+    s = raw.open(raw_path);
+    if (s.ok()) s = raw.write(images.data(), images.size() * sizeof(float));
     if (!s.ok()) {
       std::fprintf(stderr, "ddpm generate: %s\n", s.message().c_str());
       return 1;
@@ -307,26 +328,34 @@ int run_generate(int argc, char** argv) {
   if (no_grid) {
     std::vector<uint8_t> one;
     int ow, oh;
-    for (int k = 0; k < o.count; ++k) {
+    std::vector<std::string> written;
+    for (int k = 0; s.ok() && k < o.count; ++k) {
       make_grid(pixels.data() + static_cast<size_t>(k) * h * w * c, 1, c, h, w, 1, 0, 0, static_cast<int>(scale), &one,
                 &ow, &oh);
       const std::string path = numbered_path(output, k);
       s = write_png(path, ow, oh, c, one.data(), text_chunks);
-      if (!s.ok()) break;
-      std::printf("wrote %s\n", path.c_str());
+      if (s.ok()) written.push_back(path);
+    }
+    // All of the run's files or none: a failure part way (a full disk) takes back those already written.
+    if (s.ok() && !raw_path.empty()) s = raw.commit();
+    if (!s.ok()) {
+      for (const std::string& path : written) std::remove(path.c_str());
+    } else {
+      for (const std::string& path : written) std::printf("wrote %s\n", path.c_str());
     }
   } else {
     std::vector<uint8_t> grid;
     int gw, gh;
-    // Cycling every class through at least once, the grid reads best with one class per column (a last row may be
-    // short); fewer images than classes make a square.
-    const int64_t cycle = static_cast<int64_t>(info.sampled_classes().size());
-    int columns = static_cast<int>(grid_columns);
-    if (columns == 0 && info.unet.has_class_table() && class_text.empty() && cycle > 0 && o.count >= cycle) {
-      columns = static_cast<int>(cycle);
-    }
-    make_grid(pixels.data(), o.count, c, h, w, columns, o.count > 1 ? 2 : 0, 0, static_cast<int>(scale), &grid, &gw, &gh);
-    s = write_png(output, gw, gh, c, grid.data(), text_chunks);
+    make_grid(pixels.data(), o.count, c, h, w, columns, gap, 0, static_cast<int>(scale), &grid, &gw, &gh);
+    // The image is committed before the raw samples, so that one that cannot be written leaves no raw file either.
+    std::vector<uint8_t> png;
+    s = encode_png(gw, gh, c, grid.data(), text_chunks, &png);
+    if (!s.ok()) s = s.with_context(output);
+    AtomicFile image;
+    if (s.ok()) s = image.open(output);
+    if (s.ok()) s = image.write(png.data(), png.size());
+    if (s.ok()) s = image.commit();  // first: writes to a device (-o /dev/full) only fail when flushed here
+    if (s.ok() && !raw_path.empty()) s = raw.commit();
     if (s.ok()) std::printf("wrote %s (%d image%s, %dx%d)\n", output.c_str(), o.count, o.count > 1 ? "s" : "", gw, gh);
   }
   if (!s.ok()) {

@@ -72,8 +72,11 @@ int info_ddpm(const std::string& path, const InfoSettings& settings) {
     std::fprintf(stderr, "ddpm info: %s\n", s.message().c_str());
     return 1;
   }
-  std::printf("%s: ddpm.cpp model, %.2f MB, %zu tensors\n", path.c_str(), file.file_size() / 1e6,
-              file.tensors().size());
+  std::string architecture;
+  (void)file.metadata().get_string("ddpm.architecture", &architecture);
+  const bool checkpoint = architecture == kTrainingCheckpointArchitecture;
+  std::printf("%s: ddpm.cpp %s, %.2f MB, %zu tensors\n", path.c_str(), checkpoint ? "training checkpoint" : "model",
+              file.file_size() / 1e6, file.tensors().size());
   std::printf("metadata:\n");
   for (const auto& [key, value] : file.metadata().entries()) {
     std::printf("  %-32s %s\n", key.c_str(), value.describe(key.find("config") != std::string::npos ? 2000 : 120).c_str());
@@ -120,9 +123,7 @@ int info_ddpm(const std::string& path, const InfoSettings& settings) {
   }
   // Other networks (the trainer's test presets, its checkpoints) are described above; what they are for is all
   // that is left to say.
-  std::string architecture;
-  (void)file.metadata().get_string("ddpm.architecture", &architecture);
-  if (architecture == "ddpm-train-checkpoint") {
+  if (checkpoint) {
     std::printf("a training checkpoint: `ddpm train --resume %s` continues the run, with --export-only -o "
                 "MODEL.ddpm it writes the EMA weights as a model\n", path.c_str());
     return 0;
@@ -138,7 +139,8 @@ int info_ddpm(const std::string& path, const InfoSettings& settings) {
     std::fprintf(stderr, "ddpm info: %s\n", s.message().c_str());
     return 1;
   }
-  std::printf("image: %lldx%lld, %lld channels; ", (long long)info.height, (long long)info.width, (long long)info.channels);
+  std::printf("image: %lldx%lld, %lld channel%s; ", (long long)info.height, (long long)info.width,
+              (long long)info.channels, info.channels == 1 ? "" : "s");
   if (info.class_count()) std::printf("%lld classes%s\n", (long long)info.class_count(), info.null_class ? " (with null class)" : "");
   else std::printf("unconditional\n");
   return 0;

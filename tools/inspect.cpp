@@ -36,18 +36,18 @@ int fail(const char* tool, int code, const Status& s) {
 }  // namespace
 
 int run_schedule(int argc, char** argv) {
-  std::string model_path, sampler = "ddim", spacing;
+  std::string model_path, sampler, spacing;
   long long steps = 0;
   std::vector<Option> options;
   options.push_back({"model", 'm', "FILE", "model file (.ddpm)", [&](const std::string& v) {
                        model_path = v;
                        return Status();
                      }});
-  options.push_back({"sampler", 0, "S", "ddpm or ddim (default ddim)", [&](const std::string& v) {
+  options.push_back({"sampler", 0, "S", "ddpm or ddim (default: the model's, else ddim)", [&](const std::string& v) {
                        sampler = v;
                        return Status();
                      }});
-  options.push_back({"steps", 0, "N", "sampling steps (default: 50 for ddim, 1000 for ddpm)", [&](const std::string& v) {
+  options.push_back({"steps", 0, "N", "sampling steps (default: the model's for its sampler, else 50 for ddim, 1000 for ddpm)", [&](const std::string& v) {
                        return parse_int("--steps", v, 1, 100000, &steps);
                      }});
   options.push_back({"spacing", 0, "S", "leading|trailing|linspace (default: the model's)", [&](const std::string& v) {
@@ -64,21 +64,21 @@ int run_schedule(int argc, char** argv) {
   if (s.ok() && model_path.empty()) s = errorf("missing -m MODEL.ddpm");
   if (s.ok() && !positional.empty()) s = errorf("unexpected argument '%s'", positional[0].c_str());
   SamplerSpec spec;
-  if (s.ok()) s = parse_sampler_kind(sampler, &spec.sampler);
+  if (s.ok() && !sampler.empty()) s = parse_sampler_kind(sampler, &spec.sampler);  // a usage error before the file
   if (s.ok() && !spacing.empty()) {
     TimestepSpacing sp;
     s = parse_timestep_spacing(spacing, &sp);
     spec.spacing = sp;
   }
   if (!s.ok()) return fail("schedule", 2, s);
-  spec.steps = static_cast<int>(steps);
   DdpmFile file;
   ModelInfo info;
   s = DdpmFile::open(model_path, &file, false);
   if (s.ok()) s = model_info_from_metadata(file.metadata(), model_path, &info);
-  if (s.ok() && spec.steps > info.scheduler.num_train_timesteps) {
+  if (s.ok()) s = resolve_sampler(info, sampler, static_cast<int>(steps), &spec);
+  if (s.ok() && steps > info.scheduler.num_train_timesteps) {
     return fail("schedule", 2,
-                errorf("--steps %d: the model's schedule has %d timesteps, so at most %d steps", spec.steps,
+                errorf("--steps %lld: the model's schedule has %d timesteps, so at most %d steps", steps,
                        info.scheduler.num_train_timesteps, info.scheduler.num_train_timesteps));
   }
   Schedule schedule;

@@ -2,6 +2,7 @@
 // the library; nothing here computes.
 #include <cstdio>
 #include <cstring>
+#include <new>
 #include <string>
 
 #include "kernels/registry.h"
@@ -33,16 +34,40 @@ void print_help() {
       "  --version      print version and the kernel level in use\n"
       "  --help         this text; `ddpm <command> --help` for a command's options\n"
       "\n"
-      "environment: DDPM_ISA=scalar|avx2|avx512|neon forces a kernel level.\n",
+      "environment: DDPM_ISA=scalar|avx2|avx512|neon forces a kernel level, DDPM_QGEMM=NAME a quantised-GEMM kernel\n"
+      "(benchmarks), DDPM_STREAM_OUTPUTS=0|1 whether ops stream their outputs past the caches.\n",
       DDPM_VERSION);
+}
+
+int run_command(int argc, char** argv) {
+  const std::string command = argv[1];
+  for (const ddpm::tools::Subcommand& sub : ddpm::tools::subcommands()) {
+    if (command != sub.name) continue;
+    // The tools size their large buffers up front and say so when one cannot be had; any other allocation that fails
+    // ends here, as one line and after the destructors have removed temporary files, not as an abort.
+    try {
+      return sub.run(argc, argv);
+    } catch (const std::bad_alloc&) {
+      std::fprintf(stderr, "ddpm %s: out of memory\n", sub.name);
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "ddpm: unknown command '%s' (see ddpm --help)\n", command.c_str());
+  return 2;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  // `ddpm help generate` is `ddpm generate --help`.
+  if (argc == 3 && !std::strcmp(argv[1], "help")) {
+    char help_flag[] = "--help";
+    char* help_argv[] = {argv[0], argv[2], help_flag, nullptr};
+    return run_command(3, help_argv);
+  }
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
     print_help();
-    return argc < 2 ? 1 : 0;
+    return argc < 2 ? 2 : 0;  // no command at all is a usage error, as an unknown one is
   }
   if (!std::strcmp(argv[1], "--version")) {
     if (argc > 2) {
@@ -60,10 +85,5 @@ int main(int argc, char** argv) {
                 ddpm::kernels::active().qgemm.name);
     return 0;
   }
-  const std::string command = argv[1];
-  for (const ddpm::tools::Subcommand& sub : ddpm::tools::subcommands()) {
-    if (command == sub.name) return sub.run(argc, argv);
-  }
-  std::fprintf(stderr, "ddpm: unknown command '%s' (see ddpm --help)\n", command.c_str());
-  return 2;
+  return run_command(argc, argv);
 }

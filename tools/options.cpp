@@ -28,6 +28,11 @@ void add_common_options(std::vector<Option>* options, CommonSettings* settings) 
 
 Status apply_common_settings(const CommonSettings& settings) {
   DDPM_TRY(kernels::init_from_environment());
+  // The graph reads it where it decides (graph.cpp); a misspelt value would otherwise be ignored without a word.
+  const char* stream = std::getenv("DDPM_STREAM_OUTPUTS");
+  if (stream && std::strcmp(stream, "0") != 0 && std::strcmp(stream, "1") != 0) {
+    return errorf("DDPM_STREAM_OUTPUTS: '%s' is not 0 or 1", stream);
+  }
   // Allowed (benchmarks of oversubscription), but rarely what was meant: each extra thread only waits its turn.
   const int available = static_cast<int>(std::thread::hardware_concurrency());
   if (available > 0 && settings.threads > available) {

@@ -59,30 +59,36 @@ int calibrate_and_retype(const char* tool, const std::string& input, const std::
     std::string architecture;
     ModelInfo info;
     const char* skipped = nullptr;
-    s = DdpmFile::open(input, &file, false);
-    if (s.ok()) {
-      if (!file.metadata().get_string("ddpm.architecture", &architecture).ok() || architecture != "unet2d") {
-        skipped = "not a U-Net";
-      } else if (model_info_from_metadata(file.metadata(), input, &info).ok() &&
-                 !info.unet.class_embed_type.empty() && !info.unet.has_class_table()) {
-        skipped = "the model's class input (class_embed_type 'timestep' or 'identity') is not one ddpm can give";
-      }
+    // The input and the output are checked first (checksums too), so that the hint below goes only with errors of
+    // the calibration itself.
+    s = DdpmFile::open(input, &file, true);
+    if (s.ok() && file.metadata().get_string("ddpm.architecture", &architecture).ok() &&
+        architecture == kTrainingCheckpointArchitecture) {
+      s = training_checkpoint_error(input);
     }
-    if (s.ok() && skipped) std::fprintf(stderr, "note: no calibration: %s\n", skipped);
-    if (s.ok() && !skipped) {
+    if (s.ok()) s = check_distinct_paths(output, input, "the input model");
+    if (s.ok()) s = check_can_write(output);
+    if (!s.ok()) {
+      std::fprintf(stderr, "ddpm %s: %s\n", tool, relabel(s.message(), input, label).c_str());
+      return 1;
+    }
+    if (architecture != "unet2d") {
+      skipped = "not a U-Net";
+    } else if (model_info_from_metadata(file.metadata(), input, &info).ok() && !info.unet.class_embed_type.empty() &&
+               !info.unet.has_class_table()) {
+      skipped = "the model's class input (class_embed_type 'timestep' or 'identity') is not one ddpm can give";
+    }
+    if (skipped) std::fprintf(stderr, "note: no calibration: %s\n", skipped);
+    if (!skipped) {
       ThreadPool pool(threads);
       CalibrationResult result;
       const double budget = settings.max_error_percent >= 0 ? settings.max_error_percent / 100.0
                                                             : default_error_budget(policy.default_type());
-      s = check_distinct_paths(output, input, "the input model");
-      if (s.ok()) s = check_can_write(output);
-      if (s.ok()) {
-        // Two sampled images and a forward per configuration: seconds for a small model, minutes for a large one.
-        std::printf("calibrating on %s: %d images by DDIM-%d, then each configuration on them (--no-calibrate skips)\n",
-                    label.c_str(), kCalibrationImages, kCalibrationSteps);
-        std::fflush(stdout);
-        s = calibrate_quantization(input, policy, budget, pool, &result);
-      }
+      // Two sampled images and a forward per configuration: seconds for a small model, minutes for a large one.
+      std::printf("calibrating on %s: %d images by DDIM-%d, then each configuration on them (--no-calibrate skips)\n",
+                  label.c_str(), kCalibrationImages, kCalibrationSteps);
+      std::fflush(stdout);
+      s = calibrate_quantization(input, policy, budget, pool, &result);
       if (!s.ok()) {
         std::fprintf(stderr, "ddpm %s: %s (--no-calibrate skips the calibration)\n", tool,
                      relabel(s.message(), input, label).c_str());

@@ -194,8 +194,8 @@ Status read_safetensors(const std::string& path, const MappedFile& file, std::ve
                   static_cast<unsigned long long>(kSafetensorsMaxHeaderBytes));
   }
   if (header_bytes > file_size - 8) {
-    return errorf("%s: safetensors header length %llu exceeds the file size (%llu bytes)", path.c_str(),
-                  static_cast<unsigned long long>(header_bytes), static_cast<unsigned long long>(file_size));
+    return errorf("%s: truncated: its safetensors header needs %llu bytes but the file has %llu", path.c_str(),
+                  static_cast<unsigned long long>(8 + header_bytes), static_cast<unsigned long long>(file_size));
   }
   const uint64_t data_start = 8 + header_bytes;
   const uint64_t data_bytes = file_size - data_start;
@@ -231,8 +231,10 @@ Status read_safetensors(const std::string& path, const MappedFile& file, std::ve
 bool looks_like_safetensors(const MappedFile& file) {
   if (file.size() < 10) return false;
   const uint64_t header_bytes = read_u64_le(file.data());
-  if (header_bytes < 2 || header_bytes > kSafetensorsMaxHeaderBytes || header_bytes > file.size() - 8) return false;
-  for (uint64_t i = 8; i < 8 + header_bytes; ++i) {
+  if (header_bytes < 2 || header_bytes > kSafetensorsMaxHeaderBytes) return false;
+  // A header cut short by the end of the file still starts like one: a truncated download is named as such by
+  // read_safetensors, not called an unknown format.
+  for (uint64_t i = 8; i < 8 + std::min<uint64_t>(header_bytes, file.size() - 8); ++i) {
     const uint8_t c = file.data()[i];
     if (c == ' ' || c == '\t' || c == '\n' || c == '\r') continue;
     return c == '{';

@@ -1,5 +1,6 @@
 #include "model/checkpoint.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "core/half.h"
@@ -31,7 +32,7 @@ std::string current_attention_name(const std::string& name) {
 std::string sniff_description(const MappedFile& f) {
   const uint8_t* d = f.data();
   const uint64_t n = f.size();
-  if (n >= 4 && std::memcmp(d, "DDPM", 4) == 0) return "a ddpm.cpp model file (already converted)";
+  if (n >= 4 && std::memcmp(d, "DDPM", 4) == 0) return "a ddpm.cpp file: a model needs no converting, a training checkpoint is exported by `ddpm train --resume F --export-only`";
   if (n >= 2 && d[0] == 0x1f && d[1] == 0x8b) return "a gzip file";
   if (n >= 5 && (std::memcmp(d, "<!DOC", 5) == 0 || std::memcmp(d, "<html", 5) == 0)) return "an HTML page (a failed download?)";
   if (n >= 1 && d[0] == '{') return "a JSON file";
@@ -44,8 +45,13 @@ Status CheckpointReader::open(const std::string& path, const CheckpointOptions& 
   path_ = path;
   DDPM_TRY(file_.open(path));
   tensors_.clear();
+  if (file_.size() == 0) return errorf("%s: empty file (0 bytes), not a checkpoint", path.c_str());
   if (looks_like_safetensors(file_)) {
     format_ = "safetensors";
+    if (!options.key_path.empty()) {
+      return errorf("%s: --key walks the dictionaries of a PyTorch checkpoint; a safetensors file has none (its "
+                    "tensors are at the top level)", path.c_str());
+    }
     DDPM_TRY(read_safetensors(path, file_, &tensors_, nullptr));
   } else if (looks_like_torch_zip(file_.data(), file_.size()) || looks_like_torch_legacy(file_.data(), file_.size())) {
     format_ = looks_like_torch_zip(file_.data(), file_.size()) ? "torch zip" : "torch legacy";
@@ -63,6 +69,11 @@ Status CheckpointReader::open(const std::string& path, const CheckpointOptions& 
 
 Status CheckpointReader::normalise_names(const CheckpointOptions& options) {
   std::string prefix = options.strip_prefix;
+  if (!prefix.empty() && std::none_of(tensors_.begin(), tensors_.end(),
+                                      [&](const SourceTensor& t) { return t.name.rfind(prefix, 0) == 0; })) {
+    return errorf("--strip-prefix '%s' begins no tensor's name (the first is '%s')", prefix.c_str(),
+                  tensors_.empty() ? "" : tensors_[0].name.c_str());
+  }
   if (prefix.empty()) {
     // Wrappers add one prefix to every key (DataParallel "module.", Lightning "model.", EMA helpers "ema_model.").
     for (const char* candidate : {"module.", "model.", "ema_model.", "ema.", "unet."}) {

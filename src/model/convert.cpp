@@ -149,6 +149,8 @@ Status parameter_specs(const UNetConfig& config, std::vector<ParamSpec>* out) {
 Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) {
   const auto start = std::chrono::steady_clock::now();
   ConvertOptions o = options;
+  // "folder/" as a shell completes it: the paths built from it (and printed) read "folder/config.json".
+  while (o.input.size() > 1 && o.input.back() == '/') o.input.pop_back();
   *report = ConvertReport();
   quant::TypePolicy policy;
   {
@@ -195,6 +197,10 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
     if (!s.ok()) return errorf("%s: %s", weights.c_str(), s.message().c_str());
   } else {
     return errorf("%s: a bare diffusers checkpoint needs --config config.json", weights.c_str());
+  }
+  if (o.image_size > 0 && !o.config.empty()) {
+    report->notes.push_back("--image-size " + std::to_string(o.image_size) + " replaces the config's sample_size " +
+                            std::to_string(info.unet.sample_size.empty() ? 0 : info.unet.sample_size[0]));
   }
   if (o.image_size > 0) info.unet.sample_size = {o.image_size};
   if (!o.scheduler_config.empty()) {

@@ -681,6 +681,12 @@ bool is_iso8601_utc(const std::string& s) {
 
 }  // namespace
 
+Status training_checkpoint_error(const std::string& path) {
+  return errorf("%s: is a training checkpoint, not a model; `ddpm train --resume %s --export-only -o MODEL.ddpm` "
+                "writes its EMA weights as one",
+                path.c_str(), path.c_str());
+}
+
 Status validate_unet2d_metadata(const DdpmMetadata& m) {
   const char* src = m.source().c_str();
   std::string architecture;

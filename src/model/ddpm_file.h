@@ -159,6 +159,11 @@ class DdpmMetadata {
 // model loader after reading; the container itself only requires ddpm.architecture.
 Status validate_unet2d_metadata(const DdpmMetadata& metadata);
 
+// The trainer's checkpoints are .ddpm files too (ddpm.architecture "ddpm-train-checkpoint", FORMAT.md §12): commands
+// that take a model refuse one with this error, which says how to export its weights as a model.
+constexpr char kTrainingCheckpointArchitecture[] = "ddpm-train-checkpoint";
+Status training_checkpoint_error(const std::string& path);
+
 struct DdpmTensorInfo {
   std::string name;
   DType dtype = DType::F32;

@@ -5,6 +5,15 @@
 
 namespace ddpm {
 
+Status resolve_sampler(const ModelInfo& info, const std::string& sampler, int steps, SamplerSpec* out) {
+  const std::string model_sampler = info.default_sampler.empty() ? "ddim" : info.default_sampler;
+  const std::string name = sampler.empty() ? model_sampler : sampler;
+  DDPM_TRY(parse_sampler_kind(name, &out->sampler));
+  if (steps == 0 && name == model_sampler) steps = info.default_steps;
+  out->steps = steps > 0 ? steps : pipeline_default_steps(out->sampler, info.scheduler.num_train_timesteps);
+  return Status();
+}
+
 Status model_info_from_metadata(const DdpmMetadata& m, const std::string& path, ModelInfo* out) {
   ModelInfo info;
   // The metadata's own errors already name the file when it was read from `path`.
@@ -15,10 +24,8 @@ Status model_info_from_metadata(const DdpmMetadata& m, const std::string& path, 
   std::string architecture;
   Status s = m.get_string("ddpm.architecture", &architecture);
   if (!s.ok()) return fail(s);
-  if (architecture == "ddpm-train-checkpoint") {
-    return errorf("%s: is a training checkpoint, not a model; `ddpm train --resume %s --export-only -o MODEL.ddpm` "
-                  "writes its EMA weights as one",
-                  path.c_str(), path.c_str());
+  if (architecture == kTrainingCheckpointArchitecture) {
+    return training_checkpoint_error(path);
   }
   if (architecture != "unet2d") {
     return errorf("%s: holds a '%s' network (ddpm.architecture), not a U-Net ('unet2d'), the only kind this loads",

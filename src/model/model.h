@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "model/ddpm_file.h"
+#include "model/sampler.h"
 #include "model/schedule.h"
 #include "model/unet.h"
 #include "model/unet_config.h"
@@ -38,6 +39,13 @@ struct ModelInfo {
     return ids;
   }
 };
+
+// The sampler and step count of a run (`ddpm generate`; `ddpm schedule` lists what generate visits): `sampler` ""
+// means the model's default sampler (DDIM when it names none), `steps` 0 the default count. The model's default
+// count belongs to its default sampler: naming another sampler gets that sampler's pipeline default (a model trained
+// for DDIM-50 asked for DDPM runs every training timestep, as diffusers' DDPMPipeline would). Sets out->sampler and
+// out->steps (> 0).
+Status resolve_sampler(const ModelInfo& info, const std::string& sampler, int steps, SamplerSpec* out);
 
 // Decodes / encodes the metadata keys documented in docs/FORMAT.md.
 Status model_info_from_metadata(const DdpmMetadata& metadata, const std::string& path, ModelInfo* out);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 
@@ -128,14 +129,32 @@ void images_to_u8(const float* images, int count, int channels, int height, int 
   }
 }
 
+namespace {
+
+int grid_columns(int count, int columns) {
+  if (columns <= 0) columns = static_cast<int>(std::ceil(std::sqrt(static_cast<double>(count))));
+  return std::max(1, std::min(columns, count));
+}
+
+}  // namespace
+
+void grid_size(int count, int height, int width, int columns, int gap, int scale, int64_t* out_width,
+               int64_t* out_height) {
+  columns = grid_columns(count, columns);
+  const int64_t rows = (count + columns - 1) / columns;
+  *out_width = columns * (int64_t{width} * scale) + (columns - 1) * int64_t{gap};
+  *out_height = rows * (int64_t{height} * scale) + (rows - 1) * int64_t{gap};
+}
+
 void make_grid(const uint8_t* images, int count, int channels, int height, int width, int columns, int gap,
                uint8_t background, int scale, std::vector<uint8_t>* out, int* out_width, int* out_height) {
-  if (columns <= 0) columns = static_cast<int>(std::ceil(std::sqrt(static_cast<double>(count))));
-  columns = std::max(1, std::min(columns, count));
-  const int rows = (count + columns - 1) / columns;
+  columns = grid_columns(count, columns);
   const int cell_w = width * scale, cell_h = height * scale;
-  *out_width = columns * cell_w + (columns - 1) * gap;
-  *out_height = rows * cell_h + (rows - 1) * gap;
+  int64_t grid_width, grid_height;
+  grid_size(count, height, width, columns, gap, scale, &grid_width, &grid_height);
+  DDPM_ASSERT(grid_width <= INT32_MAX && grid_height <= INT32_MAX && "make_grid: callers bound the size (grid_size)");
+  *out_width = static_cast<int>(grid_width);
+  *out_height = static_cast<int>(grid_height);
   out->assign(static_cast<size_t>(*out_width) * *out_height * channels, background);
   for (int k = 0; k < count; ++k) {
     const int x0 = (k % columns) * (cell_w + gap), y0 = (k / columns) * (cell_h + gap);

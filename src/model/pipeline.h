@@ -47,5 +47,9 @@ void images_to_u8(const float* images, int count, int channels, int height, int 
 // them, each pixel repeated `scale`×`scale` times.
 void make_grid(const uint8_t* images, int count, int channels, int height, int width, int columns, int gap,
                uint8_t background, int scale, std::vector<uint8_t>* out, int* out_width, int* out_height);
+// The size in pixels of that grid, computed without it (in 64 bits: a large -n times --scale passes int's range), so
+// that a tool can refuse one too large to write before it spends minutes sampling.
+void grid_size(int count, int height, int width, int columns, int gap, int scale, int64_t* out_width,
+               int64_t* out_height);
 
 }  // namespace ddpm

@@ -342,12 +342,15 @@ Status parse_sampler_kind(const std::string& text, SamplerKind* out) {
   return Status();
 }
 
+// DDPM's 1000 means "every training timestep", so a shorter schedule gets all of its own.
+int pipeline_default_steps(SamplerKind kind, int num_train_timesteps) {
+  return kind == SamplerKind::DDPM ? std::min(1000, num_train_timesteps) : 50;
+}
+
 namespace {
 
 int default_steps(const SamplerSpec& spec, const Schedule& schedule) {
-  if (spec.steps != 0) return spec.steps;
-  // The pipelines' defaults; DDPM's 1000 means "every training timestep", so a shorter schedule gets all of its own.
-  return spec.sampler == SamplerKind::DDPM ? std::min(1000, schedule.num_train_timesteps()) : 50;
+  return spec.steps != 0 ? spec.steps : pipeline_default_steps(spec.sampler, schedule.num_train_timesteps());
 }
 
 Status check_spec(const SamplerSpec& spec, const Schedule& schedule) {

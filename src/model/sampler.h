@@ -79,6 +79,8 @@ Status get_velocity(const Schedule& schedule, const int64_t* timesteps, int batc
 enum class SamplerKind { DDPM, DDIM };
 const char* to_string(SamplerKind kind);
 Status parse_sampler_kind(const std::string& text, SamplerKind* out);
+// The pipelines' default step count: DDPM every training timestep (at most 1000, diffusers' default), DDIM 50.
+int pipeline_default_steps(SamplerKind kind, int num_train_timesteps);
 
 struct SamplerSpec {
   SamplerKind sampler = SamplerKind::DDPM;

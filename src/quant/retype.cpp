@@ -169,6 +169,11 @@ Status retype(const std::string& input, const std::string& output, std::vector<u
   *report = RetypeReport();
   DdpmFile in;
   DDPM_TRY(DdpmFile::open(input, &in, true));
+  std::string architecture;
+  if (in.metadata().get_string("ddpm.architecture", &architecture).ok() &&
+      architecture == kTrainingCheckpointArchitecture) {
+    return training_checkpoint_error(input);  // its weights are the raw ones next to the EMA's and the moments
+  }
   if (!bytes) {
     DDPM_TRY(check_distinct_paths(output, input, "the input model"));  // rounding weights cannot be undone
     DDPM_TRY(check_can_write(output));
@@ -245,6 +250,34 @@ Status retype(const std::string& input, const std::string& output, std::vector<u
     DDPM_TRY(writer.add_tensor(t.name, decision.type, t.rank, t.shape, std::move(produce)));
   }
   report->warnings = policy.unmatched_warnings(input);
+  // Weights already in a block type smaller than the one asked for keep it (the policy's "would not be smaller"):
+  // re-typing q4_0 as q8_0 cannot bring back what rounding took. Said even under -q, since the file will not be
+  // what its recipe names.
+  const DType wanted = policy.default_type();
+  auto bits_per_value = [](DType type) {
+    return 8.0 * static_cast<double>(dtype_traits(type).block_bytes) / static_cast<double>(dtype_traits(type).block_size);
+  };
+  std::map<std::string, int> already_smaller;
+  for (const TensorRetype& entry : report->tensors) {
+    if (entry.from == entry.to && entry.from != wanted && dtype_traits(entry.from).is_quantized &&
+        dtype_traits(wanted).is_quantized && bits_per_value(entry.from) < bits_per_value(wanted)) {
+      already_smaller[dtype_name(entry.from)]++;
+    }
+  }
+  if (!already_smaller.empty()) {
+    std::string types;
+    int count = 0;
+    for (const auto& [name, n] : already_smaller) {
+      types += (types.empty() ? "" : ", ") + name;
+      count += n;
+    }
+    report->warnings.push_back(errorf("%s: %d weight%s already %s, smaller than %s, and keep %s type: re-typing "
+                                      "cannot restore what quantising rounded away (quantise the f32 or f16 model "
+                                      "instead)",
+                                      input.c_str(), count, count == 1 ? " is" : "s are", types.c_str(),
+                                      dtype_name(wanted), count == 1 ? "its" : "their")
+                                   .message());
+  }
   if (bytes) {
     DDPM_TRY(writer.finish_to_bytes(bytes));
     report->output_bytes = bytes->size();
