@@ -471,6 +471,12 @@ TEST_CASE("ddpm schedule lists the steps generate runs", "[cli]") {
   CHECK(lines(run("schedule -m " + model + " --sampler ddpm --steps 20")) == 21);
   // The micro model names no default: DDIM 50.
   CHECK(lines(run("schedule -m " + model_path())) == 51);
+  // forward on a class-conditional model without labels names the option that gives them.
+  const std::string dir = model_path().substr(0, model_path().rfind('/'));
+  std::ofstream(dir + "/zeros.f32", std::ios::binary).write(std::string(28 * 28 * 4, '\0').data(), 28 * 28 * 4);
+  check_one_line_error(run("forward -m " + model + " --input " + dir + "/zeros.f32 --shape 1,1,28,28 --timesteps 5 -o " +
+                           dir + "/y.f32"),
+                       2, "is class-conditional: give --class-labels");
 }
 
 TEST_CASE("ddpm quantize and convert refuse what they cannot do, and say what they did not", "[cli][quant]") {

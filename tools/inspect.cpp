@@ -147,6 +147,10 @@ int run_forward(int argc, char** argv) {
   if (!labels.empty() && info.class_count() == 0) {
     return fail("forward", 2, errorf("--class-labels: %s is not class-conditional", model_path.c_str()));
   }
+  if (labels.empty() && info.unet.has_class_table()) {
+    return fail("forward", 2, errorf("%s is class-conditional: give --class-labels, one class id per batch item",
+                                     model_path.c_str()));
+  }
   for (double label : labels) {
     if (!(label >= 0 && label < static_cast<double>(info.class_count())) || label != std::floor(label)) {
       return fail("forward", 2, errorf("--class-labels: %s is not a class id of %s (0 to %lld)",
