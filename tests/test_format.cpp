@@ -550,6 +550,17 @@ TEST_CASE("versions and flags", "[format][hostile]") {
   put_u32(&bytes, 8, 0x0004);
   reseal(&bytes);
   CHECK(contains(rejection(bytes), "required flags 0x0004"));
+  // The same bits from a damaged byte (the checksum no longer matches) are corruption, not a newer writer; so is a
+  // version no format will reach, and a section size a flipped byte made larger than the file.
+  bytes = s.bytes;
+  put_u32(&bytes, 8, 0x0004);
+  CHECK(contains(rejection(bytes), "header checksum mismatch"));
+  bytes = s.bytes;
+  put_u32(&bytes, 4, 0x01000001);
+  CHECK(rejection(bytes) == "x.ddpm: corrupt: its format version field reads 16777217");
+  bytes = s.bytes;
+  bytes[kMetadataBytes + 2] ^= 0x10;  // + 1 MiB
+  CHECK(contains(rejection(bytes), "header checksum mismatch"));
   // Optional flag bits are ignored by readers that do not know them.
   bytes = s.bytes;
   put_u32(&bytes, 8, 0x00020000);
@@ -610,12 +621,16 @@ TEST_CASE("hostile headers and tables are rejected with precise messages", "[for
                    "header declares 1152921504606846976 metadata entries, more than its"));
     CHECK(contains(mutated([](auto* x) { put_u64(x, kTensorCount, ~uint64_t{0}); }),
                    "header declares 18446744073709551615 tensors, more than its"));
+    // Sizes no file could have are called damaged fields, not missing tails (the checksum is resealed here).
     CHECK(contains(mutated([](auto* x) { put_u64(x, kMetadataBytes, ~uint64_t{0} - 10); }),
-                   "truncated: metadata section needs"));
-    CHECK(contains(mutated([](auto* x) { put_u64(x, kTableBytes, ~uint64_t{0}); }), "truncated: tensor table needs"));
+                   "corrupt: its header gives the metadata section 18446744073709551605 bytes"));
+    CHECK(contains(mutated([](auto* x) { put_u64(x, kTableBytes, ~uint64_t{0}); }),
+                   "corrupt: its header gives the tensor table"));
     CHECK(contains(mutated([](auto* x) { put_u64(x, kDataBytes, ~uint64_t{0} - 63); }),
-                   "truncated: data section needs"));
-    CHECK(contains(mutated([](auto* x) { put_u64(x, kDataOffset, ~uint64_t{0}); }), "truncated"));
+                   "corrupt: its header gives the data section"));
+    CHECK(contains(mutated([](auto* x) { put_u64(x, kDataOffset, ~uint64_t{0}); }), "corrupt: its header gives"));
+    const uint64_t file_size = s.bytes.size();
+    CHECK(contains(mutated([file_size](auto* x) { put_u64(x, kDataBytes, file_size); }), "truncated: data section needs"));
     CHECK(contains(mutated([](auto* x) { put_u64(x, kDataOffset, 64); }), "lies inside the header"));
   }
   SECTION("section sizes must agree with their contents") {

@@ -880,6 +880,10 @@ uint32_t header_checksum(const uint8_t* data, uint64_t end) {
 }
 
 Status truncated(const char* name, const char* what, uint64_t needed, uint64_t offset, uint64_t size) {
+  // No download stops short of 256 TiB: such a size is a damaged field, not a missing tail.
+  if (needed >= (uint64_t{1} << 48)) {
+    return errorf("%s: corrupt: its header gives the %s %llu bytes", name, what, static_cast<ull>(needed));
+  }
   return errorf("%s: truncated: %s needs %llu bytes at offset %llu but the file has %llu", name, what,
                 static_cast<ull>(needed), static_cast<ull>(offset), static_cast<ull>(size));
 }
@@ -1080,21 +1084,35 @@ Status parse_ddpm(const uint8_t* data, uint64_t size, const std::string& file_na
   if (size < kDdpmFileHeaderBytes) return truncated(name, "file header", kDdpmFileHeaderBytes, 0, size);
 
   const Header h = decode_header(data);
+  // A damaged header can pass for a file of unknown features or a truncated one. Where its checksum can be
+  // computed (the data offset lies in the file) the checksum tells which. Not for the version: a newer format may
+  // define the checksum otherwise, and its versions are small numbers.
+  auto corrupt_or = [&](const Status& otherwise) {
+    if (h.data_offset >= kDdpmFileHeaderBytes && h.data_offset <= size) {
+      const uint32_t computed = header_checksum(data, h.data_offset);
+      if (computed != h.checksum) {
+        return errorf("%s: header %s: the file is corrupt", name, checksum_mismatch(h.checksum, computed).c_str());
+      }
+    }
+    return otherwise;
+  };
   if (h.version == 0) return errorf("%s: invalid format version 0", name);
-  if (h.version > kDdpmFormatVersion) {
+  if (h.version > kDdpmFormatVersion && h.version < 256) {
     return errorf("%s: format version %u is newer than this ddpm.cpp supports (%u); update ddpm.cpp", name,
                   h.version, kDdpmFormatVersion);
   }
+  if (h.version > kDdpmFormatVersion) return errorf("%s: corrupt: its format version field reads %u", name, h.version);
   if ((h.flags & kRequiredFlagsMask & ~kKnownRequiredFlags) != 0) {
-    return errorf("%s: uses format features this ddpm.cpp does not know (required flags 0x%04x); update ddpm.cpp",
-                  name, h.flags & kRequiredFlagsMask & ~kKnownRequiredFlags);
+    return corrupt_or(
+        errorf("%s: uses format features this ddpm.cpp does not know (required flags 0x%04x); update ddpm.cpp", name,
+               h.flags & kRequiredFlagsMask & ~kKnownRequiredFlags));
   }
 
   // Sections in file order; each comparison is arranged so that nothing can overflow.
   uint64_t at = kDdpmFileHeaderBytes;
-  if (h.metadata_bytes > size - at) return truncated(name, "metadata section", h.metadata_bytes, at, size);
+  if (h.metadata_bytes > size - at) return corrupt_or(truncated(name, "metadata section", h.metadata_bytes, at, size));
   at += h.metadata_bytes;
-  if (h.table_bytes > size - at) return truncated(name, "tensor table", h.table_bytes, at, size);
+  if (h.table_bytes > size - at) return corrupt_or(truncated(name, "tensor table", h.table_bytes, at, size));
   at += h.table_bytes;
   const uint64_t header_end = at;
   if (h.data_offset < header_end) {
