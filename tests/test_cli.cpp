@@ -3,10 +3,13 @@
 // cross-compiled run under qemu skips it.
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -523,3 +526,65 @@ TEST_CASE("ddpm quantize and convert refuse what they cannot do, and say what th
   CHECK(resized.output.find("--image-size 16 replaces the config's sample_size 8") != std::string::npos);
   CHECK(resized.output.find("micro//") == std::string::npos);
 }
+
+namespace {
+
+// Starts `ddpm ARGS` with stdout and stderr in `log`, and returns its pid once `ready` shows there (or -1 after
+// about 20 s): a signal sent then reaches the running command, not the shell before it.
+pid_t start_when(const std::string& args, const std::string& log, const std::string& ready) {
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    const std::string command = std::string("exec ") + std::getenv("DDPM_BIN") + " " + args;
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  for (int i = 0; i < 4000; ++i) {
+    if (file_bytes(log).find(ready) != std::string::npos) return pid;
+    usleep(5000);
+  }
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  return -1;
+}
+
+}  // namespace
+
+TEST_CASE("ddpm train: a signal saves a checkpoint, even with --checkpoint-every 0, and exits 128 + the signal",
+          "[cli]") {
+  if (!std::getenv("DDPM_BIN")) {
+    WARN("DDPM_BIN not set: CLI tests skipped");
+    return;
+  }
+  const std::string dir = model_path().substr(0, model_path().rfind('/'));
+  CHECK(run("train --help").output.find("0 = only when interrupted") != std::string::npos);
+  // The checkpoint path is checked before training whatever --checkpoint-every says: a signal may ask for it.
+  const Result unwritable = run("train --preset toy-mlp --steps 2 -t 1 --checkpoint-every 0 --checkpoint "
+                                "/nonexistent-dir/t.ckpt -o " + dir + "/t.ddpm");
+  INFO(unwritable.output);
+  CHECK(unwritable.exit_code == 1);
+  CHECK(unwritable.output.find("ddpm train: cannot write /nonexistent-dir/t.ckpt") != std::string::npos);
+  CHECK(unwritable.output.find("step ") == std::string::npos);  // refused before the first step
+  CHECK(!exists(dir + "/t.ddpm"));
+  for (const int sig : {SIGTERM, SIGINT}) {
+    const std::string name = dir + "/signal" + std::to_string(sig);
+    const pid_t pid = start_when("train --preset toy-mlp --steps 100000000 --log-every 1 -t 1 --checkpoint-every 0 -o " +
+                                     name + ".ddpm",
+                                 name + ".log", "step 1/");
+    REQUIRE(pid > 0);
+    REQUIRE(kill(pid, sig) == 0);
+    int status = 0;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    const std::string log = file_bytes(name + ".log");
+    INFO(log);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 128 + sig);
+    CHECK(log.find("; saved " + name + ".ckpt (continue with --resume " + name + ".ckpt)") != std::string::npos);
+    CHECK(exists(name + ".ckpt"));
+    CHECK(!exists(name + ".ddpm"));  // an interrupted run exports nothing
+  }
+}
+

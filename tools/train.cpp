@@ -22,8 +22,8 @@
 namespace ddpm::tools {
 namespace {
 
-volatile std::sig_atomic_t g_stop = 0;
-void on_signal(int) { g_stop = 1; }
+volatile std::sig_atomic_t g_stop = 0;  // the signal that asked the run to stop, 0 while none has
+void on_signal(int sig) { g_stop = sig; }
 
 // "out/model.ddpm" → "out/model": where the default side outputs go.
 std::string stem(const std::string& path) {
@@ -159,7 +159,8 @@ int run_train(int argc, char** argv) {
                      }});
   options.push_back({"out", 'o', "FILE", "output model (.ddpm, EMA weights)", text(&st.out)});
   options.push_back({"checkpoint", 0, "FILE", "checkpoint path (default: <out stem>.ckpt)", text(&st.checkpoint)});
-  options.push_back({"checkpoint-every", 0, "K", "checkpoint every K steps and at the end (default 1000; 0 = never)",
+  options.push_back({"checkpoint-every", 0, "K",
+                     "checkpoint every K steps and at the end (default 1000; 0 = only when interrupted)",
                      [&](const std::string& v) { return parse_int("--checkpoint-every", v, 0, 1ll << 40, &st.checkpoint_every); }});
   options.push_back({"resume", 0, "FILE", "continue the run saved in a checkpoint", text(&st.resume)});
   options.push_back({"export-only", 0, "", "with --resume: write the checkpoint's EMA weights to -o now, without training (--data not needed)",
@@ -378,7 +379,8 @@ int run_train(int argc, char** argv) {
   }
   if (s.ok()) s = check_can_write(st.out);
   if (s.ok()) s = check_can_write(st.loss_curve);
-  if (s.ok() && st.checkpoint_every > 0) s = check_can_write(st.checkpoint);
+  // Whatever --checkpoint-every says: SIGINT or SIGTERM may stop the run at any step, and it then saves one.
+  if (s.ok()) s = check_can_write(st.checkpoint);
   if (s.ok() && st.sample_every > 0) s = check_can_write(grid_path(0));
   if (!s.ok()) return run_error(s);
 
@@ -451,13 +453,15 @@ int run_train(int argc, char** argv) {
   }
   if (tty) std::fprintf(stderr, "\n");
   if (interrupted) {
-    // Stopped by a signal between steps: save where we are, so --resume continues exactly.
+    // Stopped by a signal between steps: save where we are, so --resume continues exactly (with --checkpoint-every 0
+    // too: without it the steps done would be lost, since an interrupted run exports no model). The exit status is a
+    // shell's for that signal, so a script sees how the run ended.
     s = trainer->save_checkpoint(st.checkpoint);
     if (!s.ok()) return run_error(s);
     write_curve();
     std::fprintf(stderr, "interrupted at step %lld; saved %s (continue with --resume %s)\n",
                  (long long)trainer->step_count(), st.checkpoint.c_str(), st.checkpoint.c_str());
-    return 130;
+    return 128 + g_stop;
   }
   ExportOptions export_options;
   export_options.default_guidance_scale = static_cast<float>(st.guidance);
