@@ -588,3 +588,24 @@ TEST_CASE("ddpm train: a signal saves a checkpoint, even with --checkpoint-every
   }
 }
 
+TEST_CASE("ddpm train --export-only refuses the training options it would ignore", "[cli]") {
+  if (!std::getenv("DDPM_BIN")) {
+    WARN("DDPM_BIN not set: CLI tests skipped");
+    return;
+  }
+  const std::string dir = model_path().substr(0, model_path().rfind('/'));
+  const Result trained = run("train --preset toy-mlp --steps 3 -t 1 --checkpoint-every 3 -o " + dir + "/run3.ddpm");
+  INFO(trained.output);
+  REQUIRE(trained.exit_code == 0);
+  const std::string export_args = "train --resume " + dir + "/run3.ckpt --export-only -o " + dir + "/run3e.ddpm";
+  check_one_line_error(run(export_args + " --lr 5 --batch 3 --sample-every 1"), 2,
+                       "ddpm train: --batch, --lr, --sample-every: not used by --export-only");
+  check_one_line_error(run(export_args + " --steps 10"), 2, "--steps: not used by --export-only");
+  check_one_line_error(run(export_args + " --checkpoint-every 0"), 2, "--checkpoint-every: not used by --export-only");
+  CHECK(!exists(dir + "/run3e.ddpm"));
+  const Result exported = run(export_args + " -t 1 --guidance 3");  // what an export does use
+  INFO(exported.output);
+  CHECK(exported.exit_code == 0);
+  CHECK(exists(dir + "/run3e.ddpm"));
+}
+

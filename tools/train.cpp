@@ -101,23 +101,19 @@ int run_train(int argc, char** argv) {
   Settings st;
   TrainOptions o;
   o.steps = 10000;
-  std::set<std::string> given;  // trajectory options set on the command line (they override a checkpoint's)
   std::vector<Option> options;
   add_common_options(&options, &common);
-  auto integer = [&given](const char* name, long long min, long long max, auto* target) {
-    return [&given, name, min, max, target](const std::string& v) {
+  auto integer = [](const char* name, long long min, long long max, auto* target) {
+    return [name, min, max, target](const std::string& v) {
       long long n;
       DDPM_TRY(parse_int(std::string("--") + name, v, min, max, &n));
       *target = static_cast<std::remove_pointer_t<decltype(target)>>(n);
-      given.insert(name);
       return Status();
     };
   };
-  auto number = [&given](const char* name, double min, double max, double* target) {
-    return [&given, name, min, max, target](const std::string& v) {
-      DDPM_TRY(parse_float(std::string("--") + name, v, min, max, target));
-      given.insert(name);
-      return Status();
+  auto number = [](const char* name, double min, double max, double* target) {
+    return [name, min, max, target](const std::string& v) {
+      return parse_float(std::string("--") + name, v, min, max, target);
     };
   };
   options.push_back({"data", 0, "PATH", "IDX images file (raw or .gz) or folder of PNGs (class sub-folders)", text(&st.data)});
@@ -131,7 +127,6 @@ int run_train(int argc, char** argv) {
   options.push_back({"resize", 0, "MODE", "fit images to the model: scale until they cover it (auto|area|bilinear; default auto) then centre-crop, or off: crop only", text(&st.resize)});
   options.push_back({"hflip", 0, "", "random horizontal flips", [&](const std::string&) {
                        o.hflip = true;
-                       given.insert("hflip");
                        return Status();
                      }});
   options.push_back({"steps", 0, "N", "total optimiser steps (default 10000)", integer("steps", 1, 1ll << 40, &o.steps)});
@@ -163,7 +158,9 @@ int run_train(int argc, char** argv) {
                      "checkpoint every K steps and at the end (default 1000; 0 = only when interrupted)",
                      [&](const std::string& v) { return parse_int("--checkpoint-every", v, 0, 1ll << 40, &st.checkpoint_every); }});
   options.push_back({"resume", 0, "FILE", "continue the run saved in a checkpoint", text(&st.resume)});
-  options.push_back({"export-only", 0, "", "with --resume: write the checkpoint's EMA weights to -o now, without training (--data not needed)",
+  options.push_back({"export-only", 0, "",
+                     "with --resume: write the checkpoint's EMA weights to -o now, without training (--data not needed; "
+                     "training options are refused)",
                      [&](const std::string&) {
                        st.export_only = true;
                        return Status();
@@ -177,6 +174,15 @@ int run_train(int argc, char** argv) {
   options.push_back({"loss-curve", 0, "FILE", "loss-curve PNG (default: <out stem>-loss.png)", text(&st.loss_curve)});
   options.push_back({"log-every", 0, "K", "progress line every K steps when stderr is not a terminal (default 50)",
                      [&](const std::string& v) { return parse_int("--log-every", v, 1, 1ll << 40, &st.log_every); }});
+  // The options set on the command line, by long name: a resumed run takes these over its checkpoint's, and
+  // --export-only refuses the ones it would ignore.
+  std::set<std::string> given;
+  for (Option& option : options) {
+    option.apply = [&given, name = option.long_name, apply = std::move(option.apply)](const std::string& v) {
+      given.insert(name);
+      return apply(v);
+    };
+  }
   std::vector<std::string> positional;
   bool help = false;
   Status s = parse_options(argc, argv, 2, options, &positional, &help);
@@ -199,17 +205,32 @@ int run_train(int argc, char** argv) {
   if (s.ok() && !positional.empty()) s = errorf("unexpected argument '%s' (see --help)", positional[0].c_str());
   if (s.ok() && st.out.empty()) s = errorf("missing -o/--out MODEL.ddpm");
   if (s.ok() && st.export_only && st.resume.empty()) s = errorf("--export-only needs --resume CHECKPOINT");
+  if (s.ok() && st.export_only) {
+    // Refused rather than ignored, as a resume refuses a changed --batch: the network, schedule and options come
+    // from the checkpoint, and nothing runs that would use the rest. (--data, --labels and --resize check that the
+    // data is the run's.)
+    static const std::set<std::string> used = {"threads", "isa",   "resume", "export-only", "out",
+                                               "data",    "labels", "resize", "class-names", "guidance"};
+    std::string ignored;
+    for (const Option& option : options) {
+      if (given.count(option.long_name) && !used.count(option.long_name)) {
+        ignored += (ignored.empty() ? "--" : ", --") + option.long_name;
+      }
+    }
+    if (!ignored.empty()) {
+      s = errorf("%s: not used by --export-only, which writes the checkpoint's model without training",
+                 ignored.c_str());
+    }
+  }
   if (s.ok() && st.resume.empty() && st.preset.empty() == st.config.empty()) {
     s = errorf("give exactly one of --preset NAME and --config JSON (or --resume a checkpoint)");
   }
   if (s.ok() && !st.preset.empty() && !st.config.empty()) s = errorf("--preset and --config exclude each other");
   if (s.ok() && !st.lr_schedule.empty()) {
     s = parse_lr_schedule(st.lr_schedule, &o.lr_schedule).with_context("--lr-schedule");
-    given.insert("lr-schedule");
   }
   if (s.ok() && !st.prediction.empty()) {
     s = parse_prediction_type(st.prediction, &o.prediction).with_context("--prediction");
-    given.insert("prediction");
   }
   ResizeMode resize = ResizeMode::Auto;
   if (s.ok()) s = parse_resize_mode(st.resize, &resize).with_context("--resize");
@@ -217,7 +238,7 @@ int run_train(int argc, char** argv) {
   if (!s.ok()) return usage_error(s);
 
   // Exporting needs only the checkpoint: its EMA weights, history and class names (the data is for training).
-  if (st.export_only && st.data.empty() && st.preset.empty() && st.config.empty()) {
+  if (st.export_only && st.data.empty()) {
     std::unique_ptr<Trainer> trainer;
     s = check_distinct_paths(st.out, st.resume, "the checkpoint resumed from");
     if (s.ok()) s = check_can_write(st.out);
@@ -330,10 +351,7 @@ int run_train(int argc, char** argv) {
     s = trainer->load_checkpoint(st.resume);
     if (!s.ok()) return run_error(s);
     std::fprintf(stderr, "resumed %s at step %lld\n", st.resume.c_str(), (long long)trainer->step_count());
-    if (given.count("steps") && st.export_only) {
-      std::fprintf(stderr, "note: --steps %lld is not used with --export-only: the model is exported as of step %lld\n",
-                   (long long)o.steps, (long long)trainer->step_count());
-    } else if (given.count("steps") && o.steps < trainer->step_count()) {
+    if (given.count("steps") && o.steps < trainer->step_count()) {
       std::fprintf(stderr, "note: --steps %lld: the checkpoint is past it; the model is exported as of step %lld\n",
                    (long long)o.steps, (long long)trainer->step_count());
     }
@@ -378,9 +396,9 @@ int run_train(int argc, char** argv) {
     if (i != 2) s = check_distinct_paths(outputs[i].path, st.resume, "the checkpoint resumed from");
   }
   if (s.ok()) s = check_can_write(st.out);
-  if (s.ok()) s = check_can_write(st.loss_curve);
+  if (s.ok() && !st.export_only) s = check_can_write(st.loss_curve);
   // Whatever --checkpoint-every says: SIGINT or SIGTERM may stop the run at any step, and it then saves one.
-  if (s.ok()) s = check_can_write(st.checkpoint);
+  if (s.ok() && !st.export_only) s = check_can_write(st.checkpoint);
   if (s.ok() && st.sample_every > 0) s = check_can_write(grid_path(0));
   if (!s.ok()) return run_error(s);
 
@@ -467,7 +485,7 @@ int run_train(int argc, char** argv) {
   export_options.default_guidance_scale = static_cast<float>(st.guidance);
   s = trainer->export_model(st.out, export_options);
   if (!s.ok()) return run_error(s);
-  write_curve();
+  if (!st.export_only) write_curve();  // as without --data: an export writes the model only
   const std::vector<float>& losses = trainer->losses();
   std::printf("wrote %s (EMA weights, step %lld, final loss %.4f%s; %s of training)\n", st.out.c_str(),
               (long long)trainer->step_count(), losses.empty() ? 0.0 : smooth / (1 - weight),
