@@ -609,3 +609,41 @@ TEST_CASE("ddpm train --export-only refuses the training options it would ignore
   CHECK(exists(dir + "/run3e.ddpm"));
 }
 
+TEST_CASE("ddpm eval says which labels and which image conversion the loss is of", "[cli]") {
+  if (!std::getenv("DDPM_BIN")) {
+    WARN("DDPM_BIN not set: CLI tests skipped");
+    return;
+  }
+  const std::string dir = model_path().substr(0, model_path().rfind('/'));
+  // micro is unconditional, 3-channel 8x8; the IDX fixture is 1-channel 4x4 with labels.
+  const Result unconditional = run("eval -m " + model_path() +
+                                   " --data data/train/images.idx --labels data/train/labels5.idx -n 2 -b 2 -t 1");
+  INFO(unconditional.output);
+  CHECK(unconditional.exit_code == 0);
+  CHECK(unconditional.output.find("note: --labels ignored: " + model_path() + " is unconditional\n") != std::string::npos);
+  CHECK(unconditional.output.find("note: data/train/images.idx: images converted from 1 to 3 channels and resized from "
+                                  "4x4 to 8x8 to fit " + model_path() + " (--resize auto)\n") != std::string::npos);
+  // A class-conditional model (2 classes + the null class 2), 1-channel 8x8.
+  std::ofstream(dir + "/cond.json") << R"({"sample_size": 8, "in_channels": 1, "out_channels": 1,
+    "block_out_channels": [8, 16], "layers_per_block": 1, "down_block_types": ["DownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "UpBlock2D"], "norm_num_groups": 4, "num_class_embeds": 3})";
+  const Result trained = run("train --config " + dir + "/cond.json --data data/train/png --steps 1 --batch 2 --val 0 -t 1 "
+                             "-o " + dir + "/cond.ddpm");
+  INFO(trained.output);
+  REQUIRE(trained.exit_code == 0);
+  const Result unlabelled = run("eval -m " + dir + "/cond.ddpm --data data/train/images.idx -n 2 -b 2 -t 1");
+  INFO(unlabelled.output);
+  CHECK(unlabelled.exit_code == 0);
+  CHECK(unlabelled.output.find("note: data/train/images.idx has no labels: every image is scored under the null class 2") !=
+        std::string::npos);
+  CHECK(unlabelled.output.find("resized from 4x4 to 8x8") != std::string::npos);
+  CHECK(unlabelled.output.find("converted") == std::string::npos);  // 1 channel, as the model
+  // Class folders of mixed PNGs: gray, RGB and gray+alpha; 8x8 and 16x8.
+  const Result folders = run("eval -m " + dir + "/cond.ddpm --data data/train/png -n 3 -b 3 -t 1");
+  INFO(folders.output);
+  CHECK(folders.exit_code == 0);
+  CHECK(folders.output.find("note: data/train/png: 2 of 3 images converted to 1 channel, 1 of 3 images resized from 16x8 "
+                            "to 8x8 to fit ") != std::string::npos);
+  CHECK(folders.output.find("null class") == std::string::npos);
+  CHECK(folders.output.find("ignored") == std::string::npos);
+}

@@ -63,6 +63,20 @@ int run_eval(int argc, char** argv) {
     fit.resize = resize_mode;
     s = load_image_dataset(data_path, labels_path, fit, &data);
   }
+  // What the loss is of, when it is not simply "these images under their labels": each choice made for the user.
+  if (s.ok() && !data.adapted.empty()) {
+    std::fprintf(stderr, "note: %s: %s to fit %s (--resize %s)\n", data_path.c_str(), data.adapted.c_str(),
+                 model_path.c_str(), to_string(resize_mode));
+  }
+  const bool conditional = s.ok() && model->info().unet.has_class_table();
+  if (s.ok() && !conditional && !labels_path.empty()) {
+    std::fprintf(stderr, "note: --labels ignored: %s is unconditional\n", model_path.c_str());
+  }
+  if (conditional && !data.labelled() && model->info().null_class) {
+    std::fprintf(stderr, "note: %s has no labels: every image is scored under the null class %d (unconditional); "
+                         "--labels FILE or class sub-folders give each image its class\n",
+                 data_path.c_str(), static_cast<int>(*model->info().null_class));
+  }
   EvalResult result;
   const auto start = std::chrono::steady_clock::now();
   if (s.ok() && count > data.count) {

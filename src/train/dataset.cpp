@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include "core/rng.h"
@@ -104,6 +105,58 @@ Status check_fit(const ImageFit& fit) {
   if (fit.height < 1 || fit.width < 1) return errorf("target image size %dx%d is invalid", fit.width, fit.height);
   return Status();
 }
+
+// What the loaders changed to fit the images to the target, as Dataset::adapted words it: a model scored on images
+// it was not trained on (another size or colour) is a different experiment, and the user should know.
+class FitTally {
+ public:
+  explicit FitTally(const ImageFit& fit) : fit_(fit) {}
+
+  void add(int channels, int width, int height) {
+    ++count_;
+    if (channels != fit_.channels) {
+      if (recoloured_++ == 0) first_channels_ = channels;
+      mixed_channels_ |= channels != first_channels_;
+    }
+    if (width != fit_.width || height != fit_.height) {
+      if (resized_++ == 0) first_w_ = width, first_h_ = height;
+      mixed_sizes_ |= width != first_w_ || height != first_h_;
+    }
+  }
+
+  // "images converted from 1 to 3 channels and resized from 28x28 to 16x16", "2 of 5 images resized to 8x8", "".
+  std::string text() const {
+    std::string colour, size;
+    char buffer[96];
+    if (recoloured_ > 0) {
+      const char* unit = fit_.channels == 1 ? "channel" : "channels";
+      if (mixed_channels_) std::snprintf(buffer, sizeof buffer, "converted to %d %s", fit_.channels, unit);
+      else std::snprintf(buffer, sizeof buffer, "converted from %d to %d %s", first_channels_, fit_.channels, unit);
+      colour = buffer;
+    }
+    if (resized_ > 0) {
+      const char* verb = fit_.resize == ResizeMode::Off ? "cropped" : "resized";
+      if (mixed_sizes_) std::snprintf(buffer, sizeof buffer, "%s to %dx%d", verb, fit_.width, fit_.height);
+      else std::snprintf(buffer, sizeof buffer, "%s from %dx%d to %dx%d", verb, first_w_, first_h_, fit_.width, fit_.height);
+      size = buffer;
+    }
+    const std::string colour_subject = subject(recoloured_), size_subject = subject(resized_);
+    if (colour.empty()) return size.empty() ? "" : size_subject + " " + size;
+    if (size.empty()) return colour_subject + " " + colour;
+    if (colour_subject == size_subject) return colour_subject + " " + colour + " and " + size;
+    return colour_subject + " " + colour + ", " + size_subject + " " + size;
+  }
+
+ private:
+  std::string subject(int64_t changed) const {
+    return changed == count_ ? "images" : std::to_string(changed) + " of " + std::to_string(count_) + " images";
+  }
+
+  ImageFit fit_;
+  int64_t count_ = 0, recoloured_ = 0, resized_ = 0;
+  int first_channels_ = 0, first_w_ = 0, first_h_ = 0;
+  bool mixed_channels_ = false, mixed_sizes_ = false;
+};
 
 }  // namespace
 
@@ -231,7 +284,9 @@ Status load_idx_dataset(const std::string& images_path, const std::string& label
   const int64_t per_image = fit.channels * fit.height * fit.width;
   d.pixels.resize(static_cast<size_t>(n * per_image));
   std::vector<uint8_t> fitted;
+  FitTally tally(fit);
   for (int64_t i = 0; i < n; ++i) {
+    tally.add(static_cast<int>(c), static_cast<int>(w), static_cast<int>(h));
     const uint8_t* src = images.data.data() + i * h * w * c;
     std::vector<uint8_t> converted;
     if (c != fit.channels) {
@@ -247,6 +302,7 @@ Status load_idx_dataset(const std::string& images_path, const std::string& label
       for (int ch = 0; ch < fit.channels; ++ch) dst[ch * fit.height * fit.width + p] = fitted[p * fit.channels + ch];
     }
   }
+  d.adapted = tally.text();
   *out = std::move(d);
   return Status();
 }
@@ -284,10 +340,12 @@ Status load_png_folder(const std::string& dir, const ImageFit& fit, Dataset* out
   d.pixels.resize(static_cast<size_t>(d.count * per_image));
   int first_w = 0, first_h = 0;
   std::vector<uint8_t> fitted;
+  FitTally tally(fit);
   for (size_t i = 0; i < files.size(); ++i) {
     const std::string& path = files[i].first;
     Image image;
     DDPM_TRY(read_png(path, &image));
+    tally.add(image.channels, image.width, image.height);
     if (i == 0) {
       first_w = image.width;
       first_h = image.height;
@@ -309,6 +367,7 @@ Status load_png_folder(const std::string& dir, const ImageFit& fit, Dataset* out
     }
     if (files[i].second >= 0) d.labels.push_back(files[i].second);
   }
+  d.adapted = tally.text();
   *out = std::move(d);
   return Status();
 }

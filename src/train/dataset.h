@@ -21,6 +21,9 @@ struct Dataset {
   std::vector<int32_t> labels;  // one per sample, in [0, class_names.size()), or empty (unlabelled)
   std::vector<std::string> class_names;
   std::string source;  // where the data came from (messages, provenance)
+  // What loading changed to bring the images to [channels, height, width], for messages: "images converted from 1 to
+  // 3 channels and resized from 28x28 to 16x16", "2 of 5 images resized to 8x8"; empty when nothing was.
+  std::string adapted;
 
   int64_t sample_numel() const { return channels * height * width; }
   bool labelled() const { return !labels.empty(); }
