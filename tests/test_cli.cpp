@@ -609,6 +609,20 @@ TEST_CASE("ddpm train --export-only refuses the training options it would ignore
   CHECK(exists(dir + "/run3e.ddpm"));
 }
 
+TEST_CASE("ddpm train --help offers the presets users can run", "[cli]") {
+  if (!std::getenv("DDPM_BIN")) {
+    WARN("DDPM_BIN not set: CLI tests skipped");
+    return;
+  }
+  // toy-mlp is the tests' fixture (still accepted, see "bad input" above): its model is no image model.
+  const Result help = run("train --help");
+  CHECK(help.output.find("network preset: fashion-mnist") != std::string::npos);
+  CHECK(help.output.find("toy-mlp") == std::string::npos);
+  const std::string dir = model_path().substr(0, model_path().rfind('/'));
+  check_one_line_error(run("train --preset nope -o " + dir + "/never.ddpm"), 2,
+                       "unknown preset 'nope' (known: fashion-mnist)");
+}
+
 TEST_CASE("ddpm eval says which labels and which image conversion the loss is of", "[cli]") {
   if (!std::getenv("DDPM_BIN")) {
     WARN("DDPM_BIN not set: CLI tests skipped");

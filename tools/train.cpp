@@ -1,5 +1,6 @@
-// `ddpm train`: trains a U-Net (or the toy MLP) on IDX or PNG-folder data and exports the EMA weights as .ddpm,
-// with checkpoints that resume exactly, validation losses, sample grids and a loss-curve PNG along the way.
+// `ddpm train`: trains a U-Net on IDX or PNG-folder data and exports the EMA weights as .ddpm, with checkpoints that
+// resume exactly, validation losses, sample grids and a loss-curve PNG along the way. (Also the tests' toy MLP:
+// --preset toy-mlp, unlisted, see net_preset.)
 #include <unistd.h>
 
 #include <chrono>

@@ -215,7 +215,7 @@ Status net_preset(const std::string& name, NetSpec* spec, SchedulerConfig* sched
   return Status();
 }
 
-const char* net_preset_names() { return "fashion-mnist, toy-mlp"; }
+const char* net_preset_names() { return "fashion-mnist"; }
 
 const std::vector<std::string>& fashion_mnist_class_names() {
   static const std::vector<std::string> names = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

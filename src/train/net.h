@@ -60,11 +60,13 @@ struct NetSpec {
 // Presets:
 //   "fashion-mnist": 28×28×1, block_out_channels 32/64/128, 2 layers per block, attention at 7×7 (level 2 and the
 //                    mid block), GroupNorm 8 groups, 11 class embeddings (10 classes + the null class).
-//   "toy-mlp":       the 1-D MLP above (hidden 128, 3 layers).
+//   "toy-mlp":       the 1-D MLP above (hidden 128, 3 layers), trained on the built-in 1-D mixture. A test fixture
+//                    (the trainer's correctness and resume tests run in seconds on it), not a product: no tool but
+//                    `info` opens its model, so net_preset_names() does not offer it.
 // The scheduler is diffusers' default DDPM (linear β 1e-4…0.02, T = 1000); toy-mlp turns clip_sample off, since its
 // data lives at ±2.
 Status net_preset(const std::string& name, NetSpec* spec, SchedulerConfig* scheduler);
-const char* net_preset_names();  // "fashion-mnist, toy-mlp" for messages
+const char* net_preset_names();  // the presets offered to users ("fashion-mnist"), for help and messages
 
 // Fashion-MNIST's class names, in label order.
 const std::vector<std::string>& fashion_mnist_class_names();
