@@ -609,6 +609,27 @@ TEST_CASE("ddpm train --export-only refuses the training options it would ignore
   CHECK(exists(dir + "/run3e.ddpm"));
 }
 
+TEST_CASE("ddpm train: the final line's loss is the model's training.final_loss", "[cli]") {
+  if (!std::getenv("DDPM_BIN")) {
+    WARN("DDPM_BIN not set: CLI tests skipped");
+    return;
+  }
+  const std::string dir = model_path().substr(0, model_path().rfind('/'));
+  // More steps than the mean's window, where the progress lines' smoothed loss differs from that mean.
+  const Result trained = run("train --preset toy-mlp --steps 150 -t 1 -o " + dir + "/final.ddpm");
+  INFO(trained.output);
+  REQUIRE(trained.exit_code == 0);
+  const size_t at = trained.output.find("; loss ");
+  REQUIRE(at != std::string::npos);
+  CHECK(trained.output.find(", the mean of the last 100 steps", at) != std::string::npos);
+  const double printed = std::atof(trained.output.c_str() + at + 7);
+  const Result info = run("info " + dir + "/final.ddpm");
+  const size_t key = info.output.find("training.final_loss");
+  REQUIRE(key != std::string::npos);
+  const double stored = std::atof(info.output.c_str() + info.output.find_first_not_of(' ', key + 19));
+  CHECK(std::abs(printed - stored) <= 0.00005 + 1e-6 * stored);
+}
+
 TEST_CASE("ddpm train --help offers the presets users can run", "[cli]") {
   if (!std::getenv("DDPM_BIN")) {
     WARN("DDPM_BIN not set: CLI tests skipped");

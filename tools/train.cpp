@@ -487,12 +487,15 @@ int run_train(int argc, char** argv) {
   s = trainer->export_model(st.out, export_options);
   if (!s.ok()) return run_error(s);
   if (!st.export_only) write_curve();  // as without --data: an export writes the model only
-  const std::vector<float>& losses = trainer->losses();
-  std::printf("wrote %s (EMA weights, step %lld, final loss %.4f%s; %s of training)\n", st.out.c_str(),
-              (long long)trainer->step_count(), losses.empty() ? 0.0 : smooth / (1 - weight),
-              trainer->validation_history().empty()
-                  ? ""
-                  : (", validation " + std::to_string(trainer->validation_history().back().second)).c_str(),
+  // The loss the model file records (training.final_loss), not the progress lines' smoothed one, and the validation
+  // loss as the progress lines print it.
+  char validation[48] = "";
+  if (!trainer->validation_history().empty()) {
+    std::snprintf(validation, sizeof validation, ", validation %.4f", trainer->validation_history().back().second);
+  }
+  std::printf("wrote %s (EMA weights, step %lld; loss %.4f, the mean of the last %zu steps%s; %s of training)\n",
+              st.out.c_str(), (long long)trainer->step_count(), trainer->final_loss(),
+              std::min(trainer->losses().size(), Trainer::kFinalLossSteps), validation,
               duration_text(trainer->wall_seconds()).c_str());
   return 0;
 }

@@ -612,6 +612,13 @@ Status Trainer::load_checkpoint(const std::string& path) {
 // ---------------------------------------------------------------------------------------------------------------
 // Export
 
+double Trainer::final_loss() const {
+  const size_t tail = std::min(losses_.size(), kFinalLossSteps);
+  double sum = 0;
+  for (size_t i = losses_.size() - tail; i < losses_.size(); ++i) sum += losses_[i];
+  return tail ? sum / static_cast<double>(tail) : 0.0;
+}
+
 Status Trainer::export_model(const std::string& path, const ExportOptions& export_options) const {
   DdpmMetadata m;
   const SchedulerConfig& scheduler = schedule_.config;
@@ -642,10 +649,6 @@ Status Trainer::export_model(const std::string& path, const ExportOptions& expor
   }
   DDPM_TRY(m.set("provenance.created", MetadataValue::string(utc_now())));
   // How the weights came to be.
-  const size_t tail = std::min<size_t>(losses_.size(), 100);
-  double final_loss = 0;
-  for (size_t i = losses_.size() - tail; i < losses_.size(); ++i) final_loss += losses_[i];
-  if (tail) final_loss /= static_cast<double>(tail);
   DDPM_TRY(m.set("training.weights", MetadataValue::string("ema")));
   DDPM_TRY(m.set("training.steps", MetadataValue::u64(static_cast<uint64_t>(step_))));
   DDPM_TRY(m.set("training.batch", MetadataValue::u32(static_cast<uint32_t>(options_.batch))));
@@ -661,7 +664,7 @@ Status Trainer::export_model(const std::string& path, const ExportOptions& expor
   DDPM_TRY(m.set("training.hflip", MetadataValue::boolean(options_.hflip)));
   DDPM_TRY(m.set("training.seed", MetadataValue::u64(options_.seed)));
   DDPM_TRY(m.set("training.data_samples", MetadataValue::u64(static_cast<uint64_t>(split_.train.size()))));
-  DDPM_TRY(m.set("training.final_loss", MetadataValue::f32(static_cast<float>(final_loss))));
+  DDPM_TRY(m.set("training.final_loss", MetadataValue::f32(static_cast<float>(final_loss()))));
   if (!validation_.empty()) {
     DDPM_TRY(m.set("training.final_validation_loss", MetadataValue::f32(validation_.back().second)));
   }

@@ -114,6 +114,10 @@ class Trainer {
   const std::vector<float>& adam_m() const { return m_; }
   const std::vector<float>& adam_v() const { return v_; }
   const std::vector<float>& losses() const { return losses_; }  // one per step
+  // The model file's training.final_loss: the mean of the last kFinalLossSteps step losses (fewer in a shorter run;
+  // 0 before the first step). A mean over a window, so one noisy batch does not decide it.
+  static constexpr size_t kFinalLossSteps = 100;
+  double final_loss() const;
   const std::vector<std::pair<int64_t, float>>& validation_history() const { return validation_; }
   // Names of the data's classes (exported with the model); a checkpoint restores those of its run.
   const std::vector<std::string>& class_names() const { return class_names_; }
