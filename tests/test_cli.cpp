@@ -61,6 +61,14 @@ const std::string& model_path() {
   if (path.empty()) {
     char pattern[] = "/tmp/ddpm_cli_XXXXXX";
     REQUIRE(mkdtemp(pattern));
+    // Everything the CLI tests write goes here; removed when the test binary exits.
+    static const struct RemoveAtExit {
+      std::string dir;
+      ~RemoveAtExit() {
+        std::error_code ignored;
+        std::filesystem::remove_all(dir, ignored);
+      }
+    } remove_at_exit{pattern};
     path = std::string(pattern) + "/micro.ddpm";
     ConvertOptions o;
     o.input = "data/unet/micro";
