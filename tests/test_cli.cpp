@@ -12,6 +12,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -467,6 +468,58 @@ TEST_CASE("ddpm generate checks every output before sampling and writes all of t
   CHECK(run("").exit_code == 2);
 }
 
+TEST_CASE("ddpm generate replaces no earlier file when a later one fails", "[cli]") {
+  if (!std::getenv("DDPM_BIN")) {
+    WARN("DDPM_BIN not set: CLI tests skipped");
+    return;
+  }
+  const std::string dir = model_path().substr(0, model_path().rfind('/'));
+  for (const char* k : {"000", "001", "002"}) std::ofstream(dir + "/kept_" + k + ".png") << "OLD";
+  std::ofstream(dir + "/kept.f32") << "OLD";
+  // A file size limit of 1 KiB (2 blocks in dash, 2 KiB in bash): the 8x8 PNGs fit, the 2304-byte raw samples do
+  // not. Every file is staged before any is renamed, so the earlier files stay as they were.
+  const Result limited = run("generate -m " + model_path() + " -n 3 --steps 2 --seed 1 -t 1 --no-grid -o " + dir +
+                                 "/kept.png --save-raw " + dir + "/kept.f32",
+                             "trap '' XFSZ; ulimit -f 2;");
+  INFO(limited.output);
+  CHECK(limited.exit_code == 1);
+  for (const char* k : {"000", "001", "002"}) CHECK(file_bytes(dir + "/kept_" + k + ".png") == "OLD");
+  CHECK(file_bytes(dir + "/kept.f32") == "OLD");
+  std::error_code ignored;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ignored)) {
+    CHECK(entry.path().filename().string().find(".tmp.") == std::string::npos);  // no temporary file left
+  }
+}
+
+TEST_CASE("ddpm train refuses a sample grid too large for a PNG before training", "[cli][train]") {
+  if (!std::getenv("DDPM_BIN")) {
+    WARN("DDPM_BIN not set: CLI tests skipped");
+    return;
+  }
+  const std::string dir = model_path().substr(0, model_path().rfind('/'));
+  // 250 classes of 8x8 images: one grid column per class, each cell scaled to 64 pixels, is 16498 pixels wide.
+  const std::string data = dir + "/classes250";
+  const std::vector<uint8_t> pixels(8 * 8 * 3, 128);
+  for (int k = 0; k < 250; ++k) {
+    char name[16];
+    std::snprintf(name, sizeof name, "c%03d", k);
+    std::filesystem::create_directories(data + "/" + name);
+    REQUIRE(write_png(data + "/" + name + "/a.png", 8, 8, 3, pixels.data(), {}).ok());
+  }
+  std::string config = file_bytes("data/unet/micro/config.json");
+  const size_t at = config.find("\"num_class_embeds\": null");
+  REQUIRE(at != std::string::npos);
+  config.replace(at, std::strlen("\"num_class_embeds\": null"), "\"num_class_embeds\": 251");
+  std::ofstream(dir + "/classes250.json") << config;
+  const Result r = run("train --config " + dir + "/classes250.json --data " + data + " --steps 5 --sample-every 2 -t 1 -o " +
+                       dir + "/classes250.ddpm");
+  INFO(r.output);
+  CHECK(r.exit_code == 2);
+  CHECK(r.output.find("--sample-every: a grid of 1000 samples would be 16498x") != std::string::npos);
+  CHECK(r.output.find("step ") == std::string::npos);  // before the first step
+  CHECK(!exists(dir + "/classes250.ddpm"));
+}
+
 TEST_CASE("ddpm schedule lists the steps generate runs", "[cli]") {
   if (!std::getenv("DDPM_BIN")) {
     WARN("DDPM_BIN not set: CLI tests skipped");
@@ -528,6 +581,10 @@ TEST_CASE("ddpm quantize and convert refuse what they cannot do, and say what th
                        "--key walks the dictionaries of a PyTorch checkpoint");
   check_one_line_error(run("convert data/unet/micro -o " + dir + "/k.ddpm --strip-prefix module."), 1,
                        "--strip-prefix 'module.' begins no tensor's name (the first is 'conv_in.bias')");
+  CHECK(!exists(dir + "/k.ddpm"));
+  // A size the U-Net cannot run is refused before anything is written (it was written, and no tool could load it).
+  check_one_line_error(run("convert data/unet/micro -o " + dir + "/k.ddpm --image-size 7"), 1,
+                       "image size 7x7 does not fit the U-Net (positive multiples of 2 up to 4096)");
   CHECK(!exists(dir + "/k.ddpm"));
   const Result resized = run("convert data/unet/micro/ -o " + dir + "/k.ddpm --image-size 16");
   CHECK(resized.exit_code == 0);

@@ -136,7 +136,14 @@ int run_convert(int argc, char** argv) {
     // checkpoint is converted to a scratch f32 .ddpm, then re-typed from there exactly as `ddpm quantize` would
     // (convert --type T without calibration stores the same tensors as convert + quantize --no-calibrate).
     const auto start = std::chrono::steady_clock::now();
-    s = check_can_write(o.output);
+    // The output is checked against every input before the scratch conversion, which may take minutes.
+    ConvertOptions resolved = o;
+    std::string weights;
+    s = resolve_convert_inputs(&resolved, &weights);
+    if (s.ok()) s = check_distinct_paths(o.output, weights, "the checkpoint");
+    if (s.ok()) s = check_distinct_paths(o.output, resolved.config, "the config");
+    if (s.ok()) s = check_distinct_paths(o.output, resolved.scheduler_config, "the scheduler config");
+    if (s.ok()) s = check_can_write(o.output);
     ConvertOptions f32 = o;
     f32.type = DType::F32;
     f32.keep.clear();
@@ -144,10 +151,6 @@ int run_convert(int argc, char** argv) {
     f32.output = scratch_f32_path(o.output);
     RemoveOnSignal remove_scratch_on_signal(f32.output);
     if (s.ok()) s = convert_checkpoint(f32, &report);
-    // convert_checkpoint checked its own output against what it read; the real output is checked here.
-    if (s.ok()) s = check_distinct_paths(o.output, report.weights_path, "the checkpoint");
-    if (s.ok()) s = check_distinct_paths(o.output, report.config_path, "the config");
-    if (s.ok()) s = check_distinct_paths(o.output, report.scheduler_path, "the scheduler config");
     if (!s.ok()) {
       std::remove(f32.output.c_str());
       std::fprintf(stderr, "ddpm convert: %s\n", s.message().c_str());

@@ -93,7 +93,7 @@ int run_generate(int argc, char** argv) {
   options.push_back({"count", 'n', "N", "number of images (default 1)", [&](const std::string& v) {
                        return parse_int("--count", v, 1, 100000, &count);
                      }});
-  options.push_back({"batch", 'b', "N", "images per forward pass (default: min(n, 8))", [&](const std::string& v) {
+  options.push_back({"batch", 'b', "N", "images per forward pass (default: min(n, 8); --rng torch runs all n as one, as diffusers does)", [&](const std::string& v) {
                        return parse_int("--batch", v, 1, 4096, &batch);
                      }});
   options.push_back({"sampler", 0, "S", "ddpm or ddim (default: the model's, else ddim)", text(&sampler)});
@@ -147,6 +147,11 @@ int run_generate(int argc, char** argv) {
   if (s.ok()) s = apply_common_settings(common);
   GenerateOptions o;
   if (s.ok() && rng != "philox" && rng != "torch") s = errorf("--rng: '%s' is not philox or torch", rng.c_str());
+  // One generator draws the whole run's noise in diffusers' order, so the run is one batch: a smaller -b would
+  // change the images (or, honoured, the noise), and a larger one is only memory.
+  if (s.ok() && rng == "torch" && batch != 0 && batch != count) {
+    s = errorf("-b %lld: --rng torch samples all -n %lld images as one batch, as diffusers does", batch, count);
+  }
   if (!s.ok()) {
     std::fprintf(stderr, "ddpm generate: %s\n", s.message().c_str());
     return 2;
@@ -182,9 +187,9 @@ int run_generate(int argc, char** argv) {
   s = resolve_sampler(info, sampler, static_cast<int>(steps), &o.sampler);
   sampler = to_string(o.sampler.sampler);
   if (s.ok() && !spacing.empty()) {
-    TimestepSpacing sp;
-    s = parse_timestep_spacing(spacing, &sp);
-    o.sampler.spacing = sp;
+    TimestepSpacing sp{};
+    s = parse_timestep_spacing(spacing, &sp).with_context("--spacing");
+    if (s.ok()) o.sampler.spacing = sp;
   }
   if (s.ok() && steps > info.scheduler.num_train_timesteps) {
     s = errorf("--steps %lld: the model's schedule has %d timesteps, so at most %d steps", steps,
@@ -312,51 +317,43 @@ int run_generate(int argc, char** argv) {
   if (uncond_class >= 0) parameters << ", uncond-class " << uncond_class;
   // It changes the pixels of quantised models (docs/QUANT.md), so a rerun needs it.
   if (model->int8_winograd()) parameters << ", int8-winograd on";
-  // The raw samples are committed after the images: a failed image write leaves neither.
-  AtomicFile raw;
-  if (!raw_path.empty()) {
-    s = raw.open(raw_path);
-    if (s.ok()) s = raw.write(images.data(), images.size() * sizeof(float));
-    if (!s.ok()) {
-      std::fprintf(stderr, "ddpm generate: %s\n", s.message().c_str());
-      return 1;
-    }
-  }
+  // Every file is written and closed under a temporary name first, and only then are they all renamed into place:
+  // a failure anywhere (a full disk, a file size limit) leaves the destinations as they were.
+  std::vector<AtomicFile> files;
+  auto stage = [&](const std::string& path, const void* data, size_t bytes) {
+    files.emplace_back();
+    Status staged = files.back().open(path);
+    if (staged.ok()) staged = files.back().write(data, bytes);
+    if (staged.ok()) staged = files.back().finish_writing();
+    return staged;
+  };
   std::vector<uint8_t> pixels;
   images_to_u8(images.data(), o.count, c, h, w, info.value_low, info.value_high, &pixels);
   std::vector<std::pair<std::string, std::string>> text_chunks = {{"parameters", parameters.str()}};
-  if (no_grid) {
-    std::vector<uint8_t> one;
-    int ow, oh;
-    std::vector<std::string> written;
-    for (int k = 0; s.ok() && k < o.count; ++k) {
-      make_grid(pixels.data() + static_cast<size_t>(k) * h * w * c, 1, c, h, w, 1, 0, 0, static_cast<int>(scale), &one,
-                &ow, &oh);
-      const std::string path = numbered_path(output, k);
-      s = write_png(path, ow, oh, c, one.data(), text_chunks);
-      if (s.ok()) written.push_back(path);
-    }
-    // All of the run's files or none: a failure part way (a full disk) takes back those already written.
-    if (s.ok() && !raw_path.empty()) s = raw.commit();
-    if (!s.ok()) {
-      for (const std::string& path : written) std::remove(path.c_str());
+  std::vector<uint8_t> image, png;
+  int image_width = 0, image_height = 0;
+  for (int k = 0; s.ok() && k < (no_grid ? o.count : 1); ++k) {
+    if (no_grid) {
+      make_grid(pixels.data() + static_cast<size_t>(k) * h * w * c, 1, c, h, w, 1, 0, 0, static_cast<int>(scale),
+                &image, &image_width, &image_height);
     } else {
-      for (const std::string& path : written) std::printf("wrote %s\n", path.c_str());
+      make_grid(pixels.data(), o.count, c, h, w, columns, gap, 0, static_cast<int>(scale), &image, &image_width,
+                &image_height);
     }
-  } else {
-    std::vector<uint8_t> grid;
-    int gw, gh;
-    make_grid(pixels.data(), o.count, c, h, w, columns, gap, 0, static_cast<int>(scale), &grid, &gw, &gh);
-    // The image is committed before the raw samples, so that one that cannot be written leaves no raw file either.
-    std::vector<uint8_t> png;
-    s = encode_png(gw, gh, c, grid.data(), text_chunks, &png);
-    if (!s.ok()) s = s.with_context(output);
-    AtomicFile image;
-    if (s.ok()) s = image.open(output);
-    if (s.ok()) s = image.write(png.data(), png.size());
-    if (s.ok()) s = image.commit();  // first: writes to a device (-o /dev/full) only fail when flushed here
-    if (s.ok() && !raw_path.empty()) s = raw.commit();
-    if (s.ok()) std::printf("wrote %s (%d image%s, %dx%d)\n", output.c_str(), o.count, o.count > 1 ? "s" : "", gw, gh);
+    const std::string path = no_grid ? numbered_path(output, k) : output;
+    s = encode_png(image_width, image_height, c, image.data(), text_chunks, &png);
+    if (!s.ok()) s = s.with_context(path);
+    if (s.ok()) s = stage(path, png.data(), png.size());
+  }
+  if (s.ok() && !raw_path.empty()) s = stage(raw_path, images.data(), images.size() * sizeof(float));
+  for (AtomicFile& file : files) {
+    if (s.ok()) s = file.commit();
+  }
+  if (s.ok() && no_grid) {
+    for (int k = 0; k < o.count; ++k) std::printf("wrote %s\n", numbered_path(output, k).c_str());
+  } else if (s.ok()) {
+    std::printf("wrote %s (%d image%s, %dx%d)\n", output.c_str(), o.count, o.count > 1 ? "s" : "", image_width,
+                image_height);
   }
   if (!s.ok()) {
     std::fprintf(stderr, "ddpm generate: %s\n", s.message().c_str());

@@ -172,24 +172,6 @@ Status read_config(const std::string& path, UNetConfig* out) {
   return Status();
 }
 
-// The parameters the U-Net of `config` needs. The graph is built but never planned or run, so the weights need
-// no storage (unet_parameter_specs would allocate and clear all of them).
-Status parameter_specs(const UNetConfig& config, std::vector<ParamSpec>* out) {
-  WeightLookup recording = [out](const std::string& name, const std::vector<int64_t>& expected, WeightRef* ref) {
-    out->push_back({name, expected});
-    ref->dtype = DType::F32;
-    ref->rank = static_cast<int>(expected.size());
-    for (int i = 0; i < ref->rank; ++i) ref->shape[i] = expected[i];
-    ref->data = nullptr;
-    return Status();
-  };
-  Graph graph;
-  UNetGraphParts parts;
-  const int64_t size = config.spatial_multiple();
-  DDPM_TRY(build_unet_graph(graph, config, recording, 1, size, size, &parts));
-  return graph.status();
-}
-
 // Module a tensor belongs to, for the summary: "down_blocks.1.attentions.0.to_q.weight" → "down_blocks.1",
 // "conv_in.weight" → "conv_in".
 std::string module_of(const std::string& name) {
@@ -334,7 +316,7 @@ int info_checkpoint(const std::string& input, const InfoSettings& settings) {
   }
 
   std::vector<ParamSpec> specs;
-  s = parameter_specs(unet, &specs);
+  s = unet_parameter_specs(unet, &specs);
   if (!s.ok()) return fail(s.with_context(config.empty() ? weights : config));
   std::vector<std::string> missing, misshaped, unexpected;
   std::set<std::string> wanted;

@@ -66,9 +66,9 @@ int run_schedule(int argc, char** argv) {
   SamplerSpec spec;
   if (s.ok() && !sampler.empty()) s = parse_sampler_kind(sampler, &spec.sampler);  // a usage error before the file
   if (s.ok() && !spacing.empty()) {
-    TimestepSpacing sp;
-    s = parse_timestep_spacing(spacing, &sp);
-    spec.spacing = sp;
+    TimestepSpacing sp{};
+    s = parse_timestep_spacing(spacing, &sp).with_context("--spacing");
+    if (s.ok()) spec.spacing = sp;
   }
   if (!s.ok()) return fail("schedule", 2, s);
   DdpmFile file;

@@ -60,10 +60,49 @@ struct Settings {
   bool export_only = false;
 };
 
-// A sample grid from the EMA weights: one column per class (rows = samples per class), or a square of unconditional
-// samples, DDIM-50, written as PNG with its parameters in a tEXt chunk.
+// A sample grid's layout: one column per class (rows = samples per class), or a square of unconditional samples;
+// small images are scaled up to about 64 pixels.
+struct SampleGrid {
+  std::vector<int32_t> labels;  // empty: unconditional
+  int count = 0, columns = 0, scale = 1;
+};
+
+SampleGrid sample_grid(const Trainer& trainer, const Settings& st) {
+  const NetSpec& net = trainer.net();
+  SampleGrid grid;
+  const int64_t classes = net.class_embeds() > 0 ? static_cast<int64_t>(trainer.class_names().size()) : 0;
+  if (classes > 0) {
+    for (long long row = 0; row < st.per_class; ++row) {
+      for (int64_t k = 0; k < classes; ++k) grid.labels.push_back(static_cast<int32_t>(k));
+    }
+    grid.count = static_cast<int>(grid.labels.size());
+    grid.columns = static_cast<int>(classes);
+  } else {
+    grid.count = static_cast<int>(st.per_class * st.per_class);
+  }
+  grid.scale = std::max<int>(1, 64 / static_cast<int>(std::max(net.height, net.width)));
+  return grid;
+}
+
+// Checked before training: a grid too large for a PNG would otherwise fail at the first --sample-every step.
+Status check_sample_grid_size(const Trainer& trainer, const Settings& st) {
+  const NetSpec& net = trainer.net();
+  const SampleGrid grid = sample_grid(trainer, st);
+  int64_t width = 0, height = 0;
+  grid_size(grid.count, static_cast<int>(net.height), static_cast<int>(net.width), grid.columns, 2, grid.scale,
+            &width, &height);
+  if (width > kPngMaxSide || height > kPngMaxSide || width * height > kPngMaxPixels) {
+    return errorf("--sample-every: a grid of %d samples would be %lldx%lld pixels, more than a PNG written here may "
+                  "have (%d per side); lower --samples-per-class or leave out --sample-every",
+                  grid.count, (long long)width, (long long)height, kPngMaxSide);
+  }
+  return Status();
+}
+
+// A sample grid from the EMA weights, DDIM-50, written as PNG with its parameters in a tEXt chunk.
 Status write_sample_grid(Trainer& trainer, ThreadPool& pool, const Settings& st, const std::string& path) {
   const NetSpec& net = trainer.net();
+  const SampleGrid layout = sample_grid(trainer, st);
   SampleRequest r;
   r.sampler.sampler = SamplerKind::DDIM;
   r.sampler.steps = 50;
@@ -71,24 +110,16 @@ Status write_sample_grid(Trainer& trainer, ThreadPool& pool, const Settings& st,
   r.null_class = trainer.null_class();
   r.guidance_scale = static_cast<float>(st.guidance);
   r.max_batch = 32;
-  const int64_t classes = net.class_embeds() > 0 ? static_cast<int64_t>(trainer.class_names().size()) : 0;
-  int columns = 0;
-  if (classes > 0) {
-    for (long long row = 0; row < st.per_class; ++row) {
-      for (int64_t k = 0; k < classes; ++k) r.labels.push_back(static_cast<int32_t>(k));
-    }
-    r.count = static_cast<int>(r.labels.size());
-    columns = static_cast<int>(classes);
-  } else {
-    r.count = static_cast<int>(st.per_class * st.per_class);
-  }
+  r.labels = layout.labels;
+  r.count = layout.count;
+  const int64_t classes = static_cast<int64_t>(layout.labels.empty() ? 0 : layout.columns);
   std::vector<float> images;
   DDPM_TRY(trainer.sample(pool, r, &images));
   const int c = static_cast<int>(net.channels), h = static_cast<int>(net.height), w = static_cast<int>(net.width);
   std::vector<uint8_t> pixels, grid;
   images_to_u8(images.data(), r.count, c, h, w, -1.0f, 1.0f, &pixels);
   int gw = 0, gh = 0;
-  make_grid(pixels.data(), r.count, c, h, w, columns, 2, 255, std::max(1, 64 / std::max(h, w)), &grid, &gw, &gh);
+  make_grid(pixels.data(), r.count, c, h, w, layout.columns, 2, 255, layout.scale, &grid, &gw, &gh);
   std::ostringstream text;
   text << "ddpm.cpp train: step " << trainer.step_count() << ", EMA weights, DDIM 50 steps, seed " << r.seed;
   if (classes > 0) text << ", columns = classes 0.." << classes - 1 << ", cfg " << (r.null_class ? st.guidance : 1.0);
@@ -402,6 +433,10 @@ int run_train(int argc, char** argv) {
   if (s.ok() && !st.export_only) s = check_can_write(st.checkpoint);
   if (s.ok() && st.sample_every > 0) s = check_can_write(grid_path(0));
   if (!s.ok()) return run_error(s);
+  if (st.sample_every > 0) {
+    s = check_sample_grid_size(*trainer, st);
+    if (!s.ok()) return usage_error(s);
+  }
 
   int64_t parameters = trainer->layout().total();
   std::fprintf(stderr, "model: %s, %.2f M parameters, batch %lld, training graph %.0f MB; steps %lld → %lld\n",

@@ -143,6 +143,8 @@ AtomicFile& AtomicFile::operator=(AtomicFile&& other) noexcept {
   discard();
   fd_ = other.fd_;
   direct_ = other.direct_;
+  finished_ = other.finished_;
+  other.finished_ = false;
   signal_slot_ = other.signal_slot_;
   other.signal_slot_ = -1;
   final_path_ = std::move(other.final_path_);
@@ -246,23 +248,33 @@ Status AtomicFile::write(const void* data, size_t size) {
   return write_fully(data, size);
 }
 
-Status AtomicFile::commit() {
-  if (fd_ < 0 && error_.ok()) return errorf("cannot commit %s: file is not open", final_path_.c_str());
+Status AtomicFile::finish_writing() {
+  if (fd_ < 0) {
+    if (!error_.ok()) return error_;
+    return errorf("cannot %s %s: file is not open", finished_ ? "finish" : "commit", final_path_.c_str());
+  }
   Status status = error_;
   if (status.ok()) status = flush_buffer();
   if (status.ok() && !direct_ && ::fsync(fd_) != 0) status = fail_with_errno("sync");
-  if (fd_ >= 0) {
-    // close can report a deferred write error (NFS, quotas): it counts.
-    const int closed = ::close(fd_);
-    fd_ = -1;
-    if (closed != 0 && status.ok()) status = fail_with_errno("write");
-  }
-  if (direct_) {
-    buffer_ = std::vector<char>();
+  // close can report a deferred write error (NFS, quotas): it counts.
+  const int closed = ::close(fd_);
+  fd_ = -1;
+  if (closed != 0 && status.ok()) status = fail_with_errno("write");
+  buffer_ = std::vector<char>();
+  if (!status.ok()) {
+    discard();
     return status;
   }
-  if (status.ok() && ::rename(temp_path_.c_str(), target_path_.c_str()) != 0) status = fail_with_errno("create");
-  if (!status.ok()) {
+  finished_ = true;
+  return Status();
+}
+
+Status AtomicFile::commit() {
+  if (!finished_) DDPM_TRY(finish_writing());
+  finished_ = false;
+  if (direct_) return Status();
+  if (::rename(temp_path_.c_str(), target_path_.c_str()) != 0) {
+    const Status status = fail_with_errno("create");
     discard();
     return status;
   }
@@ -280,6 +292,7 @@ Status AtomicFile::commit() {
 }
 
 void AtomicFile::discard() {
+  finished_ = false;
   if (fd_ >= 0) {
     ::close(fd_);
     fd_ = -1;

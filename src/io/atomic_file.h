@@ -31,7 +31,12 @@ class AtomicFile {
 
   Status open(const std::string& final_path);
   Status write(const void* data, size_t size);
-  // Flushes, fsyncs, renames over final_path and fsyncs the directory. The object is closed afterwards either way.
+  // Flushes, fsyncs and closes the temporary file without renaming it: a command that writes several files does
+  // this for all of them before it commits any, so that a late failure replaces none. The file descriptor is
+  // released (many files can wait). On failure the temporary file is removed.
+  Status finish_writing();
+  // Flushes, fsyncs (finish_writing, unless done), renames over final_path and fsyncs the directory. The object is
+  // closed afterwards either way.
   Status commit();
   // Drops the temporary file without touching final_path (what the destructor does when not committed).
   void discard();
@@ -47,6 +52,7 @@ class AtomicFile {
 
   int fd_ = -1;
   bool direct_ = false;  // the destination is a device or pipe, written in place
+  bool finished_ = false;  // finish_writing() succeeded: the temporary file is complete and closed
   int signal_slot_ = -1;  // RemoveOnSignal's registration of temp_path_
   std::string final_path_;  // as the caller named it, for messages
   std::string target_path_;  // what commit() renames over: final_path_ with a symbolic link resolved

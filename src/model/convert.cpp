@@ -121,36 +121,26 @@ std::string file_sha256(const MappedFile& file) {
   return hash.hex_digest();
 }
 
-// The parameters the U-Net of `config` needs, in build order. unet_parameter_specs answers the same question but
-// backs every weight with a zero-filled buffer, which for a 143 MB model costs 143 MB of resident memory and the
-// time to clear it; here the weights are never read (the graph is built but never planned or run), so they get no
-// storage at all.
-Status parameter_specs(const UNetConfig& config, std::vector<ParamSpec>* out) {
-  std::vector<ParamSpec> specs;
-  WeightLookup recording = [&](const std::string& name, const std::vector<int64_t>& expected, WeightRef* ref) {
-    specs.push_back({name, expected});
-    ref->dtype = DType::F32;
-    ref->rank = static_cast<int>(expected.size());
-    for (int i = 0; i < ref->rank; ++i) ref->shape[i] = expected[i];
-    ref->data = nullptr;
-    return Status();
-  };
-  Graph graph;
-  UNetGraphParts parts;
-  const int64_t size = config.spatial_multiple();
-  DDPM_TRY(build_unet_graph(graph, config, recording, 1, size, size, &parts));
-  DDPM_TRY(graph.status());
-  *out = std::move(specs);
+}  // namespace
+
+Status resolve_convert_inputs(ConvertOptions* o, std::string* weights) {
+  // "folder/" as a shell completes it: the paths built from it (and printed) read "folder/config.json".
+  while (o->input.size() > 1 && o->input.back() == '/') o->input.pop_back();
+  if (is_directory(o->input)) return resolve_folder(o->input, o, weights);
+  if (!is_file(o->input)) return errorf("%s: no such file or folder", o->input.c_str());
+  *weights = o->input;
+  if (o->config.empty()) {
+    const size_t slash = o->input.find_last_of('/');
+    const std::string sibling =
+        (slash == std::string::npos ? std::string(".") : o->input.substr(0, slash)) + "/config.json";
+    if (is_file(sibling)) o->config = sibling;
+  }
   return Status();
 }
-
-}  // namespace
 
 Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) {
   const auto start = std::chrono::steady_clock::now();
   ConvertOptions o = options;
-  // "folder/" as a shell completes it: the paths built from it (and printed) read "folder/config.json".
-  while (o.input.size() > 1 && o.input.back() == '/') o.input.pop_back();
   *report = ConvertReport();
   quant::TypePolicy policy;
   {
@@ -161,18 +151,7 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
   for (const std::string& k : o.keep) DDPM_TRY(policy.add_keep(k));
   for (const std::string& t : o.tensor_types) DDPM_TRY(policy.add_override(t));
   std::string weights;
-  if (is_directory(o.input)) {
-    DDPM_TRY(resolve_folder(o.input, &o, &weights));
-  } else if (is_file(o.input)) {
-    weights = o.input;
-    if (o.config.empty()) {
-      const size_t slash = o.input.find_last_of('/');
-      const std::string sibling = (slash == std::string::npos ? std::string(".") : o.input.substr(0, slash)) + "/config.json";
-      if (is_file(sibling)) o.config = sibling;
-    }
-  } else {
-    return errorf("%s: no such file or folder", o.input.c_str());
-  }
+  DDPM_TRY(resolve_convert_inputs(&o, &weights));
   report->weights_path = weights;
   DDPM_TRY(check_distinct_paths(o.output, weights, "the checkpoint"));
   DDPM_TRY(check_distinct_paths(o.output, o.config, "the config"));
@@ -235,7 +214,7 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
   }
 
   std::vector<ParamSpec> specs;
-  DDPM_TRY(parameter_specs(info.unet, &specs));
+  DDPM_TRY(unet_parameter_specs(info.unet, &specs));
   std::vector<std::string> missing, misshaped, unexpected;
   std::set<std::string> wanted;
   for (const ParamSpec& spec : specs) {
@@ -350,9 +329,15 @@ Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report) 
           const uint16_t* h = static_cast<const uint16_t*>(dst);
           for (size_t k = 0; k < n && bad < 0; ++k) bad = (h[k] & 0x7c00) == 0x7c00 ? static_cast<int64_t>(k) : -1;
         }
-        if (bad >= 0 && dtype == DType::F16 && t->dtype == SourceDType::F32) {
-          // The source (in scratch: this path encoded from it) may be finite and only too large for f16.
-          const float source = scratch[static_cast<size_t>(bad)];
+        if (bad >= 0 && dtype == DType::F16 && t->dtype != SourceDType::F16) {
+          // The source may be finite and only too large for f16 (f32, bf16 and f64 all reach past 65504). An f32
+          // source is in scratch already (this path encoded from it); the others are read again, on this error only.
+          bool source_read = true;
+          if (t->dtype != SourceDType::F32) {
+            scratch.resize(n);
+            source_read = load_tensor_f32(file, *t, scratch.data()).ok();
+          }
+          const float source = source_read ? scratch[static_cast<size_t>(bad)] : NAN;
           if (std::isfinite(source)) {
             loaded = errorf("%s: tensor '%s' element %lld is %g, beyond f16's range (|x| <= 65504): keep it f32 "
                             "(--tensor-type)", weights.c_str(), specs[i].name.c_str(), static_cast<long long>(bad),

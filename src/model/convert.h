@@ -42,4 +42,8 @@ struct ConvertReport {
 
 Status convert_checkpoint(const ConvertOptions& options, ConvertReport* report);
 
+// Where convert_checkpoint reads from: a diffusers folder's weights, config and scheduler config (filled into *o
+// when not given), or a bare file and the config.json beside it. Errors name a missing input.
+Status resolve_convert_inputs(ConvertOptions* o, std::string* weights);
+
 }  // namespace ddpm

@@ -5,6 +5,16 @@
 
 namespace ddpm {
 
+Status check_image_size(const UNetConfig& unet, int64_t height, int64_t width) {
+  const int64_t multiple = unet.spatial_multiple();
+  if (height < 1 || width < 1 || height > kMaxImageSide || width > kMaxImageSide || height % multiple ||
+      width % multiple) {
+    return errorf("image size %lldx%lld does not fit the U-Net (positive multiples of %lld up to %lld)",
+                  (long long)height, (long long)width, (long long)multiple, (long long)kMaxImageSide);
+  }
+  return Status();
+}
+
 Status resolve_sampler(const ModelInfo& info, const std::string& sampler, int steps, SamplerSpec* out) {
   const std::string model_sampler = info.default_sampler.empty() ? "ddim" : info.default_sampler;
   const std::string name = sampler.empty() ? model_sampler : sampler;
@@ -54,12 +64,8 @@ Status model_info_from_metadata(const DdpmMetadata& m, const std::string& path, 
   } else {
     return errorf("%s: the image size is unknown (no data.image_size and no sample_size)", path.c_str());
   }
-  const int64_t multiple = info.unet.spatial_multiple();
-  if (info.height < 1 || info.width < 1 || info.height > 4096 || info.width > 4096 || info.height % multiple ||
-      info.width % multiple) {
-    return errorf("%s: image size %lldx%lld does not fit the U-Net (positive multiples of %lld)", path.c_str(),
-                  (long long)info.height, (long long)info.width, (long long)multiple);
-  }
+  Status size_ok = check_image_size(info.unet, info.height, info.width);
+  if (!size_ok.ok()) return errorf("%s: %s", path.c_str(), size_ok.message().c_str());
   info.channels = info.unet.in_channels;
   if (m.has("data.channels")) {
     uint32_t channels;
@@ -104,6 +110,7 @@ Status model_info_from_metadata(const DdpmMetadata& m, const std::string& path, 
 
 Status model_info_to_metadata(const ModelInfo& info, DdpmMetadata* m) {
   // What model_info_from_metadata would refuse is refused here, so that no tool writes a file it cannot load.
+  DDPM_TRY(check_image_size(info.unet, info.height, info.width));
   if (info.null_class && (*info.null_class < 0 || *info.null_class >= info.class_count())) {
     return errorf("null class %d is outside the model's %lld class embeddings", *info.null_class,
                   (long long)info.class_count());

@@ -40,6 +40,11 @@ struct ModelInfo {
   }
 };
 
+// The image sizes a model file may declare: positive multiples of the U-Net's downsampling factor, up to
+// kMaxImageSide on a side (the loader refuses others, so the writers check the same before writing).
+constexpr int64_t kMaxImageSide = 4096;
+Status check_image_size(const UNetConfig& unet, int64_t height, int64_t width);
+
 // The sampler and step count of a run (`ddpm generate`; `ddpm schedule` lists what generate visits): `sampler` ""
 // means the model's default sampler (DDIM when it names none), `steps` 0 the default count. The model's default
 // count belongs to its default sampler: naming another sampler gets that sampler's pipeline default (a model trained

@@ -1,6 +1,7 @@
 #include "train/net.h"
 
 #include "ddpm/ops.h"
+#include "model/model.h"
 
 namespace ddpm {
 namespace {
@@ -164,12 +165,7 @@ Status NetSpec::validate() const {
     return errorf("class_embed_type '%s' cannot be trained here (use num_class_embeds: a class table)",
                   unet.class_embed_type.c_str());
   }
-  const int64_t m = unet.spatial_multiple();
-  if (height % m != 0 || width % m != 0) {
-    return errorf("image size %lldx%lld is not a multiple of %lld, which %zu U-Net levels need", (long long)height,
-                  (long long)width, (long long)m, unet.block_out_channels.size());
-  }
-  return Status();
+  return check_image_size(unet, height, width);  // what the model file it exports must hold
 }
 
 Status NetSpec::parameter_specs(std::vector<ParamSpec>* out) const {
