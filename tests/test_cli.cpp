@@ -461,6 +461,8 @@ TEST_CASE("ddpm generate checks every output before sampling and writes all of t
   CHECK((exists(dir + "/fine_000.png") && exists(dir + "/fine_001.png") && exists(dir + "/fine.f32")));
   check_one_line_error(run(generate + "--steps 2 -o " + dir + "/x.png", "DDPM_STREAM_OUTPUTS=yes"), 2,
                        "DDPM_STREAM_OUTPUTS: 'yes' is not 0 or 1");
+  check_one_line_error(run(generate + "--steps 2 -o -"), 1, "-: writing to standard output this way is not supported");
+  CHECK(!exists("-"));
   // `ddpm help CMD` is `ddpm CMD --help`; no command at all is a usage error, as an unknown one is.
   const Result help = run("help generate");
   CHECK(help.exit_code == 0);

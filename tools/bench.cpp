@@ -635,7 +635,7 @@ int run_bench(int argc, char** argv) {
                        settings.filter = v;
                        return Status();
                      }});
-  options.push_back({"type", 0, "T,T…",
+  options.push_back({"type", 0, "T,T,...",
                      "bench unet: weight types side by side (f32,f16,q8_0,q5_0,q4_1,q4_0; default f32), each may end "
                      "in :on or :off to force --int8-winograd, and q8_0 in :no-tier to drop the f16 layers as "
                      "quantize's calibration may (e.g. q8_0,q8_0:on,q8_0:on:no-tier)",
