@@ -539,14 +539,17 @@ int bench_format(const BenchSettings& settings) {
   for (size_t i = 0; status.ok() && i < kTensors; ++i) {
     status = writer.add_tensor("t" + std::to_string(i), DType::F32, 1, shape, chunk.data());
   }
-  char path[] = "/tmp/ddpm-bench-XXXXXX";
-  const int fd = mkstemp(path);
+  const std::string directory = temp_directory();
+  std::string pattern = directory + "/ddpm-bench-XXXXXX";
+  const int fd = mkstemp(pattern.data());
   if (fd < 0) {
-    std::fprintf(stderr, "ddpm bench: cannot create a temporary file in /tmp: %s\n", std::strerror(errno));
+    std::fprintf(stderr, "ddpm bench: cannot create a temporary file in %s: %s\n", directory.c_str(),
+                 std::strerror(errno));
     return 1;
   }
   close(fd);
-  const RemoveOnSignal remove_on_interrupt(path);  // 144 MB in /tmp must not outlive a Ctrl-C
+  const std::string path = pattern;
+  const RemoveOnSignal remove_on_interrupt(path);  // 144 MB of scratch must not outlive a Ctrl-C
   if (status.ok()) status = writer.finish(path);
   const long long reps = settings.repetitions > 0 ? settings.repetitions : 5;
   double verified = 1e30, unverified = 1e30;  // best of `reps`: the page cache is warm after the first open
@@ -560,7 +563,7 @@ int bench_format(const BenchSettings& settings) {
       if (!status.ok()) break;
     }
   }
-  std::remove(path);
+  std::remove(path.c_str());
   if (!status.ok()) {
     std::fprintf(stderr, "ddpm bench: %s\n", status.message().c_str());
     return 1;

@@ -23,8 +23,7 @@ std::string scratch_f32_path(const std::string& output) {
   struct stat st;
   std::string base = output;
   if (::stat(output.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
-    const char* tmp = std::getenv("TMPDIR");
-    base = std::string(tmp && *tmp ? tmp : "/tmp") + "/ddpm-convert";
+    base = temp_directory() + "/ddpm-convert";
   }
   return base + ".f32.scratch." + std::to_string(static_cast<long long>(::getpid()));
 }

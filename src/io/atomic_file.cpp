@@ -314,6 +314,11 @@ Status write_file_atomically(const std::string& path, const void* data, size_t s
   return file.commit();
 }
 
+std::string temp_directory() {
+  const char* dir = std::getenv("TMPDIR");
+  return dir && *dir ? dir : "/tmp";
+}
+
 Status check_can_write(const std::string& path) {
   if (path.empty()) return errorf("cannot write a file with an empty name");
   // The shell convention for standard output: a file named "-" would surprise whoever typed it.

@@ -71,6 +71,9 @@ Status write_file_atomically(const std::string& path, const void* data, size_t s
 // behind.
 Status check_can_write(const std::string& path);
 
+// $TMPDIR when set, else /tmp: where scratch files go that have no better place.
+std::string temp_directory();
+
 // Fails when writing `output` would overwrite `input`, the file a command reads (or another of its outputs): the same
 // regular file (same inode, whatever the path's spelling or links), or the same path once resolved when either does
 // not exist yet. `role` names the other file in the message, e.g. "the input model".
