@@ -161,8 +161,8 @@ TEST_CASE("ddpm CLI: bad input gets a one-line error and a non-zero exit", "[cli
   CHECK(!exists(dir + "/never.ddpm"));
   check_one_line_error(run("convert data/unet/micro"), 2, "missing -o");
   check_one_line_error(run("bench frobnicate"), 2, "expected a benchmark name");
-  check_one_line_error(run("bench train --preset toy-mlp --reps 1"), 1, "not a U-Net");
-  check_one_line_error(run("bench train --preset nosuch --reps 1"), 1, "nosuch");
+  check_one_line_error(run("bench train --preset toy-mlp --reps 1"), 2, "not a U-Net");
+  check_one_line_error(run("bench train --preset nosuch --reps 1"), 2, "--preset: unknown preset 'nosuch'");
   check_one_line_error(run("--version", "DDPM_QGEMM=nosuch"), 2, "DDPM_QGEMM: no quantised kernel 'nosuch'");
   check_one_line_error(run("--version", "DDPM_ISA=nosuch"), 2, "DDPM_ISA");
   check_one_line_error(run("generate -m " + model_path() + " --steps 1001"), 2,

@@ -485,12 +485,14 @@ TEST_CASE("every truncation of a file is reported as truncated", "[format][hosti
     CHECK(contains(message, n == 0 ? "empty file" : "truncated"));
   }
   const std::vector<uint8_t> header_only(s.bytes.begin(), s.bytes.begin() + 50);
-  CHECK(rejection(header_only) == "x.ddpm: truncated: file header needs 64 bytes at offset 0 but the file has 50");
+  CHECK(rejection(header_only) ==
+        "x.ddpm: truncated: file header needs 64 bytes at offset 0 but the file has 50 (14 bytes short)");
   const size_t table = 64 + u64_at(s.bytes, kMetadataBytes);
   const std::vector<uint8_t> in_table(s.bytes.begin(), s.bytes.begin() + table + 10);
   CHECK(rejection(in_table) == "x.ddpm: truncated: tensor table needs " +
                                    std::to_string(u64_at(s.bytes, kTableBytes)) + " bytes at offset " +
-                                   std::to_string(table) + " but the file has " + std::to_string(table + 10));
+                                   std::to_string(table) + " but the file has " + std::to_string(table + 10) + " (" +
+                                   std::to_string(u64_at(s.bytes, kTableBytes) - 10) + " bytes short)");
   std::vector<uint8_t> longer = s.bytes;
   longer.push_back(0);
   CHECK(contains(rejection(longer), "1 unexpected bytes after the end of the data section"));

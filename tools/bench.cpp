@@ -579,8 +579,12 @@ int bench_format(const BenchSettings& settings) {
 int bench_train(const BenchSettings& settings) {
   NetSpec net;
   SchedulerConfig scheduler;
-  Status s = net_preset(settings.preset, &net, &scheduler);
+  Status s = net_preset(settings.preset, &net, &scheduler).with_context("--preset");
   if (s.ok() && net.kind != NetKind::UNet2D) s = errorf("--preset %s is not a U-Net", settings.preset.c_str());
+  if (!s.ok()) {  // a flag's value: a usage error, as the other commands' are
+    std::fprintf(stderr, "ddpm bench: %s\n", s.message().c_str());
+    return 2;
+  }
   // Random 8-bit images and labels of the preset's geometry and classes (the null class, if any, excluded).
   Dataset data;
   const int64_t classes = net.class_embeds() > 0 ? net.class_embeds() - 1 : 0;

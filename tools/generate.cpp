@@ -129,7 +129,7 @@ int run_generate(int argc, char** argv) {
                        no_grid = true;
                        return Status();
                      }});
-  options.push_back({"grid-cols", 0, "N", "grid columns (default: one per class when cycling all classes, else about square)",
+  options.push_back({"grid-cols", 0, "N", "grid columns (default: one per class when cycling all classes with -n at least the class count, else about square)",
                      [&](const std::string& v) { return parse_int("--grid-cols", v, 1, 100000, &grid_columns); }});
   options.push_back({"scale", 0, "K", "nearest-neighbour upscaling of the output (default 1)", [&](const std::string& v) {
                        return parse_int("--scale", v, 1, 64, &scale);

@@ -884,8 +884,10 @@ Status truncated(const char* name, const char* what, uint64_t needed, uint64_t o
   if (needed >= (uint64_t{1} << 48)) {
     return errorf("%s: corrupt: its header gives the %s %llu bytes", name, what, static_cast<ull>(needed));
   }
-  return errorf("%s: truncated: %s needs %llu bytes at offset %llu but the file has %llu", name, what,
-                static_cast<ull>(needed), static_cast<ull>(offset), static_cast<ull>(size));
+  // Callers found needed > size - offset; the difference is what a re-download would add.
+  return errorf("%s: truncated: %s needs %llu bytes at offset %llu but the file has %llu (%llu bytes short)", name,
+                what, static_cast<ull>(needed), static_cast<ull>(offset), static_cast<ull>(size),
+                static_cast<ull>(needed - (size - offset)));
 }
 
 std::string checksum_mismatch(uint32_t stored, uint32_t computed) {
