@@ -457,7 +457,8 @@ TEST_CASE("ddpm generate checks every output before sampling and writes all of t
     CHECK(!exists(dir + "/full.f32"));
   }
   // Both written when all goes well.
-  CHECK(run(generate + "-n 2 --steps 2 --no-grid -o " + dir + "/fine.png --save-raw " + dir + "/fine.f32").exit_code == 0);
+  const Result fine = run(generate + "-n 2 --steps 2 --no-grid -o " + dir + "/fine.png --save-raw " + dir + "/fine.f32");
+  CHECK(fine.exit_code == 0);
   CHECK((exists(dir + "/fine_000.png") && exists(dir + "/fine_001.png") && exists(dir + "/fine.f32")));
   check_one_line_error(run(generate + "--steps 2 -o " + dir + "/x.png", "DDPM_STREAM_OUTPUTS=yes"), 2,
                        "DDPM_STREAM_OUTPUTS: 'yes' is not 0 or 1");
@@ -513,8 +514,8 @@ TEST_CASE("ddpm train refuses a sample grid too large for a PNG before training"
   REQUIRE(at != std::string::npos);
   config.replace(at, std::strlen("\"num_class_embeds\": null"), "\"num_class_embeds\": 251");
   std::ofstream(dir + "/classes250.json") << config;
-  const Result r = run("train --config " + dir + "/classes250.json --data " + data + " --steps 5 --sample-every 2 -t 1 -o " +
-                       dir + "/classes250.ddpm");
+  const Result r = run("train --config " + dir + "/classes250.json --data " + data +
+                       " --steps 5 --sample-every 2 -t 1 -o " + dir + "/classes250.ddpm");
   INFO(r.output);
   CHECK(r.exit_code == 2);
   CHECK(r.output.find("--sample-every: a grid of 1000 samples would be 16498x") != std::string::npos);

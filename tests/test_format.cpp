@@ -632,7 +632,8 @@ TEST_CASE("hostile headers and tables are rejected with precise messages", "[for
                    "corrupt: its header gives the data section"));
     CHECK(contains(mutated([](auto* x) { put_u64(x, kDataOffset, ~uint64_t{0}); }), "corrupt: its header gives"));
     const uint64_t file_size = s.bytes.size();
-    CHECK(contains(mutated([file_size](auto* x) { put_u64(x, kDataBytes, file_size); }), "truncated: data section needs"));
+    CHECK(contains(mutated([file_size](auto* x) { put_u64(x, kDataBytes, file_size); }),
+                   "truncated: data section needs"));
     CHECK(contains(mutated([](auto* x) { put_u64(x, kDataOffset, 64); }), "lies inside the header"));
   }
   SECTION("section sizes must agree with their contents") {

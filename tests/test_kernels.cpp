@@ -643,7 +643,8 @@ TEST_CASE("widen_block_scales gives the reference's bits on every level, with an
           minima[i] = halves[next() % halves.size()];
           sums[i] = static_cast<int16_t>(static_cast<int32_t>(next() % 8193) - 4096);
         }
-        std::vector<float> d_ref(static_cast<size_t>(n)), min_ref(static_cast<size_t>(n)), lo_ref(static_cast<size_t>(n));
+        const size_t count = static_cast<size_t>(n);
+        std::vector<float> d_ref(count), min_ref(count), lo_ref(count);
         kernels::reference().widen_block_scales(n, scales.data(), with_min ? minima.data() : nullptr, sums.data(),
                                                 d_ref.data(), min_ref.data(), lo_ref.data());
         Guarded<uint16_t> d16(scales, 1), min16(minima, 1);

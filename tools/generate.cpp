@@ -253,7 +253,9 @@ int run_generate(int argc, char** argv) {
     s = check_distinct_paths(image, model_path, "the model");
     if (s.ok()) s = check_distinct_paths(image, raw_path, "the --save-raw file");
   }
-  for (int k = 0; s.ok() && k < (no_grid ? o.count : 1); ++k) s = check_can_write(no_grid ? numbered_path(output, k) : output);
+  for (int k = 0; s.ok() && k < (no_grid ? o.count : 1); ++k) {
+    s = check_can_write(no_grid ? numbered_path(output, k) : output);
+  }
   if (s.ok() && !raw_path.empty()) s = check_can_write(raw_path);
   if (!s.ok()) {
     std::fprintf(stderr, "ddpm generate: %s\n", s.message().c_str());

@@ -322,7 +322,9 @@ std::string temp_directory() {
 Status check_can_write(const std::string& path) {
   if (path.empty()) return errorf("cannot write a file with an empty name");
   // The shell convention for standard output: a file named "-" would surprise whoever typed it.
-  if (path == "-") return errorf("-: writing to standard output this way is not supported; name a file (or /dev/stdout)");
+  if (path == "-") {
+    return errorf("-: writing to standard output this way is not supported; name a file (or /dev/stdout)");
+  }
   std::string target;
   bool direct;
   int mode;

@@ -120,10 +120,11 @@ struct QGemmPanelA {     // MR weight rows × kc values (kc a multiple of 32), f
   // int16 and widen once per block instead of once per 4 k.
   bool small_q = false;
 };
+
 // lo_coef of one block, the weight side of the activations' minimum lo: Σ_k w_k·(lo + d·u_k) = wd·d·Σ wq·u +
 // lo·(wd·Σ wq + 32·wmin) + wmin·d·Σ u. d·(float)qsum rounded, then (q4_1) the exact 32·min added with one more
-// rounding: one fma, written so on every target (on x86-64 compiled for any CPU std::fma is a library call, and a plain add of the
-// exact product rounds the same; a compiler free to contract must not fuse d·qsum into it instead).
+// rounding: one fma, written so on every target (on x86-64 compiled for any CPU std::fma is a library call, and a
+// plain add of the exact product rounds the same; a compiler free to contract must not fuse d·qsum into it instead).
 inline float block_lo_coefficient(float d, int16_t qsum, float min, bool has_min) {
   const float lo_coef = d * static_cast<float>(qsum);
   if (!has_min) return lo_coef;

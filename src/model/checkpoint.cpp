@@ -32,7 +32,10 @@ std::string current_attention_name(const std::string& name) {
 std::string sniff_description(const MappedFile& f) {
   const uint8_t* d = f.data();
   const uint64_t n = f.size();
-  if (n >= 4 && std::memcmp(d, "DDPM", 4) == 0) return "a ddpm.cpp file: a model needs no converting, a training checkpoint is exported by `ddpm train --resume F --export-only`";
+  if (n >= 4 && std::memcmp(d, "DDPM", 4) == 0) {
+    return "a ddpm.cpp file: a model needs no converting, a training checkpoint is exported by `ddpm train --resume "
+           "F --export-only`";
+  }
   if (n >= 2 && d[0] == 0x1f && d[1] == 0x8b) return "a gzip file";
   if (n >= 5 && (std::memcmp(d, "<!DOC", 5) == 0 || std::memcmp(d, "<html", 5) == 0)) return "an HTML page (a failed download?)";
   if (n >= 1 && d[0] == '{') return "a JSON file";

@@ -255,7 +255,8 @@ Status retype(const std::string& input, const std::string& output, std::vector<u
   // what its recipe names.
   const DType wanted = policy.default_type();
   auto bits_per_value = [](DType type) {
-    return 8.0 * static_cast<double>(dtype_traits(type).block_bytes) / static_cast<double>(dtype_traits(type).block_size);
+    const DTypeTraits& traits = dtype_traits(type);
+    return 8.0 * static_cast<double>(traits.block_bytes) / static_cast<double>(traits.block_size);
   };
   std::map<std::string, int> already_smaller;
   for (const TensorRetype& entry : report->tensors) {

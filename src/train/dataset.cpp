@@ -136,8 +136,12 @@ class FitTally {
     }
     if (resized_ > 0) {
       const char* verb = fit_.resize == ResizeMode::Off ? "cropped" : "resized";
-      if (mixed_sizes_) std::snprintf(buffer, sizeof buffer, "%s to %dx%d", verb, fit_.width, fit_.height);
-      else std::snprintf(buffer, sizeof buffer, "%s from %dx%d to %dx%d", verb, first_w_, first_h_, fit_.width, fit_.height);
+      if (mixed_sizes_) {
+        std::snprintf(buffer, sizeof buffer, "%s to %dx%d", verb, fit_.width, fit_.height);
+      } else {
+        std::snprintf(buffer, sizeof buffer, "%s from %dx%d to %dx%d", verb, first_w_, first_h_, fit_.width,
+                      fit_.height);
+      }
       size = buffer;
     }
     const std::string colour_subject = subject(recoloured_), size_subject = subject(resized_);

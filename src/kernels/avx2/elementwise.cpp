@@ -243,8 +243,8 @@ void f32_to_f16(int64_t n, const float* x, uint16_t* y) {
 }
 
 // Eight blocks a step; the tail from zero-padded copies, stored through a mask.
-void widen_block_scales(int64_t n, const uint16_t* d16, const uint16_t* min16, const int16_t* qsum, float* d, float* min,
-                        float* lo_coef) {
+void widen_block_scales(int64_t n, const uint16_t* d16, const uint16_t* min16, const int16_t* qsum, float* d,
+                        float* min, float* lo_coef) {
   for (int64_t i = 0; i < n; i += kLanes) {
     const int64_t count = std::min<int64_t>(kLanes, n - i);
     uint16_t scales[kLanes] = {}, minima[kLanes] = {};
@@ -252,7 +252,8 @@ void widen_block_scales(int64_t n, const uint16_t* d16, const uint16_t* min16, c
     std::memcpy(scales, d16 + i, static_cast<size_t>(count) * sizeof(uint16_t));
     std::memcpy(sums, qsum + i, static_cast<size_t>(count) * sizeof(int16_t));
     const F32x8 scale = widen_f16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales)));
-    const F32x8 sum = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sums))));
+    const __m128i sums16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sums));
+    const F32x8 sum = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(sums16));
     F32x8 coef = _mm256_mul_ps(scale, sum);
     const __m256i mask = tail_mask(count);
     if (min16) {

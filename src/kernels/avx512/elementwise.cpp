@@ -197,8 +197,8 @@ void f32_to_f16(int64_t n, const float* x, uint16_t* y) {
 }
 
 // Sixteen blocks a step; the tail by masked loads and stores.
-void widen_block_scales(int64_t n, const uint16_t* d16, const uint16_t* min16, const int16_t* qsum, float* d, float* min,
-                        float* lo_coef) {
+void widen_block_scales(int64_t n, const uint16_t* d16, const uint16_t* min16, const int16_t* qsum, float* d,
+                        float* min, float* lo_coef) {
   for (int64_t i = 0; i < n; i += kLanes) {
     const __mmask16 mask = n - i >= kLanes ? static_cast<__mmask16>(0xffff) : tail_mask(n - i);
     const F32x16 scale = widen_f16(_mm256_maskz_loadu_epi16(mask, d16 + i));

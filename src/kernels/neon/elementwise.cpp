@@ -227,8 +227,8 @@ void f32_to_f16(int64_t n, const float* x, uint16_t* y) {
 }
 
 // Eight blocks a step; the tail from zero-padded copies, its results copied out.
-void widen_block_scales(int64_t n, const uint16_t* d16, const uint16_t* min16, const int16_t* qsum, float* d, float* min,
-                        float* lo_coef) {
+void widen_block_scales(int64_t n, const uint16_t* d16, const uint16_t* min16, const int16_t* qsum, float* d,
+                        float* min, float* lo_coef) {
   constexpr int64_t kStep = 2 * kLanes;
   for (int64_t i = 0; i < n; i += kStep) {
     const int64_t count = std::min<int64_t>(kStep, n - i);

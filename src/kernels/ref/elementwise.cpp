@@ -83,8 +83,8 @@ void f32_to_f16(int64_t n, const float* x, uint16_t* y) {
   for (int64_t i = 0; i < n; ++i) y[i] = ddpm::f32_to_f16(x[i]);
 }
 
-void widen_block_scales(int64_t n, const uint16_t* d16, const uint16_t* min16, const int16_t* qsum, float* d, float* min,
-                        float* lo_coef) {
+void widen_block_scales(int64_t n, const uint16_t* d16, const uint16_t* min16, const int16_t* qsum, float* d,
+                        float* min, float* lo_coef) {
   for (int64_t i = 0; i < n; ++i) {
     d[i] = ddpm::f16_to_f32(d16[i]);
     const float block_min = min16 ? ddpm::f16_to_f32(min16[i]) : 0.0f;

@@ -28,8 +28,8 @@ float max(int64_t n, const float* x);
 float exp_shifted_sum(int64_t n, const float* x, float shift, float* y);
 void f16_to_f32(int64_t n, const uint16_t* x, float* y);
 void f32_to_f16(int64_t n, const float* x, uint16_t* y);
-void widen_block_scales(int64_t n, const uint16_t* d16, const uint16_t* min16, const int16_t* qsum, float* d, float* min,
-                        float* lo_coef);
+void widen_block_scales(int64_t n, const uint16_t* d16, const uint16_t* min16, const int16_t* qsum, float* d,
+                        float* min, float* lo_coef);
 
 // Direct convolution over few input channels (conv_direct.cpp); contract: DirectConv in kernels/registry.h.
 void conv_direct(const DirectConv& conv);
