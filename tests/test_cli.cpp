@@ -19,6 +19,7 @@
 #include "io/png.h"
 #include "model/convert.h"
 #include "model/ddpm_file.h"
+#include "test_util.h"
 
 using namespace ddpm;
 
@@ -42,6 +43,14 @@ Result run(const std::string& args, const std::string& environment = "") {
   const int status = pclose(pipe);
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
+}
+
+// The CLI tests run the binary DDPM_BIN names (the cross-compiled run under qemu has none): false, with a warning,
+// when it is not set.
+bool cli_binary_given() {
+  if (std::getenv("DDPM_BIN")) return true;
+  WARN("DDPM_BIN not set: CLI tests skipped");
+  return false;
 }
 
 bool exists(const std::string& path) {
@@ -83,10 +92,7 @@ const std::string& model_path() {
 }  // namespace
 
 TEST_CASE("ddpm CLI: happy paths", "[cli]") {
-  if (!std::getenv("DDPM_BIN")) {
-    WARN("DDPM_BIN not set: CLI tests skipped");
-    return;
-  }
+  if (!cli_binary_given()) return;
   Result version = run("--version");
   CHECK(version.exit_code == 0);
   CHECK(version.output.find("kernels: ") != std::string::npos);
@@ -133,10 +139,7 @@ TEST_CASE("ddpm CLI: happy paths", "[cli]") {
 }
 
 TEST_CASE("ddpm CLI: bad input gets a one-line error and a non-zero exit", "[cli]") {
-  if (!std::getenv("DDPM_BIN")) {
-    WARN("DDPM_BIN not set: CLI tests skipped");
-    return;
-  }
+  if (!cli_binary_given()) return;
   const std::string dir = model_path().substr(0, model_path().rfind('/'));
   check_one_line_error(run("frobnicate"), 2, "unknown command 'frobnicate'");
   check_one_line_error(run("generate -m " + model_path() + " --bogus"), 2, "unknown option '--bogus'");
@@ -206,10 +209,7 @@ std::string file_bytes(const std::string& path) {
 }
 
 TEST_CASE("ddpm CLI: no output overwrites an input or another output", "[cli]") {
-  if (!std::getenv("DDPM_BIN")) {
-    WARN("DDPM_BIN not set: CLI tests skipped");
-    return;
-  }
+  if (!cli_binary_given()) return;
   const std::string dir = model_path().substr(0, model_path().rfind('/'));
   const std::string model = model_path(), before = file_bytes(model);
   REQUIRE(symlink(model.c_str(), (dir + "/alias.ddpm").c_str()) == 0);
@@ -262,10 +262,7 @@ TEST_CASE("ddpm CLI: no output overwrites an input or another output", "[cli]") 
 }
 
 TEST_CASE("ddpm info describes checkpoints without converting them", "[cli]") {
-  if (!std::getenv("DDPM_BIN")) {
-    WARN("DDPM_BIN not set: CLI tests skipped");
-    return;
-  }
+  if (!cli_binary_given()) return;
   auto has = [](const Result& r, const std::string& needle) {
     INFO(r.output);
     CHECK(r.exit_code == 0);
@@ -308,10 +305,7 @@ TEST_CASE("ddpm info describes checkpoints without converting them", "[cli]") {
 }
 
 TEST_CASE("ddpm quantize and convert --type with block types", "[cli][quant]") {
-  if (!std::getenv("DDPM_BIN")) {
-    WARN("DDPM_BIN not set: CLI tests skipped");
-    return;
-  }
+  if (!cli_binary_given()) return;
   const std::string dir = model_path().substr(0, model_path().rfind('/'));
   // Happy path: the per-tensor table, the totals, a warning for a pattern that matches nothing; info shows the type.
   const std::string q8 = dir + "/micro_q8.ddpm";
@@ -431,10 +425,7 @@ TEST_CASE("ddpm quantize and convert --type with block types", "[cli][quant]") {
 }
 
 TEST_CASE("ddpm generate checks every output before sampling and writes all of them or none", "[cli]") {
-  if (!std::getenv("DDPM_BIN")) {
-    WARN("DDPM_BIN not set: CLI tests skipped");
-    return;
-  }
+  if (!cli_binary_given()) return;
   const std::string dir = model_path().substr(0, model_path().rfind('/'));
   const std::string generate = "generate -m " + model_path() + " --seed 1 -t 1 ";
   // A grid larger than a PNG may be: a usage error before sampling (1000 steps of 4000 images would take minutes).
@@ -472,10 +463,7 @@ TEST_CASE("ddpm generate checks every output before sampling and writes all of t
 }
 
 TEST_CASE("ddpm generate replaces no earlier file when a later one fails", "[cli]") {
-  if (!std::getenv("DDPM_BIN")) {
-    WARN("DDPM_BIN not set: CLI tests skipped");
-    return;
-  }
+  if (!cli_binary_given()) return;
   const std::string dir = model_path().substr(0, model_path().rfind('/'));
   for (const char* k : {"000", "001", "002"}) std::ofstream(dir + "/kept_" + k + ".png") << "OLD";
   std::ofstream(dir + "/kept.f32") << "OLD";
@@ -495,10 +483,7 @@ TEST_CASE("ddpm generate replaces no earlier file when a later one fails", "[cli
 }
 
 TEST_CASE("ddpm train refuses a sample grid too large for a PNG before training", "[cli][train]") {
-  if (!std::getenv("DDPM_BIN")) {
-    WARN("DDPM_BIN not set: CLI tests skipped");
-    return;
-  }
+  if (!cli_binary_given()) return;
   const std::string dir = model_path().substr(0, model_path().rfind('/'));
   // 250 classes of 8x8 images: one grid column per class, each cell scaled to 64 pixels, is 16498 pixels wide.
   const std::string data = dir + "/classes250";
@@ -524,10 +509,7 @@ TEST_CASE("ddpm train refuses a sample grid too large for a PNG before training"
 }
 
 TEST_CASE("ddpm schedule lists the steps generate runs", "[cli]") {
-  if (!std::getenv("DDPM_BIN")) {
-    WARN("DDPM_BIN not set: CLI tests skipped");
-    return;
-  }
+  if (!cli_binary_given()) return;
   auto lines = [](const Result& r) { return std::count(r.output.begin(), r.output.end(), '\n'); };
   // The shipped model names DDIM-50 as its default: those 50 steps (and a header line) for DDIM; asked for DDPM, every
   // training timestep, as diffusers' DDPMPipeline runs (before, DDPM got the model's DDIM count: 50 steps).
@@ -547,10 +529,7 @@ TEST_CASE("ddpm schedule lists the steps generate runs", "[cli]") {
 }
 
 TEST_CASE("ddpm quantize and convert refuse what they cannot do, and say what they did not", "[cli][quant]") {
-  if (!std::getenv("DDPM_BIN")) {
-    WARN("DDPM_BIN not set: CLI tests skipped");
-    return;
-  }
+  if (!cli_binary_given()) return;
   const std::string dir = model_path().substr(0, model_path().rfind('/'));
   // A training checkpoint (the container with the trainer's architecture key) is no model to re-type or convert.
   const std::string checkpoint = dir + "/fake.ckpt";
@@ -600,16 +579,8 @@ namespace {
 // Starts `ddpm ARGS` with stdout and stderr in `log`, and returns its pid once `ready` shows there (or -1 after
 // about 20 s): a signal sent then reaches the running command, not the shell before it.
 pid_t start_when(const std::string& args, const std::string& log, const std::string& ready) {
-  const pid_t pid = fork();
+  const pid_t pid = test::spawn_ddpm(args, log);
   REQUIRE(pid >= 0);
-  if (pid == 0) {
-    const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(fd, 1);
-    dup2(fd, 2);
-    const std::string command = std::string("exec ") + std::getenv("DDPM_BIN") + " " + args;
-    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
   for (int i = 0; i < 4000; ++i) {
     if (file_bytes(log).find(ready) != std::string::npos) return pid;
     usleep(5000);
@@ -623,10 +594,7 @@ pid_t start_when(const std::string& args, const std::string& log, const std::str
 
 TEST_CASE("ddpm train: a signal saves a checkpoint, even with --checkpoint-every 0, and exits 128 + the signal",
           "[cli]") {
-  if (!std::getenv("DDPM_BIN")) {
-    WARN("DDPM_BIN not set: CLI tests skipped");
-    return;
-  }
+  if (!cli_binary_given()) return;
   const std::string dir = model_path().substr(0, model_path().rfind('/'));
   CHECK(run("train --help").output.find("0 = only when interrupted") != std::string::npos);
   // The checkpoint path is checked before training whatever --checkpoint-every says: a signal may ask for it.
@@ -657,10 +625,7 @@ TEST_CASE("ddpm train: a signal saves a checkpoint, even with --checkpoint-every
 }
 
 TEST_CASE("ddpm train --export-only refuses the training options it would ignore", "[cli]") {
-  if (!std::getenv("DDPM_BIN")) {
-    WARN("DDPM_BIN not set: CLI tests skipped");
-    return;
-  }
+  if (!cli_binary_given()) return;
   const std::string dir = model_path().substr(0, model_path().rfind('/'));
   const Result trained = run("train --preset toy-mlp --steps 3 -t 1 --checkpoint-every 3 -o " + dir + "/run3.ddpm");
   INFO(trained.output);
@@ -678,10 +643,7 @@ TEST_CASE("ddpm train --export-only refuses the training options it would ignore
 }
 
 TEST_CASE("ddpm train: the final line's loss is the model's training.final_loss", "[cli]") {
-  if (!std::getenv("DDPM_BIN")) {
-    WARN("DDPM_BIN not set: CLI tests skipped");
-    return;
-  }
+  if (!cli_binary_given()) return;
   const std::string dir = model_path().substr(0, model_path().rfind('/'));
   // More steps than the mean's window, where the progress lines' smoothed loss differs from that mean.
   const Result trained = run("train --preset toy-mlp --steps 150 -t 1 -o " + dir + "/final.ddpm");
@@ -699,10 +661,7 @@ TEST_CASE("ddpm train: the final line's loss is the model's training.final_loss"
 }
 
 TEST_CASE("ddpm train --help offers the presets users can run", "[cli]") {
-  if (!std::getenv("DDPM_BIN")) {
-    WARN("DDPM_BIN not set: CLI tests skipped");
-    return;
-  }
+  if (!cli_binary_given()) return;
   // toy-mlp is the tests' fixture (still accepted, see "bad input" above): its model is no image model.
   const Result help = run("train --help");
   CHECK(help.output.find("network preset: fashion-mnist") != std::string::npos);
@@ -713,10 +672,7 @@ TEST_CASE("ddpm train --help offers the presets users can run", "[cli]") {
 }
 
 TEST_CASE("ddpm eval says which labels and which image conversion the loss is of", "[cli]") {
-  if (!std::getenv("DDPM_BIN")) {
-    WARN("DDPM_BIN not set: CLI tests skipped");
-    return;
-  }
+  if (!cli_binary_given()) return;
   const std::string dir = model_path().substr(0, model_path().rfind('/'));
   // micro is unconditional, 3-channel 8x8; the IDX fixture is 1-channel 4x4 with labels.
   const Result unconditional = run("eval -m " + model_path() +

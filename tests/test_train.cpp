@@ -27,6 +27,7 @@
 #include "train/plot.h"
 #include "train/evaluate.h"
 #include "train/trainer.h"
+#include "test_util.h"
 
 using namespace ddpm;
 
@@ -785,16 +786,8 @@ TEST_CASE("ddpm train: killed at any moment and resumed, the run ends with the u
 
   // The same run, killed (SIGKILL: no chance to clean up) some time after its first checkpoint, then resumed.
   const std::string killed_out = dir + "/b.ddpm", checkpoint = dir + "/b.ckpt";
-  const pid_t pid = fork();
+  const pid_t pid = test::spawn_ddpm("train " + common + " -o " + killed_out, "/dev/null");
   REQUIRE(pid >= 0);
-  if (pid == 0) {
-    const int null = open("/dev/null", O_WRONLY);
-    dup2(null, 1);
-    dup2(null, 2);
-    const std::string command = std::string("exec ") + std::getenv("DDPM_BIN") + " train " + common + " -o " + killed_out;
-    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
   for (int i = 0; i < 20000 && !file_exists(checkpoint); ++i) std::this_thread::sleep_for(std::chrono::microseconds(500));
   std::this_thread::sleep_for(std::chrono::milliseconds(40));
   kill(pid, SIGKILL);

@@ -1,8 +1,13 @@
 // Helpers shared by the tests: random data, relative L2 error, and running a graph under every kernel level.
 #pragma once
 
+#include <fcntl.h>
+#include <sys/types.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <random>
 #include <string>
@@ -18,6 +23,19 @@
 #include "ops/conv_winograd.h"
 
 namespace ddpm::test {
+
+// Starts `$DDPM_BIN ARGS` in the background with stdout and stderr going to `output_path` (truncated), exec'd by the
+// shell so that the pid is the command's own: a signal sent to it reaches ddpm, not a shell. -1 if fork fails.
+inline pid_t spawn_ddpm(const std::string& args, const std::string& output_path) {
+  const pid_t pid = fork();
+  if (pid != 0) return pid;
+  const int fd = open(output_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  dup2(fd, 1);
+  dup2(fd, 2);
+  const std::string command = std::string("exec ") + std::getenv("DDPM_BIN") + " " + args;
+  execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+  _exit(127);
+}
 
 // f32 results against a double-precision reference: sums of up to a few thousand products keep a relative L2
 // error near 1e-7; 1e-5 leaves room for FMA-vs-separate rounding and long reductions, and still catches any
